@@ -1,0 +1,1 @@
+"""The offline job: reads a study config, runs stages, publishes one DuckDB file. Orchestration only."""

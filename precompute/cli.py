@@ -1,0 +1,110 @@
+"""Command line of the precompute: `build-demo`, `check`, `run`.
+
+User mistakes (`StudyInputError`) print one line and exit with code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from core.errors import StudyInputError
+
+DEFAULT_CONFIG = "configs/demo.toml"
+EXIT_USER_ERROR = 2
+EXIT_NOT_READY = 3
+
+
+def _offline_defaults() -> None:
+    # Without these a missing hub file costs ~30 s of retries, and wandb/tokenizers print noise.
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
+                       ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m precompute", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("build-demo", help="build the embedded base / fine-tuned demo pair (offline)")
+    demo.add_argument("--config", default=DEFAULT_CONFIG, help=f"study config with a [demo] recipe ({DEFAULT_CONFIG})")
+    demo.add_argument("--out", default=None, help="output folder (default: the folder of the config's features_db, data/demo)")
+    demo.add_argument("--fast", action="store_true", help="tiny sizes from [demo.fast] (tests, CI): under a minute")
+    demo.add_argument("--force", action="store_true", help="rebuild even if an identical build is already there")
+    demo.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                      help="training device (cpu: the same weights on every machine)")
+
+    check = sub.add_parser("check", help="load every arm of a study and verify model, SAE and hook")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+
+    run = sub.add_parser("run", help="run the precompute stages and publish the features database")
+    run.add_argument("--config", default=DEFAULT_CONFIG)
+    run.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every save/load at INFO
+    _offline_defaults()
+    try:
+        return {"build-demo": _build_demo, "check": _check, "run": _run}[args.command](args)
+    except StudyInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from precompute.demo.build import build_demo
+
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path(config.features_db).parent  # the build report lives beside the db
+    start = time.perf_counter()
+    result = build_demo(config, out, fast=args.fast, force=args.force, device=args.device)
+    manifest = result.manifest
+    if result.skipped:
+        print(f"Demo already built in {out} (same recipe and seed); --force rebuilds it.")
+    print(f"Demo {'(fast) ' if manifest['fast'] else ''}in {out}  [{time.perf_counter() - start:.0f} s]")
+    print("  held-out perplexity      general    medical")
+    for arm, values in manifest["perplexity"].items():
+        print(f"  {arm:<22} {values['general']:>9.1f} {values['medical']:>10.1f}")
+    print(f"  fine-tuning changed medical perplexity by {100 * manifest['medical_perplexity_change']:+.0f}%")
+    for arm, sae in manifest["saes"].items():
+        print(f"  SAE {arm:<10} {sae['hook_name']}  d_sae {sae['d_sae']}  L0 {sae['l0']:.1f}  "
+              f"explained variance {sae['explained_variance']:.3f}  dead {100 * sae['dead_fraction']:.1f}%")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.loading import load_arm, weights_fingerprint
+
+    config = load_config(args.config)
+    fingerprints: dict[str, str] = {}
+    for arm in config.arms:
+        loaded = load_arm(arm, args.device or config.device)
+        fingerprints[arm.name] = weights_fingerprint(loaded.model)
+        print(f"{arm.name}: {arm.model} + SAE {arm.sae_source}: hook {loaded.hook_name}, d_in {loaded.sae.cfg.d_in}, "
+              f"d_sae {loaded.d_sae}, device {loaded.device}, weights {fingerprints[arm.name][:12]}")
+    same = {fp for fp in fingerprints.values() if list(fingerprints.values()).count(fp) > 1}
+    if same:
+        raise StudyInputError(f"arms {sorted(n for n, fp in fingerprints.items() if fp in same)} have identical "
+                              "weights: a fine-tuned arm that loads as its base is a loading bug")
+    print(f"ok: {len(config.arms)} arm(s) load and match transformers")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check(args)
+    print("The precompute stages (projection, coherence, activations, SAE quality, matching) are not built yet; "
+          "see issue #4. The study's models and SAEs load and check out.", file=sys.stderr)
+    return EXIT_NOT_READY

@@ -1,0 +1,193 @@
+"""`python -m precompute build-demo`: the embedded base / fine-tuned pair, offline and deterministic.
+
+Steps: text → tokenizer → base LM (general English) → fine-tuned copy (medical) → held-out perplexities →
+one SAELens SAE per arm at the recipe's hook → medical vocabulary → GloVe cache → manifest + study config.
+
+Everything is built in a scratch folder beside `out` and moved in piece by piece only when every step
+succeeded, so a failed or interrupted build leaves the previous demo intact. Files that are not the build's
+(the features and labels databases) are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from core.config import DemoRecipe, StudyConfig
+from core.errors import StudyInputError
+from precompute.demo import steps
+
+logger = logging.getLogger(__name__)
+
+ARMS = ("base", "finetuned")
+# manifest.json goes last: a build is complete exactly when its manifest is there.
+BUILD_ITEMS = ("corpus", "models", "saes", "vocab", "study.toml", "manifest.json")
+BUILD_VERSION = 1  # bump when the build changes in a way that makes old demos stale
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out: Path
+    manifest: dict[str, Any]
+    skipped: bool = False
+
+
+def recipe_hash(recipe: DemoRecipe, seed: int) -> str:
+    text = json.dumps({"recipe": dataclasses.asdict(recipe), "seed": seed, "build_version": BUILD_VERSION},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_demo(config: StudyConfig, out: Path, fast: bool = False, force: bool = False,
+               device: str = "cpu") -> BuildResult:
+    """Build (or keep, when an identical build is already there) the demo pair in `out`."""
+    if config.demo is None:
+        raise StudyInputError(f"{config.source_path or 'config'}: no [demo] section; use configs/demo.toml")
+    recipe = config.demo.fast if fast else config.demo.recipe
+    wanted = recipe_hash(recipe, config.seed)
+    existing = _read_manifest(out)
+    if not force and existing.get("recipe_hash") == wanted and all((out / item).exists() for item in BUILD_ITEMS):
+        logger.info("demo in %s is already built from this recipe (%s); use --force to rebuild", out, wanted)
+        return BuildResult(out, existing, skipped=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        manifest = _build_into(scratch, config, recipe, fast, device)
+        manifest["recipe_hash"] = wanted
+        _write_study_toml(scratch / "study.toml", config, out)
+        (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BuildResult(out, manifest)
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+STEPS = ("text", "tokenizer", "base model", "fine-tune", "perplexity", "SAE base", "SAE finetuned",
+         "medical vocabulary", "embeddings cache")
+
+
+@contextmanager
+def _step(name: str, timings: dict[str, float], bar: Any) -> Iterator[None]:
+    bar.set_postfix_str(name)
+    logger.info("▶ %s", name)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 2)
+    logger.info("✓ %s (%.1f s)", name, timings[name])
+    bar.update(1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # numpy is a hard dependency; this only keeps the helper total
+        pass
+
+
+def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: bool, device: str) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    _seed_everything(config.seed)
+    with tqdm(total=len(STEPS), desc="build-demo", unit="step") as bar:
+        manifest = _run_steps(folder, config, recipe, device, timings, bar)
+    return {"study": config.name, "fast": fast, "seed": config.seed, "device": device,
+            "recipe": dataclasses.asdict(recipe), "versions": steps.package_versions(), **manifest,
+            "timings_s": timings}
+
+
+def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
+               bar: Any) -> dict[str, Any]:
+    with _step("text", timings, bar):
+        text = steps.prepare_text(folder / "corpus", recipe)
+    with _step("tokenizer", timings, bar):
+        tokenizer = steps.make_tokenizer(text, recipe)
+        rows = steps.make_rows(text, tokenizer, recipe, config.seed)
+    with _step("base model", timings, bar):
+        base = steps.train_base(rows, tokenizer, recipe, config.seed, device)
+        steps.save_model(base, tokenizer, folder / "models" / "base")
+    with _step("fine-tune", timings, bar):
+        finetuned = steps.finetune(base, rows, recipe, config.seed, device)
+        steps.save_model(finetuned, tokenizer, folder / "models" / "finetuned")
+    with _step("perplexity", timings, bar):
+        perplexity = {arm: steps.evaluate(model, rows, device) for arm, model in (("base", base), ("finetuned", finetuned))}
+    saes = {}
+    for arm in ARMS:
+        with _step(f"SAE {arm}", timings, bar):
+            saes[arm] = steps.train_and_save_sae(folder / "models" / arm, folder / "saes" / arm, rows, recipe,
+                                                 config.seed, device, arm)
+    with _step("medical vocabulary", timings, bar):
+        vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")
+    with _step("embeddings cache", timings, bar):
+        embeddings = steps.warm_embeddings(config)
+    return {
+        "text": text.summary(),
+        "rows": {name: int(tensor.shape[0]) for name, tensor in rows.items()},
+        "tokenizer": {"vocab_size": len(tokenizer)},
+        "perplexity": perplexity,
+        "medical_perplexity_change": perplexity["finetuned"]["medical"] / perplexity["base"]["medical"] - 1.0,
+        "saes": saes,
+        "vocabulary": vocabulary,
+        "embeddings": embeddings,
+    }
+
+
+def _write_study_toml(path: Path, config: StudyConfig, out: Path) -> None:
+    """A study config for this very build (absolute paths), so `precompute run --config <out>/study.toml` works
+    wherever the demo was built."""
+    root = out.resolve()
+    lines = [
+        "# Written by build-demo: the demo study as built in this folder.",
+        "[study]", f'name = "{config.name}"', f"seed = {config.seed}", f'device = "{config.device}"',
+        f'features_db = "{root / "features.duckdb"}"', f'labels_db = "{root / "labels.duckdb"}"', "",
+    ]
+    for arm in ARMS:
+        lines += ["[[arms]]", f'name = "{arm}"', f'model = "{root / "models" / arm}"',
+                  f'sae_path = "{root / "saes" / arm}"', ""]
+    corpus = [f'"{root / "corpus" / name}"' for name in ("heldout_general.txt", "heldout_medical.txt")]
+    lines += [
+        "[corpus]", 'kind = "text_files"', f"paths = [{', '.join(corpus)}]",
+        f"n_tokens = {config.corpus.n_tokens}", f"context_size = {config.corpus.context_size}", "",
+        "[embeddings]", f'source = "{config.embeddings.source}"',
+        f'cache_dir = "{Path(config.embeddings.cache_dir).resolve()}"', "",
+        "[medical_vocabulary]", f'path = "{root / "vocab" / "medical_words.txt"}"', "",
+        "[projection]", f"top_k = {config.projection.top_k}", "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _publish(scratch: Path, out: Path) -> None:
+    """Move each built item into `out`, replacing the old one; other files in `out` (databases) stay.
+
+    The old manifest goes first, so an interrupted publish is seen as "not built" and is redone."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    for item in BUILD_ITEMS:
+        target, old = out / item, out / f".{item}.old"
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        if target.exists():
+            target.rename(old)
+        (scratch / item).rename(target)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)

@@ -1,0 +1,69 @@
+"""Train a demo arm's SAE with SAELens's own training runner, on the model loaded the way the study loads it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import DemoRecipe
+
+logger = logging.getLogger(__name__)
+
+# Recorded in the SAE's metadata, so core.loading processes the model exactly as during training; the same
+# flags gpt2-small-res-jb carries (HookedTransformer defaults with centred writing weights).
+TRAINING_PROCESSING = {"center_writing_weights": True}
+
+
+def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, device: str, model_name: str) -> Any:
+    """A StandardSAE at `recipe.hook_name`, trained on `rows` [n, ctx] of token ids through `model` (a
+    HookedTransformer). The L1 penalty warms up over the first steps (without it 20-40% of features die)."""
+    import datasets
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
+
+    context_size = rows.shape[1]
+    n_steps = recipe.sae_tokens // recipe.sae_batch_tokens
+    # The buffer holds n_batches_in_buffer x store_batch_size_prompts rows and must cover several SAE batches.
+    n_batches_in_buffer = max(8, 4 * recipe.sae_batch_tokens // (context_size * 32))
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = LanguageModelSAERunnerConfig(
+            sae=StandardTrainingSAEConfig(
+                d_in=model.cfg.d_model,
+                d_sae=recipe.d_sae,
+                l1_coefficient=recipe.sae_l1_coefficient,
+                l1_warm_up_steps=int(recipe.sae_l1_warm_up_share * n_steps),
+                normalize_activations="expected_average_only_in",
+                device=device,
+            ),
+            model_name=model_name,
+            model_class_name="HookedTransformer",
+            hook_name=recipe.hook_name,
+            dataset_path="in-memory",
+            is_dataset_tokenized=True,
+            streaming=False,
+            context_size=context_size,
+            prepend_bos=True,
+            training_tokens=recipe.sae_tokens,
+            train_batch_size_tokens=recipe.sae_batch_tokens,
+            n_batches_in_buffer=n_batches_in_buffer,
+            store_batch_size_prompts=32,
+            n_batches_for_norm_estimate=10,
+            lr=recipe.sae_lr,
+            lr_warm_up_steps=max(1, n_steps // 20),
+            model_from_pretrained_kwargs=dict(TRAINING_PROCESSING),
+            device=device,
+            seed=seed,
+            logger=LoggingConfig(log_to_wandb=False),
+            n_checkpoints=0,
+            checkpoint_path=str(Path(scratch) / "checkpoints"),
+            output_path=str(Path(scratch) / "output"),
+            verbose=False,
+        )
+        dataset = datasets.Dataset.from_dict({"input_ids": rows.tolist()})
+        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+        sae = runner.run()
+    return sae

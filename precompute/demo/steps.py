@@ -1,0 +1,154 @@
+"""The steps of the demo build, each a function the orchestrator in build.py calls in order."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import DemoRecipe, StudyConfig
+from core.loading import hooked_transformer_from_hf, load_hf_model, processing_from_kwargs
+from core.sae_metrics import hook_activations, reconstruction_stats
+from precompute.demo import lm, text as text_sources, tokenizer as tok
+from precompute.demo.sae_train import train_sae
+
+logger = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("general", "medical")
+
+
+@dataclass
+class TextData:
+    general: text_sources.DomainSplit
+    medical: text_sources.DomainSplit
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        def words(texts: list[str]) -> int:
+            return sum(len(t.split()) for t in texts)
+
+        return {name: {"train_docs": len(split.train), "heldout_docs": len(split.heldout),
+                       "train_words": words(split.train), "heldout_words": words(split.heldout)}
+                for name, split in (("general", self.general), ("medical", self.medical))}
+
+
+def prepare_text(corpus_dir: Path, recipe: DemoRecipe) -> TextData:
+    """Read both domains, split by hash, and write the held-out parts (one document per line)."""
+    data = TextData(text_sources.split_domain(text_sources.iter_general_texts(), recipe.heldout_share),
+                    text_sources.split_domain(text_sources.iter_medical_texts(), recipe.heldout_share))
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    for name, split in (("general", data.general), ("medical", data.medical)):
+        (corpus_dir / f"heldout_{name}.txt").write_text("\n".join(split.heldout) + "\n", encoding="utf-8")
+    return data
+
+
+def make_tokenizer(data: TextData, recipe: DemoRecipe) -> Any:
+    # A third of the general text (every third document) keeps training to seconds; all medical text, so
+    # clinical words get whole tokens too.
+    return tok.train_tokenizer(data.general.train[::3] + data.medical.train, recipe.vocab_size)
+
+
+def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> dict[str, torch.Tensor]:
+    """Token rows [n, n_positions] for each use: base training, fine-tuning, SAE training, evaluation."""
+    ctx = recipe.n_positions
+    n_base = recipe.base_tokens // ctx
+    n_ft = recipe.finetune_tokens // ctx
+    n_ft_general = int(n_ft * recipe.finetune_general_share)
+    n_eval = max(1, recipe.eval_tokens // ctx)
+    n_sae_half = recipe.sae_tokens // ctx // 2 + 1
+    general = tok.pack_rows(data.general.train, tokenizer, ctx, max_rows=max(n_base + n_ft_general, n_sae_half))
+    medical = tok.pack_rows(data.medical.train, tokenizer, ctx, max_rows=max(n_ft - n_ft_general, n_sae_half))
+    if medical.shape[0] < n_ft - n_ft_general:
+        logger.warning("only %d medical rows for %d requested; fine-tuning on what there is",
+                       medical.shape[0], n_ft - n_ft_general)
+    finetune = torch.cat([medical[: n_ft - n_ft_general], general[n_base:n_base + n_ft_general]])
+    # The SAEs of both arms see the same tokens, half general and half medical, in a seeded order.
+    sae = torch.cat([general[:n_sae_half], medical[:n_sae_half]])
+    sae = sae[torch.randperm(sae.shape[0], generator=torch.Generator().manual_seed(seed))]
+    return {
+        "base": general[:n_base],
+        "finetune": finetune,
+        "sae": sae,
+        "eval_general": tok.pack_rows(data.general.heldout, tokenizer, ctx, max_rows=n_eval),
+        "eval_medical": tok.pack_rows(data.medical.heldout, tokenizer, ctx, max_rows=n_eval),
+    }
+
+
+def train_base(rows: dict[str, torch.Tensor], tokenizer: Any, recipe: DemoRecipe, seed: int, device: str) -> Any:
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(lm.gpt2_config(recipe, tokenizer))
+    model.config._attn_implementation = "eager"  # faster than sdpa for these small shapes on CPU
+    lm.train_lm(model, rows["base"], recipe.base_lr, recipe.batch_size, seed, device, "base model")
+    return model
+
+
+def finetune(base: Any, rows: dict[str, torch.Tensor], recipe: DemoRecipe, seed: int, device: str) -> Any:
+    model = copy.deepcopy(base)
+    lm.train_lm(model, rows["finetune"], recipe.finetune_lr, recipe.batch_size, seed + 1, device, "fine-tune")
+    return model
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    """`save_pretrained` weights with the tokenizer beside them (AutoTokenizer.from_pretrained(folder) works)."""
+    model.save_pretrained(str(folder))
+    tok.save_tokenizer(tokenizer, folder)
+
+
+def evaluate(model: Any, rows: dict[str, torch.Tensor], device: str) -> dict[str, float]:
+    return {split: lm.perplexity(model, rows[f"eval_{split}"], device) for split in EVAL_SPLITS}
+
+
+def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Tensor], recipe: DemoRecipe,
+                       seed: int, device: str, arm: str) -> dict[str, Any]:
+    """Load the saved model as the study will (transformers → processed HookedTransformer), train the SAE,
+    save it, reload it with SAE.load_from_disk and report its quality on held-out text of both domains."""
+    from sae_lens import SAE
+
+    from precompute.demo.sae_train import TRAINING_PROCESSING
+
+    hf_model, tokenizer = load_hf_model(str(model_dir), arm)
+    model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), device)
+    torch.manual_seed(seed)
+    sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=f"demo-{arm}")
+    sae.save_model(str(sae_dir))
+    reloaded = SAE.load_from_disk(str(sae_dir), device=device)
+    heldout = torch.cat([rows["eval_general"], rows["eval_medical"]])
+    stats = reconstruction_stats(reloaded, hook_activations(model, heldout, recipe.hook_name))
+    if stats.explained_variance < 0.7:
+        logger.warning("SAE %s explains only %.1f%% of variance (< 70%%)", arm, 100 * stats.explained_variance)
+    return {"hook_name": reloaded.cfg.metadata.hook_name, "d_in": int(reloaded.cfg.d_in),
+            "d_sae": int(reloaded.cfg.d_sae), **stats.__dict__}
+
+
+def build_vocabulary(data: TextData, path: Path) -> dict[str, Any]:
+    from core import vocabulary as vocab
+
+    build = vocab.build_medical_vocabulary(
+        vocab.mesh_single_words(),
+        vocab.word_counts(data.medical.train + data.medical.heldout),
+        vocab.word_counts(data.general.train + data.general.heldout),
+        include=vocab.load_word_list(vocab.MEDICAL_INCLUDE_PATH),
+        exclude=vocab.load_word_list(vocab.MEDICAL_EXCLUDE_PATH),
+    )
+    vocab.write_medical_vocabulary(build, path)
+    return {"words": len(build.words), "candidates": build.candidate_count,
+            "min_log2_ratio": build.min_log2_ratio, "min_medical_count": build.min_medical_count}
+
+
+def warm_embeddings(config: StudyConfig) -> dict[str, Any]:
+    """Load the study's embeddings once so the cache exists before the precompute needs it."""
+    from core.embeddings import load_embeddings
+
+    kv = load_embeddings(config.embeddings.source, Path(config.embeddings.cache_dir))
+    return {"source": config.embeddings.source, "words": len(kv.index_to_key), "dim": int(kv.vector_size)}
+
+
+def package_versions() -> dict[str, str]:
+    names = ("torch", "transformers", "tokenizers", "sae-lens", "transformer-lens", "gensim")
+    return {name: importlib.metadata.version(name) for name in names}
