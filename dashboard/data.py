@@ -1,0 +1,81 @@
+"""The one module that finds and reads the study's files for the pages (cached, never stale)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.config import StudyConfig, load_config
+from core.errors import StudyInputError
+
+DEFAULT_CONFIG = "configs/demo.toml"
+
+
+def config_path() -> str:
+    """`--config` after `streamlit run dashboard/app.py --`, else $SAE_DIFF_CONFIG, else the demo."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", default=os.environ.get("SAE_DIFF_CONFIG", DEFAULT_CONFIG))
+    return parser.parse_known_args(sys.argv[1:])[0].config
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False)
+def _load_config(path: str, mtime: float) -> StudyConfig:
+    return load_config(path)
+
+
+def study_config() -> StudyConfig:
+    """The study config; raises StudyInputError with the reason when it cannot be read."""
+    path = config_path()
+    return _load_config(path, _mtime(Path(path)))
+
+
+@st.cache_data(show_spinner=False)
+def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_report(config: StudyConfig) -> dict[str, Any] | None:
+    """The demo build's manifest.json (beside the features database), or None for a study without one."""
+    path = Path(config.features_db).parent / "manifest.json"
+    return _read_json(str(path), _mtime(path))
+
+
+def features_db_exists(config: StudyConfig) -> bool:
+    return Path(config.features_db).is_file()
+
+
+def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per (arm, held-out text): columns arm, text, perplexity."""
+    rows = [{"arm": arm, "text": split, "perplexity": value}
+            for arm, splits in report["perplexity"].items() for split, value in splits.items()]
+    return pd.DataFrame(rows)
+
+
+def sae_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per arm: hook, width and reconstruction quality on held-out text."""
+    rows = [{"arm": arm, "hook_name": sae["hook_name"], "d_in": sae["d_in"], "d_sae": sae["d_sae"],
+             "L0": sae["l0"], "explained variance": sae["explained_variance"], "MSE": sae["mse"],
+             "dead features": sae["dead_fraction"], "tokens": sae["n_tokens"]}
+            for arm, sae in report["saes"].items()]
+    return pd.DataFrame(rows)
+
+
+__all__ = ["StudyInputError", "build_report", "config_path", "features_db_exists", "perplexity_frame", "sae_frame",
+           "study_config"]
