@@ -116,7 +116,7 @@ class DemoRecipe:
     n_embd: int = 192
     n_head: int = 4
     n_positions: int = 128
-    base_tokens: int = 640_000
+    base_tokens: int = 600_000
     base_lr: float = 3e-3
     finetune_tokens: int = 200_000
     finetune_lr: float = 1e-3
@@ -128,8 +128,8 @@ class DemoRecipe:
     d_sae: int = 1536
     sae_l1_coefficient: float = 6.0
     sae_lr: float = 2e-3
-    sae_tokens: int = 250_000
-    sae_batch_tokens: int = 1024
+    sae_tokens: int = 400_000
+    sae_batch_tokens: int = 512
     sae_l1_warm_up_share: float = 0.15
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,14 +78,25 @@ def load_sae(arm: ArmConfig, device: str) -> Any:
                 f"arms[{arm.name}].sae_path: {folder} is not an SAE folder (no cfg.json); "
                 "build the demo with `python -m precompute build-demo` or save yours with sae.save_model(folder)"
             )
-        return SAE.load_from_disk(str(folder), device=device)
+        with _quiet_processing_advice():
+            return SAE.load_from_disk(str(folder), device=device)
     try:
-        return SAE.from_pretrained(arm.sae_release, arm.sae_id, device=device)
+        with _quiet_processing_advice():
+            return SAE.from_pretrained(arm.sae_release, arm.sae_id, device=device)
     except (ValueError, KeyError, OSError) as err:
         raise StudyInputError(
             f"arms[{arm.name}]: could not load SAE {arm.sae_release}/{arm.sae_id} ({err}); "
             "check the release and id in SAELens's pretrained_saes.yaml, and that the hub is reachable"
         ) from err
+
+
+@contextmanager
+def _quiet_processing_advice() -> Iterator[None]:
+    # SAELens advises HookedSAETransformer.from_pretrained_no_processing(...); we apply that processing
+    # ourselves (processing_for) and check it, so the advice is noise to the user.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*non-empty model_from_pretrained_kwargs")
+        yield
 
 
 def processing_for(sae: Any) -> dict[str, bool]:
