@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -99,13 +100,8 @@ def _step(name: str, timings: dict[str, float], bar: Any) -> Iterator[None]:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # numpy is a hard dependency; this only keeps the helper total
-        pass
 
 
 def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: bool, device: str) -> dict[str, Any]:

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core import vocabulary as vocab
 from core.config import DemoRecipe, StudyConfig
 from core.loading import hooked_transformer_from_hf, load_hf_model, processing_from_kwargs
 from core.sae_metrics import hook_activations, reconstruction_stats
 from precompute.demo import lm, text as text_sources, tokenizer as tok
-from precompute.demo.sae_train import train_sae
+from precompute.demo.sae_train import TRAINING_PROCESSING, train_sae
 
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("general", "medical")
 
 
-@dataclass
+@dataclasses.dataclass
 class TextData:
     general: text_sources.DomainSplit
     medical: text_sources.DomainSplit
@@ -110,8 +111,6 @@ def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Ten
     save it, reload it with SAE.load_from_disk and report its quality on held-out text of both domains."""
     from sae_lens import SAE
 
-    from precompute.demo.sae_train import TRAINING_PROCESSING
-
     hf_model, tokenizer = load_hf_model(str(model_dir), arm)
     model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), device)
     torch.manual_seed(seed)
@@ -123,12 +122,10 @@ def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Ten
     if stats.explained_variance < 0.7:
         logger.warning("SAE %s explains only %.1f%% of variance (< 70%%)", arm, 100 * stats.explained_variance)
     return {"hook_name": reloaded.cfg.metadata.hook_name, "d_in": int(reloaded.cfg.d_in),
-            "d_sae": int(reloaded.cfg.d_sae), **stats.__dict__}
+            "d_sae": int(reloaded.cfg.d_sae), **dataclasses.asdict(stats)}
 
 
 def build_vocabulary(data: TextData, path: Path) -> dict[str, Any]:
-    from core import vocabulary as vocab
-
     build = vocab.build_medical_vocabulary(
         vocab.mesh_single_words(),
         vocab.word_counts(data.medical.train + data.medical.heldout),
