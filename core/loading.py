@@ -85,7 +85,7 @@ def load_sae(arm: ArmConfig, device: str) -> Any:
             return SAE.from_pretrained(arm.sae_release, arm.sae_id, device=device)
     except (ValueError, KeyError, OSError) as err:
         raise StudyInputError(
-            f"arms[{arm.name}]: could not load SAE {arm.sae_release}/{arm.sae_id} ({err}); "
+            f"arms[{arm.name}]: could not load SAE {arm.sae_release}/{arm.sae_id} ({str(err).splitlines()[0]}); "
             "check the release and id in SAELens's pretrained_saes.yaml, and that the hub is reachable"
         ) from err
 

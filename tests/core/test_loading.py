@@ -149,3 +149,17 @@ def test_check_refuses_two_arms_with_identical_weights(tiny, tmp_path, capsys):
     arms[1]["model"] = str(tiny["finetuned"])
     path.write_text(study_toml(arms))
     assert main(["check", "--config", str(path)]) == 0
+
+
+def test_unreachable_pretrained_sae_is_one_line(monkeypatch):
+    """Offline, a SAELens release cannot be fetched: one line naming the arm and the release, not a traceback."""
+    from sae_lens import SAE
+
+    def offline(*args, **kwargs):
+        raise OSError("We cannot find the requested files in the local cache.\nPlease check your connection.")
+
+    monkeypatch.setattr(SAE, "from_pretrained", offline)
+    arm = ArmConfig("base", "gpt2", sae_release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pre")
+    with pytest.raises(StudyInputError, match=r"arms\[base\]: could not load SAE gpt2-small-res-jb") as err:
+        load_arm(arm, "cpu")
+    assert "\n" not in str(err.value)
