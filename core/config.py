@@ -173,6 +173,11 @@ class StudyConfig:
         if not self.labels_db:
             object.__setattr__(self, "labels_db", f"data/{self.name}/labels.duckdb")
 
+    @property
+    def output_dir(self) -> Path:
+        """The study's folder: the features database, and for the demo its build (manifest.json, models, SAEs)."""
+        return Path(self.features_db).parent
+
     def arm(self, name: str) -> ArmConfig:
         for arm in self.arms:
             if arm.name == name:

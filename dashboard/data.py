@@ -53,7 +53,7 @@ def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
 
 def build_report(config: StudyConfig) -> dict[str, Any] | None:
     """The demo build's manifest.json (beside the features database), or None for a study without one."""
-    path = Path(config.features_db).parent / "manifest.json"
+    path = config.output_dir / "manifest.json"
     return _read_json(str(path), _mtime(path))
 
 

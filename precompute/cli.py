@@ -19,8 +19,10 @@ EXIT_USER_ERROR = 2
 EXIT_NOT_READY = 3
 
 
-def _offline_defaults() -> None:
-    # Without these a missing hub file costs ~30 s of retries, and wandb/tokenizers print noise.
+def offline_defaults() -> None:
+    """Offline environment unless the caller set otherwise (the command line and the tests share it).
+
+    Without it a missing hub file costs ~30 s of retries, and wandb and tokenizers print noise."""
     for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
                        ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every save/load at INFO
-    _offline_defaults()
+    offline_defaults()
     try:
         return {"build-demo": _build_demo, "check": _check, "run": _run}[args.command](args)
     except StudyInputError as err:
@@ -67,7 +69,7 @@ def _build_demo(args: argparse.Namespace) -> int:
     from precompute.demo.build import build_demo
 
     config = load_config(args.config)
-    out = Path(args.out) if args.out else Path(config.features_db).parent  # the build report lives beside the db
+    out = Path(args.out) if args.out else config.output_dir
     start = time.perf_counter()
     result = build_demo(config, out, fast=args.fast, force=args.force, device=args.device)
     manifest = result.manifest

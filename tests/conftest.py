@@ -1,6 +1,5 @@
 """Shared fixtures: offline environment, every RNG seeded, and factories for tiny models and SAEs."""
 
-import os
 import random
 import sys
 from pathlib import Path
@@ -13,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                     ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_key, _value)
+from precompute.cli import offline_defaults  # noqa: E402  (needs ROOT on sys.path)
+
+offline_defaults()
 
 
 @pytest.fixture(autouse=True)
