@@ -108,6 +108,25 @@ class ProjectionConfig:
 
 
 @dataclass(frozen=True)
+class ActivationsConfig:
+    """The activation pass: batch size, top contexts and interval samples per feature, the CE-loss subset."""
+
+    batch_size: int = 16  # contexts per forward pass
+    top_contexts: int = 20  # per feature, by the context's max activation
+    window_before: int = 12  # tokens shown before a context's max token
+    window_after: int = 4  # and after it
+    samples_per_interval: int = 4  # contexts sampled per log-spaced activation interval
+    quality_tokens: int = 100_000  # tokens for CE loss clean / spliced / zero-ablated (3 extra forward passes)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "top_contexts", "samples_per_interval", "quality_tokens"):
+            if getattr(self, name) < 1:
+                raise StudyInputError(f"activations.{name} must be at least 1")
+        if self.window_before < 0 or self.window_after < 0:
+            raise StudyInputError("activations.window_before and window_after must be >= 0")
+
+
+@dataclass(frozen=True)
 class DemoRecipe:
     """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook)."""
 
@@ -149,6 +168,7 @@ class StudyConfig:
     embeddings: EmbeddingsConfig
     medical_vocabulary: VocabularyConfig
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     seed: int = 0
     device: str = "auto"
     features_db: str = ""
@@ -211,10 +231,11 @@ def load_config(path: str | Path) -> StudyConfig:
 def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
     """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [demo]."""
     raw = dict(raw)
-    _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "demo"}, "")
+    _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations",
+                          "demo"}, "")
     study = dict(_table(raw, "study", required=True))
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
-        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "demo", "source_path"}
+        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "demo", "source_path"}
     _reject_unknown(study, study_fields, "study")
     if "name" not in study:
         _missing("study.name")
@@ -228,6 +249,7 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
         embeddings=_build(EmbeddingsConfig, _table(raw, "embeddings", required=True), "embeddings"),
         medical_vocabulary=_build(VocabularyConfig, _table(raw, "medical_vocabulary", required=True), "medical_vocabulary"),
         projection=_build(ProjectionConfig, _table(raw, "projection", required=False), "projection"),
+        activations=_build(ActivationsConfig, _table(raw, "activations", required=False), "activations"),
         demo=_build_demo(raw["demo"]) if "demo" in raw else None,
         source_path=source_path,
         **{key: _check_type(StudyConfig, key, value, "study") for key, value in study.items()},

@@ -13,6 +13,7 @@ import torch
 
 from core import vocabulary as vocab
 from core.config import DemoRecipe, StudyConfig
+from core.corpus import pack_rows
 from core.loading import hooked_transformer_from_hf, load_hf_model, processing_from_kwargs
 from core.sae_metrics import hook_activations, reconstruction_stats
 from precompute.demo import lm, text as text_sources, tokenizer as tok
@@ -61,8 +62,8 @@ def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> 
     n_ft_general = int(n_ft * recipe.finetune_general_share)
     n_eval = max(1, recipe.eval_tokens // ctx)
     n_sae_half = recipe.sae_tokens // ctx // 2 + 1
-    general = tok.pack_rows(data.general.train, tokenizer, ctx, max_rows=max(n_base + n_ft_general, n_sae_half))
-    medical = tok.pack_rows(data.medical.train, tokenizer, ctx, max_rows=max(n_ft - n_ft_general, n_sae_half))
+    general = pack_rows(data.general.train, tokenizer, ctx, max_rows=max(n_base + n_ft_general, n_sae_half))
+    medical = pack_rows(data.medical.train, tokenizer, ctx, max_rows=max(n_ft - n_ft_general, n_sae_half))
     if medical.shape[0] < n_ft - n_ft_general:
         logger.warning("only %d medical rows for %d requested; fine-tuning on what there is",
                        medical.shape[0], n_ft - n_ft_general)
@@ -74,8 +75,8 @@ def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> 
         "base": general[:n_base],
         "finetune": finetune,
         "sae": sae,
-        "eval_general": tok.pack_rows(data.general.heldout, tokenizer, ctx, max_rows=n_eval),
-        "eval_medical": tok.pack_rows(data.medical.heldout, tokenizer, ctx, max_rows=n_eval),
+        "eval_general": pack_rows(data.general.heldout, tokenizer, ctx, max_rows=n_eval),
+        "eval_medical": pack_rows(data.medical.heldout, tokenizer, ctx, max_rows=n_eval),
     }
 
 

@@ -1,0 +1,102 @@
+"""The study's token corpus: text from local files or a streamed hub dataset, packed into BOS-led rows.
+
+Every row is `[BOS] + context_size - 1` tokens of the stream "doc <eos> doc <eos> …", the layout GPT-2 and its
+SAEs were trained with. A `text_files` corpus takes an equal share of rows from each file (the demo: general
+and medical held-out text, half each), so one long file cannot crowd out the other domain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import CorpusConfig
+from core.errors import StudyInputError
+
+logger = logging.getLogger(__name__)
+ENCODE_CHUNK = 2000  # texts per tokenizer call: stop encoding once there are enough rows
+
+
+def pack_rows(texts: Iterable[str], tokenizer: Any, context_size: int, max_rows: int | None = None) -> torch.Tensor:
+    """Token rows `[n_rows, context_size]` (int64) from `texts` in order; the incomplete last row is dropped."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    body = context_size - 1
+    texts = iter(texts)
+    while chunk := list(islice(texts, ENCODE_CHUNK)):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+        if max_rows is not None and len(stream) >= max_rows * body:
+            break
+    n_rows = len(stream) // body
+    if max_rows is not None:
+        n_rows = min(n_rows, max_rows)
+    body_tokens = torch.tensor(stream[: n_rows * body], dtype=torch.long).view(n_rows, body)
+    bos_column = torch.full((n_rows, 1), tokenizer.bos_token_id, dtype=torch.long)
+    return torch.cat([bos_column, body_tokens], dim=1)
+
+
+def rows_needed(corpus: CorpusConfig) -> int:
+    """Rows of `context_size` tokens that hold at least `n_tokens` tokens (BOS included)."""
+    return -(-corpus.n_tokens // corpus.context_size)
+
+
+def load_corpus_rows(corpus: CorpusConfig, tokenizer: Any) -> torch.Tensor:
+    """The corpus as token rows `[n_rows, context_size]`, exactly `rows_needed(corpus)` of them.
+
+    Raises StudyInputError when a file is missing or the text is too short for `corpus.n_tokens`."""
+    n_rows = rows_needed(corpus)
+    if corpus.kind == "hf_dataset":
+        rows = pack_rows(_dataset_texts(corpus), tokenizer, corpus.context_size, max_rows=n_rows)
+        _require(rows.shape[0], n_rows, corpus, f"dataset {corpus.dataset}")
+        return rows
+    shares = [n_rows // len(corpus.paths) + (i < n_rows % len(corpus.paths)) for i in range(len(corpus.paths))]
+    parts = []
+    for path, share in zip(corpus.paths, shares):
+        rows = pack_rows(_file_texts(Path(path)), tokenizer, corpus.context_size, max_rows=share)
+        _require(rows.shape[0], share, corpus, f"file {path}")
+        parts.append(rows)
+    return torch.cat(parts)
+
+
+def _require(got: int, wanted: int, corpus: CorpusConfig, source: str) -> None:
+    if got < wanted:
+        have = got * corpus.context_size
+        raise StudyInputError(
+            f"corpus.n_tokens: {source} gives only {got} rows of {corpus.context_size} tokens ({have:,} tokens) "
+            f"for the {wanted} it should supply; lower corpus.n_tokens or add text"
+        )
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    """Non-empty lines of a UTF-8 text file, one document each."""
+    if not path.is_file():
+        raise StudyInputError(f"corpus.paths: {path} does not exist; build the demo with "
+                              "`python -m precompute build-demo` or point corpus.paths at your text files")
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def _dataset_texts(corpus: CorpusConfig) -> Iterator[str]:
+    """Texts of a streamed hub dataset (only as many as needed are read)."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(corpus.dataset, split=corpus.split, streaming=True)
+        for record in dataset:
+            yield record[corpus.text_column]
+    except KeyError as err:
+        raise StudyInputError(f"corpus.text_column: dataset {corpus.dataset} has no column {err}") from err
+    except (OSError, ValueError, ConnectionError) as err:
+        raise StudyInputError(
+            f"corpus.dataset: could not stream {corpus.dataset!r} ({str(err).splitlines()[0]}); it needs the hub, "
+            "or use kind = \"text_files\" with local files"
+        ) from err

@@ -1,0 +1,49 @@
+"""Corpus rows: BOS-led packing, an equal share per file, and a clear error when the text is too short."""
+
+import pytest
+import torch
+
+from core.config import CorpusConfig
+from core.corpus import load_corpus_rows, pack_rows, rows_needed
+from core.errors import StudyInputError
+from factories import byte_tokenizer
+
+
+def test_pack_rows_is_bos_then_the_eos_separated_stream():
+    tokenizer = byte_tokenizer()
+    texts = ["the heart", "a kidney", "the artery"]
+    rows = pack_rows(texts, tokenizer, context_size=4)
+    stream = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += ids + [tokenizer.eos_token_id]
+    n = len(stream) // 3
+    assert rows.shape == (n, 4)
+    assert (rows[:, 0] == tokenizer.bos_token_id).all()
+    assert rows[:, 1:].flatten().tolist() == stream[: 3 * n]
+
+
+def test_each_file_gives_an_equal_share_of_rows(tmp_path):
+    tokenizer = byte_tokenizer()
+    (tmp_path / "a.txt").write_text("the heart and the kidney\n" * 200)
+    (tmp_path / "b.txt").write_text("\na pulmonary artery\n" * 200)
+    corpus = CorpusConfig(kind="text_files", paths=(str(tmp_path / "a.txt"), str(tmp_path / "b.txt")),
+                          n_tokens=16 * 9, context_size=16)
+    rows = load_corpus_rows(corpus, tokenizer)
+    assert rows.shape == (rows_needed(corpus), 16) == (9, 16)
+    first_a = tokenizer("the heart and the kidney", add_special_tokens=False)["input_ids"][0]
+    first_b = tokenizer("a pulmonary artery", add_special_tokens=False)["input_ids"][0]
+    assert rows[0, 1] == first_a and rows[5, 1] == first_b  # 5 rows from a.txt, then 4 from b.txt
+    assert torch.equal(rows, load_corpus_rows(corpus, tokenizer))
+
+
+def test_a_corpus_too_short_names_the_field_and_the_file(tmp_path):
+    (tmp_path / "a.txt").write_text("the heart\n")
+    corpus = CorpusConfig(kind="text_files", paths=(str(tmp_path / "a.txt"),), n_tokens=10_000, context_size=16)
+    with pytest.raises(StudyInputError, match=r"corpus.n_tokens: file .*a.txt gives only 0 rows"):
+        load_corpus_rows(corpus, byte_tokenizer())
+
+
+def test_a_missing_corpus_file_says_how_to_build_it(tmp_path):
+    corpus = CorpusConfig(kind="text_files", paths=(str(tmp_path / "missing.txt"),), n_tokens=100)
+    with pytest.raises(StudyInputError, match="corpus.paths: .*missing.txt does not exist"):
+        load_corpus_rows(corpus, byte_tokenizer())
