@@ -1,11 +1,19 @@
-"""SAE reconstruction quality over a set of activations: L0, explained variance, MSE, dead features."""
+"""SAE quality: L0, explained variance, MSE, dead features, and next-token loss with the SAE spliced in.
+
+Conventions (SAELens `evals`): explained variance is 1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over all tokens; CE loss
+recovered is (CE_zero − CE_spliced) / (CE_zero − CE_clean), where CE_zero zero-ablates the hook. The BOS
+position is never reconstructed or measured (its norm is an outlier tens of times the others); this equals
+SAELens's `get_recons_loss(..., ignore_tokens=[bos])` on rows that hold BOS only at position 0.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from core.loading import stop_layer_for
 
@@ -19,13 +27,58 @@ class ReconstructionStats:
     dead_fraction: float  # features that never fired on these tokens
 
 
+@dataclass(frozen=True)
+class SaeQuality:
+    """Reconstruction and downstream loss of an SAE on token rows (CE in nats per predicted token)."""
+
+    reconstruction: ReconstructionStats
+    ce_loss_clean: float
+    ce_loss_spliced: float
+    ce_loss_zero_ablation: float
+
+    @property
+    def ce_loss_delta(self) -> float:
+        return self.ce_loss_spliced - self.ce_loss_clean
+
+    @property
+    def ce_loss_recovered(self) -> float:
+        return (self.ce_loss_zero_ablation - self.ce_loss_spliced) / (self.ce_loss_zero_ablation - self.ce_loss_clean)
+
+
+class _ReconstructionTotals:
+    """Running sums for reconstruction stats: the variance uses Σ‖x‖² − ‖Σx‖²/n, so one pass suffices."""
+
+    def __init__(self, d_sae: int, device: torch.device) -> None:
+        self.n = 0
+        self.sq_err = self.sq_norm = 0.0
+        self.active = 0
+        self.sum_x: Tensor | None = None
+        self.fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
+        self.width = 0
+
+    def add(self, x: Tensor, feature_acts: Tensor, x_hat: Tensor) -> None:
+        """x, x_hat: [n, d_in]; feature_acts: [n, d_sae]."""
+        x, x_hat = x.double(), x_hat.double()
+        self.n += x.shape[0]
+        self.width = x.shape[1]
+        self.sq_err += (x - x_hat).pow(2).sum().item()
+        self.sq_norm += x.pow(2).sum().item()
+        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
+        self.active += (feature_acts > 0).sum().item()
+        self.fired |= (feature_acts > 0).any(0)
+
+    def stats(self) -> ReconstructionStats:
+        total_var = self.sq_norm - self.sum_x.pow(2).sum().item() / self.n
+        return ReconstructionStats(
+            n_tokens=self.n, l0=self.active / self.n, explained_variance=1.0 - self.sq_err / total_var,
+            mse=self.sq_err / (self.n * self.width), dead_fraction=1.0 - self.fired.float().mean().item(),
+        )
+
+
 @torch.no_grad()
 def hook_activations(model: Any, rows: torch.Tensor, hook_name: str, batch_size: int = 32,
                      skip_bos: bool = True) -> torch.Tensor:
-    """Activations `[n_tokens, d_in]` at `hook_name` for token rows `[n, ctx]`.
-
-    The BOS position is skipped by default: its norm is an outlier (tens of times the others) that would
-    dominate variance-based metrics."""
+    """Activations `[n_tokens, d_in]` at `hook_name` for token rows `[n, ctx]` (BOS position skipped by default)."""
     out: list[torch.Tensor] = []
     stop = stop_layer_for(hook_name)
     for start in range(0, rows.shape[0], batch_size):
@@ -40,22 +93,42 @@ def hook_activations(model: Any, rows: torch.Tensor, hook_name: str, batch_size:
 def reconstruction_stats(sae: Any, activations: torch.Tensor, batch_size: int = 4096) -> ReconstructionStats:
     """Quality of `sae` on `activations` [n_tokens, d_in] (raw: SAELens folds normalisation into the weights)."""
     device = sae.W_dec.device
-    mean = activations.mean(0).to(device)
-    sq_err = total_var = active = 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
+    totals = _ReconstructionTotals(sae.cfg.d_sae, device)
     for start in range(0, activations.shape[0], batch_size):
         x = activations[start:start + batch_size].to(device)
         feature_acts = sae.encode(x)
+        totals.add(x, feature_acts, sae.decode(feature_acts))
+    return totals.stats()
+
+
+@torch.no_grad()
+def sae_quality(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
+                progress: Callable[[Iterable], Iterable] = lambda it: it) -> SaeQuality:
+    """Reconstruction stats and CE loss clean / SAE spliced / hook zero-ablated over token rows [n, T]."""
+    device = sae.W_dec.device
+    totals = _ReconstructionTotals(sae.cfg.d_sae, device)
+
+    def splice(act: Tensor, hook: Any) -> Tensor:
+        x = act[:, 1:].to(device)
+        feature_acts = sae.encode(x)
         x_hat = sae.decode(feature_acts)
-        sq_err += (x - x_hat).pow(2).sum().item()
-        total_var += (x - mean).pow(2).sum().item()
-        active += (feature_acts > 0).sum().item()
-        fired |= (feature_acts > 0).any(0)
-    n = activations.shape[0]
-    return ReconstructionStats(
-        n_tokens=n,
-        l0=active / n,
-        explained_variance=1.0 - sq_err / total_var,
-        mse=sq_err / (n * activations.shape[1]),
-        dead_fraction=1.0 - fired.float().mean().item(),
-    )
+        totals.add(x.reshape(-1, x.shape[-1]), feature_acts.reshape(-1, feature_acts.shape[-1]),
+                   x_hat.reshape(-1, x.shape[-1]))
+        out = act.clone()
+        out[:, 1:] = x_hat.to(act.device, act.dtype)
+        return out
+
+    def zero_ablate(act: Tensor, hook: Any) -> Tensor:
+        return torch.zeros_like(act)
+
+    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    n_predicted = 0
+    for start in progress(range(0, rows.shape[0], batch_size)):
+        batch = rows[start:start + batch_size].to(model.cfg.device)
+        sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
+        for name, hook in (("spliced", splice), ("zero", zero_ablate)):
+            loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
+            sums[name] += loss.sum().item()
+        n_predicted += batch.shape[0] * (batch.shape[1] - 1)
+    return SaeQuality(totals.stats(), sums["clean"] / n_predicted, sums["spliced"] / n_predicted,
+                      sums["zero"] / n_predicted)
