@@ -242,3 +242,8 @@ def weights_fingerprint(model: Any) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def decoder_fingerprint(sae: Any) -> str:
+    """sha256 of W_dec: identifies the features an arm's labels refer to (a retrained SAE gets a new one)."""
+    return hashlib.sha256(sae.W_dec.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -22,3 +22,15 @@ def normalize_token(token: str) -> str | None:
 def normalize_tokens(tokens: Iterable[str]) -> list[str | None]:
     """normalize_token over a sequence; the result has one entry per token, in order."""
     return [normalize_token(token) for token in tokens]
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2 byte-level BPE's printable stand-in character for each byte, inverted: char -> byte.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes are mapped, in order, to U+0100 onwards
+    (so a space, byte 32, is written 'Ġ', U+0120)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {byte: chr(byte) for byte in printable}
+    extra = (byte for byte in range(256) if byte not in chars)
+    chars.update({byte: chr(256 + n) for n, byte in enumerate(extra)})
+    return {char: byte for byte, char in chars.items()}

@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the precompute stages and publish the features database")
     run.add_argument("--config", default=DEFAULT_CONFIG)
     run.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    run.add_argument("--only", default=None, metavar="STAGE,...",
+                     help="run only these stages (projection, words, activations, quality); publishes once all are done")
+    run.add_argument("--fresh", action="store_true", help="recompute every stage (labels are never touched)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 
 
@@ -106,7 +110,21 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _check(args)
-    print("The precompute stages (projection, coherence, activations, SAE quality, matching) are not built yet; "
-          "see issue #4. The study's models and SAEs load and check out.", file=sys.stderr)
-    return EXIT_NOT_READY
+    from core.config import load_config
+    from precompute.run import parse_only, run_study
+    from precompute.summary import summary_lines
+
+    config = load_config(args.config)
+    only = parse_only(args.only)
+    start = time.perf_counter()
+    report = run_study(config, device=args.device, only=only, fresh=args.fresh, show_progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    if report.pending:
+        print(f"Stages done; not published yet: {', '.join(report.pending)} still to run "
+              f"(run `python -m precompute run --config {args.config}` without --only)  [{elapsed:.0f} s]")
+        return 0
+    state = "up to date (nothing to recompute)" if report.up_to_date else "published"
+    print(f"{config.features_db}: {state}  [{elapsed:.0f} s]")
+    for line in summary_lines(config, report):
+        print(line)
+    return 0

@@ -1,0 +1,245 @@
+"""The features database: its schema, every SQL statement (always with `?` parameters), and atomic publishing.
+
+One DuckDB file per study. The precompute builds into `<features_db>.building` beside the target, one
+transaction per finished stage, and renames it over the target only when every stage is done, so a reader
+(the dashboard, read-only) always sees a whole database, and a killed run loses only the stage in flight.
+
+Tables (one row per arm × feature where it says feature; names follow SAELens / Neuronpedia):
+- study: the config and its hash, package versions, schema version, histogram edges (one row)
+- stages: per arm and stage, the key of the inputs it was computed from (same key → skipped on re-run)
+- arms: model, SAE source, hook_name, d_in, d_sae, d_vocab, weight fingerprints
+- top_tokens: decoder projection, kind 'top' | 'bottom', rank 0 = strongest
+- feature_words: coherence, n_valid, med_matches, is_candidate, matched_words
+- feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
+- histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
+- features: a view joining feature_words and feature_activations
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from core.errors import StudyInputError
+
+SCHEMA_VERSION = 1
+BUILDING_SUFFIX = ".building"
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS study (name VARCHAR, description VARCHAR, config_json VARCHAR,
+        config_hash VARCHAR, versions_json VARCHAR, schema_version INTEGER, hist_edges DOUBLE[],
+        interval_edges DOUBLE[], updated_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS stages (arm VARCHAR, stage VARCHAR, stage_key VARCHAR, seconds DOUBLE,
+        finished_at TIMESTAMP, PRIMARY KEY (arm, stage))""",
+    """CREATE TABLE IF NOT EXISTS arms (arm VARCHAR PRIMARY KEY, position INTEGER, model VARCHAR,
+        sae_source VARCHAR, hook_name VARCHAR, d_in INTEGER, d_sae INTEGER, d_vocab INTEGER, n_layers INTEGER,
+        device VARCHAR, model_fingerprint VARCHAR, sae_fingerprint VARCHAR, processing_json VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS top_tokens (arm VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER,
+        token_id INTEGER, token VARCHAR, value FLOAT)""",
+    """CREATE TABLE IF NOT EXISTS feature_words (arm VARCHAR, feature INTEGER, coherence DOUBLE,
+        n_valid INTEGER, med_matches INTEGER, is_candidate BOOLEAN, matched_words VARCHAR[])""",
+    """CREATE TABLE IF NOT EXISTS feature_activations (arm VARCHAR, feature INTEGER, n_fired BIGINT,
+        frac_nonzero DOUBLE, max_act FLOAT, mean_act DOUBLE, var_act DOUBLE, sum_act DOUBLE, sum_sq_act DOUBLE,
+        med_fired BIGINT, llr DOUBLE)""",
+    "CREATE TABLE IF NOT EXISTS histograms (arm VARCHAR, feature INTEGER, counts BIGINT[])",
+    """CREATE TABLE IF NOT EXISTS contexts (arm VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER,
+        interval INTEGER, interval_low DOUBLE, interval_high DOUBLE, max_act FLOAT, row_index INTEGER,
+        max_pos INTEGER, max_index INTEGER, token_ids INTEGER[], tokens VARCHAR[], acts FLOAT[])""",
+    "CREATE TABLE IF NOT EXISTS unigram (arm VARCHAR, token_id INTEGER, token VARCHAR, count BIGINT)",
+    "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
+    """CREATE OR REPLACE VIEW features AS
+        SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words,
+               a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.med_fired, a.llr
+        FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)""",
+]
+
+# The rows each stage owns: cleared before the stage writes, so a re-run never duplicates.
+STAGE_TABLES = {
+    "projection": ("top_tokens",),
+    "words": ("feature_words",),
+    "activations": ("feature_activations", "histograms", "contexts", "unigram"),
+    "quality": (),
+}
+ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
+              "unigram", "metrics")
+
+
+def building_path(target: Path) -> Path:
+    return target.with_name(target.name + BUILDING_SUFFIX)
+
+
+def open_build(target: Path, fresh: bool = False) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A writable connection to the build file beside `target`, and where its content came from:
+    "resumed" (an unfinished build), "copied" (the published database, whose finished stages are reused)
+    or "new". `fresh` starts from an empty file; a build of another schema version is discarded."""
+    target = Path(target)
+    build = building_path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        discard_build(target)
+    origin = "resumed" if build.exists() else "new"
+    if origin == "new" and target.exists() and not fresh and file_schema_version(target) == SCHEMA_VERSION:
+        shutil.copyfile(target, build)
+        origin = "copied"
+    con = _connect_writable(build)
+    if _schema_version(con) not in (None, SCHEMA_VERSION):
+        con.close()
+        discard_build(target)
+        con, origin = _connect_writable(build), "new"
+    for statement in SCHEMA:
+        con.execute(statement)
+    return con, origin
+
+
+def _connect_writable(path: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise StudyInputError(f"{path} is locked: another precompute is building this study; wait for it "
+                                  "or stop it") from err
+        raise
+
+
+def discard_build(target: Path) -> None:
+    """Delete the unfinished build beside `target` (and its write-ahead log), if any."""
+    build = building_path(Path(target))
+    for path in (build, build.with_name(build.name + ".wal")):
+        path.unlink(missing_ok=True)
+
+
+def publish(con: duckdb.DuckDBPyConnection, target: Path) -> None:
+    """Checkpoint and close the build, then rename it over `target` (atomic on one filesystem).
+
+    Readers that hold the old file keep reading it (POSIX rename) and see the new one when they reopen."""
+    target = Path(target)
+    con.execute("CHECKPOINT")
+    con.close()
+    build = building_path(target)
+    os.replace(build, target)
+    build.with_name(build.name + ".wal").unlink(missing_ok=True)
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["study"]).fetchone()
+    if not exists[0]:
+        return None
+    row = con.execute("SELECT schema_version FROM study").fetchone()
+    return None if row is None else row[0]
+
+
+def file_schema_version(path: Path) -> int | None:
+    """The schema version of a database file, or None when it is not one of ours (or unreadable)."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return _schema_version(con)
+    except duckdb.Error:
+        return None
+
+
+def connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path), read_only=True)
+
+
+# --- writes -------------------------------------------------------------------------------------------------
+
+def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, config_json: str, config_hash: str,
+                versions_json: str, hist_edges: list[float], interval_edges: list[float]) -> None:
+    with _transaction(con):
+        con.execute("DELETE FROM study")
+        con.execute("INSERT INTO study VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+                    [name, description, config_json, config_hash, versions_json, SCHEMA_VERSION, hist_edges,
+                     interval_edges])
+
+
+def drop_arms_except(con: duckdb.DuckDBPyConnection, keep: list[str]) -> None:
+    """Remove every row of arms that are no longer in the study."""
+    placeholders = ", ".join("?" * len(keep))
+    for table in ARM_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE arm NOT IN ({placeholders})", keep)  # table: a constant above
+
+
+def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
+    _insert_frame(con, "arms", pd.DataFrame([row]), delete=("DELETE FROM arms WHERE arm = ?", [row["arm"]]))
+
+
+def stage_key(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> str | None:
+    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [arm, stage]).fetchone()
+    return None if row is None else row[0]
+
+
+def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, seconds: float,
+                tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None) -> None:
+    """Replace one stage's rows for one arm and mark it finished, in one transaction (all or nothing)."""
+    unknown = set(tables) - set(STAGE_TABLES[stage])
+    if unknown:
+        raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
+    with _transaction(con):
+        for table in STAGE_TABLES[stage]:
+            con.execute(f"DELETE FROM {table} WHERE arm = ?", [arm])  # table: a constant of STAGE_TABLES
+        con.execute("DELETE FROM metrics WHERE arm = ? AND stage = ?", [arm, stage])
+        con.execute("DELETE FROM stages WHERE arm = ? AND stage = ?", [arm, stage])
+        for table, frame in tables.items():
+            _insert_frame(con, table, frame)
+        if metrics:
+            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
+                            [[arm, stage, name, float(value)] for name, value in metrics.items()])
+        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now())", [arm, stage, key, seconds])
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
+def _insert_frame(con: Any, table: str, frame: pa.Table | pd.DataFrame, delete: tuple | None = None) -> None:
+    if delete is not None:
+        con.execute(*delete)
+    con.register("incoming", frame)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")  # table: a schema constant
+    finally:
+        con.unregister("incoming")
+
+
+# --- reads --------------------------------------------------------------------------------------------------
+
+def read_top_tokens(con: duckdb.DuckDBPyConnection, arm: str, kind: str = "top") -> pd.DataFrame:
+    """feature, rank, token_id, value of one arm's top (or bottom) tokens, ordered by feature then rank."""
+    return con.execute("SELECT feature, rank, token_id, value FROM top_tokens WHERE arm = ? AND kind = ? "
+                       "ORDER BY feature, rank", [arm, kind]).df()
+
+
+def read_metrics(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT arm, stage, metric, value FROM metrics ORDER BY arm, stage, metric").df()
+
+
+def read_stages(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT arm, stage, stage_key, seconds, finished_at FROM stages ORDER BY arm, stage").df()
+
+
+def read_arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT * FROM arms ORDER BY position").df()
+
+
+def arm_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm: features, medical candidates, coherence mean / median over scored features, dead features."""
+    return con.execute("""
+        SELECT arm, count(*) AS features, count(*) FILTER (WHERE is_candidate) AS candidates,
+               avg(coherence) AS coherence_mean, median(coherence) AS coherence_median,
+               count(*) FILTER (WHERE n_fired = 0) AS dead
+        FROM features GROUP BY arm ORDER BY arm""").df()

@@ -1,0 +1,168 @@
+"""`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
+
+Stages per arm, in order: projection (top / bottom tokens of W_dec @ W_U), words (coherence, medical matches),
+activations (one pass over the corpus: densities, histograms, contexts, unigram, LLR), quality (L0, explained
+variance, CE loss spliced and zero-ablated). Each stage has a key: a hash of everything it reads (the arm's
+weights, the config fields it uses, the files it reads). A stage whose key is already in the database is
+skipped; any change recomputes exactly the stages it affects. The math lives in core/; this is orchestration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import importlib.metadata
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from tqdm.auto import tqdm
+
+from core import database as db
+from core.activations import HIST_EDGES, INTERVAL_EDGES
+from core.config import ArmConfig, StudyConfig
+from core.errors import StudyInputError
+from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
+from core.vocabulary import load_medical_vocabulary
+from precompute import stages
+
+logger = logging.getLogger(__name__)
+STAGES = ("projection", "words", "activations", "quality")
+STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1}  # bump when a stage's math changes
+VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
+
+
+@dataclass
+class RunReport:
+    """What a run did: stage seconds per arm (skipped stages absent), whether it published, and the summary."""
+
+    published: bool = False
+    up_to_date: bool = False
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # "arm/stage" left undone (--only)
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return STAGES
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in STAGES]
+    if unknown:
+        raise StudyInputError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    return names
+
+
+def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] = STAGES,
+              fresh: bool = False, show_progress: bool = True) -> RunReport:
+    """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
+    only = tuple(only)
+    target = Path(config.features_db)
+    inputs = stages.StudyInputs(config, load_medical_vocabulary(Path(config.medical_vocabulary.path)),
+                                show_progress=show_progress)
+    con, origin = db.open_build(target, fresh=fresh)
+    report = RunReport()
+    try:
+        db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
+                       config.config_hash(), json.dumps(package_versions(), sort_keys=True),
+                       HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
+        db.drop_arms_except(con, [arm.name for arm in config.arms])
+        for position, arm in enumerate(config.arms):
+            _run_arm(con, inputs, arm, position, device or config.device, only, report)
+    except BaseException:
+        con.close()  # the build file keeps every finished stage for the next run
+        raise
+    if report.pending:
+        con.close()
+        logger.warning("not published: %s still to run; run without --only to finish", ", ".join(report.pending))
+        return report
+    if origin == "copied" and not report.seconds:
+        con.close()
+        db.discard_build(target)
+        report.up_to_date = True
+        return report
+    db.publish(con, target)
+    report.published = True
+    return report
+
+
+def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: ArmConfig, position: int,
+             device: str, only: tuple[str, ...], report: RunReport) -> None:
+    loaded = load_arm(arm, device)
+    try:
+        fingerprints = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
+        keys = stage_keys(inputs.config, arm, fingerprints)
+        db.write_arm(con, _arm_row(arm, loaded, position, fingerprints["model"]))
+        todo = [s for s in STAGES if s in only and db.stage_key(con, arm.name, s) != keys[s]]
+        if {"activations", "quality"} & set(todo):
+            inputs.corpus_rows(loaded)  # a corpus too short fails now, not after the other stages
+        for stage in STAGES:
+            if db.stage_key(con, arm.name, stage) == keys[stage]:
+                logger.info("%s/%s: up to date, skipped", arm.name, stage)
+                continue
+            if stage not in only:
+                report.pending.append(f"{arm.name}/{stage}")
+                continue
+            start = time.perf_counter()
+            tables, metrics = stages.RUNNERS[stage](con, inputs, loaded)
+            seconds = time.perf_counter() - start
+            db.write_stage(con, arm.name, stage, keys[stage], seconds, tables, metrics)
+            report.seconds.setdefault(arm.name, {})[stage] = seconds
+            logger.info("%s/%s: done in %.1f s", arm.name, stage, seconds)
+    finally:
+        del loaded
+        gc.collect()
+
+
+def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]) -> dict[str, str]:
+    """The key of each stage: a hash of the arm's weights, the config it reads and the files it reads."""
+    arm_part = {"arm": dataclasses.asdict(arm), **fingerprints}
+    corpus_part = {"corpus": dataclasses.asdict(config.corpus), "files": [_file_stamp(p) for p in config.corpus.paths]}
+    vocabulary = _file_stamp(config.medical_vocabulary.path)
+    keys = {"projection": _hash(arm_part, config.projection, STAGE_VERSION["projection"])}
+    keys["words"] = _hash(keys["projection"], config.embeddings.source, vocabulary, STAGE_VERSION["words"])
+    keys["activations"] = _hash(arm_part, corpus_part, config.activations, vocabulary, config.seed,
+                                STAGE_VERSION["activations"])
+    keys["quality"] = _hash(arm_part, corpus_part, config.activations.quality_tokens, STAGE_VERSION["quality"])
+    return keys
+
+
+def _hash(*parts: Any) -> str:
+    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_stamp(path: str) -> list[Any]:
+    """Content hash of a file (corpus and vocabulary files are read whole anyway)."""
+    p = Path(path)
+    if not p.is_file():
+        return [path, None]
+    digest = hashlib.sha256()
+    with p.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return [path, digest.hexdigest()]
+
+
+def _arm_row(arm: ArmConfig, loaded: LoadedArm, position: int, model_fingerprint: str) -> dict[str, Any]:
+    return {
+        "arm": arm.name, "position": position, "model": arm.model, "sae_source": arm.sae_source,
+        "hook_name": loaded.hook_name, "d_in": int(loaded.sae.cfg.d_in), "d_sae": loaded.d_sae,
+        "d_vocab": int(loaded.model.cfg.d_vocab), "n_layers": int(loaded.model.cfg.n_layers),
+        "device": loaded.device, "model_fingerprint": model_fingerprint,
+        "sae_fingerprint": decoder_fingerprint(loaded.sae), "processing_json": json.dumps(loaded.processing),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES}
+
+
+def progress_bar(show: bool, desc: str, unit: str) -> Any:
+    """A wrapper for core's `progress=` arguments: a tqdm bar with counts and ETA, or nothing."""
+    return (lambda it: tqdm(it, desc=desc, unit=unit, leave=False)) if show else (lambda it: it)

@@ -1,0 +1,37 @@
+"""The table `precompute run` prints at the end: per arm, what a reader checks first."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from core import database as db
+from core.config import StudyConfig
+
+COLUMNS = ("arm", "features", "candidates", "coh. mean", "coh. median", "dead", "EV", "CE rec.", "seconds")
+
+
+def summary_lines(config: StudyConfig, report: object) -> list[str]:
+    """Per arm: features, medical candidates, mean / median coherence, dead features, explained variance,
+    CE loss recovered, and the seconds each stage took in this run (skipped stages: 0)."""
+    with db.connect_read_only(Path(config.features_db)) as con:
+        summary = db.arm_summary(con).set_index("arm")
+        metrics = db.read_metrics(con)
+    value = {(r.arm, r.metric): r.value for r in metrics.itertuples()}
+    rows = [COLUMNS]
+    for arm in (a.name for a in config.arms):
+        s = summary.loc[arm]
+        seconds = getattr(report, "seconds", {}).get(arm, {})
+        rows.append((
+            arm, f"{s.features:,}", f"{s.candidates:,} ({100 * s.candidates / s.features:.2f}%)",
+            _fmt(s.coherence_mean), _fmt(s.coherence_median),
+            f"{s.dead:,} ({100 * s.dead / s.features:.1f}%)", _fmt(value.get((arm, "explained_variance"))),
+            _fmt(value.get((arm, "ce_loss_recovered"))),
+            " ".join(f"{stage[:4]} {sec:.0f}" for stage, sec in seconds.items()) or "-",
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
+    return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

