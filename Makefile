@@ -24,11 +24,9 @@ install: $(STAMP)
 build-demo: install
 	$(PY) -m precompute build-demo --config $(CONFIG)
 
-# `run` exits 3 while the precompute stages are not built (issue #4): the demo still serves its build report.
+# Finished stages are skipped on a re-run; `python -m precompute run --fresh` recomputes everything.
 precompute: build-demo
-	@$(PY) -m precompute run --config $(CONFIG); status=$$?; \
-	if [ $$status -eq 3 ]; then echo "make demo: no features database yet; the dashboard shows the build report."; \
-	elif [ $$status -ne 0 ]; then exit $$status; fi
+	$(PY) -m precompute run --config $(CONFIG)
 
 serve: install
 	$(PY) -m streamlit run dashboard/app.py -- --config $(CONFIG)

@@ -126,7 +126,8 @@ def load_hf_model(model_ref: str, arm_name: str = "") -> tuple[Any, Any]:
             "build the demo with `python -m precompute build-demo` or save yours with save_pretrained(folder)"
         )
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch.float32).eval()
+        with _no_weight_loading_bar():
+            hf_model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_ref)
     except OSError as err:
         raise StudyInputError(
@@ -134,6 +135,20 @@ def load_hf_model(model_ref: str, arm_name: str = "") -> tuple[Any, Any]:
             "give a local folder or a hub name reachable from here"
         ) from err
     return hf_model, tokenizer
+
+
+@contextmanager
+def _no_weight_loading_bar() -> Iterator[None]:
+    # transformers draws a bar per load; loading takes a second and the precompute has its own progress.
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def hooked_transformer_from_hf(hf_model: Any, tokenizer: Any, processing: dict[str, bool], device: str) -> Any:
@@ -171,7 +186,7 @@ def hooked_transformer_from_hf(hf_model: Any, tokenizer: Any, processing: dict[s
     if missing:
         raise RuntimeError(f"weight conversion left parameters unset: {sorted(missing)[:5]}")
     model.load_and_process_state_dict(state_dict, **processing)
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()
 
 
 def _buffers(model: Any) -> set[str]:

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core import database as db
 from core.config import StudyConfig, load_config
 from core.errors import StudyInputError
 
@@ -61,6 +62,35 @@ def features_db_exists(config: StudyConfig) -> bool:
     return Path(config.features_db).is_file()
 
 
+def features_db_version(config: StudyConfig) -> tuple[float, int]:
+    """Changes whenever a new database is published (a rename gives a new inode): the key of cached queries."""
+    try:
+        stat = Path(config.features_db).stat()
+    except OSError:
+        return (0.0, 0)
+    return (stat.st_mtime, stat.st_ino)
+
+
+def features_db_current(config: StudyConfig) -> bool:
+    """The database exists and has this code's schema (else the page shows how to rebuild it)."""
+    return db.file_schema_version(Path(config.features_db)) == db.SCHEMA_VERSION
+
+
+@st.cache_data(show_spinner=False)
+def _arm_overview(path: str, version: tuple[float, int]) -> pd.DataFrame:
+    with db.connect_read_only(Path(path)) as con:
+        summary = db.arm_summary(con)
+        metrics = db.read_metrics(con)
+    wide = metrics.pivot_table(index="arm", columns="metric", values="value", aggfunc="first")
+    keep = [m for m in ("l0", "explained_variance", "ce_loss_recovered", "n_tokens") if m in wide.columns]
+    return summary.merge(wide[keep].reset_index(), on="arm", how="left")
+
+
+def arm_overview(config: StudyConfig) -> pd.DataFrame:
+    """Per arm: features, medical candidates, coherence mean / median, dead features, L0, EV, CE recovered."""
+    return _arm_overview(config.features_db, features_db_version(config))
+
+
 def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:
     """One row per (arm, held-out text): columns arm, text, perplexity."""
     rows = [{"arm": arm, "text": split, "perplexity": value}
@@ -77,5 +107,5 @@ def sae_frame(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["StudyInputError", "build_report", "config_path", "features_db_exists", "perplexity_frame", "sae_frame",
-           "study_config"]
+__all__ = ["StudyInputError", "arm_overview", "build_report", "config_path", "features_db_current",
+           "features_db_exists", "features_db_version", "perplexity_frame", "sae_frame", "study_config"]

@@ -21,11 +21,11 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     rows = [COLUMNS]
     for arm in (a.name for a in config.arms):
         s = summary.loc[arm]
+        features, candidates, dead = int(s.features), int(s.candidates), int(s.dead)
         seconds = getattr(report, "seconds", {}).get(arm, {})
         rows.append((
-            arm, f"{s.features:,}", f"{s.candidates:,} ({100 * s.candidates / s.features:.2f}%)",
-            _fmt(s.coherence_mean), _fmt(s.coherence_median),
-            f"{s.dead:,} ({100 * s.dead / s.features:.1f}%)", _fmt(value.get((arm, "explained_variance"))),
+            arm, f"{features:,}", f"{candidates:,} ({100 * candidates / features:.2f}%)",
+            _fmt(s.coherence_mean), _fmt(s.coherence_median), f"{dead:,} ({100 * dead / features:.1f}%)", _fmt(value.get((arm, "explained_variance"))),
             _fmt(value.get((arm, "ce_loss_recovered"))),
             " ".join(f"{stage[:4]} {sec:.0f}" for stage, sec in seconds.items()) or "-",
         ))

@@ -1,4 +1,4 @@
-"""Overview: the study at a glance. Until the precompute exists (issue #4), the demo's build report."""
+"""Overview: the study at a glance: its arms, the demo's build report, and the precompute's per-arm summary."""
 
 import streamlit as st
 
@@ -29,8 +29,20 @@ if report is not None:
                                 "L0": st.column_config.NumberColumn(format="%.1f"),
                                 "MSE": st.column_config.NumberColumn(format="%.4f")})
 
+command = f"python -m precompute run --config {data.config_path()}"
 if not data.features_db_exists(config):
-    st.info(f"No features database yet at `{config.features_db}`. Build it with "
-            f"`python -m precompute run --config {data.config_path()}` (or `make demo`). "
-            "The precompute stages arrive with issue #4.")
+    st.info(f"No features database yet at `{config.features_db}`. Build it with `{command}` (or `make demo`).")
     st.stop()
+if not data.features_db_current(config):
+    st.warning(f"The features database `{config.features_db}` was written by another version of this tool. "
+               f"Rebuild it with `{command} --fresh`.")
+    st.stop()
+
+st.subheader("Features per arm")
+st.dataframe(data.arm_overview(config), hide_index=True, width="stretch",
+             column_config={"coherence_mean": st.column_config.NumberColumn("coherence mean", format="%.3f"),
+                            "coherence_median": st.column_config.NumberColumn("coherence median", format="%.3f"),
+                            "explained_variance": st.column_config.NumberColumn("explained variance", format="%.3f"),
+                            "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered", format="%.3f"),
+                            "l0": st.column_config.NumberColumn("L0", format="%.1f"),
+                            "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from factories import study_toml
@@ -55,3 +56,48 @@ def test_unreadable_config_is_an_error_message(tmp_path, monkeypatch):
     at = run_app(monkeypatch, bad)
     assert not at.exception
     assert "did you mean 'name'" in at.error[0].value
+
+
+def write_tiny_database(path: Path) -> None:
+    """Two arms of 4 features: base has 1 candidate and 1 dead feature, finetuned 3 candidates, none dead."""
+    import pyarrow as pa
+
+    from core import database as db
+
+    con, _ = db.open_build(path)
+    db.write_study(con, "tiny", "", "{}", "hash", "{}", [], [])
+    for arm, candidates, n_fired, ev in (("base", [True, False, False, False], [5, 0, 3, 1], 0.9),
+                                         ("finetuned", [True, True, True, False], [5, 2, 3, 1], 0.8)):
+        words = pa.table({"arm": [arm] * 4, "feature": [0, 1, 2, 3], "coherence": [0.2, 0.4, None, 0.6],
+                          "n_valid": [3, 3, 1, 3], "med_matches": [2 if c else 0 for c in candidates],
+                          "is_candidate": candidates})
+        acts = pa.table({"arm": [arm] * 4, "feature": [0, 1, 2, 3], "n_fired": n_fired})
+        db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
+        db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts})
+        db.write_stage(con, arm, "quality", "k", 0.0, {}, {"explained_variance": ev, "l0": 12.0})
+    db.publish(con, path)
+
+
+def test_features_per_arm_from_the_database(tmp_path, monkeypatch):
+    config = write_study(tmp_path)
+    write_tiny_database(tmp_path / "demo" / "features.duckdb")
+    at = run_app(monkeypatch, config)
+    assert not at.exception and not at.info
+    table = at.dataframe[1].value.set_index("arm")
+    assert table.loc["base", "candidates"] == 1 and table.loc["finetuned", "candidates"] == 3
+    assert table.loc["base", "dead"] == 1 and table.loc["finetuned", "dead"] == 0
+    assert table.loc["base", "coherence_mean"] == pytest.approx(0.4)  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
+    assert table.loc["finetuned", "explained_variance"] == 0.8
+
+
+def test_a_database_of_another_schema_says_how_to_rebuild(tmp_path, monkeypatch):
+    import duckdb
+
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    with duckdb.connect(str(tmp_path / "demo" / "features.duckdb")) as con:
+        con.execute("CREATE TABLE study (schema_version INTEGER)")
+        con.execute("INSERT INTO study VALUES (0)")
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    assert "another version" in at.warning[0].value and "--fresh" in at.warning[0].value

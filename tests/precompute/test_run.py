@@ -5,7 +5,8 @@ Planted in the base arm (d_model 32, SAE at blocks.0.hook_resid_pre, the embeddi
   its top-3 tokens are exactly those, in that order;
 - feature 1 reads e5 with threshold 2, and only " blood" has an embedding along e5 (4·e5): it fires on every
   " blood" of the corpus and nowhere else;
-- feature 2 has bias -100: it never fires, so it is dead.
+- feature 2 has bias -100: it never fires, so it is dead;
+- feature 3's top tokens are " 123", " 2010", " 1999": no valid word, so no coherence (NULL, never 0).
 The fine-tuned arm's SAE plants " lung", " bone" (axes 3 and 4) on feature 0, so each arm must read its own SAE.
 """
 
@@ -54,12 +55,14 @@ def plant_embeddings(folder, tokenizer, planted):
     model.save_pretrained(str(folder))
 
 
-def planted_sae(folder, projection_axes):
+def planted_sae(folder, projection_axes, numbers_axes=(6, 7, 8)):
     sae = build_sae(d_in=32, d_sae=16, hook_name=HOOK)
     with torch.no_grad():
         sae.b_dec.zero_()
         sae.W_dec[0] = 0
         sae.W_dec[0, projection_axes] = 1.0
+        sae.W_dec[3] = 0
+        sae.W_dec[3, list(numbers_axes)] = 1.0
         sae.W_enc[:, 1] = 0
         sae.W_enc[5, 1] = 1.0
         sae.b_enc[1] = -2.0
@@ -72,7 +75,8 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     tokenizer = gpt2_tokenizer()
     base = build_gpt2_folder(root / "base", tokenizer)
-    plant_embeddings(base, tokenizer, {" heart": (0, 3.0), " kidney": (1, 2.5), " liver": (2, 2.0), " blood": (5, 4.0)})
+    plant_embeddings(base, tokenizer, {" heart": (0, 3.0), " kidney": (1, 2.5), " liver": (2, 2.0), " blood": (5, 4.0),
+                                       " 123": (6, 3.0), " 2010": (7, 2.5), " 1999": (8, 2.0)})
     finetuned = perturb_gpt2_folder(base, root / "finetuned", scale=0.01)
     plant_embeddings(finetuned, tokenizer, {" lung": (3, 3.0), " bone": (4, 2.0)})
     planted_sae(root / "sae_base", [0, 1, 2])
@@ -286,3 +290,22 @@ def _toml(raw):
             lines.append(f"[[{section}]]" if isinstance(table, list) else f"[{section}]")
             lines += [f"{key} = {value(v)}" for key, v in entry.items()]
     return "\n".join(lines) + "\n"
+
+
+def test_fewer_than_two_valid_tokens_is_stored_as_null_never_zero(study):
+    numbers = query(study["config"], "SELECT n_valid, coherence FROM features WHERE arm = 'base' AND feature = 3")
+    assert numbers.n_valid[0] == 0 and np.isnan(numbers.coherence[0])
+    scored = query(study["config"], "SELECT count(*) AS n FROM features WHERE n_valid < 2 AND coherence IS NOT NULL")
+    assert scored.n[0] == 0
+
+
+def test_the_command_prints_a_summary_row_per_arm(study, tmp_path, capsys):
+    path = tmp_path / "study.toml"
+    path.write_text(_toml(with_changes(study["raw"], tmp_path)))
+    assert main(["run", "--config", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "published" in out
+    base_row = next(line for line in out.splitlines() if line.strip().startswith("base "))
+    n_candidates = query(config_from_dict(with_changes(study["raw"], tmp_path)),
+                         "SELECT count(*) AS n FROM features WHERE arm = 'base' AND is_candidate").n[0]
+    assert base_row.split()[1] == "16" and base_row.split()[2] == str(n_candidates)
