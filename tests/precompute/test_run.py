@@ -258,9 +258,14 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     ({"corpus": {"n_tokens": 10**6}}, "corpus.n_tokens: file .*corpus.txt gives only"),
     ({"medical_vocabulary": {"path": "/nonexistent/words.txt"}}, "medical vocabulary /nonexistent/words.txt does not"),
     ({"projection": {"top_k": 0}}, "projection.top_k must be at least 1"),
+    ({"embeddings": {"source": "/nonexistent/vectors.kv"}}, "embedding file /nonexistent/vectors.kv does not exist"),
+    ({"embeddings": {"source": "EMPTY"}}, "embedding file .*empty.txt is empty"),
+    ({"medical_vocabulary": {"path": "EMPTY"}}, "medical vocabulary .*empty.txt has no words"),
     ({"activations": {"batch_size": 0}}, "activations.batch_size must be at least 1"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_published(study, tmp_path, capsys, change, message):
+    (tmp_path / "empty.txt").write_text("")
+    change = json.loads(json.dumps(change).replace('"EMPTY"', json.dumps(str(tmp_path / "empty.txt"))))
     raw = with_changes(study["raw"], tmp_path, **change)
     path = tmp_path / "study.toml"
     path.write_text(_toml(raw))
