@@ -57,7 +57,8 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
     """CREATE OR REPLACE VIEW features AS
         SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words,
-               a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.med_fired, a.llr
+               a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
+               a.med_fired, a.llr
         FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)""",
 ]
 
@@ -243,3 +244,13 @@ def arm_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
                avg(coherence) AS coherence_mean, median(coherence) AS coherence_median,
                count(*) FILTER (WHERE n_fired = 0) AS dead
         FROM features GROUP BY arm ORDER BY arm""").df()
+
+
+def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm, mean and variance of every non-zero per-token activation of the medical candidates' features,
+    pooled exactly from per-feature sums (the paper's Figure 2: its μ and σ² per model)."""
+    return con.execute("""
+        SELECT arm, count(*) AS features, sum(n_fired) AS activations,
+               sum(sum_act) / sum(n_fired) AS mean_act,
+               sum(sum_sq_act) / sum(n_fired) - pow(sum(sum_act) / sum(n_fired), 2) AS var_act
+        FROM features WHERE is_candidate AND n_fired > 0 GROUP BY arm ORDER BY arm""").df()

@@ -314,3 +314,24 @@ def test_the_command_prints_a_summary_row_per_arm(study, tmp_path, capsys):
     n_candidates = query(config_from_dict(with_changes(study["raw"], tmp_path)),
                          "SELECT count(*) AS n FROM features WHERE arm = 'base' AND is_candidate").n[0]
     assert base_row.split()[1] == "16" and base_row.split()[2] == str(n_candidates)
+
+
+def test_figure_2_moments_pool_every_activation_of_the_candidates(study):
+    """Brute force: run the model and SAE over the corpus and pool the candidates' non-zero activations."""
+    from core.loading import load_arm
+    from core.sae_metrics import hook_activations
+
+    config = study["config"]
+    candidates = query(config, "SELECT feature FROM features WHERE arm = 'base' AND is_candidate").feature.tolist()
+    assert 0 in candidates
+    loaded = load_arm(config.arm("base"), "cpu")
+    rows = load_corpus_rows(config.corpus, loaded.model.tokenizer)
+    with torch.no_grad():
+        acts = loaded.sae.encode(hook_activations(loaded.model, rows, HOOK))[:, candidates].double()
+    values = acts[acts > 0]
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        from core.database import candidate_activation_moments
+        moments = candidate_activation_moments(con).set_index("arm")
+    assert moments.loc["base", "activations"] == values.numel()
+    assert moments.loc["base", "mean_act"] == pytest.approx(values.mean().item(), rel=1e-5)
+    assert moments.loc["base", "var_act"] == pytest.approx(values.var(unbiased=False).item(), rel=1e-4)
