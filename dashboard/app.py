@@ -10,5 +10,12 @@ if str(ROOT) not in sys.path:  # streamlit runs this file as a script, not as pa
     sys.path.insert(0, str(ROOT))
 
 st.set_page_config(page_title="SAE fine-tune diff", page_icon="🔬", layout="wide")
-pages = [st.Page(str(ROOT / "dashboard" / "pages" / "overview.py"), title="Overview", icon="📊", default=True)]
+PAGES = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would also list that folder as legacy pages
+pages = [
+    st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
+    st.Page(str(PAGES / "features.py"), title="Features", icon=":material/table_rows:", url_path="features"),
+    st.Page(str(PAGES / "feature.py"), title="Feature", icon=":material/search:", url_path="feature"),
+    st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(str(PAGES / "label.py"), title="Label", icon=":material/label:", url_path="label"),
+]
 st.navigation(pages).run()

@@ -13,3 +13,56 @@ def perplexity_bars(frame: pd.DataFrame) -> go.Figure:
                  color_discrete_map=ARM_COLORS, labels={"text": "held-out text"})
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="")
     return fig
+
+
+def _compact(fig: go.Figure, height: int = 320) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend_title_text="")
+    return fig
+
+
+def logit_bars(tokens: pd.DataFrame, x_range: tuple[float, float] | None = None) -> go.Figure:
+    """A feature's top (positive) and bottom (negative) tokens of W_dec @ W_U as horizontal bars.
+
+    tokens: kind, rank, token, value. x_range: shared axis for side-by-side comparisons."""
+    frame = tokens.assign(label=tokens["token"].map(repr), side=tokens["kind"].map({"top": "top", "bottom": "bottom"}))
+    frame = frame.sort_values("value")
+    fig = px.bar(frame, x="value", y="label", color="side", orientation="h",
+                 color_discrete_map={"top": "#F58518", "bottom": "#4C78A8"},
+                 labels={"value": "logit weight (W_dec @ W_U)", "label": ""})
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
+    return _compact(fig, height=max(260, 22 * len(frame)))
+
+
+def activation_histogram(hist: pd.DataFrame, y_max: float | None = None) -> go.Figure:
+    """Histogram over log-spaced bins (low, high, count) drawn as bars on a log x axis."""
+    frame = hist[hist["count"] > 0]
+    fig = go.Figure(go.Bar(x=(frame["low"] * frame["high"]) ** 0.5, y=frame["count"],
+                           width=frame["high"] - frame["low"], marker_color="#F58518"))
+    fig.update_xaxes(type="log", title="activation (non-zero)")
+    fig.update_yaxes(title="tokens", range=[0, y_max] if y_max else None)
+    return _compact(fig, height=260)
+
+
+def match_histogram(counts: pd.DataFrame) -> go.Figure:
+    """Paper Figure 1: features per number of medical matches in their top tokens, both arms side by side."""
+    fig = px.bar(counts, x="med_matches", y="features", color="arm", barmode="group", log_y=True,
+                 color_discrete_map=ARM_COLORS, labels={"med_matches": "medical matches in the top tokens"})
+    return _compact(fig)
+
+
+def candidate_activations(hist: pd.DataFrame) -> go.Figure:
+    """Paper Figure 2: distribution of the medical candidates' non-zero activations, per arm (share of tokens)."""
+    frame = hist[hist["count"] > 0].copy()
+    frame["share"] = frame["count"] / frame.groupby("arm")["count"].transform("sum")
+    frame["activation"] = (frame["low"] * frame["high"]) ** 0.5
+    fig = px.line(frame, x="activation", y="share", color="arm", log_x=True, markers=True,
+                  color_discrete_map=ARM_COLORS, labels={"share": "share of activations"})
+    return _compact(fig)
+
+
+def coherence_histogram(values: pd.DataFrame) -> go.Figure:
+    """Coherence of every scored feature, both arms overlaid (probability density)."""
+    fig = px.histogram(values, x="coherence", color="arm", barmode="overlay", histnorm="probability density",
+                       nbins=60, opacity=0.6, color_discrete_map=ARM_COLORS)
+    return _compact(fig)

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 import streamlit as st
 
 from core import database as db
+from core import labels
 from core.config import StudyConfig, load_config
 from core.errors import StudyInputError
 
@@ -91,6 +93,70 @@ def arm_overview(config: StudyConfig) -> pd.DataFrame:
     return _arm_overview(config.features_db, features_db_version(config))
 
 
+# --- the features database, read-only: one connection per published file, one cursor per query ----------
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _connection(path: str, version: tuple[float, int]) -> duckdb.DuckDBPyConnection:
+    return db.connect_read_only(Path(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _cached_query(name: str, path: str, version: tuple[float, int], args: tuple) -> Any:
+    # A DuckDB connection is not thread-safe; a cursor is a connection of its own on the same database.
+    with _connection(path, version).cursor() as cursor:
+        return getattr(db.queries, name)(cursor, *args)
+
+
+def query(name: str, *args: Any) -> Any:
+    """Run `core.database.queries.<name>(con, *args)` on the current study's database, cached until a new
+    database is published (the key includes the file's version)."""
+    config = study_config()
+    return _cached_query(name, config.features_db, features_db_version(config), args)
+
+
+def arm_names() -> list[str]:
+    return query("arms")["arm"].tolist()
+
+
+def fingerprints() -> dict[str, str]:
+    """arm -> decoder fingerprint of the SAE the database was computed with (labels are keyed by it)."""
+    frame = query("arms")
+    return dict(zip(frame["arm"], frame["sae_fingerprint"]))
+
+
+# --- labels: their own file, never cached (another tab may have just written one) ------------------------
+
+def current_labels() -> pd.DataFrame:
+    """Labels of the arms' current SAEs (arm, feature, label, note, id, ...)."""
+    config = study_config()
+    return labels.labels_for(Path(config.labels_db), config.name, fingerprints())[0]
+
+
+def labels_of_other_saes() -> pd.DataFrame:
+    config = study_config()
+    return labels.labels_for(Path(config.labels_db), config.name, fingerprints())[1]
+
+
+def save_label(arm: str, feature: int, label: str, note: str) -> int:
+    config = study_config()
+    return labels.save_label(Path(config.labels_db), config.name, arm, feature, fingerprints()[arm], label, note)
+
+
+def undo_label(event_id: int) -> bool:
+    return labels.undo(Path(study_config().labels_db), event_id)
+
+
+def label_history() -> pd.DataFrame:
+    config = study_config()
+    return labels.history(Path(config.labels_db), config.name)
+
+
+def feature_label(arm: str, feature: int) -> dict[str, Any] | None:
+    frame = current_labels()
+    match = frame[(frame["arm"] == arm) & (frame["feature"] == feature)]
+    return None if match.empty else match.iloc[0].to_dict()
+
+
 def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:
     """One row per (arm, held-out text): columns arm, text, perplexity."""
     rows = [{"arm": arm, "text": split, "perplexity": value}
@@ -107,5 +173,26 @@ def sae_frame(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["StudyInputError", "arm_overview", "build_report", "config_path", "features_db_current",
-           "features_db_exists", "features_db_version", "perplexity_frame", "sae_frame", "study_config"]
+LabelWriteError = labels.LabelWriteError
+LABELS = labels.LABELS
+FeatureFilter = db.queries.FeatureFilter
+SORTABLE = db.queries.SORTABLE
+LABEL_STATUSES = db.queries.LABEL_STATUSES
+
+
+def require_database() -> StudyConfig:
+    """The guard at the top of every page that needs data: the config, or a message and st.stop()."""
+    try:
+        config = study_config()
+    except StudyInputError as err:
+        st.error(f"The study config cannot be read: {err}")
+        st.stop()
+    command = f"python -m precompute run --config {config_path()}"
+    if not features_db_exists(config):
+        st.info(f"No features database yet at `{config.features_db}`. Build it with `{command}` (or `make demo`).")
+        st.stop()
+    if not features_db_current(config):
+        st.warning(f"The features database `{config.features_db}` was written by another version of this tool. "
+                   f"Rebuild it with `{command} --fresh`.")
+        st.stop()
+    return config

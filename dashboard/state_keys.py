@@ -1,3 +1,36 @@
 """Every session-state and widget key of the dashboard, in one place (stable keys let AppTest drive pages)."""
 
 CONFIG_PATH = "config_path"
+
+# Features page
+FEATURES_ARMS = "features_arms"
+FEATURES_COHERENCE = "features_coherence"
+FEATURES_MIN_MATCHES = "features_min_matches"
+FEATURES_DENSITY_MIN = "features_density_min"
+FEATURES_DENSITY_MAX = "features_density_max"
+FEATURES_LABEL_STATUS = "features_label_status"
+FEATURES_WORD = "features_word"
+FEATURES_SORT = "features_sort"
+FEATURES_DESCENDING = "features_descending"
+FEATURES_PAGE = "features_page"
+FEATURES_PAGE_SIZE = "features_page_size"
+
+# Feature page
+FEATURE_ARM = "feature_arm"
+FEATURE_ID = "feature_id"
+
+# Label widget (suffixed with arm and feature so two widgets on one page do not collide)
+LABEL_CHOICE = "label_choice"
+LABEL_NOTE = "label_note"
+LABEL_SAVE = "label_save"
+LAST_LABEL_EVENT = "last_label_event"  # id of this session's last saved label, for undo
+LABEL_UNDO = "label_undo"
+
+# Compare page
+COMPARE_LEFT_ARM = "compare_left_arm"
+COMPARE_LEFT_FEATURE = "compare_left_feature"
+COMPARE_RIGHT_ARM = "compare_right_arm"
+COMPARE_RIGHT_FEATURE = "compare_right_feature"
+
+# Label page
+LABEL_QUEUE_ARM = "label_queue_arm"

@@ -29,14 +29,7 @@ if report is not None:
                                 "L0": st.column_config.NumberColumn(format="%.1f"),
                                 "MSE": st.column_config.NumberColumn(format="%.4f")})
 
-command = f"python -m precompute run --config {data.config_path()}"
-if not data.features_db_exists(config):
-    st.info(f"No features database yet at `{config.features_db}`. Build it with `{command}` (or `make demo`).")
-    st.stop()
-if not data.features_db_current(config):
-    st.warning(f"The features database `{config.features_db}` was written by another version of this tool. "
-               f"Rebuild it with `{command} --fresh`.")
-    st.stop()
+data.require_database()
 
 st.subheader("Features per arm")
 st.dataframe(data.arm_overview(config), hide_index=True, width="stretch",

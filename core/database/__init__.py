@@ -1,5 +1,8 @@
 """The features database: its schema, every SQL statement (always with `?` parameters), and atomic publishing.
 
+This package holds every SQL statement of the features database: the schema, the precompute's writes and
+publishing here, the dashboard's reads in `core.database.queries`.
+
 One DuckDB file per study. The precompute builds into `<features_db>.building` beside the target, one
 transaction per finished stage, and renames it over the target only when every stage is done, so a reader
 (the dashboard, read-only) always sees a whole database, and a killed run loses only the stage in flight.
@@ -254,3 +257,5 @@ def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame
                sum(sum_act) / sum(n_fired) AS mean_act,
                sum(sum_sq_act) / sum(n_fired) - pow(sum(sum_act) / sum(n_fired), 2) AS var_act
         FROM features WHERE is_candidate AND n_fired > 0 GROUP BY arm ORDER BY arm""").df()
+
+from core.database import queries  # noqa: E402,F401  (the dashboard's reads)

@@ -1,0 +1,168 @@
+"""The dashboard's reads of the features database. Filters run in DuckDB with `?` parameters; sort columns
+come from a fixed list. Current labels (from core.labels, another file) are passed in as a DataFrame
+(arm, feature, label) and joined here, so the label filter runs in the same query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
+LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
+_EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
+                              "label": pd.Series(dtype=str)})
+
+
+@dataclass(frozen=True)
+class FeatureFilter:
+    """What the Features page filters on; None means no bound."""
+
+    arms: tuple[str, ...] = ()
+    coherence_min: float | None = None
+    coherence_max: float | None = None
+    min_matches: int = 0
+    density_min: float | None = None
+    density_max: float | None = None
+    label_status: str = "any"
+    word: str = ""  # a top token's word (case and leading space ignored), e.g. "heart"
+
+    def __post_init__(self) -> None:
+        if self.label_status not in LABEL_STATUSES:
+            raise ValueError(f"label_status must be one of {LABEL_STATUSES}")
+
+
+_WHERE = """
+    list_contains(?, f.arm)
+    AND (? IS NULL OR f.coherence >= ?) AND (? IS NULL OR f.coherence <= ?)
+    AND coalesce(f.med_matches, 0) >= ?
+    AND (? IS NULL OR f.frac_nonzero >= ?) AND (? IS NULL OR f.frac_nonzero <= ?)
+    AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
+               ELSE l.label = ? END
+    AND (? = '' OR EXISTS (SELECT 1 FROM top_tokens t WHERE t.arm = f.arm AND t.feature = f.feature
+                           AND t.kind = 'top' AND lower(trim(t.token)) = lower(trim(?))))"""
+
+
+def _where_params(flt: FeatureFilter) -> list[Any]:
+    return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
+            flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
+            flt.label_status, flt.label_status, flt.word, flt.word]
+
+
+def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
+                  sort: str = "coherence", descending: bool = True, limit: int = 50,
+                  offset: int = 0) -> tuple[pd.DataFrame, int]:
+    """One page of the filtered, sorted feature table (with each feature's top tokens) and the total count."""
+    if sort not in SORTABLE:
+        raise ValueError(f"sort must be one of {SORTABLE}")
+    con.register("current_labels", _labels_frame(labels))
+    try:
+        source = "features f LEFT JOIN current_labels l USING (arm, feature)"
+        total = con.execute(f"SELECT count(*) FROM {source} WHERE {_WHERE}", _where_params(flt)).fetchone()[0]
+        order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.arm, f.feature"  # sort: whitelisted
+        page = con.execute(f"""
+            WITH page AS (SELECT f.arm, f.feature, f.coherence, f.med_matches, f.frac_nonzero, f.max_act,
+                                 f.mean_act, f.llr, f.n_valid, f.matched_words, l.label
+                          FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?)
+            SELECT p.*, (SELECT string_agg(t.token, ' | ' ORDER BY t.rank) FROM top_tokens t
+                         WHERE t.arm = p.arm AND t.feature = p.feature AND t.kind = 'top') AS top_tokens
+            FROM page p ORDER BY {order.replace('f.', 'p.')}""", _where_params(flt) + [limit, offset]).df()
+    finally:
+        con.unregister("current_labels")
+    return page, int(total)
+
+
+def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
+    if labels is None or labels.empty:
+        return _EMPTY_LABELS
+    return labels[["arm", "feature", "label"]].astype({"feature": "int32"})
+
+
+def arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT * FROM arms ORDER BY position").df()
+
+
+def feature_row(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> dict[str, Any] | None:
+    """The feature's numbers (features view), or None when the arm has no such feature."""
+    frame = con.execute("SELECT * FROM features WHERE arm = ? AND feature = ?", [arm, int(feature)]).df()
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def feature_tokens(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
+    """kind ('top' | 'bottom'), rank, token_id, token, value of one feature's decoder projection."""
+    return con.execute("SELECT kind, rank, token_id, token, value FROM top_tokens WHERE arm = ? AND feature = ? "
+                       "ORDER BY kind DESC, rank", [arm, int(feature)]).df()
+
+
+def feature_histogram(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
+    """Bins of the feature's activation histogram: low, high, count (log-spaced edges from the study row)."""
+    return con.execute("""
+        SELECT s.hist_edges[i] AS low, s.hist_edges[i + 1] AS high, h.counts[i] AS count
+        FROM histograms h, study s, range(1, len(h.counts) + 1) AS r(i)
+        WHERE h.arm = ? AND h.feature = ? ORDER BY i""", [arm, int(feature)]).df()
+
+
+def feature_contexts(con: duckdb.DuckDBPyConnection, arm: str, feature: int, kind: str = "top") -> pd.DataFrame:
+    """Contexts of one feature: 'top' by activation, or 'interval' samples (strongest interval first)."""
+    return con.execute("""
+        SELECT rank, interval, interval_low, interval_high, max_act, row_index, max_pos, max_index, tokens, acts
+        FROM contexts WHERE arm = ? AND feature = ? AND kind = ?
+        ORDER BY interval DESC NULLS FIRST, rank""", [arm, int(feature), kind]).df()
+
+
+def top_token_overlap(con: duckdb.DuckDBPyConnection, left: tuple[str, int], right: tuple[str, int]) -> pd.DataFrame:
+    """Top tokens shared by two features (by token text), with each side's rank."""
+    return con.execute("""
+        SELECT a.token, a.rank AS left_rank, b.rank AS right_rank
+        FROM top_tokens a JOIN top_tokens b ON a.token = b.token AND b.arm = ? AND b.feature = ? AND b.kind = 'top'
+        WHERE a.arm = ? AND a.feature = ? AND a.kind = 'top' ORDER BY a.rank""",
+                       [right[0], int(right[1]), left[0], int(left[1])]).df()
+
+
+def coherence_values(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """arm, feature, coherence, is_candidate of every scored feature (for histograms and Table 2)."""
+    return con.execute("SELECT arm, feature, coherence, is_candidate FROM features WHERE coherence IS NOT NULL").df()
+
+
+def match_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Figure 1: per arm, how many features have 0, 1, 2, ... medical matches."""
+    return con.execute("SELECT arm, med_matches, count(*) AS features FROM features "
+                       "GROUP BY arm, med_matches ORDER BY arm, med_matches").df()
+
+
+def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Figure 2: per arm, the activation histograms of all medical candidates summed: low, high, count."""
+    return con.execute("""
+        WITH bins AS (SELECT h.arm, i, h.counts[i] AS count
+                      FROM histograms h JOIN feature_words w USING (arm, feature), range(1, len(h.counts) + 1) r(i)
+                      WHERE w.is_candidate)
+        SELECT b.arm, s.hist_edges[i] AS low, s.hist_edges[i + 1] AS high, sum(count) AS count
+        FROM bins b, study s GROUP BY b.arm, i, s.hist_edges ORDER BY b.arm, i""").df()
+
+
+def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
+                              labels: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The Label page's queue: the arm's unlabelled candidate with most matches (then coherence), or None."""
+    con.register("current_labels", _labels_frame(labels))
+    try:
+        frame = con.execute("""
+            SELECT f.* FROM features f LEFT JOIN current_labels l USING (arm, feature)
+            WHERE f.arm = ? AND f.is_candidate AND l.label IS NULL
+            ORDER BY f.med_matches DESC, f.coherence DESC NULLS LAST, f.feature LIMIT 1""", [arm]).df()
+    finally:
+        con.unregister("current_labels")
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def label_progress(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
+    """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled."""
+    con.register("current_labels", _labels_frame(labels))
+    try:
+        return con.execute("""
+            SELECT f.arm, count(*) AS candidates, count(l.label) AS labelled
+            FROM features f LEFT JOIN current_labels l USING (arm, feature)
+            WHERE f.is_candidate GROUP BY f.arm ORDER BY f.arm""").df()
+    finally:
+        con.unregister("current_labels")

@@ -1,0 +1,26 @@
+"""HTML for token contexts: each token shaded by its activation (no Streamlit here, so it is testable)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+# Orange with an alpha channel: visible on white and on dark backgrounds, the text keeps the theme's colour.
+SHADE = "245, 133, 24"
+
+
+def context_html(tokens: Sequence[str], acts: Sequence[float], scale: float, max_index: int | None = None,
+                 label: str = "") -> str:
+    """One context as inline HTML: token i shaded with alpha acts[i] / scale, the max token underlined,
+    whitespace made visible enough to read (newlines as ⏎), each token's activation in its tooltip."""
+    parts = []
+    for i, (token, act) in enumerate(zip(tokens, acts)):
+        alpha = 0.0 if scale <= 0 else min(1.0, max(0.0, float(act) / scale))
+        text = html.escape(token.replace("\n", "⏎")).replace(" ", "&nbsp;")
+        style = f"background: rgba({SHADE}, {alpha:.2f}); border-radius: 3px; padding: 1px 0"
+        if i == max_index:
+            style += "; text-decoration: underline; font-weight: 600"
+        parts.append(f'<span title="{float(act):.3f}" style="{style}">{text}</span>')
+    prefix = f'<span style="opacity: 0.6; margin-right: 0.8em">{html.escape(label)}</span>' if label else ""
+    return ('<div style="font-family: monospace; line-height: 1.9; white-space: normal">' + prefix + "".join(parts)
+            + "</div>")

@@ -1,0 +1,41 @@
+"""Compare: two features side by side (one per arm, or any two) on shared axes, with their shared top tokens."""
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard import state_keys as keys
+
+config = data.require_database()
+arms = data.arm_names()
+params = st.query_params
+if keys.COMPARE_LEFT_ARM not in st.session_state:  # opened from a feature page: the URL pre-fills the left side
+    st.session_state[keys.COMPARE_LEFT_ARM] = params.get("left_arm") if params.get("left_arm") in arms else arms[0]
+    st.session_state[keys.COMPARE_LEFT_FEATURE] = int(params.get("left_feature", "0") or 0)
+    st.session_state[keys.COMPARE_RIGHT_ARM] = params.get("right_arm") if params.get("right_arm") in arms else arms[-1]
+    st.session_state[keys.COMPARE_RIGHT_FEATURE] = int(params.get("right_feature", "0") or 0)
+
+st.title("Compare")
+d_sae = data.query("arms").set_index("arm")["d_sae"].astype(int)
+sides = st.columns(2)
+chosen = []
+for side, (arm_key, feature_key) in zip(sides, ((keys.COMPARE_LEFT_ARM, keys.COMPARE_LEFT_FEATURE),
+                                               (keys.COMPARE_RIGHT_ARM, keys.COMPARE_RIGHT_FEATURE))):
+    c1, c2 = side.columns(2)
+    arm = c1.selectbox("Arm", arms, key=arm_key)
+    feature = int(c2.number_input("Feature", 0, int(d_sae[arm]) - 1, key=feature_key))
+    chosen.append((arm, feature))
+st.query_params.update({"left_arm": chosen[0][0], "left_feature": str(chosen[0][1]),
+                        "right_arm": chosen[1][0], "right_feature": str(chosen[1][1])})
+
+tokens = [data.query("feature_tokens", arm, feature) for arm, feature in chosen]
+values = [v for t in tokens for v in t["value"]] or [0.0]
+x_range = (min(min(values), 0) * 1.1, max(max(values), 0) * 1.1)
+y_max = max([data.query("feature_histogram", a, f)["count"].max() or 0 for a, f in chosen] + [1]) * 1.05
+
+overlap = data.query("top_token_overlap", chosen[0], chosen[1])
+st.markdown(f"**Shared top tokens: {len(overlap)}** " + (", ".join(repr(t) for t in overlap["token"]) or "none"))
+for side, (arm, feature), n in zip(st.columns(2), chosen, ("l", "r")):
+    with side:
+        st.subheader(f"{arm} · feature {feature}")
+        st.page_link("views/feature.py", label="Open its page", query_params={"arm": arm, "feature": str(feature)})
+        widgets.feature_panel(arm, feature, x_range, y_max, key=n, narrow=True)

@@ -1,0 +1,29 @@
+"""Feature: one feature in full. Its URL (?arm=base&feature=123) opens it directly."""
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard import state_keys as keys
+
+config = data.require_database()
+arms = data.arm_names()
+params = st.query_params
+if keys.FEATURE_ARM not in st.session_state:  # first visit: the URL decides
+    st.session_state[keys.FEATURE_ARM] = params.get("arm", arms[0]) if params.get("arm") in arms else arms[0]
+    st.session_state[keys.FEATURE_ID] = int(params.get("feature", 0)) if params.get("feature", "").isdigit() else 0
+
+c1, c2, _ = st.columns([1, 1, 3])
+arm = c1.selectbox("Arm", arms, key=keys.FEATURE_ARM)
+d_sae = int(data.query("arms").set_index("arm").loc[arm, "d_sae"])
+feature = int(c2.number_input(f"Feature (0 – {d_sae - 1})", 0, d_sae - 1, key=keys.FEATURE_ID))
+st.query_params.update({"arm": arm, "feature": str(feature)})
+
+st.title(f"{arm} · feature {feature}")
+links = st.columns([1, 1, 3])
+links[0].page_link("views/compare.py", label="Compare with…", icon=":material/compare_arrows:",
+                   query_params={"left_arm": arm, "left_feature": str(feature)})
+links[1].page_link("views/features.py", label="All features", icon=":material/table_rows:")
+widgets.feature_panel(arm, feature)
+with st.container(border=True):
+    st.markdown("**Label this feature**")
+    widgets.label_form(arm, feature)

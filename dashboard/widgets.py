@@ -1,0 +1,102 @@
+"""Widgets shared by pages: a feature's panel (numbers, logit bars, histogram, contexts) and its label form."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, data, render
+from dashboard import state_keys as keys
+
+LABEL_NAMES = {"medical": "medical", "not_medical": "not medical", "unsure": "unsure"}
+
+
+def _number(x, digits: int = 3) -> str:
+    return "—" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _density(x) -> str:
+    x = x or 0.0
+    return f"{100 * x:.2g}%" if x >= 1e-3 else f"{x:.1e}"
+
+
+def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
+    """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
+    label = data.feature_label(arm, feature)
+    numbers = {
+        "coherence": _number(row.get("coherence")), "medical matches": str(int(row.get("med_matches") or 0)),
+        "density": _density(row.get("frac_nonzero")), "max activation": _number(row.get("max_act")),
+        "mean (non-zero)": _number(row.get("mean_act")), "label": LABEL_NAMES[label["label"]] if label else "—",
+    }
+    if compact:
+        st.markdown(" · ".join(f"{name} **{value}**" for name, value in numbers.items()))
+    else:
+        for col, (name, value) in zip(st.columns(len(numbers)), numbers.items()):
+            col.metric(name, value)
+    if row.get("matched_words") is not None and len(row["matched_words"]):
+        st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
+
+
+def contexts_block(contexts, scale: float, limit: int | None = None) -> None:
+    """Contexts as shaded text, strongest first; scale = the activation drawn fully opaque."""
+    if contexts.empty:
+        st.caption("It never fired on the corpus.")
+        return
+    for ctx in contexts.head(limit).itertuples() if limit else contexts.itertuples():
+        st.markdown(render.context_html(ctx.tokens, ctx.acts, scale, ctx.max_index, label=f"{ctx.max_act:.3f}"),
+                    unsafe_allow_html=True)
+
+
+def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "", narrow: bool = False) -> None:
+    """Everything about one feature; x_range / y_max share axes between two panels; narrow: stacked."""
+    row = data.query("feature_row", arm, feature)
+    if row is None:
+        st.error(f"Arm {arm!r} has no feature {feature}.")
+        return
+    feature_header(row, arm, feature, compact=narrow)
+    left, right = (st.container(), st.container()) if narrow else st.columns(2)
+    left.markdown("**Logit weights** (top and bottom tokens of W_dec @ W_U)")
+    left.plotly_chart(charts.logit_bars(data.query("feature_tokens", arm, feature), x_range), key=f"logits{key}")
+    right.markdown("**Activation histogram** (non-zero activations over the corpus)")
+    right.plotly_chart(charts.activation_histogram(data.query("feature_histogram", arm, feature), y_max),
+                       key=f"hist{key}")
+    scale = float(row.get("max_act") or 0)
+    st.markdown("**Top contexts** (tokens shaded by activation; the max token underlined)")
+    contexts_block(data.query("feature_contexts", arm, feature, "top"), scale)
+    intervals = data.query("feature_contexts", arm, feature, "interval")
+    with st.expander(f"Samples from activation intervals ({len(intervals)})"):
+        for (low, high), group in intervals.groupby(["interval_low", "interval_high"], sort=False):
+            st.markdown(f"*activation {low:.3g} – {high:.3g}*")
+            contexts_block(group, scale)
+
+
+def label_form(arm: str, feature: int) -> bool:
+    """Medical / not medical / unsure and a note; returns True when a label was saved."""
+    current = data.feature_label(arm, feature)
+    suffix = f"_{arm}_{feature}"
+    options = list(LABEL_NAMES)
+    choice = st.radio("Label", options, format_func=LABEL_NAMES.get, horizontal=True, key=keys.LABEL_CHOICE + suffix,
+                      index=options.index(current["label"]) if current else 0)
+    note = st.text_input("Note", value=current["note"] if current and current["note"] else "",
+                         key=keys.LABEL_NOTE + suffix)
+    if st.button("Save label", type="primary", key=keys.LABEL_SAVE + suffix):
+        try:
+            st.session_state[keys.LAST_LABEL_EVENT] = data.save_label(arm, feature, choice, note)
+        except data.LabelWriteError as err:
+            st.error(f"The label was not saved: {err}. Your choice and note are kept; try again.")
+            return False
+        st.toast(f"Saved: {arm} #{feature} is {LABEL_NAMES[choice]}")
+        return True
+    return False
+
+
+def undo_button() -> None:
+    """Undo this session's last saved label (the feature's previous label shows again)."""
+    event = st.session_state.get(keys.LAST_LABEL_EVENT)
+    if st.button("Undo last label", disabled=event is None, key=keys.LABEL_UNDO):
+        try:
+            data.undo_label(event)
+        except data.LabelWriteError as err:
+            st.error(f"Undo failed: {err}")
+            return
+        st.session_state[keys.LAST_LABEL_EVENT] = None
+        st.rerun()

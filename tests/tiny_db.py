@@ -1,0 +1,65 @@
+"""A features database written by hand, with numbers the page tests check: 2 arms × 6 features."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from core import database as db
+from core.activations import HIST_EDGES, INTERVAL_EDGES
+
+D_SAE = 6
+TOP = {  # feature -> top tokens (the same in both arms, shifted by arm so the arms differ)
+    0: [" heart", " kidney", " the"], 1: [" heart", " lung", " liver"], 2: [" the", " a", " of"],
+    3: [" 123", " 456", " 789"], 4: [" blood", " heart", " and"], 5: [" walk", " run", " jump"],
+}
+MATCHES = {0: 2, 1: 3, 2: 0, 3: 0, 4: 2, 5: 0}  # candidates: 0, 1, 4
+COHERENCE = {0: 0.5, 1: 0.7, 2: 0.2, 3: None, 4: 0.3, 5: 0.6}
+DENSITY = {0: 0.01, 1: 0.002, 2: 0.3, 3: 0.0, 4: 0.05, 5: 0.0001}
+FINGERPRINT = {"base": "fp-base", "finetuned": "fp-finetuned"}
+
+
+def write_tiny_db(path: Path, arms=("base", "finetuned")) -> Path:
+    con, _ = db.open_build(path)
+    db.write_study(con, "tiny", "", "{}", "hash", "{}", HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
+    for position, arm in enumerate(arms):
+        db.write_arm(con, {"arm": arm, "position": position, "model": f"m/{arm}", "sae_source": f"s/{arm}",
+                           "hook_name": "blocks.0.hook_resid_pre", "d_in": 8, "d_sae": D_SAE, "d_vocab": 100,
+                           "n_layers": 1, "device": "cpu", "model_fingerprint": "m", "sae_fingerprint": FINGERPRINT[arm],
+                           "processing_json": "{}"})
+        _write_arm_stages(con, arm)
+    db.publish(con, path)
+    return path
+
+
+def _write_arm_stages(con, arm: str) -> None:
+    features = np.arange(D_SAE, dtype=np.int32)
+    rows = [(f, rank, token, 3.0 - rank) for f in range(D_SAE) for rank, token in enumerate(TOP[f])]
+    top = pa.table({"arm": [arm] * len(rows), "feature": [r[0] for r in rows], "kind": ["top"] * len(rows),
+                    "rank": [r[1] for r in rows], "token_id": [r[1] for r in rows], "token": [r[2] for r in rows],
+                    "value": [r[3] for r in rows]})
+    db.write_stage(con, arm, "projection", "k", 0.0, {"top_tokens": top})
+    words = pa.table({"arm": [arm] * D_SAE, "feature": features,
+                      "coherence": [COHERENCE[f] for f in range(D_SAE)], "n_valid": [3] * D_SAE,
+                      "med_matches": [MATCHES[f] for f in range(D_SAE)],
+                      "is_candidate": [MATCHES[f] >= 2 for f in range(D_SAE)],
+                      "matched_words": [[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)]})
+    db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
+    n_fired = [int(DENSITY[f] * 10_000) for f in range(D_SAE)]
+    acts = pa.table({"arm": [arm] * D_SAE, "feature": features, "n_fired": n_fired,
+                     "frac_nonzero": [DENSITY[f] for f in range(D_SAE)], "max_act": [float(f + 1) for f in range(D_SAE)],
+                     "mean_act": [0.5] * D_SAE, "sum_act": [0.5 * n for n in n_fired],
+                     "sum_sq_act": [0.3 * n for n in n_fired]})
+    counts = np.zeros((D_SAE, len(HIST_EDGES) - 1), dtype=np.int64)
+    counts[:, 24] = n_fired  # all activations in the bin around 1.0
+    hist = pa.table({"arm": [arm] * D_SAE, "feature": features, "counts": pa.array(list(counts))})
+    contexts = pa.table({"arm": [arm] * D_SAE, "feature": features, "kind": ["top"] * D_SAE, "rank": [0] * D_SAE,
+                         "max_act": [float(f + 1) for f in range(D_SAE)], "row_index": [0] * D_SAE,
+                         "max_pos": [2] * D_SAE, "max_index": [1] * D_SAE,
+                         "token_ids": [[1, 2, 3]] * D_SAE,
+                         "tokens": [["The", TOP[f][0], " beats"] for f in range(D_SAE)],
+                         "acts": [[0.0, float(f + 1), 0.1] for f in range(D_SAE)]})
+    db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts, "histograms": hist,
+                                                       "contexts": contexts})
+    db.write_stage(con, arm, "quality", "k", 0.0, {}, {"explained_variance": 0.9, "l0": 12.0,
+                                                        "ce_loss_recovered": 0.95})
