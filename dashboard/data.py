@@ -196,3 +196,25 @@ def require_database() -> StudyConfig:
                    f"Rebuild it with `{command} --fresh`.")
         st.stop()
     return config
+
+
+def paper_tables() -> dict[str, pd.DataFrame]:
+    """Our Table 2, medical-candidate counts and Figure 2 moments, each beside the paper's numbers."""
+    from core import paper
+
+    labels_now = current_labels()
+    table2 = query("coherence_table", labels_now)
+    medical_scope = table2["scope"] != "all features"
+    table2["paper mean"] = [paper.COHERENCE_MEDICAL.get(a, {}).get("mean") if m else paper.COHERENCE_ALL_MEAN.get(a)
+                            for a, m in zip(table2["arm"], medical_scope)]
+    table2["paper median"] = [paper.COHERENCE_MEDICAL.get(a, {}).get("median") if m else None
+                              for a, m in zip(table2["arm"], medical_scope)]
+    overview = arm_overview(study_config())
+    candidates = overview[["arm", "features", "candidates"]].assign(
+        share=lambda f: f["candidates"] / f["features"],
+        **{"paper count": lambda f: f["arm"].map(lambda a: paper.MEDICAL_FEATURES.get(a, (None, None))[0]),
+           "paper share": lambda f: f["arm"].map(lambda a: paper.MEDICAL_FEATURES.get(a, (None, None))[1])})
+    moments = query("candidate_activation_moments").assign(
+        **{"paper mean": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("mean")),
+           "paper var": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("var"))})
+    return {"table2": table2, "candidates": candidates, "moments": moments, "source": paper.SOURCE}

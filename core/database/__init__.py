@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the features view carries sum_act and sum_sq_act (Figure 2 moments)
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [

@@ -166,3 +166,28 @@ def label_progress(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) 
             WHERE f.is_candidate GROUP BY f.arm ORDER BY f.arm""").df()
     finally:
         con.unregister("current_labels")
+
+
+def coherence_table(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
+    """Paper Table 2: coherence count / mean / median / min / max per arm over all scored features, over
+    medical candidates, and over features humans labelled medical (NULL coherence is never counted)."""
+    con.register("current_labels", _labels_frame(labels))
+    try:
+        return con.execute("""
+            WITH scoped AS (
+                SELECT arm, coherence, 'all features' AS scope, 0 AS k FROM features
+                UNION ALL SELECT arm, coherence, 'medical candidates', 1 FROM features WHERE is_candidate
+                UNION ALL SELECT f.arm, f.coherence, 'labelled medical', 2
+                    FROM features f JOIN current_labels l USING (arm, feature) WHERE l.label = 'medical')
+            SELECT arm, scope, count(coherence) AS features, avg(coherence) AS mean, median(coherence) AS median,
+                   min(coherence) AS min, max(coherence) AS max
+            FROM scoped GROUP BY arm, scope, k ORDER BY arm, k""").df()
+    finally:
+        con.unregister("current_labels")
+
+
+def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Paper Figure 2's μ and σ² per arm (see core.database.candidate_activation_moments)."""
+    from core.database import candidate_activation_moments as moments
+
+    return moments(con)

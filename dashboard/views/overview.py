@@ -39,3 +39,28 @@ st.dataframe(data.arm_overview(config), hide_index=True, width="stretch",
                             "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered", format="%.3f"),
                             "l0": st.column_config.NumberColumn("L0", format="%.1f"),
                             "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
+
+st.subheader("The paper's results, regenerated")
+st.caption("Our numbers from this study's database; the paper's beside them where it reports one. On the embedded "
+           "demo the models are not the paper's, so only the shape of the analysis carries over; on "
+           "configs/gpt2-medical.toml the same table is a reproduction.")
+tables = data.paper_tables()
+st.markdown("**Table 2 · semantic coherence** (eq. 1 over the top tokens; features with < 2 valid words have none)")
+st.dataframe(tables["table2"], hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                            for c in ("mean", "median", "min", "max", "paper mean", "paper median")})
+st.markdown("**Medical features** (≥ 2 medical words among the top tokens; the paper then verified them by hand)")
+st.dataframe(tables["candidates"], hide_index=True, width="stretch",
+             column_config={"share": st.column_config.NumberColumn(format="percent"),
+                            "paper share": st.column_config.NumberColumn(format="percent")})
+left, right = st.columns(2)
+left.markdown("**Figure 1 · medical matches per feature**")
+left.plotly_chart(charts.match_histogram(data.query("match_counts")), key="figure1")
+right.markdown("**Figure 2 · activations of the medical candidates** (non-zero, all tokens pooled)")
+right.plotly_chart(charts.candidate_activations(data.query("candidate_activation_histogram")), key="figure2")
+right.dataframe(tables["moments"], hide_index=True, width="stretch",
+                column_config={c: st.column_config.NumberColumn(format="%.4f")
+                               for c in ("mean_act", "var_act", "paper mean", "paper var")})
+st.markdown("**Coherence of all scored features**")
+st.plotly_chart(charts.coherence_histogram(data.query("coherence_values")), key="coherence_histogram")
+st.caption(f"Paper: {tables['source']}.")
