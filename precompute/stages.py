@@ -110,14 +110,17 @@ def run_words(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loade
     k = int(top["rank"].max()) + 1
     top_ids = top["token_id"].to_numpy().reshape(-1, k)
     top_values = top["value"].to_numpy().reshape(-1, k)
-    raw, _ = inputs.token_strings(loaded)
+    raw, text = inputs.token_strings(loaded)
     vocab = token_words(raw, inputs.embeddings, inputs.medical_words)
     scores = feature_word_scores(top_ids, top_values, vocab)
+    words = np.array(vocab.words + [None], dtype=object)[vocab.token_word[top_ids]]  # -1 (no word) -> None
     table = pa.table({
         "arm": pa.array([loaded.name] * len(top_ids)), "feature": np.arange(len(top_ids), dtype=np.int32),
         "coherence": pa.array(scores.coherence, mask=np.isnan(scores.coherence)),
         "n_valid": scores.n_valid.astype(np.int32), "med_matches": scores.med_matches.astype(np.int32),
         "is_candidate": scores.is_candidate, "matched_words": pa.array(scores.matched_words, pa.list_(pa.string())),
+        "top_text": pa.array([" | ".join(row) for row in text[top_ids]], pa.string()),
+        "top_words": pa.array([sorted({w for w in row if w}) for row in words], pa.list_(pa.string())),
     })
     return {"feature_words": table}, _coverage_metrics(top_ids, scores.is_candidate, vocab, inputs.embeddings)
 

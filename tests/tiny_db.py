@@ -43,7 +43,9 @@ def _write_arm_stages(con, arm: str) -> None:
                       "coherence": [COHERENCE[f] for f in range(D_SAE)], "n_valid": [3] * D_SAE,
                       "med_matches": [MATCHES[f] for f in range(D_SAE)],
                       "is_candidate": [MATCHES[f] >= 2 for f in range(D_SAE)],
-                      "matched_words": [[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)]})
+                      "matched_words": [[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)],
+                      "top_text": [" | ".join(TOP[f]) for f in range(D_SAE)],
+                      "top_words": [sorted(w.strip() for w in TOP[f] if w.strip().isalpha()) for f in range(D_SAE)]})
     db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
     n_fired = [int(DENSITY[f] * 10_000) for f in range(D_SAE)]
     acts = pa.table({"arm": [arm] * D_SAE, "feature": features, "n_fired": n_fired,

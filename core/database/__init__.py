@@ -12,7 +12,8 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - stages: per arm and stage, the key of the inputs it was computed from (same key → skipped on re-run)
 - arms: model, SAE source, hook_name, d_in, d_sae, d_vocab, weight fingerprints
 - top_tokens: decoder projection, kind 'top' | 'bottom', rank 0 = strongest
-- feature_words: coherence, n_valid, med_matches, is_candidate, matched_words
+- feature_words: coherence, n_valid, med_matches, is_candidate, matched_words, and the top tokens as text
+  (top_text) and as normalised words (top_words) so the dashboard filters without scanning top_tokens
 - feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
 - histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
 - features: a view joining feature_words and feature_activations
@@ -33,7 +34,7 @@ import pyarrow as pa
 
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 2  # 2: the features view carries sum_act and sum_sq_act (Figure 2 moments)
+SCHEMA_VERSION = 3  # 2: the features view carries the activation sums; 3: top_text and top_words per feature
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [
@@ -48,7 +49,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS top_tokens (arm VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER,
         token_id INTEGER, token VARCHAR, value FLOAT)""",
     """CREATE TABLE IF NOT EXISTS feature_words (arm VARCHAR, feature INTEGER, coherence DOUBLE,
-        n_valid INTEGER, med_matches INTEGER, is_candidate BOOLEAN, matched_words VARCHAR[])""",
+        n_valid INTEGER, med_matches INTEGER, is_candidate BOOLEAN, matched_words VARCHAR[], top_text VARCHAR,
+        top_words VARCHAR[])""",
     """CREATE TABLE IF NOT EXISTS feature_activations (arm VARCHAR, feature INTEGER, n_fired BIGINT,
         frac_nonzero DOUBLE, max_act FLOAT, mean_act DOUBLE, var_act DOUBLE, sum_act DOUBLE, sum_sq_act DOUBLE,
         med_fired BIGINT, llr DOUBLE)""",
@@ -59,7 +61,8 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS unigram (arm VARCHAR, token_id INTEGER, token VARCHAR, count BIGINT)",
     "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
     """CREATE OR REPLACE VIEW features AS
-        SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words,
+        SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
+               w.top_words,
                a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
                a.med_fired, a.llr
         FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)""",

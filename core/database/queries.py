@@ -27,7 +27,7 @@ class FeatureFilter:
     density_min: float | None = None
     density_max: float | None = None
     label_status: str = "any"
-    word: str = ""  # a top token's word (case and leading space ignored), e.g. "heart"
+    word: str = ""  # a word among the top tokens (the valid-word rule: case and leading space ignored), e.g. "heart"
 
     def __post_init__(self) -> None:
         if self.label_status not in LABEL_STATUSES:
@@ -41,8 +41,7 @@ _WHERE = """
     AND (? IS NULL OR f.frac_nonzero >= ?) AND (? IS NULL OR f.frac_nonzero <= ?)
     AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
                ELSE l.label = ? END
-    AND (? = '' OR EXISTS (SELECT 1 FROM top_tokens t WHERE t.arm = f.arm AND t.feature = f.feature
-                           AND t.kind = 'top' AND lower(trim(t.token)) = lower(trim(?))))"""
+    AND (? = '' OR list_contains(f.top_words, lower(trim(?))))"""
 
 
 def _where_params(flt: FeatureFilter) -> list[Any]:
@@ -60,15 +59,18 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
     con.register("current_labels", _labels_frame(labels))
     try:
         source = "features f LEFT JOIN current_labels l USING (arm, feature)"
-        total = con.execute(f"SELECT count(*) FROM {source} WHERE {_WHERE}", _where_params(flt)).fetchone()[0]
         order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.arm, f.feature"  # sort: whitelisted
+        # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
-            WITH page AS (SELECT f.arm, f.feature, f.coherence, f.med_matches, f.frac_nonzero, f.max_act,
-                                 f.mean_act, f.llr, f.n_valid, f.matched_words, l.label
-                          FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?)
-            SELECT p.*, (SELECT string_agg(t.token, ' | ' ORDER BY t.rank) FROM top_tokens t
-                         WHERE t.arm = p.arm AND t.feature = p.feature AND t.kind = 'top') AS top_tokens
-            FROM page p ORDER BY {order.replace('f.', 'p.')}""", _where_params(flt) + [limit, offset]).df()
+            SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
+                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, l.label, count(*) OVER () AS total
+            FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?""",
+                           _where_params(flt) + [limit, offset]).df()
+        if len(page):
+            total = page.pop("total").iloc[0]
+        else:  # past the last page (or nothing matches): count on its own
+            page = page.drop(columns="total")
+            total = con.execute(f"SELECT count(*) FROM {source} WHERE {_WHERE}", _where_params(flt)).fetchall()[0][0]
     finally:
         con.unregister("current_labels")
     return page, int(total)
