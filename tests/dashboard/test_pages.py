@@ -122,3 +122,18 @@ def test_every_page_guards_a_missing_database(study, name):
     at = page(name)
     assert not at.exception
     assert "No features database yet" in at.info[0].value
+
+
+def test_a_label_that_cannot_be_written_says_so_and_keeps_the_input(study, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise labels_db.LabelWriteError("disk full")
+
+    monkeypatch.setattr(labels_db, "save_label", refuse)
+    at = page("label")
+    at.radio(key="label_choice_base_1").set_value("unsure")
+    at.text_input(key="label_note_base_1").set_value("looks like lungs")
+    at.button(key="label_save_base_1").click().run()
+    assert "The label was not saved: disk full" in at.error[0].value
+    assert at.text_input(key="label_note_base_1").value == "looks like lungs"
+    assert at.radio(key="label_choice_base_1").value == "unsure"
+    assert at.subheader[0].value == "base · feature 1"  # still this feature
