@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -75,29 +76,49 @@ def features_db_version(config: StudyConfig) -> tuple[float, int]:
 
 def features_db_current(config: StudyConfig) -> bool:
     """The database exists and has this code's schema (else the page shows how to rebuild it)."""
-    return db.file_schema_version(Path(config.features_db)) == db.SCHEMA_VERSION
-
-
-@st.cache_data(show_spinner=False)
-def _arm_overview(path: str, version: tuple[float, int]) -> pd.DataFrame:
-    with db.connect_read_only(Path(path)) as con:
-        summary = db.arm_summary(con)
-        metrics = db.read_metrics(con)
-    wide = metrics.pivot_table(index="arm", columns="metric", values="value", aggfunc="first")
-    keep = [m for m in ("l0", "explained_variance", "ce_loss_recovered", "n_tokens") if m in wide.columns]
-    return summary.merge(wide[keep].reset_index(), on="arm", how="left")
+    try:  # through the shared connection: a second connect() to the path could see the previous file
+        with _connection(config.features_db, features_db_version(config)).cursor() as cursor:
+            return db.schema_version(cursor) == db.SCHEMA_VERSION
+    except duckdb.Error:
+        return False
 
 
 def arm_overview(config: StudyConfig) -> pd.DataFrame:
     """Per arm: features, medical candidates, coherence mean / median, dead features, L0, EV, CE recovered."""
-    return _arm_overview(config.features_db, features_db_version(config))
+    return query("arm_overview")
 
 
 # --- the features database, read-only: one connection per published file, one cursor per query ----------
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+class _Connections:
+    """One read-only connection per database path, replaced when a new file is published.
+
+    DuckDB keeps one database instance per path in a process: while a connection to the old file is open, a new
+    connect() to the same path would return the old file's content. So the old one is closed first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, tuple[tuple[float, int], duckdb.DuckDBPyConnection]] = {}
+
+    def get(self, path: str, version: tuple[float, int]) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            held = self._open.get(path)
+            if held is not None and held[0] == version:
+                return held[1]
+            if held is not None:
+                held[1].close()
+            con = db.connect_read_only(Path(path))
+            self._open[path] = (version, con)
+            return con
+
+
+@st.cache_resource(show_spinner=False)
+def _connections() -> _Connections:
+    return _Connections()
+
+
 def _connection(path: str, version: tuple[float, int]) -> duckdb.DuckDBPyConnection:
-    return db.connect_read_only(Path(path))
+    return _connections().get(path, version)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

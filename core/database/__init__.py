@@ -97,7 +97,7 @@ def open_build(target: Path, fresh: bool = False) -> tuple[duckdb.DuckDBPyConnec
         shutil.copyfile(target, build)
         origin = "copied"
     con = _connect_writable(build)
-    if _schema_version(con) not in (None, SCHEMA_VERSION):
+    if schema_version(con) not in (None, SCHEMA_VERSION):
         con.close()
         discard_build(target)
         con, origin = _connect_writable(build), "new"
@@ -135,19 +135,20 @@ def publish(con: duckdb.DuckDBPyConnection, target: Path) -> None:
     build.with_name(build.name + ".wal").unlink(missing_ok=True)
 
 
-def _schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
-    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["study"]).fetchone()
-    if not exists[0]:
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version recorded in an open database, or None when it has no study row."""
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", ["study"]).fetchall()
+    if not exists[0][0]:
         return None
-    row = con.execute("SELECT schema_version FROM study").fetchone()
-    return None if row is None else row[0]
+    rows = con.execute("SELECT schema_version FROM study").fetchall()
+    return rows[0][0] if rows else None
 
 
 def file_schema_version(path: Path) -> int | None:
     """The schema version of a database file, or None when it is not one of ours (or unreadable)."""
     try:
         with duckdb.connect(str(path), read_only=True) as con:
-            return _schema_version(con)
+            return schema_version(con)
     except duckdb.Error:
         return None
 

@@ -82,6 +82,20 @@ def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
     return labels[["arm", "feature", "label"]].astype({"feature": "int32"})
 
 
+def arm_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm: features, candidates, coherence mean / median, dead features, and L0, explained variance,
+    CE loss recovered and tokens of the quality stage."""
+    from core.database import arm_summary
+
+    quality = con.execute("""
+        SELECT arm, max(value) FILTER (WHERE metric = 'l0') AS l0,
+               max(value) FILTER (WHERE metric = 'explained_variance') AS explained_variance,
+               max(value) FILTER (WHERE metric = 'ce_loss_recovered') AS ce_loss_recovered,
+               max(value) FILTER (WHERE metric = 'n_tokens') AS n_tokens
+        FROM metrics WHERE stage = 'quality' GROUP BY arm""").df()
+    return arm_summary(con).merge(quality, on="arm", how="left")
+
+
 def arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT * FROM arms ORDER BY position").df()
 

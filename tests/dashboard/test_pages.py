@@ -137,3 +137,12 @@ def test_a_label_that_cannot_be_written_says_so_and_keeps_the_input(study, monke
     assert at.text_input(key="label_note_base_1").value == "looks like lungs"
     assert at.radio(key="label_choice_base_1").value == "unsure"
     assert at.subheader[0].value == "base · feature 1"  # still this feature
+
+
+def test_a_database_published_while_the_page_is_open_is_picked_up(study, tmp_path):
+    at = page("features")
+    assert matched(at) == 12
+    write_tiny_db(tmp_path / "staging" / "features.duckdb", arms=("base",))
+    (tmp_path / "staging" / "features.duckdb").replace(study / "features.duckdb")  # the precompute's rename
+    at.run()
+    assert matched(at) == 6  # the new file has the base arm only
