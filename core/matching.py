@@ -1,0 +1,240 @@
+"""Feature matching across two SAEs: Pearson correlation of every feature of arm A with every feature of arm B.
+
+Two features are the same when their activations over the same tokens correlate at or above a threshold (0.8,
+from the feature-evolution study, seed 004): a base (A) feature with no such partner *disappears*, a fine-tuned
+(B) feature with none *emerges*, and a matched one *persists*. The correlation is exact (up to fp64 rounding)
+and is built only from co-activations: per feature the count, Σa and Σa², and per pair Σ a_i b_j,
+which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of size tokens ×
+d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens. fp64 because
+r = (n Σab − Σa Σb) / … cancels for features that fire on nearly every token, and fp32 sums then drift by 1e-5.
+
+Secondary measures for given pairs: decoder cosine (same d_in) and logit-weight similarity, the cosine of
+W_dec[a] @ W_U_a and W_dec[b] @ W_U_b over a shared vocabulary, computed in chunks of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.loading import stop_layer_for
+
+DEFAULT_THRESHOLD = 0.8
+CONSTANT_TOLERANCE = 1e-9  # n Σa² − (Σa)² below this share of n Σa² is rounding: the feature is constant
+
+
+@dataclass(frozen=True)
+class FeatureMatches:
+    """Best partner of every feature in the other arm. A-arrays are [d_sae_a], B-arrays [d_sae_b].
+
+    A feature that never fired, or fired with one constant value, has no defined correlation: match -1, corr
+    NaN, and its status says unmatched (`disappear` for A, `emerge` for B); `n_fired` tells these apart."""
+
+    threshold: float
+    n_tokens: int
+    a_match: np.ndarray  # int64: best B feature, -1 if none is defined
+    a_corr: np.ndarray  # float32: its Pearson correlation, NaN if undefined
+    a_status: np.ndarray  # str: "persist" | "disappear"
+    a_n_fired: np.ndarray  # int64: tokens on which the A feature is > 0
+    b_match: np.ndarray  # int64: best A feature, -1 if none is defined
+    b_corr: np.ndarray  # float32
+    b_status: np.ndarray  # str: "persist" | "emerge"
+    b_n_fired: np.ndarray  # int64
+
+    def counts(self) -> dict[str, int]:
+        """Number of features per status: persist_a, disappear, persist_b, emerge."""
+        a, b = self.a_status, self.b_status
+        return {"persist_a": int((a == "persist").sum()), "disappear": int((a == "disappear").sum()),
+                "persist_b": int((b == "persist").sum()), "emerge": int((b == "emerge").sum())}
+
+
+def _sparse_parts(acts: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(token, feature, value) of the non-zeros of `acts` [n, d_sae], dense or sparse; sorted by token."""
+    if acts.layout == torch.strided:
+        index = acts.nonzero()  # on the activations' own device: cheap on a GPU, and only the non-zeros move
+        values = acts[index[:, 0], index[:, 1]]
+        token, feature = index[:, 0], index[:, 1]
+    else:
+        coo = acts.to_sparse_coo().coalesce()
+        token, feature = coo.indices()
+        values = coo.values()
+        keep = values != 0
+        token, feature, values = token[keep], feature[keep], values[keep]
+    return token.to(device), feature.to(device), values.to(device, dtype)
+
+
+class CoactivationAccumulator:
+    """Streams batches of both arms' feature activations over the same tokens; holds the sums Pearson needs."""
+
+    def __init__(self, d_sae_a: int, d_sae_b: int, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float64, max_cross_bytes: float = 3e9) -> None:
+        size = d_sae_a * d_sae_b * dtype.itemsize
+        if size > max_cross_bytes:
+            raise ValueError(f"the {d_sae_a} × {d_sae_b} cross-product needs {size / 1e9:.1f} GB > max_cross_bytes="
+                             f"{max_cross_bytes / 1e9:.1f} GB; use dtype=torch.float32 or fewer features")
+        self.d_sae_a, self.d_sae_b, self.device = d_sae_a, d_sae_b, torch.device(device)
+        self.n_tokens = 0
+        zeros = dict(dtype=torch.float64, device=self.device)
+        self.sum_a, self.sum_sq_a = torch.zeros(d_sae_a, **zeros), torch.zeros(d_sae_a, **zeros)
+        self.sum_b, self.sum_sq_b = torch.zeros(d_sae_b, **zeros), torch.zeros(d_sae_b, **zeros)
+        self.n_fired_a = torch.zeros(d_sae_a, dtype=torch.long, device=self.device)
+        self.n_fired_b = torch.zeros(d_sae_b, dtype=torch.long, device=self.device)
+        self.cross = torch.zeros(d_sae_a, d_sae_b, dtype=dtype, device=self.device)  # Σ_t a_i(t) b_j(t)
+
+    @torch.no_grad()
+    def update(self, acts_a: Tensor, acts_b: Tensor) -> None:
+        """acts_a [n, d_sae_a] and acts_b [n, d_sae_b] on the same n tokens; dense or torch sparse, mostly zeros."""
+        n = acts_a.shape[0]
+        if acts_b.shape[0] != n or acts_a.shape[1] != self.d_sae_a or acts_b.shape[1] != self.d_sae_b:
+            raise ValueError(f"expected [n, {self.d_sae_a}] and [n, {self.d_sae_b}] on the same tokens, "
+                             f"got {list(acts_a.shape)} and {list(acts_b.shape)}")
+        token_a, feature_a, value_a = _sparse_parts(acts_a, self.device, self.cross.dtype)
+        token_b, feature_b, value_b = _sparse_parts(acts_b, self.device, self.cross.dtype)
+        self.n_tokens += n
+        for feature, value, total, total_sq, fired in (
+                (feature_a, value_a, self.sum_a, self.sum_sq_a, self.n_fired_a),
+                (feature_b, value_b, self.sum_b, self.sum_sq_b, self.n_fired_b)):
+            total.index_add_(0, feature, value.double())
+            total_sq.index_add_(0, feature, value.double() ** 2)
+            fired += torch.bincount(feature, minlength=fired.numel())
+        # COO, not CSR: torch 2.13's MKL CSR × CSR product leaks ~16 MB a call on CPU (6 GB over 1M tokens).
+        a_t = torch.sparse_coo_tensor(torch.stack([feature_a, token_a]), value_a, (self.d_sae_a, n),
+                                      check_invariants=False).coalesce()  # explicit: silences a per-process notice
+        b = torch.sparse_coo_tensor(torch.stack([token_b, feature_b]), value_b, (n, self.d_sae_b),
+                                    check_invariants=False).coalesce()
+        self.cross.add_(torch.sparse.mm(a_t, b))  # sparse × sparse: only co-firing pairs are touched
+
+    def correlation(self, rows: slice = slice(None)) -> np.ndarray:
+        """Pearson correlation [len(rows), d_sae_b] of A features `rows` with every B feature, NaN if undefined."""
+        return _np(self._correlation_block(rows).clamp(-1, 1))  # rounding can step just past ±1; NaN stays
+
+    def _correlation_block(self, rows: slice) -> Tensor:
+        """[rows, d_sae_b] fp64, unclamped (within rounding of ±1); NaN where undefined."""
+        corr = torch.addr(self.cross[rows].double(), self.sum_a[rows], self.sum_b, beta=self.n_tokens, alpha=-1)
+        corr.mul_(self._inverse_spread(self.sum_a[rows], self.sum_sq_a[rows]).unsqueeze(1))
+        return corr.mul_(self._inverse_spread(self.sum_b, self.sum_sq_b))  # in place: one block-sized buffer
+
+    def _inverse_spread(self, total: Tensor, total_sq: Tensor) -> Tensor:
+        """1 / sqrt(n Σa² − (Σa)²), NaN for a feature that never fired or is constant (no defined correlation)."""
+        var = self.n_tokens * total_sq - total**2
+        return torch.where(var > CONSTANT_TOLERANCE * self.n_tokens * total_sq, var.clamp(min=0).rsqrt(), torch.nan)
+
+
+@torch.no_grad()
+def match_features(coactivations: CoactivationAccumulator, threshold: float = DEFAULT_THRESHOLD,
+                   block_rows: int = 512,
+                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureMatches:
+    """Best match and status of every feature of both arms, from the correlation matrix a block of rows at a time."""
+    acc = coactivations
+    a_best = torch.full((acc.d_sae_a,), -torch.inf, dtype=torch.float64, device=acc.device)
+    a_arg = torch.full((acc.d_sae_a,), -1, dtype=torch.long, device=acc.device)
+    b_best = torch.full((acc.d_sae_b,), -torch.inf, dtype=torch.float64, device=acc.device)
+    b_arg = torch.full((acc.d_sae_b,), -1, dtype=torch.long, device=acc.device)
+    undefined_a = torch.isnan(acc._inverse_spread(acc.sum_a, acc.sum_sq_a))
+    undefined_b = torch.isnan(acc._inverse_spread(acc.sum_b, acc.sum_sq_b)).nonzero().squeeze(1)
+    for start in progress(range(0, acc.d_sae_a, block_rows)):
+        rows = slice(start, min(start + block_rows, acc.d_sae_a))
+        corr = acc._correlation_block(rows)
+        corr[undefined_a[rows]] = -torch.inf  # max() would return NaN over undefined features: no match
+        corr.index_fill_(1, undefined_b, -torch.inf)
+        a_best[rows], a_arg[rows] = corr.max(dim=1)
+        col_best, col_arg = corr.max(dim=0)
+        better = col_best > b_best  # strict: the first A feature wins a tie, as argmax would
+        b_best[better], b_arg[better] = col_best[better], col_arg[better] + start
+    a_corr, a_match = _defined(a_best, a_arg)
+    b_corr, b_match = _defined(b_best, b_arg)
+    return FeatureMatches(
+        threshold=threshold, n_tokens=acc.n_tokens,
+        a_match=a_match, a_corr=a_corr, a_status=np.where(a_corr >= threshold, "persist", "disappear"),
+        a_n_fired=_np(acc.n_fired_a),
+        b_match=b_match, b_corr=b_corr, b_status=np.where(b_corr >= threshold, "persist", "emerge"),
+        b_n_fired=_np(acc.n_fired_b),
+    )
+
+
+def _defined(best: Tensor, arg: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(corr float32 with NaN, match int64 with -1) where no correlation was defined (best = -inf)."""
+    defined = torch.isfinite(best)
+    corr = torch.where(defined, best.clamp(-1, 1), torch.nan)  # rounding can step just past ±1
+    return _np(corr).astype(np.float32), _np(torch.where(defined, arg, -1))
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+@torch.no_grad()
+def collect_coactivations(model_a: Any, sae_a: Any, hook_a: str, model_b: Any, sae_b: Any, hook_b: str,
+                          rows: Tensor, batch_size: int = 16, device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float64,
+                          progress: Callable[[Iterable], Iterable] = lambda it: it) -> CoactivationAccumulator:
+    """Both arms over the same token rows [n, T] (BOS first, left out): each SAE encodes its own model's hook.
+
+    `device` holds the d_sae_a × d_sae_b cross-product (2.4 GB at the study's widths in fp64)."""
+    acc = CoactivationAccumulator(sae_a.cfg.d_sae, sae_b.cfg.d_sae, device, dtype)
+    for start in progress(range(0, rows.shape[0], batch_size)):
+        batch = rows[start:start + batch_size]
+        acc.update(_encode(model_a, sae_a, hook_a, batch), _encode(model_b, sae_b, hook_b, batch))
+    return acc
+
+
+def _encode(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Tensor:
+    """Feature activations [B × (T − 1), d_sae] of `sae` at `hook_name`, BOS position left out."""
+    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name],
+                                    stop_at_layer=stop_layer_for(hook_name))
+    feature_acts = sae.encode(cache[hook_name][:, 1:].to(sae.W_dec.device))
+    return feature_acts.reshape(-1, feature_acts.shape[-1])
+
+
+def _pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"pairs need as many A as B indices, got {a.shape} and {b.shape}")
+    valid = (a >= 0) & (b >= 0)
+    return a, b, valid
+
+
+@torch.no_grad()
+def decoder_cosine(W_dec_a: Tensor, W_dec_b: Tensor, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of W_dec_a[a[k]] and W_dec_b[b[k]] ([d_sae, d_in] each) per pair [k]; NaN where an index is -1."""
+    if W_dec_a.shape[1] != W_dec_b.shape[1]:
+        raise ValueError(f"decoder cosine needs the same d_in, got {W_dec_a.shape[1]} and {W_dec_b.shape[1]}")
+    a, b, valid = _pairs(a, b)
+    out = np.full(a.shape, np.nan, dtype=np.float32)
+    rows_a = W_dec_a[torch.as_tensor(a[valid], device=W_dec_a.device)].double()
+    rows_b = W_dec_b[torch.as_tensor(b[valid], device=W_dec_b.device)].double().to(rows_a.device)
+    out[valid] = _np(torch.nn.functional.cosine_similarity(rows_a, rows_b, dim=1, eps=1e-12))
+    return out
+
+
+@torch.no_grad()
+def logit_weight_similarity(W_dec_a: Tensor, W_U_a: Tensor, W_dec_b: Tensor, W_U_b: Tensor,
+                            a: np.ndarray, b: np.ndarray, shared_a: np.ndarray | None = None,
+                            shared_b: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """Cosine of the logit weights W_dec_a[a[k]] @ W_U_a and W_dec_b[b[k]] @ W_U_b per pair [k], NaN for -1.
+
+    W_dec: [d_sae, d_in]; W_U: [d_in, d_vocab] (TransformerLens `model.W_U`). `shared_a[v]`, `shared_b[v]` are
+    the token ids of one shared vocabulary in each model (default: the identity, which needs equal d_vocab).
+    Only `chunk` pairs × vocabulary logits exist at a time, never d_sae × d_vocab."""
+    if (shared_a is None) != (shared_b is None):
+        raise ValueError("give both shared_a and shared_b (the shared vocabulary's ids in each model), or neither")
+    if shared_a is None:
+        if W_U_a.shape[1] != W_U_b.shape[1]:
+            raise ValueError("the vocabularies differ in size: give shared_a and shared_b, the shared token ids")
+        shared_a = shared_b = np.arange(W_U_a.shape[1])
+    vocab_a = W_U_a[:, torch.as_tensor(shared_a, device=W_U_a.device)].float()
+    vocab_b = W_U_b[:, torch.as_tensor(shared_b, device=W_U_b.device)].float()
+    a, b, valid = _pairs(a, b)
+    index = np.flatnonzero(valid)
+    out = np.full(a.shape, np.nan, dtype=np.float32)
+    for start in range(0, index.size, chunk):
+        k = index[start:start + chunk]
+        logits_a = W_dec_a[torch.as_tensor(a[k], device=W_dec_a.device)].float().to(vocab_a.device) @ vocab_a
+        logits_b = W_dec_b[torch.as_tensor(b[k], device=W_dec_b.device)].float().to(vocab_b.device) @ vocab_b
+        out[k] = _np(torch.nn.functional.cosine_similarity(logits_a, logits_b.to(logits_a.device), dim=1, eps=1e-12))
+    return out

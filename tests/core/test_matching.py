@@ -1,0 +1,143 @@
+"""Feature matching: the sparse correlation is numpy's, a known permutation is recovered, pairs are scored."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.loading import DEFAULT_PROCESSING, hooked_transformer_from_hf, load_hf_model
+from core.matching import (CoactivationAccumulator, collect_coactivations, decoder_cosine, logit_weight_similarity,
+                           match_features)
+from core.sae_metrics import hook_activations
+from factories import build_gpt2_folder, build_sae, byte_tokenizer
+
+HOOK = "blocks.1.hook_resid_pre"
+
+
+def sparse_signals(n, d, density, seed):
+    """[n, d] activations: each entry fires with `density`, values uniform in [0.5, 2)."""
+    generator = torch.Generator().manual_seed(seed)
+    fires = torch.rand(n, d, generator=generator) < density
+    return fires * (0.5 + 1.5 * torch.rand(n, d, generator=generator))
+
+
+def accumulate(acts_a, acts_b, batch=37, sparse_b=False, dtype=torch.float64):
+    acc = CoactivationAccumulator(acts_a.shape[1], acts_b.shape[1], dtype=dtype)
+    for start in range(0, acts_a.shape[0], batch):
+        b = acts_b[start:start + batch]
+        acc.update(acts_a[start:start + batch], b.to_sparse() if sparse_b else b)
+    return acc
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_sparse_correlation_equals_numpy_corrcoef_with_dead_and_constant_features(dtype, tolerance):
+    a = sparse_signals(300, 7, 0.3, seed=1)
+    b = sparse_signals(300, 5, 0.3, seed=2)
+    a[:, 5] = 0  # never fires
+    a[:, 6] = 2.0  # fires on every token with one value: constant
+    b[:, 0] = 3 * a[:, 2]  # correlation exactly 1
+    b[:, 1] = 0
+    b[:, 2] = 0.5
+    acc = accumulate(a, b, sparse_b=True, dtype=dtype)  # 37-token batches, B given as torch sparse
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.corrcoef(np.hstack([a.numpy(), b.numpy()]).T.astype(np.float64))[:7, 7:]
+    ours = acc.correlation()
+    assert np.isnan(expected[5]).all() and np.isnan(expected[6]).all() and np.isnan(expected[:, 1:3]).all()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance, equal_nan=True)
+    assert ours[2, 0] == pytest.approx(1.0, abs=tolerance)
+    np.testing.assert_array_equal(acc.n_fired_a.numpy(), (a > 0).sum(0).numpy())
+    assert acc.n_tokens == 300
+
+
+def test_a_known_permutation_is_recovered_and_replaced_features_emerge_and_disappear():
+    d, replaced = 40, [3, 17, 29]
+    a = sparse_signals(5000, d, 0.05, seed=3)
+    perm = torch.randperm(d, generator=torch.Generator().manual_seed(4))
+    b = 2.5 * a[:, perm]  # B feature j is A feature perm[j], rescaled: correlation 1
+    b[:, replaced] = sparse_signals(5000, len(replaced), 0.05, seed=5)  # new independent features
+    matches = match_features(accumulate(a, b, batch=512), threshold=0.8, block_rows=16)
+    kept = [j for j in range(d) if j not in replaced]
+    gone = perm[replaced].numpy()
+
+    np.testing.assert_array_equal(matches.b_match[kept], perm[kept].numpy())
+    np.testing.assert_allclose(matches.b_corr[kept], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(matches.a_match[perm[kept].numpy()], kept)
+    assert list(matches.b_status[replaced]) == ["emerge"] * 3
+    assert list(matches.a_status[gone]) == ["disappear"] * 3
+    assert (matches.b_status[kept] == "persist").all()
+    assert np.nanmax(np.abs(matches.b_corr[replaced])) < 0.1  # independent signals: |r| ~ 1/sqrt(5000)
+    assert matches.counts() == {"persist_a": 37, "disappear": 3, "persist_b": 37, "emerge": 3}
+
+
+def test_threshold_is_inclusive_and_a_feature_that_never_fires_has_no_match():
+    """a = [1, 1, 0, 0], b = [1, 0, 0, 0]: cov 1/8, var 1/4 and 3/16, so r = 1/sqrt(3) = 0.577."""
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # A feature 1 never fires
+    b = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    acc = accumulate(a, b, batch=3)
+    at = match_features(acc, threshold=1 / np.sqrt(3) - 1e-6)
+    assert at.a_corr[0] == pytest.approx(1 / np.sqrt(3), abs=1e-6)
+    assert at.a_match[0] == 0 and at.a_status[0] == "persist" and at.b_status[0] == "persist"
+    assert at.a_match[1] == -1 and np.isnan(at.a_corr[1]) and at.a_status[1] == "disappear"
+    assert at.a_n_fired.tolist() == [2, 0]
+    above = match_features(acc, threshold=0.6)
+    assert above.a_status[0] == "disappear" and above.b_status[0] == "emerge" and above.b_match[0] == 0
+
+
+def test_cross_product_larger_than_the_budget_is_refused():
+    with pytest.raises(ValueError, match="max_cross_bytes"):
+        CoactivationAccumulator(24_576, 24_576)  # 4.8 GB in fp64
+
+
+def test_decoder_cosine_by_hand():
+    W_dec_a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    W_dec_b = torch.tensor([[1.0, 1.0], [0.0, -3.0]])
+    cos = decoder_cosine(W_dec_a, W_dec_b, np.array([0, 1, 1, -1]), np.array([0, 0, 1, 0]))
+    np.testing.assert_allclose(cos[:3], [1 / np.sqrt(2), 1 / np.sqrt(2), -1.0], rtol=1e-6)
+    assert np.isnan(cos[3])
+    with pytest.raises(ValueError, match="d_in"):
+        decoder_cosine(W_dec_a, torch.zeros(2, 3), np.array([0]), np.array([0]))
+
+
+def test_logit_weight_similarity_equals_brute_force_and_maps_a_shared_vocabulary():
+    W_dec_a, W_dec_b = torch.randn(6, 8), torch.randn(5, 8)
+    W_U_a, W_U_b = torch.randn(8, 30), torch.randn(8, 30)
+    a, b = np.array([0, 5, 2, 2, -1]), np.array([4, 0, 1, 3, 2])
+    ours = logit_weight_similarity(W_dec_a, W_U_a, W_dec_b, W_U_b, a, b, chunk=2)
+    full_a, full_b = (W_dec_a @ W_U_a).numpy(), (W_dec_b @ W_U_b).numpy()
+    for k in range(4):
+        x, y = full_a[a[k]], full_b[b[k]]
+        assert ours[k] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y), abs=1e-5)
+    assert np.isnan(ours[4])
+    # The same features under a model whose vocabulary is shuffled: mapped token by token, identical logits.
+    vocab_perm = torch.randperm(30)
+    shuffled = torch.empty_like(W_U_a)
+    shuffled[:, vocab_perm] = W_U_a
+    same = logit_weight_similarity(W_dec_a, W_U_a, W_dec_a, shuffled, np.arange(6), np.arange(6),
+                                   shared_a=np.arange(30), shared_b=vocab_perm.numpy())
+    np.testing.assert_allclose(same, 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = build_gpt2_folder(tmp_path_factory.mktemp("m") / "m", byte_tokenizer())
+    hf, tokenizer = load_hf_model(str(folder))
+    return hooked_transformer_from_hf(hf, tokenizer, DEFAULT_PROCESSING, "cpu")
+
+
+def test_collected_from_models_equals_corrcoef_of_the_encoded_activations(model):
+    """Arm A: one SAE; arm B: the same SAE with its features reversed, on the same model and tokens."""
+    sae = build_sae(d_in=32, d_sae=16, hook_name=HOOK)
+    reversed_sae = build_sae(d_in=32, d_sae=16, hook_name=HOOK)
+    with torch.no_grad():
+        reversed_sae.W_enc.copy_(sae.W_enc.flip(1))
+        reversed_sae.b_enc.copy_(sae.b_enc.flip(0))
+    rows = torch.cat([torch.zeros(6, 1, dtype=torch.long), torch.randint(1, model.cfg.d_vocab, (6, 15))], dim=1)
+    acc = collect_coactivations(model, sae, HOOK, model, reversed_sae, HOOK, rows, batch_size=4)
+    acts = sae.encode(hook_activations(model, rows, HOOK)).detach().numpy().astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.corrcoef(acts.T, acts[:, ::-1].T)[:16, 16:]
+    assert acc.n_tokens == 6 * 15
+    np.testing.assert_allclose(acc.correlation(), expected, rtol=0, atol=1e-10, equal_nan=True)
+    matches = match_features(acc)
+    alive = (acts > 0).any(0) & (acts.std(0) > 0)
+    assert alive.sum() >= 8  # enough live features for the check to mean something
+    np.testing.assert_array_equal(matches.a_match[alive], 15 - np.flatnonzero(alive))
