@@ -127,6 +127,23 @@ class ActivationsConfig:
 
 
 @dataclass(frozen=True)
+class DiffConfig:
+    """The cross-arm stages of a two-arm study: activation similarity, SAE transfer, feature matching."""
+
+    match_threshold: float = 0.8  # two features are the same when their activations correlate at least this much
+    outlier_factor: float = 10.0  # positions whose activation norm exceeds this × the median are left out
+    tokens: int = 0  # corpus tokens for these stages; 0: the whole corpus
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.match_threshold <= 1.0:
+            raise StudyInputError("diff.match_threshold must be in (0, 1]")
+        if self.outlier_factor <= 1.0:
+            raise StudyInputError("diff.outlier_factor must be > 1 (a multiple of the median activation norm)")
+        if self.tokens < 0:
+            raise StudyInputError("diff.tokens must be >= 0 (0: the whole corpus)")
+
+
+@dataclass(frozen=True)
 class DemoRecipe:
     """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook)."""
 
@@ -169,6 +186,7 @@ class StudyConfig:
     medical_vocabulary: VocabularyConfig
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    diff: DiffConfig = field(default_factory=DiffConfig)
     seed: int = 0
     device: str = "auto"
     features_db: str = ""
@@ -232,10 +250,10 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
     """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [demo]."""
     raw = dict(raw)
     _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations",
-                          "demo"}, "")
+                          "diff", "demo"}, "")
     study = dict(_table(raw, "study", required=True))
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
-        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "demo", "source_path"}
+        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "demo", "source_path"}
     _reject_unknown(study, study_fields, "study")
     if "name" not in study:
         _missing("study.name")
@@ -250,6 +268,7 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
         medical_vocabulary=_build(VocabularyConfig, _table(raw, "medical_vocabulary", required=True), "medical_vocabulary"),
         projection=_build(ProjectionConfig, _table(raw, "projection", required=False), "projection"),
         activations=_build(ActivationsConfig, _table(raw, "activations", required=False), "activations"),
+        diff=_build(DiffConfig, _table(raw, "diff", required=False), "diff"),
         demo=_build_demo(raw["demo"]) if "demo" in raw else None,
         source_path=source_path,
         **{key: _check_type(StudyConfig, key, value, "study") for key, value in study.items()},

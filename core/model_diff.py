@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from core.loading import stop_layer_for
-from core.sae_metrics import SaeQuality, _ReconstructionTotals
+from core.sae_metrics import SaeQuality, ReconstructionTotals
 
 COSINE_EDGES = np.linspace(-1.0, 1.0, 41)  # 40 bins of 0.05
 # Distances scale with the hook and the model, so fixed bins must be log-spaced: 8 per decade from 1e-3 to 1e4,
@@ -148,7 +148,7 @@ def sae_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor,
     threshold = float("inf") if outlier_factor is None else outlier_factor * median
     keep = norms <= threshold  # [n, T - 1]
     device = sae.W_dec.device
-    totals = _ReconstructionTotals(sae.cfg.d_sae, device)
+    totals = ReconstructionTotals(sae.cfg.d_sae, device)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     for start in progress(range(0, rows.shape[0], batch_size)):

@@ -45,7 +45,7 @@ class SaeQuality:
         return (self.ce_loss_zero_ablation - self.ce_loss_spliced) / (self.ce_loss_zero_ablation - self.ce_loss_clean)
 
 
-class _ReconstructionTotals:
+class ReconstructionTotals:
     """Running sums for reconstruction stats: the variance uses Σ‖x‖² − ‖Σx‖²/n, so one pass suffices."""
 
     def __init__(self, d_sae: int, device: torch.device) -> None:
@@ -93,7 +93,7 @@ def hook_activations(model: Any, rows: torch.Tensor, hook_name: str, batch_size:
 def reconstruction_stats(sae: Any, activations: torch.Tensor, batch_size: int = 4096) -> ReconstructionStats:
     """Quality of `sae` on `activations` [n_tokens, d_in] (raw: SAELens folds normalisation into the weights)."""
     device = sae.W_dec.device
-    totals = _ReconstructionTotals(sae.cfg.d_sae, device)
+    totals = ReconstructionTotals(sae.cfg.d_sae, device)
     for start in range(0, activations.shape[0], batch_size):
         x = activations[start:start + batch_size].to(device)
         feature_acts = sae.encode(x)
@@ -106,7 +106,7 @@ def sae_quality(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: 
                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> SaeQuality:
     """Reconstruction stats and CE loss clean / SAE spliced / hook zero-ablated over token rows [n, T]."""
     device = sae.W_dec.device
-    totals = _ReconstructionTotals(sae.cfg.d_sae, device)
+    totals = ReconstructionTotals(sae.cfg.d_sae, device)
 
     def splice(act: Tensor, hook: Any) -> Tensor:
         x = act[:, 1:].to(device)

@@ -66,3 +66,52 @@ def coherence_histogram(values: pd.DataFrame) -> go.Figure:
     fig = px.histogram(values, x="coherence", color="arm", barmode="overlay", histnorm="probability density",
                        nbins=60, opacity=0.6, color_discrete_map=ARM_COLORS)
     return _compact(fig)
+
+
+STATUS_COLORS = {"persist": "#54A24B", "emerge": "#F58518", "disappear": "#4C78A8"}
+
+
+def diff_status_bars(counts: pd.DataFrame) -> go.Figure:
+    """Persist / emerge / disappear per arm, as shares of the arm's features (count in the hover)."""
+    fig = px.bar(counts, x="arm", y="share", color="status", text_auto=".1%", hover_data=["features"],
+                 color_discrete_map=STATUS_COLORS, labels={"share": "share of the arm's features"})
+    fig.update_yaxes(tickformat=".0%")
+    return _compact(fig)
+
+
+def match_correlation_histogram(frame: pd.DataFrame, threshold: float | None = None) -> go.Figure:
+    """Each feature's best-match correlation, both arms overlaid; the persist threshold as a line."""
+    fig = px.histogram(frame, x="match_corr", color="arm", barmode="overlay", nbins=50, opacity=0.6,
+                       color_discrete_map=ARM_COLORS, labels={"match_corr": "best-match activation correlation"})
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:g}")
+    return _compact(fig)
+
+
+def similarity_histogram(hist: pd.DataFrame, kind: str) -> go.Figure:
+    """Per-token cosine (linear bins) or Euclidean distance (log bins) between the two models' activations."""
+    frame = hist[(hist["kind"] == kind) & (hist["count"] > 0)]
+    fig = go.Figure(go.Bar(x=(frame["low"] + frame["high"]) / 2 if kind == "cosine" else
+                           (frame["low"] * frame["high"]) ** 0.5, y=frame["count"], width=frame["high"] - frame["low"],
+                           marker_color="#4C78A8"))
+    fig.update_xaxes(title=f"per-token {kind}", type="linear" if kind == "cosine" else "log")
+    fig.update_yaxes(title="tokens")
+    return _compact(fig, height=280)
+
+
+def similarity_by_position(frame: pd.DataFrame) -> go.Figure:
+    """Mean cosine of the two models' activations at each context position."""
+    fig = px.line(frame, x="position", y="mean_cosine", markers=False,
+                  labels={"mean_cosine": "mean cosine", "position": "context position"})
+    return _compact(fig, height=280)
+
+
+def density_scatter(frame: pd.DataFrame, sae_arm: str, other_arm: str) -> go.Figure:
+    """Each feature's density on its SAE's own model against on the other model (log-log; 0 not drawn)."""
+    shown = frame[(frame["own_density"] > 0) & (frame["other_density"] > 0)]
+    fig = px.scatter(shown, x="own_density", y="other_density", log_x=True, log_y=True, opacity=0.4,
+                     hover_data=["feature"], labels={"own_density": f"density on {sae_arm}",
+                                                     "other_density": f"density on {other_arm}"})
+    low = float(min(shown[["own_density", "other_density"]].min())) if len(shown) else 1e-6
+    fig.add_shape(type="line", x0=low, y0=low, x1=1, y1=1, line=dict(dash="dot", color="grey"))
+    return _compact(fig, height=360)

@@ -34,6 +34,27 @@ def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> 
             col.metric(name, value)
     if row.get("matched_words") is not None and len(row["matched_words"]):
         st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
+    diff_line(row, arm, feature)
+
+
+def diff_line(row: dict, arm: str, feature: int) -> None:
+    """Its fate through fine-tuning: the matched feature in the other arm (a link to compare), or emerged /
+    disappeared with its best sub-threshold correlation."""
+    status = row.get("diff_status")
+    if status is None or status != status:
+        return
+    match, corr = row.get("match_feature"), row.get("match_corr")
+    has_match = match is not None and match == match
+    corr_text = f"{corr:.3f}" if corr is not None and corr == corr else "—"
+    if status == "persist" and has_match:
+        st.page_link("views/compare.py", icon=":material/compare_arrows:",
+                     label=f"persists: {row['match_arm']} feature {int(match)} (correlation {corr_text}) — compare",
+                     query_params={"left_arm": arm, "left_feature": str(feature),
+                                   "right_arm": row["match_arm"], "right_feature": str(int(match))})
+    else:
+        verb = "emerged in fine-tuning" if status == "emerge" else "disappeared in fine-tuning"
+        best = f"; its best match is {row['match_arm']} feature {int(match)} at {corr_text}" if has_match else ""
+        st.caption(f"**{verb}**{best}")
 
 
 def contexts_block(contexts, scale: float, limit: int | None = None) -> None:

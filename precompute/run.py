@@ -30,11 +30,13 @@ from core.config import ArmConfig, StudyConfig
 from core.errors import StudyInputError
 from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
 from core.vocabulary import load_medical_vocabulary
-from precompute import stages
+from precompute import diff, stages
 
 logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
-STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1}  # bump when a stage's math changes
+CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
+STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1, "similarity": 1, "transfer": 1,
+                 "matching": 1}  # bump when a stage's math changes
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
 
@@ -49,16 +51,17 @@ class RunReport:
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:
+    known = STAGES + CROSS_STAGES
     if not text:
-        return STAGES
+        return known
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in STAGES]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise StudyInputError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        raise StudyInputError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(known)}")
     return names
 
 
-def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] = STAGES,
+def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] = STAGES + CROSS_STAGES,
               fresh: bool = False, show_progress: bool = True) -> RunReport:
     """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
     only = tuple(only)
@@ -71,9 +74,11 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
-        db.drop_arms_except(con, [arm.name for arm in config.arms])
-        for position, arm in enumerate(config.arms):
-            _run_arm(con, inputs, arm, position, device or config.device, only, report)
+        db.drop_arms_except(con, [arm.name for arm in config.arms] + _pair_labels(config))
+        fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
+                        for position, arm in enumerate(config.arms)}
+        if len(config.arms) == 2:
+            _run_pair(con, inputs, fingerprints, device or config.device, only, report)
     except BaseException:
         con.close()  # the build file keeps every finished stage for the next run
         raise
@@ -91,8 +96,13 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     return report
 
 
+def _pair_labels(config: StudyConfig) -> list[str]:
+    return [f"{config.arms[0].name}|{config.arms[1].name}"] if len(config.arms) == 2 else []
+
+
 def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: ArmConfig, position: int,
-             device: str, only: tuple[str, ...], report: RunReport) -> None:
+             device: str, only: tuple[str, ...], report: RunReport) -> dict[str, str]:
+    """The per-arm stages; returns the arm's weight fingerprints (the cross stages' keys use them)."""
     loaded = load_arm(arm, device)
     try:
         fingerprints = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
@@ -114,15 +124,48 @@ def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: Ar
             db.write_stage(con, arm.name, stage, keys[stage], seconds, tables, metrics)
             report.seconds.setdefault(arm.name, {})[stage] = seconds
             logger.info("%s/%s: done in %.1f s", arm.name, stage, seconds)
+        return fingerprints
     finally:
         del loaded
         gc.collect()
 
 
+def _run_pair(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, fingerprints: dict[str, dict[str, str]],
+              device: str, only: tuple[str, ...], report: RunReport) -> None:
+    """The cross-arm stages, with both arms loaded at once (only when one of them has to run)."""
+    config = inputs.config
+    label = _pair_labels(config)[0]
+    keys = {stage: _hash(fingerprints, _corpus_part(config), config.diff, config.activations.batch_size,
+                         STAGE_VERSION[stage]) for stage in CROSS_STAGES}
+    todo = [s for s in CROSS_STAGES if db.stage_key(con, label, s) != keys[s]]
+    report.pending += [f"{label}/{s}" for s in todo if s not in only]
+    todo = [s for s in todo if s in only]
+    if not todo:
+        return
+    a, b = (load_arm(arm, device) for arm in config.arms)
+    rows = inputs.corpus_rows(a)
+    if config.diff.tokens:
+        rows = rows[: max(1, -(-config.diff.tokens // config.corpus.context_size))]
+    pair = diff.Pair(a, b, rows, config.activations.batch_size, config.diff.match_threshold,
+                     config.diff.outlier_factor, lambda desc: progress_bar(inputs.show_progress, desc, "batch"))
+    for stage in todo:
+        start = time.perf_counter()
+        reason = diff.skip_reason(pair, stage)
+        if reason is not None:
+            logger.warning("%s/%s: %s", label, stage, reason)
+            tables, metrics = {}, {"skipped": 1.0}
+        else:
+            tables, metrics = diff.RUNNERS[stage](con, pair)
+        seconds = time.perf_counter() - start
+        db.write_stage(con, label, stage, keys[stage], seconds, tables, metrics, note=reason)
+        report.seconds.setdefault(label, {})[stage] = seconds
+        logger.info("%s/%s: done in %.1f s", label, stage, seconds)
+
+
 def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]) -> dict[str, str]:
     """The key of each stage: a hash of the arm's weights, the config it reads and the files it reads."""
     arm_part = {"arm": dataclasses.asdict(arm), **fingerprints}
-    corpus_part = {"corpus": dataclasses.asdict(config.corpus), "files": [_file_stamp(p) for p in config.corpus.paths]}
+    corpus_part = _corpus_part(config)
     vocabulary = _file_stamp(config.medical_vocabulary.path)
     keys = {"projection": _hash(arm_part, config.projection, STAGE_VERSION["projection"])}
     keys["words"] = _hash(keys["projection"], config.embeddings.source, vocabulary, STAGE_VERSION["words"])
@@ -130,6 +173,10 @@ def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]
                                 STAGE_VERSION["activations"])
     keys["quality"] = _hash(arm_part, corpus_part, config.activations.quality_tokens, STAGE_VERSION["quality"])
     return keys
+
+
+def _corpus_part(config: StudyConfig) -> dict[str, Any]:
+    return {"corpus": dataclasses.asdict(config.corpus), "files": [_file_stamp(p) for p in config.corpus.paths]}
 
 
 def _hash(*parts: Any) -> str:

@@ -16,7 +16,9 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
   (top_text) and as normalised words (top_words) so the dashboard filters without scanning top_tokens
 - feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
 - histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
-- features: a view joining feature_words and feature_activations
+- cross-arm, keyed by `pair` ("base|finetuned"): similarity_hist, similarity_by_position, transfer_metrics,
+  transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear)
+- features: a view joining feature_words, feature_activations and feature_matches
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pyarrow as pa
 
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 3  # 2: the features view carries the activation sums; 3: top_text and top_words per feature
+SCHEMA_VERSION = 4  # 2: activation sums in the view; 3: top_text, top_words; 4: the cross-arm (model diff) tables
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [
@@ -42,7 +44,7 @@ SCHEMA = [
         config_hash VARCHAR, versions_json VARCHAR, schema_version INTEGER, hist_edges DOUBLE[],
         interval_edges DOUBLE[], updated_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS stages (arm VARCHAR, stage VARCHAR, stage_key VARCHAR, seconds DOUBLE,
-        finished_at TIMESTAMP, PRIMARY KEY (arm, stage))""",
+        finished_at TIMESTAMP, note VARCHAR, PRIMARY KEY (arm, stage))""",
     """CREATE TABLE IF NOT EXISTS arms (arm VARCHAR PRIMARY KEY, position INTEGER, model VARCHAR,
         sae_source VARCHAR, hook_name VARCHAR, d_in INTEGER, d_sae INTEGER, d_vocab INTEGER, n_layers INTEGER,
         device VARCHAR, model_fingerprint VARCHAR, sae_fingerprint VARCHAR, processing_json VARCHAR)""",
@@ -60,12 +62,25 @@ SCHEMA = [
         max_pos INTEGER, max_index INTEGER, token_ids INTEGER[], tokens VARCHAR[], acts FLOAT[])""",
     "CREATE TABLE IF NOT EXISTS unigram (arm VARCHAR, token_id INTEGER, token VARCHAR, count BIGINT)",
     "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
+    """CREATE TABLE IF NOT EXISTS similarity_hist (pair VARCHAR, kind VARCHAR, low DOUBLE, high DOUBLE,
+        count BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS similarity_by_position (pair VARCHAR, position INTEGER, mean_cosine DOUBLE,
+        mean_distance DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS transfer_metrics (pair VARCHAR, sae_arm VARCHAR, model_arm VARCHAR,
+        metric VARCHAR, value DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS transfer_densities (pair VARCHAR, sae_arm VARCHAR, model_arm VARCHAR,
+        feature INTEGER, frac_nonzero DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS feature_matches (pair VARCHAR, arm VARCHAR, feature INTEGER, match_arm VARCHAR,
+        match_feature INTEGER, match_corr FLOAT, status VARCHAR, decoder_cos FLOAT, logit_sim FLOAT,
+        n_fired BIGINT)""",
     """CREATE OR REPLACE VIEW features AS
         SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
                w.top_words,
                a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
-               a.med_fired, a.llr
-        FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)""",
+               a.med_fired, a.llr,
+               m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status
+        FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
+        LEFT JOIN feature_matches m USING (arm, feature)""",
 ]
 
 # The rows each stage owns: cleared before the stage writes, so a re-run never duplicates.
@@ -74,9 +89,15 @@ STAGE_TABLES = {
     "words": ("feature_words",),
     "activations": ("feature_activations", "histograms", "contexts", "unigram"),
     "quality": (),
+    "similarity": ("similarity_hist", "similarity_by_position"),
+    "transfer": ("transfer_metrics", "transfer_densities"),
+    "matching": ("feature_matches",),
 }
+CROSS_STAGES = ("similarity", "transfer", "matching")  # their tables are keyed by `pair`, not `arm`
 ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
               "unigram", "metrics")
+PAIR_TABLES = ("similarity_hist", "similarity_by_position", "transfer_metrics", "transfer_densities",
+               "feature_matches")
 
 
 def building_path(target: Path) -> Path:
@@ -169,10 +190,11 @@ def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, con
 
 
 def drop_arms_except(con: duckdb.DuckDBPyConnection, keep: list[str]) -> None:
-    """Remove every row of arms that are no longer in the study."""
-    placeholders = ", ".join("?" * len(keep))
+    """Remove every row of arms (and arm pairs) that are no longer in the study; `keep` holds both kinds."""
     for table in ARM_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE arm NOT IN ({placeholders})", keep)  # table: a constant above
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a constant above
+    for table in PAIR_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, pair)", [keep])
 
 
 def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
@@ -185,14 +207,17 @@ def stage_key(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> str | Non
 
 
 def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, seconds: float,
-                tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None) -> None:
-    """Replace one stage's rows for one arm and mark it finished, in one transaction (all or nothing)."""
+                tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None,
+                note: str | None = None) -> None:
+    """Replace one stage's rows for one arm (or, for a cross stage, one pair label) and mark it finished, in
+    one transaction (all or nothing)."""
     unknown = set(tables) - set(STAGE_TABLES[stage])
     if unknown:
         raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
     with _transaction(con):
+        column = "pair" if stage in CROSS_STAGES else "arm"
         for table in STAGE_TABLES[stage]:
-            con.execute(f"DELETE FROM {table} WHERE arm = ?", [arm])  # table: a constant of STAGE_TABLES
+            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [arm])  # table, column: constants above
         con.execute("DELETE FROM metrics WHERE arm = ? AND stage = ?", [arm, stage])
         con.execute("DELETE FROM stages WHERE arm = ? AND stage = ?", [arm, stage])
         for table, frame in tables.items():
@@ -200,7 +225,7 @@ def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, 
         if metrics:
             con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
                             [[arm, stage, name, float(value)] for name, value in metrics.items()])
-        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now())", [arm, stage, key, seconds])
+        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now(), ?)", [arm, stage, key, seconds, note])
 
 
 @contextmanager

@@ -207,3 +207,65 @@ def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame
     from core.database import candidate_activation_moments as moments
 
     return moments(con)
+
+
+# --- model diff (the cross-arm stages) -----------------------------------------------------------------
+
+def diff_notes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Cross stages that were skipped, and why (e.g. the arms' tokenizers differ)."""
+    return con.execute("SELECT arm AS pair, stage, note FROM stages WHERE note IS NOT NULL ORDER BY stage").df()
+
+
+def diff_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """arm, status (persist / emerge / disappear), features, share of the arm's features."""
+    return con.execute("""
+        SELECT arm, status, count(*) AS features, count(*) / sum(count(*)) OVER (PARTITION BY arm) AS share
+        FROM feature_matches GROUP BY arm, status ORDER BY arm, status""").df()
+
+
+def match_correlations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """arm, feature, match_corr (the best match's correlation) of every feature that fired."""
+    return con.execute("SELECT arm, feature, match_corr FROM feature_matches WHERE match_corr IS NOT NULL").df()
+
+
+def diff_features(con: duckdb.DuckDBPyConnection, status: str, sort: str = "frac_nonzero",
+                  descending: bool = True, limit: int = 200) -> pd.DataFrame:
+    """Features of one status with their density, coherence, matches, top tokens and best (sub-threshold) match."""
+    if sort not in SORTABLE:
+        raise ValueError(f"sort must be one of {SORTABLE}")
+    order = f"{sort} {'DESC' if descending else 'ASC'} NULLS LAST, arm, feature"  # sort: whitelisted
+    return con.execute(f"""
+        SELECT arm, feature, top_text AS top_tokens, frac_nonzero, coherence, med_matches, is_candidate,
+               match_arm, match_feature, match_corr
+        FROM features WHERE diff_status = ? ORDER BY {order} LIMIT ?""", [status, limit]).df()
+
+
+def similarity_hist(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT kind, low, high, count FROM similarity_hist ORDER BY kind, low").df()
+
+
+def similarity_by_position(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT position, mean_cosine, mean_distance FROM similarity_by_position "
+                       "ORDER BY position").df()
+
+
+def transfer_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """One row per (SAE, model): L0, explained variance, CE clean / spliced / delta / recovered, dead, outliers."""
+    return con.execute("""
+        PIVOT (SELECT sae_arm, model_arm, metric, value FROM transfer_metrics)
+        ON metric USING first(value) ORDER BY sae_arm, model_arm""").df()
+
+
+def transfer_densities(con: duckdb.DuckDBPyConnection, sae_arm: str) -> pd.DataFrame:
+    """feature, density on the SAE's own model, density on the other model (the scatter of seed 002)."""
+    return con.execute("""
+        SELECT own.feature, own.frac_nonzero AS own_density, other.frac_nonzero AS other_density
+        FROM transfer_densities own JOIN transfer_densities other
+          ON own.feature = other.feature AND other.sae_arm = own.sae_arm AND other.model_arm <> own.model_arm
+        WHERE own.sae_arm = ? AND own.model_arm = own.sae_arm ORDER BY own.feature""", [sae_arm]).df()
+
+
+def pair_metrics(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """The cross stages' metrics (mean cosine, log-density correlations, counts), by name."""
+    rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE arm LIKE '%|%'").fetchall()
+    return dict(rows)
