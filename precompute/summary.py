@@ -17,6 +17,8 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     with db.connect_read_only(Path(config.features_db)) as con:
         summary = db.arm_summary(con).set_index("arm")
         metrics = db.read_metrics(con)
+        diff_counts = db.queries.diff_counts(con)
+        pair = db.queries.pair_metrics(con)
     value = {(r.arm, r.metric): r.value for r in metrics.itertuples()}
     rows = [COLUMNS]
     for arm in (a.name for a in config.arms):
@@ -30,7 +32,13 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
             " ".join(f"{stage[:4]} {sec:.0f}" for stage, sec in seconds.items()) or "-",
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
-    return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    if len(diff_counts):
+        fates = "; ".join(f"{r.arm} {r.status} {r.features:,} ({100 * r.share:.0f}%)" for r in diff_counts.itertuples())
+        lines.append(f"  model diff: {fates}")
+    if "similarity.mean_cosine" in pair:
+        lines.append(f"  activation similarity at the hook: mean cosine {pair['similarity.mean_cosine']:.3f}")
+    return lines
 
 
 def _fmt(x: float | None) -> str:
