@@ -115,3 +115,11 @@ def density_scatter(frame: pd.DataFrame, sae_arm: str, other_arm: str) -> go.Fig
     low = float(min(shown[["own_density", "other_density"]].min())) if len(shown) else 1e-6
     fig.add_shape(type="line", x0=low, y0=low, x1=1, y1=1, line=dict(dash="dot", color="grey"))
     return _compact(fig, height=360)
+
+
+def dose_response(frame: pd.DataFrame) -> go.Figure:
+    """Semantic similarity of the steered output to the feature's top tokens against the coefficient."""
+    fig = px.line(frame, x="coefficient", y="similarity", markers=True,
+                  labels={"similarity": "similarity to the top tokens"})
+    fig.add_vline(x=0, line_dash="dot", line_color="grey")
+    return _compact(fig)

@@ -239,3 +239,37 @@ def paper_tables() -> dict[str, pd.DataFrame]:
         **{"paper mean": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("mean")),
            "paper var": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("var"))})
     return {"table2": table2, "candidates": candidates, "moments": moments, "source": paper.SOURCE}
+
+
+# --- live models for steering: loaded once per process, shared by sessions (core.steering locks them) ----
+
+@st.cache_resource(show_spinner="Loading the model and its SAE…")
+def loaded_arm(arm_name: str) -> Any:
+    from core.loading import load_arm
+
+    config = study_config()
+    return load_arm(config.arm(arm_name), config.device)
+
+
+@st.cache_resource(show_spinner="Loading word embeddings…")
+def embeddings() -> Any:
+    from core.embeddings import load_embeddings
+
+    config = study_config()
+    return load_embeddings(config.embeddings.source, Path(config.embeddings.cache_dir))
+
+
+@st.cache_resource(show_spinner=False)
+def typical_norm(arm_name: str) -> float:
+    """Median activation norm at the SAE's hook over a few corpus rows (BOS left out): what "coefficient 1×
+    this" adds, in the units of the residual stream."""
+    import torch
+
+    from core.corpus import load_corpus_rows
+    from core.model_diff import activation_norms
+    from core.steering import model_lock
+
+    arm, config = loaded_arm(arm_name), study_config()
+    rows = load_corpus_rows(config.corpus, arm.model.tokenizer)[:8]
+    with model_lock(arm.model), torch.no_grad():  # another session may be steering this model right now
+        return float(activation_norms(arm.model, arm.hook_name, rows).median())

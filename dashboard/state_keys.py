@@ -34,3 +34,16 @@ COMPARE_RIGHT_FEATURE = "compare_right_feature"
 
 # Label page
 LABEL_QUEUE_ARM = "label_queue_arm"
+
+# Steer page
+STEER_ARM = "steer_arm"
+STEER_FEATURES = "steer_features"
+STEER_COEFFICIENT = "steer_coefficient"
+STEER_PROMPT = "steer_prompt"
+STEER_TEMPERATURE = "steer_temperature"
+STEER_TOP_P = "steer_top_p"
+STEER_PENALTY = "steer_penalty"
+STEER_TOKENS = "steer_tokens"
+STEER_SEED = "steer_seed"
+STEER_GO = "steer_go"
+STEER_SWEEP = "steer_sweep"

@@ -19,10 +19,12 @@ feature = int(c2.number_input(f"Feature (0 – {d_sae - 1})", 0, d_sae - 1, key=
 st.query_params.update({"arm": arm, "feature": str(feature)})
 
 st.title(f"{arm} · feature {feature}")
-links = st.columns([1, 1, 3])
+links = st.columns([1, 1, 1, 2])
 links[0].page_link("views/compare.py", label="Compare with…", icon=":material/compare_arrows:",
                    query_params={"left_arm": arm, "left_feature": str(feature)})
-links[1].page_link("views/features.py", label="All features", icon=":material/table_rows:")
+links[1].page_link("views/steer.py", label="Steer with it", icon=":material/tune:",
+                   query_params={"arm": arm, "feature": str(feature)})
+links[2].page_link("views/features.py", label="All features", icon=":material/table_rows:")
 widgets.feature_panel(arm, feature)
 with st.container(border=True):
     st.markdown("**Label this feature**")
