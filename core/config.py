@@ -144,6 +144,26 @@ class DiffConfig:
 
 
 @dataclass(frozen=True)
+class SteeringConfig:
+    """The causal test (`precompute steer-eval`): the paper's settings by default (coefficient 50, temperature
+    1, top_p 0.3, frequency penalty 1, 50 new tokens); 3 seeds per feature where the paper used 1."""
+
+    coefficient: float = 50.0
+    prompt: str = "What topic is on your mind?"
+    temperature: float = 1.0
+    top_p: float = 0.3
+    freq_penalty: float = 1.0
+    max_new_tokens: int = 50
+    samples: int = 3
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_new_tokens < 1:
+            raise StudyInputError("steering.samples and steering.max_new_tokens must be at least 1")
+        if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:
+            raise StudyInputError("steering.top_p must be in (0, 1] and steering.temperature >= 0")
+
+
+@dataclass(frozen=True)
 class DemoRecipe:
     """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook)."""
 
@@ -187,6 +207,7 @@ class StudyConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     diff: DiffConfig = field(default_factory=DiffConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
     seed: int = 0
     device: str = "auto"
     features_db: str = ""
@@ -250,10 +271,11 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
     """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [demo]."""
     raw = dict(raw)
     _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations",
-                          "diff", "demo"}, "")
+                          "diff", "steering", "demo"}, "")
     study = dict(_table(raw, "study", required=True))
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
-        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "demo", "source_path"}
+        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "steering", "demo",
+        "source_path"}
     _reject_unknown(study, study_fields, "study")
     if "name" not in study:
         _missing("study.name")
@@ -269,6 +291,7 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
         projection=_build(ProjectionConfig, _table(raw, "projection", required=False), "projection"),
         activations=_build(ActivationsConfig, _table(raw, "activations", required=False), "activations"),
         diff=_build(DiffConfig, _table(raw, "diff", required=False), "diff"),
+        steering=_build(SteeringConfig, _table(raw, "steering", required=False), "steering"),
         demo=_build_demo(raw["demo"]) if "demo" in raw else None,
         source_path=source_path,
         **{key: _check_type(StudyConfig, key, value, "study") for key, value in study.items()},

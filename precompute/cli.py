@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only these stages (projection, words, activations, quality); publishes once all are done")
     run.add_argument("--fresh", action="store_true", help="recompute every stage (labels are never touched)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+    steer = sub.add_parser("steer-eval", help="the paper's causal test (Table 1): steer each feature, score, store")
+    steer.add_argument("--config", default=DEFAULT_CONFIG)
+    steer.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    steer.add_argument("--features", default="candidates",
+                       help="candidates (>= 2 medical matches), labelled (humans said medical) or ids: 12,40")
+    steer.add_argument("--samples", type=int, default=None, help="seeds per feature (config steering.samples: 3)")
+    steer.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every save/load at INFO
     offline_defaults()
     try:
-        return {"build-demo": _build_demo, "check": _check, "run": _run}[args.command](args)
+        return {"build-demo": _build_demo, "check": _check, "run": _run, "steer-eval": _steer_eval}[args.command](args)
     except StudyInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -127,4 +135,23 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{config.features_db}: {state}  [{elapsed:.0f} s]")
     for line in summary_lines(config, report):
         print(line)
+    return 0
+
+
+def _steer_eval(args: argparse.Namespace) -> int:
+    from core import database as db
+    from core.config import load_config
+    from precompute.steer_eval import steer_eval
+
+    config = load_config(args.config)
+    if args.samples is not None and args.samples < 1:
+        raise StudyInputError("--samples must be at least 1")
+    seconds = steer_eval(config, args.features, args.samples, args.device, show_progress=not args.no_progress)
+    print(f"{config.features_db}: steering results published")
+    with db.connect_read_only(Path(config.features_db)) as con:
+        table = db.queries.steering_table(con)
+    print("  arm        features  passing        mean steered  mean unsteered  seconds")
+    for row in table.itertuples():
+        print(f"  {row.arm:<10} {row.features:>8}  {row.passing:>4} ({100 * row.share:>5.1f}%)  "
+              f"{row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {seconds.get(row.arm, 0):>7.0f}")
     return 0

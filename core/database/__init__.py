@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 4  # 2: activation sums in the view; 3: top_text, top_words; 4: the cross-arm (model diff) tables
+SCHEMA_VERSION = 5  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [
@@ -73,6 +73,10 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS feature_matches (pair VARCHAR, arm VARCHAR, feature INTEGER, match_arm VARCHAR,
         match_feature INTEGER, match_corr FLOAT, status VARCHAR, decoder_cos FLOAT, logit_sim FLOAT,
         n_fired BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS steer_features (arm VARCHAR, feature INTEGER, coefficient DOUBLE,
+        samples INTEGER, mean_unsteered DOUBLE, mean_steered DOUBLE, passing BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS steer_samples (arm VARCHAR, feature INTEGER, sample INTEGER, seed INTEGER,
+        unsteered_text VARCHAR, steered_text VARCHAR, unsteered_similarity DOUBLE, steered_similarity DOUBLE)""",
     """CREATE OR REPLACE VIEW features AS
         SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
                w.top_words,
@@ -92,10 +96,11 @@ STAGE_TABLES = {
     "similarity": ("similarity_hist", "similarity_by_position"),
     "transfer": ("transfer_metrics", "transfer_densities"),
     "matching": ("feature_matches",),
+    "steering": ("steer_features", "steer_samples"),  # `precompute steer-eval`, not part of `run`
 }
 CROSS_STAGES = ("similarity", "transfer", "matching")  # their tables are keyed by `pair`, not `arm`
 ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
-              "unigram", "metrics")
+              "unigram", "metrics", "steer_features", "steer_samples")
 PAIR_TABLES = ("similarity_hist", "similarity_by_position", "transfer_metrics", "transfer_densities",
                "feature_matches")
 

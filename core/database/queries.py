@@ -269,3 +269,14 @@ def pair_metrics(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
     """The cross stages' metrics (mean cosine, log-density correlations, counts), by name."""
     rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE arm LIKE '%|%'").fetchall()
     return dict(rows)
+
+
+def steering_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Paper Table 1 per arm: features tested, passing (mean steered similarity > mean unsteered), share,
+    and the mean steered / unsteered similarity over features (NaN means left out)."""
+    return con.execute("""
+        SELECT arm, count(*) AS features, count(*) FILTER (WHERE passing) AS passing,
+               count(*) FILTER (WHERE passing) / count(*) AS share,
+               avg(mean_steered) FILTER (WHERE NOT isnan(mean_steered)) AS mean_steered,
+               avg(mean_unsteered) FILTER (WHERE NOT isnan(mean_unsteered)) AS mean_unsteered
+        FROM steer_features GROUP BY arm ORDER BY arm""").df()

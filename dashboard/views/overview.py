@@ -61,6 +61,24 @@ right.plotly_chart(charts.candidate_activations(data.query("candidate_activation
 right.dataframe(tables["moments"], hide_index=True, width="stretch",
                 column_config={c: st.column_config.NumberColumn(format="%.4f")
                                for c in ("mean_act", "var_act", "paper mean", "paper var")})
+st.markdown("**Table 1 · steering** (the causal test: `python -m precompute steer-eval`; a feature passes when "
+            "its steered text is closer to its own top tokens than the unsteered text from the same seeds)")
+table1 = data.query("steering_table")
+if table1.empty:
+    st.caption(f"Not run yet: `python -m precompute steer-eval --config {data.config_path()}`.")
+else:
+    from core import paper
+
+    table1["paper passing"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("passing"))
+    table1["paper share"] = table1["arm"].map(
+        lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
+    table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
+    table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
+    st.dataframe(table1, hide_index=True, width="stretch",
+                 column_config={"share": st.column_config.NumberColumn(format="percent"),
+                                "paper share": st.column_config.NumberColumn(format="percent")})
+    st.caption("The paper scored similarity with BERT embeddings and unseeded sampling, so its similarities are "
+               "not on our scale (GloVe, same seeds); the passing share is the comparable number.")
 st.markdown("**Coherence of all scored features**")
 st.plotly_chart(charts.coherence_histogram(data.query("coherence_values")), key="coherence_histogram")
 st.caption(f"Paper: {tables['source']}.")

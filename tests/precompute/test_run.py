@@ -340,3 +340,28 @@ def test_figure_2_moments_pool_every_activation_of_the_candidates(study):
     assert moments.loc["base", "activations"] == values.numel()
     assert moments.loc["base", "mean_act"] == pytest.approx(values.mean().item(), rel=1e-5)
     assert moments.loc["base", "var_act"] == pytest.approx(values.var(unbiased=False).item(), rel=1e-4)
+
+
+def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study, tmp_path):
+    from core.database import queries
+    from precompute.steer_eval import steer_eval
+
+    raw = with_changes(study["raw"], tmp_path, steering={"max_new_tokens": 8, "samples": 2, "coefficient": 20.0})
+    config = config_from_dict(raw)
+    run_study(config, show_progress=False)
+    steer_eval(config, "0,1,4", show_progress=False)
+    samples = query(config, "SELECT * FROM steer_samples ORDER BY arm, feature, sample")
+    assert len(samples) == 2 * 3 * 2 and set(samples.seed) == {0, 1}
+    assert (samples.unsteered_text != samples.steered_text).any()  # coefficient 20 changes the text
+    by_hand = samples.groupby(["arm", "feature"])[["unsteered_similarity", "steered_similarity"]].mean()
+    by_hand["passing"] = by_hand.steered_similarity > by_hand.unsteered_similarity
+    stored = query(config, "SELECT * FROM steer_features ORDER BY arm, feature").set_index(["arm", "feature"])
+    np.testing.assert_allclose(stored.mean_steered, by_hand.steered_similarity)
+    assert stored.passing.tolist() == by_hand.passing.tolist()
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        table1 = queries.steering_table(con).set_index("arm")
+    for arm in ("base", "finetuned"):
+        assert table1.loc[arm, "passing"] == by_hand.loc[arm].passing.sum()
+        assert table1.loc[arm, "mean_steered"] == pytest.approx(by_hand.loc[arm].steered_similarity.mean())
+    again = run_study(config, show_progress=False)  # a re-run of the precompute keeps the steering results
+    assert again.up_to_date and len(query(config, "SELECT * FROM steer_features")) == 6
