@@ -123,3 +123,10 @@ def dose_response(frame: pd.DataFrame) -> go.Figure:
                   labels={"similarity": "similarity to the top tokens"})
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     return _compact(fig)
+
+
+def log_density_histogram(frame: pd.DataFrame) -> go.Figure:
+    """log10 feature density of both arms overlaid (dead features cannot be drawn on a log scale)."""
+    fig = px.histogram(frame, x="log10_density", color="arm", barmode="overlay", nbins=50, opacity=0.6,
+                       color_discrete_map=ARM_COLORS, labels={"log10_density": "log10 feature density"})
+    return _compact(fig)

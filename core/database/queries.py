@@ -280,3 +280,9 @@ def steering_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
                avg(mean_steered) FILTER (WHERE NOT isnan(mean_steered)) AS mean_steered,
                avg(mean_unsteered) FILTER (WHERE NOT isnan(mean_unsteered)) AS mean_unsteered
         FROM steer_features GROUP BY arm ORDER BY arm""").df()
+
+
+def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """arm, log10 density of every feature that fired (dead features counted apart, in `dead`)."""
+    return con.execute("""
+        SELECT arm, log10(frac_nonzero) AS log10_density FROM features WHERE frac_nonzero > 0""").df()

@@ -57,6 +57,12 @@ if not hist.empty:
     c2.plotly_chart(charts.similarity_histogram(hist, "distance"), key="sim_dist")
     c3.plotly_chart(charts.similarity_by_position(data.query("similarity_by_position")), key="sim_pos")
 
+st.subheader("Feature densities")
+dead = data.arm_overview(config).set_index("arm")["dead"]
+st.caption("Share of tokens on which each feature fires, per arm; dead features (never fired): "
+           + ", ".join(f"{arm} {int(n):,}" for arm, n in dead.items()) + ".")
+st.plotly_chart(charts.log_density_histogram(data.query("log_densities")), key="log_density")
+
 transfer = data.query("transfer_table")
 if not transfer.empty:
     st.subheader("SAE transfer")
