@@ -48,13 +48,6 @@ settings = steering.SamplingSettings(
     seed=int(k5.number_input("Seed", 0, 10**6, 0, key=keys.STEER_SEED)))
 tokens = pd.concat([data.query("feature_tokens", arm, f).assign(feature=f) for f in features])
 top = tokens[tokens["kind"] == "top"]
-top_ids = set(top["token_id"].astype(int))
-
-
-def highlighted(generation: steering.Generation) -> str:
-    """The prompt and the new tokens as HTML; tokens that are among the feature's top tokens shaded."""
-    return render.context_html([prompt] + generation.tokens, [0.0] + [float(t in top_ids)
-                                                                     for t in generation.token_ids], scale=1.0)
 
 
 def similarity(text: str) -> float:
@@ -62,21 +55,46 @@ def similarity(text: str) -> float:
 
 
 coefficients = {f: coefficient for f in features}
-if st.button("Generate", type="primary", key=keys.STEER_GO):
+other_arm = next((a for a in arms if a != arm), None)
+both = other_arm is not None and st.toggle(f"Both models: also steer {other_arm} with the same prompt",
+                                           key=keys.STEER_BOTH)
+if both:
+    match = rows[0].get("match_feature")
+    has_match = match is not None and match == match
+    other_d_sae = int(data.query("arms").set_index("arm").loc[other_arm, "d_sae"])
+    other_feature = int(st.number_input(
+        f"{other_arm} feature ({'its best match from the model diff' if has_match else 'choose one'})", 0,
+        other_d_sae - 1, int(match) if has_match else 0, key=keys.STEER_OTHER_FEATURE))
+
+
+def show(arm_name: str, loaded_arm, feature_coefficients: dict, top_frame: pd.DataFrame) -> None:
+    """Unsteered and steered text side by side with the numbers, for one arm."""
+    ids = top_frame["token_id"].astype(int).tolist()
     try:
-        with st.spinner("Generating unsteered and steered text with the same seed…"):
-            result = steering.compare_steering(loaded, coefficients, prompt, settings)
-            shift = steering.next_token_shift(loaded, coefficients, prompt, top["token_id"].astype(int).tolist())
+        with st.spinner(f"Generating {arm_name}: unsteered and steered text with the same seed…"):
+            result = steering.compare_steering(loaded_arm, feature_coefficients, prompt, settings)
+            shift = steering.next_token_shift(loaded_arm, feature_coefficients, prompt, ids)
     except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
         st.error(f"Generation failed: {err}")
-        st.stop()
-    left, right = st.columns(2)
-    for col, name, generation in ((left, "Unsteered", result.unsteered), (right, f"Steered (c = {coefficient:.3g})",
-                                                                           result.steered)):
-        col.markdown(f"**{name}** · similarity to the top tokens **{similarity(generation.text):.3f}**")
-        col.markdown(highlighted(generation), unsafe_allow_html=True)
+        return
+    sims = [steering.semantic_similarity(g.text, top_frame["token"].tolist(), top_frame["value"].tolist(),
+                                         data.embeddings()) for g in (result.unsteered, result.steered)]
+    for col, name, generation, sim in zip(st.columns(2), ("Unsteered", f"Steered (c = {coefficient:.3g})"),
+                                          (result.unsteered, result.steered), sims):
+        col.markdown(f"**{arm_name} · {name}** · similarity to the top tokens **{sim:.3f}**")
+        col.markdown(render.context_html([prompt] + generation.tokens,
+                                         [0.0] + [float(t in set(ids)) for t in generation.token_ids], 1.0),
+                     unsafe_allow_html=True)
     st.caption(f"Log-probability of the feature's top tokens at the next position: {shift.set_change:+.3f} nats "
-               "with steering (tokens in its top tokens are highlighted).")
+               "with steering (tokens among its top tokens are shaded).")
+
+
+if st.button("Generate", type="primary", key=keys.STEER_GO):
+    show(arm, loaded, coefficients, top)
+    if both:
+        other_top = data.query("feature_tokens", other_arm, other_feature)
+        show(other_arm, data.loaded_arm(other_arm), {other_feature: coefficient},
+             other_top[other_top["kind"] == "top"])
 
 if st.button("Sweep the coefficient (9 values, −2× to +2×)", key=keys.STEER_SWEEP):
     values = np.linspace(-2 * coefficient, 2 * coefficient, 9)

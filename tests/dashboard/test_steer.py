@@ -58,3 +58,15 @@ def test_bad_feature_ids_are_a_message(steer_study):
     assert "whole numbers separated by commas" in at.error[0].value
     at.text_input(key="steer_features").set_value("99").run()
     assert f"between 0 and {D_SAE - 1}" in at.error[0].value
+
+
+def test_both_models_steers_the_other_arm_too(steer_study):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/steer.py").run()
+    at.number_input(key="steer_tokens").set_value(6)
+    at.toggle(key="steer_both").set_value(True).run()
+    at.number_input(key="steer_other_feature").set_value(2)
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
+    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base", "**finetuned", "**finetuned"]
