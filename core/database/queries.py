@@ -93,7 +93,11 @@ def arm_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
                max(value) FILTER (WHERE metric = 'ce_loss_recovered') AS ce_loss_recovered,
                max(value) FILTER (WHERE metric = 'n_tokens') AS n_tokens
         FROM metrics WHERE stage = 'quality' GROUP BY arm""").df()
-    return arm_summary(con).merge(quality, on="arm", how="left")
+    arms_table = con.execute("SELECT arm, hook_name, d_sae, position FROM arms").df()
+    merged = arm_summary(con).merge(arms_table, on="arm", how="left").merge(quality, on="arm", how="left")
+    columns = ["arm", "hook_name", "d_sae"] + [c for c in merged.columns if c not in ("arm", "hook_name", "d_sae",
+                                                                                     "position")]
+    return merged.sort_values(["position", "arm"])[columns].reset_index(drop=True)
 
 
 def arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
