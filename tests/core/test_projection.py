@@ -1,9 +1,11 @@
-"""Decoder projection: exactly the brute-force fp32 ranking (ties by token id), in fp32 and bf16 modes."""
+"""Decoder projection: exactly the brute-force fp32 ranking (ties by token id), in fp32 and bf16 modes, across
+feature chunks and (fp32) vocabulary blocks."""
 
 import numpy as np
 import pytest
 import torch
 
+from core import projection
 from core.projection import BF16_ERROR, BF16_MARGIN, TIE_MARGIN, decoder_projection_topk
 
 MODES = ["fp32", "bf16"]
@@ -75,8 +77,6 @@ def test_bf16_error_bound_holds():
 def test_bf16_falls_back_to_fp32_when_it_cannot_separate(monkeypatch):
     """200 columns within 1e-2 of each other (~60 apart in value): gaps far below bf16's resolution, far above
     fp32's. Every feature needs the fp32 fallback, and the answer is still the brute-force one."""
-    from core import projection
-
     calls = []
     full = projection._row_topk_full
     monkeypatch.setattr(projection, "_row_topk_full", lambda row, k: calls.append(1) or full(row, k))
@@ -96,3 +96,59 @@ def test_k_larger_than_vocabulary_is_clipped():
     result = decoder_projection_topk(W_dec, W_U, k=10)
     assert result.top_ids.shape == (4, 6)
     assert sorted(result.top_ids[0].tolist()) == list(range(6))
+
+
+@pytest.mark.parametrize("block", [7, 16, 64])
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_blocks_merge_to_the_brute_force_answer(monkeypatch, block, k):
+    """Vocabulary of 100 in blocks of 7 (7 groups: all chosen), 16 and 64 (only the k + TIE_MARGIN best groups
+    where k + TIE_MARGIN < block), the last block zero-padded."""
+    monkeypatch.setattr(projection, "VOCAB_BLOCK", block)
+    calls = []
+    monkeypatch.setattr(projection, "_row_topk_full", lambda row, k: calls.append(1))
+    W_dec, W_U = random_sae(d_sae=40, d_vocab=100)
+    result = decoder_projection_topk(W_dec, W_U, k=k, chunk_size=16, precision="fp32")
+    assert not calls  # random values do not tie: the blocks alone must settle every feature
+    (top_ids, top_vals), (bottom_ids, bottom_vals) = brute_force(W_dec, W_U, k)
+    np.testing.assert_array_equal(result.top_ids, top_ids)
+    np.testing.assert_array_equal(result.bottom_ids, bottom_ids)
+    np.testing.assert_allclose(result.top_values, top_vals, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.bottom_values, bottom_vals, rtol=1e-5, atol=1e-5)
+
+
+def tied_sae(tied: list[int], d_vocab: int = 100):
+    """Feature 0's top and feature 1's bottom are the exactly equal logits of the `tied` columns (far from the rest)."""
+    W_dec, W_U = random_sae(d_sae=6, d_vocab=d_vocab)
+    W_U[:, tied] = W_U[:, :1].expand(-1, len(tied)) * 5
+    W_dec[0] = W_U[:, tied[0]] / W_U[:, tied[0]].norm()
+    W_dec[1] = -W_dec[0]
+    return W_dec, W_U
+
+
+def test_tie_at_the_kth_place_straddling_two_blocks_is_ordered_by_token_id(monkeypatch):
+    """Blocks of 16: tied tokens 14, 15 | 16, 17, in four of the chosen groups. Top-3 is 14, 15, 16: equal values
+    from two blocks must be ordered by global token id, not by block, group or block-local id."""
+    monkeypatch.setattr(projection, "VOCAB_BLOCK", 16)
+    W_dec, W_U = tied_sae([17, 16, 15, 14])
+    result = decoder_projection_topk(W_dec, W_U, k=3, precision="fp32")
+    assert result.top_ids[0].tolist() == [14, 15, 16] and result.bottom_ids[1].tolist() == [14, 15, 16]
+    (top_ids, _), (bottom_ids, _) = brute_force(W_dec, W_U, 3)
+    np.testing.assert_array_equal(result.top_ids, top_ids)
+    np.testing.assert_array_equal(result.bottom_ids, bottom_ids)
+
+
+def test_tie_running_past_the_chosen_groups_is_settled_on_the_full_row(monkeypatch):
+    """Blocks of 16, k = 3: token 15 and all 16 tokens of block 1 tie, so all 16 groups have the same best and
+    which k + TIE_MARGIN of them are chosen is arbitrary. The answer must still be 15, 16, 17."""
+    monkeypatch.setattr(projection, "VOCAB_BLOCK", 16)
+    calls = []
+    full = projection._row_topk_full
+    monkeypatch.setattr(projection, "_row_topk_full", lambda row, k: calls.append(1) or full(row, k))
+    assert 16 > 3 + TIE_MARGIN  # the premise: not every group holding a tied token is chosen
+    W_dec, W_U = tied_sae([31 - i for i in range(16)] + [15])
+    result = decoder_projection_topk(W_dec, W_U, k=3, precision="fp32")
+    assert result.top_ids[0].tolist() == [15, 16, 17] and result.bottom_ids[1].tolist() == [15, 16, 17]
+    (top_ids, _), (bottom_ids, _) = brute_force(W_dec, W_U, 3)
+    np.testing.assert_array_equal(result.top_ids, top_ids)
+    np.testing.assert_array_equal(result.bottom_ids, bottom_ids)
+    assert len(calls) >= 2  # at least feature 0's top and feature 1's bottom (block 1 ties for every feature)
