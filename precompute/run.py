@@ -10,6 +10,7 @@ skipped; any change recomputes exactly the stages it affects. The math lives in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import importlib.metadata
@@ -189,11 +190,18 @@ def _file_stamp(path: str) -> list[Any]:
     p = Path(path)
     if not p.is_file():
         return [path, None]
+    stat = p.stat()
+    return [path, _content_hash(str(p), stat.st_size, stat.st_mtime_ns)]
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    # Every arm and the pair key on the same files: hash each version of a file once per process.
     digest = hashlib.sha256()
-    with p.open("rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return [path, digest.hexdigest()]
+    return digest.hexdigest()
 
 
 def _arm_row(arm: ArmConfig, loaded: LoadedArm, position: int, model_fingerprint: str) -> dict[str, Any]:

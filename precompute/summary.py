@@ -15,7 +15,7 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     """Per arm: features, medical candidates, mean / median coherence, dead features, explained variance,
     CE loss recovered, and the seconds each stage took in this run (skipped stages: 0)."""
     with db.connect_read_only(Path(config.features_db)) as con:
-        summary = db.arm_summary(con).set_index("arm")
+        summary = db.queries.arm_summary(con).set_index("arm")
         metrics = db.read_metrics(con)
         diff_counts = db.queries.diff_counts(con)
         pair = db.queries.pair_metrics(con)

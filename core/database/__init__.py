@@ -266,30 +266,4 @@ def read_metrics(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT arm, stage, metric, value FROM metrics ORDER BY arm, stage, metric").df()
 
 
-def read_stages(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT arm, stage, stage_key, seconds, finished_at FROM stages ORDER BY arm, stage").df()
-
-
-def read_arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT * FROM arms ORDER BY position").df()
-
-
-def arm_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per arm: features, medical candidates, coherence mean / median over scored features, dead features."""
-    return con.execute("""
-        SELECT arm, count(*) AS features, count(*) FILTER (WHERE is_candidate) AS candidates,
-               avg(coherence) AS coherence_mean, median(coherence) AS coherence_median,
-               count(*) FILTER (WHERE n_fired = 0) AS dead
-        FROM features GROUP BY arm ORDER BY arm""").df()
-
-
-def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per arm, mean and variance of every non-zero per-token activation of the medical candidates' features,
-    pooled exactly from per-feature sums (the paper's Figure 2: its μ and σ² per model)."""
-    return con.execute("""
-        SELECT arm, count(*) AS features, sum(n_fired) AS activations,
-               sum(sum_act) / sum(n_fired) AS mean_act,
-               sum(sum_sq_act) / sum(n_fired) - pow(sum(sum_act) / sum(n_fired), 2) AS var_act
-        FROM features WHERE is_candidate AND n_fired > 0 GROUP BY arm ORDER BY arm""").df()
-
 from core.database import queries  # noqa: E402,F401  (the dashboard's reads)

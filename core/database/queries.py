@@ -4,6 +4,8 @@ come from a fixed list. Current labels (from core.labels, another file) are pass
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +58,7 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
     """One page of the filtered, sorted feature table (with each feature's top tokens) and the total count."""
     if sort not in SORTABLE:
         raise ValueError(f"sort must be one of {SORTABLE}")
-    con.register("current_labels", _labels_frame(labels))
-    try:
+    with _with_labels(con, labels):
         source = "features f LEFT JOIN current_labels l USING (arm, feature)"
         order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.arm, f.feature"  # sort: whitelisted
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
@@ -71,9 +72,17 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         else:  # past the last page (or nothing matches): count on its own
             page = page.drop(columns="total")
             total = con.execute(f"SELECT count(*) FROM {source} WHERE {_WHERE}", _where_params(flt)).fetchall()[0][0]
+    return page, int(total)
+
+
+@contextmanager
+def _with_labels(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> Iterator[None]:
+    """Current labels visible to the query as the table `current_labels` (arm, feature, label)."""
+    con.register("current_labels", _labels_frame(labels))
+    try:
+        yield
     finally:
         con.unregister("current_labels")
-    return page, int(total)
 
 
 def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
@@ -85,8 +94,6 @@ def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
 def arm_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Per arm: features, candidates, coherence mean / median, dead features, and L0, explained variance,
     CE loss recovered and tokens of the quality stage."""
-    from core.database import arm_summary
-
     quality = con.execute("""
         SELECT arm, max(value) FILTER (WHERE metric = 'l0') AS l0,
                max(value) FILTER (WHERE metric = 'explained_variance') AS explained_variance,
@@ -165,34 +172,27 @@ def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFra
 def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
                               labels: pd.DataFrame | None) -> dict[str, Any] | None:
     """The Label page's queue: the arm's unlabelled candidate with most matches (then coherence), or None."""
-    con.register("current_labels", _labels_frame(labels))
-    try:
+    with _with_labels(con, labels):
         frame = con.execute("""
             SELECT f.* FROM features f LEFT JOIN current_labels l USING (arm, feature)
             WHERE f.arm = ? AND f.is_candidate AND l.label IS NULL
             ORDER BY f.med_matches DESC, f.coherence DESC NULLS LAST, f.feature LIMIT 1""", [arm]).df()
-    finally:
-        con.unregister("current_labels")
     return None if frame.empty else frame.iloc[0].to_dict()
 
 
 def label_progress(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
     """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled."""
-    con.register("current_labels", _labels_frame(labels))
-    try:
+    with _with_labels(con, labels):
         return con.execute("""
             SELECT f.arm, count(*) AS candidates, count(l.label) AS labelled
             FROM features f LEFT JOIN current_labels l USING (arm, feature)
             WHERE f.is_candidate GROUP BY f.arm ORDER BY f.arm""").df()
-    finally:
-        con.unregister("current_labels")
 
 
 def coherence_table(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
     """Paper Table 2: coherence count / mean / median / min / max per arm over all scored features, over
     medical candidates, and over features humans labelled medical (NULL coherence is never counted)."""
-    con.register("current_labels", _labels_frame(labels))
-    try:
+    with _with_labels(con, labels):
         return con.execute("""
             WITH scoped AS (
                 SELECT arm, coherence, 'all features' AS scope, 0 AS k FROM features
@@ -202,15 +202,25 @@ def coherence_table(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None)
             SELECT arm, scope, count(coherence) AS features, avg(coherence) AS mean, median(coherence) AS median,
                    min(coherence) AS min, max(coherence) AS max
             FROM scoped GROUP BY arm, scope, k ORDER BY arm, k""").df()
-    finally:
-        con.unregister("current_labels")
+
+
+def arm_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm: features, medical candidates, coherence mean / median over scored features, dead features."""
+    return con.execute("""
+        SELECT arm, count(*) AS features, count(*) FILTER (WHERE is_candidate) AS candidates,
+               avg(coherence) AS coherence_mean, median(coherence) AS coherence_median,
+               count(*) FILTER (WHERE n_fired = 0) AS dead
+        FROM features GROUP BY arm ORDER BY arm""").df()
 
 
 def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Paper Figure 2's μ and σ² per arm (see core.database.candidate_activation_moments)."""
-    from core.database import candidate_activation_moments as moments
-
-    return moments(con)
+    """Per arm, mean and variance of every non-zero per-token activation of the medical candidates' features,
+    pooled exactly from per-feature sums (the paper's Figure 2: its μ and σ² per model)."""
+    return con.execute("""
+        SELECT arm, count(*) AS features, sum(n_fired) AS activations,
+               sum(sum_act) / sum(n_fired) AS mean_act,
+               sum(sum_sq_act) / sum(n_fired) - pow(sum(sum_act) / sum(n_fired), 2) AS var_act
+        FROM features WHERE is_candidate AND n_fired > 0 GROUP BY arm ORDER BY arm""").df()
 
 
 # --- model diff (the cross-arm stages) -----------------------------------------------------------------

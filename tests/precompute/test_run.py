@@ -335,7 +335,7 @@ def test_figure_2_moments_pool_every_activation_of_the_candidates(study):
         acts = loaded.sae.encode(hook_activations(loaded.model, rows, HOOK))[:, candidates].double()
     values = acts[acts > 0]
     with duckdb.connect(config.features_db, read_only=True) as con:
-        from core.database import candidate_activation_moments
+        from core.database.queries import candidate_activation_moments
         moments = candidate_activation_moments(con).set_index("arm")
     assert moments.loc["base", "activations"] == values.numel()
     assert moments.loc["base", "mean_act"] == pytest.approx(values.mean().item(), rel=1e-5)
