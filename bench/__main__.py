@@ -29,8 +29,9 @@ def main(names: list[str]) -> int:
         print(f"{name}: {time.perf_counter() - start:.1f} s")
     print(f"{'benchmark':<24} {'case':<40} {'seconds':>9} {'ratio':>7}")
     for row in rows:
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
-        print(f"{row['benchmark']:<24} {row['name']:<40} {row['seconds']:>9.2f} {ratio:>7}")
+        ratio = f"{row['ratio']:.3g}" if "ratio" in row else ""
+        seconds = f"{row['seconds']:.2f}" if row["seconds"] >= 0.01 else f"{row['seconds']:.1e}"
+        print(f"{row['benchmark']:<24} {row['name']:<40} {seconds:>9} {ratio:>7}")
     out = HERE / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -5,6 +5,9 @@ Settings: the paper's (temperature 1.0, top_p 0.3, frequency penalty 1.0, 50 tok
 `transformers` has no frequency penalty (its `repetition_penalty` is another rule), so it runs without one.
 Median of REPEATS interleaved rounds after a warm-up round. Targets (issue #6): steering costs ≤ 10% over
 unsteered, and ≤ 3 s for 50 tokens on the CI CPU.
+
+A floor for context: one new token reads every fp32 weight once (124M parameters, ~500 MB), so the last row times
+50 matrix-vector products over that many numbers, i.e. what this machine's memory bandwidth allows at best.
 """
 
 import statistics
@@ -71,6 +74,21 @@ def _hook_alone_seconds(vector: torch.Tensor, device: str) -> float:
     return time.perf_counter() - start
 
 
+def _weight_read_floor_seconds(n_params: int, device: str) -> float:
+    """Seconds for NEW_TOKENS vector × matrix products over n_params fp32 numbers (median of 3)."""
+    d_model = 768
+    weights, x = torch.randn(d_model, n_params // d_model, device=device), torch.randn(1, d_model, device=device)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        for _ in range(NEW_TOKENS):
+            x @ weights
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def run() -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as folder:
@@ -93,6 +111,7 @@ def run() -> list[dict]:
     })
     hf_seconds, unsteered, steered = seconds["transformers"], seconds["unsteered"], seconds["steered"]
     hook_seconds = _hook_alone_seconds(steering_vector(arm.sae.W_dec, COEFFICIENTS), device)
+    floor_seconds = _weight_read_floor_seconds(sum(p.numel() for p in hf.parameters()), device)
     return [
         {"name": f"transformers generate, {NEW_TOKENS} tokens", "seconds": hf_seconds, "device": device},
         {"name": "ours unsteered", "seconds": unsteered, "reference": "transformers generate",
@@ -102,4 +121,7 @@ def run() -> list[dict]:
          "target_seconds": 3.0, "device": device},
         {"name": f"steering hook alone, {NEW_TOKENS} passes", "seconds": hook_seconds, "reference": "ours unsteered",
          "reference_seconds": unsteered, "ratio": hook_seconds / unsteered, "device": device},
+        {"name": f"floor: fp32 weights read {NEW_TOKENS} times", "seconds": floor_seconds,
+         "reference": "ours unsteered", "reference_seconds": unsteered, "ratio": floor_seconds / unsteered,
+         "device": device},
     ]

@@ -186,7 +186,26 @@ def hooked_transformer_from_hf(hf_model: Any, tokenizer: Any, processing: dict[s
     if missing:
         raise RuntimeError(f"weight conversion left parameters unset: {sorted(missing)[:5]}")
     model.load_and_process_state_dict(state_dict, **processing)
-    return model.to(device, print_details=False).eval()
+    model = model.to(device, print_details=False).eval()
+    attention_weights_as_linear_layout(model)
+    return model
+
+
+def attention_weights_as_linear_layout(model: Any) -> None:
+    """Lay out each block's W_Q/W_K/W_V [head_index, d_model, d_head] and W_O [head_index, d_head, d_model] in
+    memory the way TransformerLens's attention reshapes them for `F.linear` ((head_index d_head) × d_model, and
+    d_model × (head_index d_head)), keeping their shapes and values. Its `einops.rearrange` then returns a view
+    instead of copying all four matrices on every forward pass: at gpt2-small that copy was a third of the time
+    of a one-token generation step on the CPU (2.1 s of 6.5 s for 50 tokens)."""
+    for block in model.blocks:
+        attn = block.attn
+        for name in ("W_Q", "W_K", "W_V"):
+            weight = getattr(attn, name, None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
+                weight.data = weight.data.permute(0, 2, 1).contiguous().permute(0, 2, 1)
+        weight = getattr(attn, "W_O", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
+            weight.data = weight.data.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
 def _buffers(model: Any) -> set[str]:

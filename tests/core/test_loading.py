@@ -44,6 +44,27 @@ def test_logits_equal_transformers(tiny):
     assert (processed - reference).abs().max() > 1e-4
 
 
+def test_attention_weights_need_no_copy_per_forward_pass(tiny):
+    """TransformerLens reshapes W_Q/W_K/W_V to (head_index d_head) × d_model and W_O to d_model × (head_index
+    d_head) on every pass; after loading those reshapes are views of the parameters (same memory), not copies,
+    and the weights keep their shapes (the logits test above shows they keep their values)."""
+    import einops
+
+    hf, tok = load_hf_model(str(tiny["base"]))
+    model = hooked_transformer_from_hf(hf, tok, DEFAULT_PROCESSING, "cpu")
+    n_heads, d_model, d_head = model.cfg.n_heads, model.cfg.d_model, model.cfg.d_head
+    for block in model.blocks:
+        for name in ("W_Q", "W_K", "W_V"):
+            weight = getattr(block.attn, name)
+            assert weight.shape == (n_heads, d_model, d_head)
+            as_linear = einops.rearrange(weight, "head_index d_model d_head -> (head_index d_head) d_model")
+            assert as_linear.data_ptr() == weight.data_ptr() and as_linear.is_contiguous()
+        W_O = block.attn.W_O
+        assert W_O.shape == (n_heads, d_head, d_model)
+        as_linear = einops.rearrange(W_O, "head_index d_head d_model -> d_model (head_index d_head)")
+        assert as_linear.data_ptr() == W_O.data_ptr() and as_linear.is_contiguous()
+
+
 def test_processing_gives_the_activations_the_sae_was_trained_on(tiny):
     """gpt2-small-res-jb was trained with centred writing weights: resid = raw resid - its mean over d_model."""
     hf, tok = load_hf_model(str(tiny["base"]))
