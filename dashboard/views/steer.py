@@ -79,14 +79,15 @@ def show(arm_name: str, loaded_arm, feature_coefficients: dict, top_frame: pd.Da
         return
     sims = [steering.semantic_similarity(g.text, top_frame["token"].tolist(), top_frame["value"].tolist(),
                                          data.embeddings()) for g in (result.unsteered, result.steered)]
+    top_ids = set(ids)
     for col, name, generation, sim in zip(st.columns(2), ("Unsteered", f"Steered (c = {coefficient:.3g})"),
                                           (result.unsteered, result.steered), sims):
-        col.markdown(f"**{arm_name} · {name}** · similarity to the top tokens **{sim:.3f}**")
-        col.markdown(render.context_html([prompt] + generation.tokens,
-                                         [0.0] + [float(t in set(ids)) for t in generation.token_ids], 1.0),
-                     unsafe_allow_html=True)
+        hits = [float(t in top_ids) for t in generation.token_ids]
+        col.markdown(f"**{arm_name} · {name}** · similarity to the top tokens **{sim:.3f}** · "
+                     f"{int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
+        col.markdown(render.context_html([prompt] + generation.tokens, [0.0] + hits, 1.0), unsafe_allow_html=True)
     st.caption(f"Log-probability of the feature's top tokens at the next position: {shift.set_change:+.3f} nats "
-               "with steering (tokens among its top tokens are shaded).")
+               "with steering.")
 
 
 if st.button("Generate", type="primary", key=keys.STEER_GO):
@@ -108,4 +109,5 @@ if st.button("Sweep the coefficient (9 values, −2× to +2×)", key=keys.STEER_
     except Exception as err:  # noqa: BLE001
         st.error(f"Generation failed: {err}")
         st.stop()
+    progress.empty()
     st.plotly_chart(charts.dose_response(pd.DataFrame(points)), key="sweep_chart")

@@ -70,3 +70,36 @@ def test_both_models_steers_the_other_arm_too(steer_study):
     assert not at.exception and not at.error
     titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
     assert [t.split(" ·")[0] for t in titles] == ["**base", "**base", "**finetuned", "**finetuned"]
+
+
+def test_shading_marks_exactly_the_new_tokens_among_the_top_tokens(steer_study):
+    """Planted: feature 4's top tokens are the whole vocabulary, so every new token is shaded and counted; the
+    prompt never is. Feature 3 keeps tiny_db's three top ids 0-2: whatever the draws, the count shown is the number
+    of shaded spans."""
+    import re
+
+    import duckdb
+
+    with duckdb.connect(str(steer_study / "f.duckdb")) as con:
+        con.execute("DELETE FROM top_tokens WHERE arm = 'base' AND feature = 4 AND kind = 'top'")
+        con.execute("INSERT INTO top_tokens SELECT 'base', 4, 'top', i, i, 'tok' || i, 1.0 "
+                    "FROM range(50257) t(i)")
+
+    def shaded(feature: int) -> list[tuple[int, int, list[float]]]:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["arm"] = "base"
+        at.query_params["feature"] = str(feature)
+        at.switch_page("views/steer.py").run()
+        at.number_input(key="steer_tokens").set_value(8)
+        at.button(key="steer_go").click().run()
+        assert not at.exception and not at.error
+        titles = [m.value for m in at.markdown if "new tokens among its top tokens" in m.value]
+        outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
+        counts = [tuple(map(int, re.search(r"(\d+) of (\d+) new tokens", t).groups())) for t in titles]
+        alphas = [[float(a) for a in re.findall(r"rgba\([^)]*, ([0-9.]+)\)", html)] for html in outputs]
+        return [(k, n, a) for (k, n), a in zip(counts, alphas)]
+
+    for k, n, alphas in shaded(4):
+        assert n == 8 and k == 8 and alphas == [0.0] + [1.0] * 8  # the prompt span, then 8 shaded new tokens
+    for k, n, alphas in shaded(3):
+        assert n == 8 and k == sum(alphas) and alphas[0] == 0.0
