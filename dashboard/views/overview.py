@@ -74,6 +74,7 @@ else:
         lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
     table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
     table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
+    table1 = table1.rename(columns={"mean_steered": "mean steered", "mean_unsteered": "mean unsteered"})
     st.dataframe(table1, hide_index=True, width="stretch",
                  column_config={"share": st.column_config.NumberColumn(format="percent"),
                                 "paper share": st.column_config.NumberColumn(format="percent")})
