@@ -65,9 +65,14 @@ def token_words(token_strings: Sequence[str], kv: object, medical: Iterable[str]
     vectors = np.zeros((len(words), kv.vector_size), dtype=np.float32)
     if embedded.any():
         raw = np.stack([kv[w] for w, e in zip(words, embedded) if e]).astype(np.float32)
-        vectors[embedded] = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+        vectors[embedded] = unit_rows(raw)
     is_medical = np.array([w in medical for w in words], dtype=bool)
     return TokenWords(words, token_word, vectors, embedded, is_medical)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows [n, dim] scaled to unit length, in their own dtype (an all-zero row stays zero)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _first_occurrence(word_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:

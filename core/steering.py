@@ -26,7 +26,7 @@ from __future__ import annotations
 import string
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.coherence import unit_rows
 from core.loading import LoadedArm
 from core.words import normalize_token
 
@@ -330,13 +331,11 @@ def semantic_similarity(text: str, top_tokens: Sequence[str], top_values: Sequen
     words = [word for word in text_words(text) if word in kv.key_to_index]
     if not target or not words:
         return float("nan")
-    text_vector = _unit_rows(np.stack([kv[w] for w in words])).mean(0)
-    target_vector = np.array(list(target.values())) @ _unit_rows(np.stack([kv[w] for w in target]))
+
+    def unit_embeddings(some_words: Iterable[str]) -> np.ndarray:  # [n, dim], float64
+        return unit_rows(np.stack([kv[w] for w in some_words]).astype(np.float64))
+
+    text_vector = unit_embeddings(words).mean(0)
+    target_vector = np.array(list(target.values())) @ unit_embeddings(target)
     denominator = np.linalg.norm(text_vector) * np.linalg.norm(target_vector)
     return float(text_vector @ target_vector / denominator) if denominator > 0 else float("nan")
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows [n, dim] scaled to unit length, in float64 (an all-zero row stays zero)."""
-    vectors = vectors.astype(np.float64)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
