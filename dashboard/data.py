@@ -139,6 +139,11 @@ def arm_names() -> list[str]:
     return query("arms")["arm"].tolist()
 
 
+def d_sae(arm: str) -> int:
+    """The number of features of `arm`'s SAE."""
+    return int(query("arms").set_index("arm").loc[arm, "d_sae"])
+
+
 def fingerprints() -> dict[str, str]:
     """arm -> decoder fingerprint of the SAE the database was computed with (labels are keyed by it)."""
     frame = query("arms")

@@ -15,14 +15,13 @@ if keys.COMPARE_LEFT_ARM not in st.session_state:  # opened from a feature page:
     st.session_state[keys.COMPARE_RIGHT_FEATURE] = int(params.get("right_feature", "0") or 0)
 
 st.title("Compare")
-d_sae = data.query("arms").set_index("arm")["d_sae"].astype(int)
 sides = st.columns(2)
 chosen = []
 for side, (arm_key, feature_key) in zip(sides, ((keys.COMPARE_LEFT_ARM, keys.COMPARE_LEFT_FEATURE),
                                                (keys.COMPARE_RIGHT_ARM, keys.COMPARE_RIGHT_FEATURE))):
     c1, c2 = side.columns(2)
     arm = c1.selectbox("Arm", arms, key=arm_key)
-    feature = int(c2.number_input("Feature", 0, int(d_sae[arm]) - 1, key=feature_key))
+    feature = int(c2.number_input("Feature", 0, data.d_sae(arm) - 1, key=feature_key))
     chosen.append((arm, feature))
 st.query_params.update({"left_arm": chosen[0][0], "left_feature": str(chosen[0][1]),
                         "right_arm": chosen[1][0], "right_feature": str(chosen[1][1])})

@@ -14,7 +14,7 @@ if keys.FEATURE_ARM not in st.session_state:  # first visit: the URL decides
 
 c1, c2, _ = st.columns([1, 1, 3])
 arm = c1.selectbox("Arm", arms, key=keys.FEATURE_ARM)
-d_sae = int(data.query("arms").set_index("arm").loc[arm, "d_sae"])
+d_sae = data.d_sae(arm)
 feature = int(c2.number_input(f"Feature (0 – {d_sae - 1})", 0, d_sae - 1, key=keys.FEATURE_ID))
 st.query_params.update({"arm": arm, "feature": str(feature)})
 

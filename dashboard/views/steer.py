@@ -24,7 +24,7 @@ try:
 except ValueError:
     st.error("Feature ids are whole numbers separated by commas, e.g. `12` or `12, 40`.")
     st.stop()
-d_sae = int(data.query("arms").set_index("arm").loc[arm, "d_sae"])
+d_sae = data.d_sae(arm)
 if not features or any(not 0 <= f < d_sae for f in features):
     st.error(f"Give feature ids between 0 and {d_sae - 1}.")
     st.stop()
@@ -50,8 +50,10 @@ tokens = pd.concat([data.query("feature_tokens", arm, f).assign(feature=f) for f
 top = tokens[tokens["kind"] == "top"]
 
 
-def similarity(text: str) -> float:
-    return steering.semantic_similarity(text, top["token"].tolist(), top["value"].tolist(), data.embeddings())
+def similarity(text: str, top_frame: pd.DataFrame = top) -> float:
+    """The paper's measure of `text` against the top tokens in `top_frame` (default: the chosen features')."""
+    return steering.semantic_similarity(text, top_frame["token"].tolist(), top_frame["value"].tolist(),
+                                        data.embeddings())
 
 
 coefficients = {f: coefficient for f in features}
@@ -61,10 +63,9 @@ both = other_arm is not None and st.toggle(f"Both models: also steer {other_arm}
 if both:
     match = rows[0].get("match_feature")
     has_match = match is not None and match == match
-    other_d_sae = int(data.query("arms").set_index("arm").loc[other_arm, "d_sae"])
     other_feature = int(st.number_input(
         f"{other_arm} feature ({'its best match from the model diff' if has_match else 'choose one'})", 0,
-        other_d_sae - 1, int(match) if has_match else 0, key=keys.STEER_OTHER_FEATURE))
+        data.d_sae(other_arm) - 1, int(match) if has_match else 0, key=keys.STEER_OTHER_FEATURE))
 
 
 def show(arm_name: str, loaded_arm, feature_coefficients: dict, top_frame: pd.DataFrame) -> None:
@@ -77,8 +78,7 @@ def show(arm_name: str, loaded_arm, feature_coefficients: dict, top_frame: pd.Da
     except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
         st.error(f"Generation failed: {err}")
         return
-    sims = [steering.semantic_similarity(g.text, top_frame["token"].tolist(), top_frame["value"].tolist(),
-                                         data.embeddings()) for g in (result.unsteered, result.steered)]
+    sims = [similarity(g.text, top_frame) for g in (result.unsteered, result.steered)]
     top_ids = set(ids)
     for col, name, generation, sim in zip(st.columns(2), ("Unsteered", f"Steered (c = {coefficient:.3g})"),
                                           (result.unsteered, result.steered), sims):
