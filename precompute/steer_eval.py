@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 
 def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: str, which: str,
-                    fingerprint: str) -> list[int]:
-    """"candidates" (≥ 2 medical matches), "labelled" (humans said medical, for this SAE) or "ID,ID,..."."""
+                    fingerprint: str, d_sae: int) -> list[int]:
+    """"candidates" (≥ 2 medical matches), "labelled" (humans said medical, for this SAE) or "ID,ID,..." (each
+    in 0..d_sae-1)."""
     if which == "candidates":
         rows = con.execute("SELECT feature FROM feature_words WHERE arm = ? AND is_candidate ORDER BY feature",
                            [arm]).fetchall()
@@ -43,9 +44,14 @@ def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: st
         current, _ = labels.labels_for(Path(config.labels_db), config.name, {arm: fingerprint})
         return sorted(current.loc[(current["arm"] == arm) & (current["label"] == "medical"), "feature"].tolist())
     try:
-        return sorted({int(f) for f in which.split(",") if f.strip()})
+        features = sorted({int(f) for f in which.split(",") if f.strip()})
     except ValueError as err:
         raise StudyInputError(f"--features: expected candidates, labelled or ids like 12,40 (got {which!r})") from err
+    outside = [f for f in features if not 0 <= f < d_sae]
+    if outside:
+        raise StudyInputError(f"--features: {outside} are not features of arm {arm!r} (its SAE has ids "
+                              f"0..{d_sae - 1})")
+    return features
 
 
 def evaluate_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded, features: list[int],
@@ -99,7 +105,7 @@ def steer_eval(config: StudyConfig, which: str = "candidates", samples: int | No
     try:
         for arm in config.arms:
             loaded = load_arm(arm, device or config.device)
-            features = choose_features(con, config, arm.name, which, decoder_fingerprint(loaded.sae))
+            features = choose_features(con, config, arm.name, which, decoder_fingerprint(loaded.sae), loaded.d_sae)
             key = _hash(weights_fingerprint(loaded.model), weights_fingerprint(loaded.sae), config.steering,
                         config.seed, features)
             start = time.perf_counter()

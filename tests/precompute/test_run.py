@@ -25,6 +25,7 @@ from core.config import config_from_dict
 from core.corpus import load_corpus_rows
 from core.database import building_path
 from core.embeddings import load_embeddings
+from core.errors import StudyInputError
 from factories import build_gpt2_folder, build_sae, gpt2_tokenizer, perturb_gpt2_folder
 from precompute import stages
 from precompute.cli import main
@@ -365,3 +366,6 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
         assert table1.loc[arm, "mean_steered"] == pytest.approx(by_hand.loc[arm].steered_similarity.mean())
     again = run_study(config, show_progress=False)  # a re-run of the precompute keeps the steering results
     assert again.up_to_date and len(query(config, "SELECT * FROM steer_features")) == 6
+    with pytest.raises(StudyInputError, match=r"\[999\] are not features of arm 'base'.*0\.\.\d+"):
+        steer_eval(config, "4,999", show_progress=False)  # an id past d_sae: a message, the published file kept
+    assert len(query(config, "SELECT * FROM steer_features")) == 6
