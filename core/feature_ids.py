@@ -45,8 +45,9 @@ def parse_feature_ids(text: str, arm: str, d_sae: int, single: bool = False) -> 
     not_numbers = [part for part in parts if not _WHOLE_NUMBER.fullmatch(part)]
     if not_numbers:
         shown = ", ".join(repr(part) for part in not_numbers)
-        raise FeatureIdError(f"{shown} {'is not a feature id' if len(not_numbers) == 1 else 'are not feature ids'}: "
-                             f"{arm} has features {id_range(d_sae)}, e.g. 12 or 12, 40")
+        verb = "is not a feature id" if len(not_numbers) == 1 else "are not feature ids"
+        example = "" if single else ", e.g. 12 or 12, 40"
+        raise FeatureIdError(f"{shown} {verb}: {arm} has features {id_range(d_sae)}{example}")
     ids = list(dict.fromkeys(int(part) for part in parts))
     outside = [i for i in ids if not 0 <= i < d_sae]
     if outside:
