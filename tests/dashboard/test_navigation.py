@@ -1,6 +1,7 @@
 """Links and places: a link to no feature says so in one line and shows no feature; the user's place survives a
 visit to another page; Back (a rerun with the previous URL, as Streamlit's frontend sends it) returns to it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,66 @@ def test_a_feature_page_keeps_its_feature_after_a_visit_elsewhere(study):
     sidebar_to(at, "feature")
     assert at.title[0].value == "finetuned · feature 3"
     assert at.query_params == {"arm": "finetuned", "feature": "3"}
+
+
+def widen(path: Path, n: int = 300, seed: int = 0) -> None:
+    """Give each arm of the tiny database n more live features with random density and coherence."""
+    import duckdb
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with duckdb.connect(str(path)) as con:
+        for arm in ("base", "finetuned"):
+            ids = np.arange(D_SAE, D_SAE + n)
+            density, coherence = rng.uniform(1e-4, 0.3, n), rng.uniform(-0.2, 0.9, n)
+            con.executemany("INSERT INTO feature_words (arm, feature, coherence, n_valid, med_matches, is_candidate, "
+                            "top_text, top_words) VALUES (?, ?, ?, 3, 0, false, 'a | b | c', ['a', 'b', 'c'])",
+                            [[arm, int(f), float(c)] for f, c in zip(ids, coherence)])
+            con.executemany("INSERT INTO feature_activations (arm, feature, n_fired, frac_nonzero, max_act, mean_act)"
+                            " VALUES (?, ?, ?, ?, 1.0, 0.5)",
+                            [[arm, int(f), int(d * 10_000) + 1, float(d)] for f, d in zip(ids, density)])
+            con.execute("UPDATE arms SET d_sae = ? WHERE arm = ?", [D_SAE + n, arm])
+
+
+def test_sorting_by_density_orders_every_matching_feature_not_one_page(study):
+    import duckdb
+
+    widen(study / "features.duckdb")
+    with duckdb.connect(str(study / "features.duckdb"), read_only=True) as con:  # brute force: every feature
+        by_density = con.execute("SELECT arm, feature, frac_nonzero FROM features ORDER BY frac_nonzero DESC, "
+                                 "arm, feature").fetchall()
+    at = page("features")
+    first_page = at.dataframe[0].value
+    assert len(first_page) == 50 and matched(at) == 2 * (D_SAE - 1 + 300)
+    assert first_page["frac_nonzero"].max() < by_density[0][2]  # opened by coherence: the densest is elsewhere
+    at.selectbox(key="features_sort").set_value("density").run()
+    table = at.dataframe[0].value
+    assert (table["arm"].iloc[0], table["feature"].iloc[0]) == by_density[0][:2]
+    assert table["frac_nonzero"].tolist() == [d for _, _, d in by_density[:50]]
+    assert at.query_params["sort"] == "density" and at.query_params["order"] == "desc"
+    at.number_input(key="features_page").set_value(2).run()  # page 2 continues the same order
+    assert at.dataframe[0].value["frac_nonzero"].tolist() == [d for _, _, d in by_density[50:100]]
+
+
+def test_the_grid_heads_its_columns_in_words_and_marks_the_sorted_one(study):
+    at = page("features", sort="density", order="asc")
+    labels = {name: config.get("label") for name, config in json.loads(at.dataframe[0].proto.columns).items()}
+    assert labels["frac_nonzero"] == "density ↑" and labels["coherence"] == "coherence"
+    assert labels["med_matches"] == "medical matches" and labels["max_act"] == "max activation"
+
+
+def test_an_empty_table_names_the_filter_that_emptied_it_and_resets(study):
+    at = page("features")
+    at.text_input(key="features_word").set_value("xyz").run()
+    assert matched_none(at) == "No feature matches. Without **top tokens include 'xyz'**, 10 would."
+    at.button(key="features_reset").click().run()
+    assert matched(at) == 10 and at.text_input(key="features_word").value == ""
+    at.number_input(key="features_min_matches").set_value(3).run()  # feature 1 of each arm
+    at.text_input(key="features_word").set_value("blood").run()  # feature 4 of each arm
+    assert matched_none(at) == ("No feature matches. Without **medical matches ≥ 3**, 2 would; "
+                                "Without **top tokens include 'blood'**, 2 would.")
+
+
+def matched_none(at: AppTest) -> str:
+    assert not any("features match" in m.value for m in at.markdown)
+    return at.warning[0].value
