@@ -1,5 +1,6 @@
 """Features: every feature of one or both arms in one table; filters and sorting run in DuckDB over all rows."""
 
+import dataclasses
 import math
 
 import streamlit as st
@@ -57,7 +58,7 @@ if total == 0:
     st.warning(filters.why_empty(flt, arms, lambda f: data.query("features_count", f, labels)))
     st.button("Reset filters", key=keys.FEATURES_RESET, on_click=reset_filters)
 else:
-    dead = data.query("features_count", filters.active(flt, arms)["hiding dead features"], labels) - total \
+    dead = data.query("features_count", dataclasses.replace(flt, live_only=False), labels) - total \
         if flt.live_only else 0
     st.markdown(f"**{total:,}** features match" + (f" ({dead:,} dead features hidden)." if dead else "."))
 arrow = " ↓" if descending else " ↑"
