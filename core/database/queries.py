@@ -62,7 +62,8 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         raise ValueError(f"sort must be one of {SORTABLE}")
     with _with_labels(con, labels):
         source = "features f LEFT JOIN current_labels l USING (arm, feature)"
-        order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.arm, f.feature"  # sort: whitelisted
+        # sort: whitelisted; ties (many, on whole-number columns) go to the more coherent feature
+        order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.coherence DESC NULLS LAST, f.arm, f.feature"
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
             SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,

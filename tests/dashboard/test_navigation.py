@@ -168,7 +168,7 @@ def test_sorting_by_density_orders_every_matching_feature_not_one_page(study):
     at = page("features")
     first_page = at.dataframe[0].value
     assert len(first_page) == 50 and matched(at) == 2 * (D_SAE - 1 + 300)
-    assert first_page["frac_nonzero"].max() < by_density[0][2]  # opened by coherence: the densest is elsewhere
+    assert by_density[0][:2] not in set(zip(first_page["arm"], first_page["feature"]))  # not on the opening page
     at.selectbox(key="features_sort").set_value("density").run()
     table = at.dataframe[0].value
     assert (table["arm"].iloc[0], table["feature"].iloc[0]) == by_density[0][:2]
@@ -200,3 +200,13 @@ def test_an_empty_table_names_the_filter_that_emptied_it_and_resets(study):
 def matched_none(at: AppTest) -> str:
     assert not any("features match" in m.value for m in at.markdown)
     return at.warning[0].value
+
+
+def test_the_default_order_opens_on_medical_matches_without_dead_features(study):
+    at = page("features")
+    table = at.dataframe[0].value
+    # live features by medical matches (1: 3; 0, 4: 2; 2, 5: 0), ties to the more coherent (0: 0.5 > 4: 0.3;
+    # 5: 0.6 > 2: 0.2), then base before finetuned; feature 3 (dead) is not there
+    assert table["feature"].tolist() == [1, 1, 0, 0, 4, 4, 5, 5, 2, 2]
+    assert table["arm"].tolist()[:2] == ["base", "finetuned"]
+    assert at.query_params == {"sort": "medical matches", "order": "desc"}
