@@ -33,8 +33,8 @@ with st.container(border=True):
     c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1, 2, 2, 1])
     c5.number_input("Min. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MIN)
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
-    c7.toggle("Dead features", key=keys.FEATURES_DEAD, help="Features that never fired on the corpus: hidden "
-                                                              "unless this is on")
+    c7.toggle("Show dead features", key=keys.FEATURES_DEAD,
+              help="Features that never fired on the corpus: hidden unless this is on")
     c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
     sort = c9.selectbox("Sort all matching features by", list(filters.SORTS), key=keys.FEATURES_SORT,
                         help="Sorted in the database over every matching feature, then cut into pages. A click "
