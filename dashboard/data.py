@@ -144,6 +144,12 @@ def d_sae(arm: str) -> int:
     return int(query("arms").set_index("arm").loc[arm, "d_sae"])
 
 
+def widths() -> dict[str, int]:
+    """arm -> d_sae, in the study's order of arms: what a feature id of each arm must fall below."""
+    frame = query("arms")
+    return {arm: int(d_sae) for arm, d_sae in zip(frame["arm"], frame["d_sae"])}
+
+
 def fingerprints() -> dict[str, str]:
     """arm -> decoder fingerprint of the SAE the database was computed with (labels are keyed by it)."""
     frame = query("arms")

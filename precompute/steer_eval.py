@@ -24,6 +24,7 @@ from core import database as db
 from core import labels
 from core.config import StudyConfig
 from core.errors import StudyInputError
+from core.feature_ids import FeatureIdError, parse_feature_ids
 from core.loading import decoder_fingerprint, load_arm, weights_fingerprint
 from core.steering import SamplingSettings, generate_steered, semantic_similarity
 from precompute.run import _hash, progress_bar
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: str, which: str,
                     fingerprint: str, d_sae: int) -> list[int]:
     """"candidates" (≥ 2 medical matches), "labelled" (humans said medical, for this SAE) or "ID,ID,..." (each
-    in 0..d_sae-1)."""
+    in 0..d_sae-1, read by the parser the pages use)."""
     if which == "candidates":
         rows = con.execute("SELECT feature FROM feature_words WHERE arm = ? AND is_candidate ORDER BY feature",
                            [arm]).fetchall()
@@ -44,14 +45,9 @@ def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: st
         current, _ = labels.labels_for(Path(config.labels_db), config.name, {arm: fingerprint})
         return sorted(current.loc[(current["arm"] == arm) & (current["label"] == "medical"), "feature"].tolist())
     try:
-        features = sorted({int(f) for f in which.split(",") if f.strip()})
-    except ValueError as err:
-        raise StudyInputError(f"--features: expected candidates, labelled or ids like 12,40 (got {which!r})") from err
-    outside = [f for f in features if not 0 <= f < d_sae]
-    if outside:
-        raise StudyInputError(f"--features: {outside} are not features of arm {arm!r} (its SAE has ids "
-                              f"0..{d_sae - 1})")
-    return features
+        return sorted(parse_feature_ids(which, arm, d_sae))
+    except FeatureIdError as err:
+        raise FeatureIdError(f"--features: {err}; or give candidates or labelled") from err
 
 
 def evaluate_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded, features: list[int],

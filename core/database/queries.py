@@ -30,6 +30,7 @@ class FeatureFilter:
     density_max: float | None = None
     label_status: str = "any"
     word: str = ""  # a word among the top tokens (the valid-word rule: case and leading space ignored), e.g. "heart"
+    live_only: bool = False  # leave out dead features (never fired on the corpus: nothing to read in them)
 
     def __post_init__(self) -> None:
         if self.label_status not in LABEL_STATUSES:
@@ -43,13 +44,14 @@ _WHERE = """
     AND (? IS NULL OR f.frac_nonzero >= ?) AND (? IS NULL OR f.frac_nonzero <= ?)
     AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
                ELSE l.label = ? END
-    AND (? = '' OR list_contains(f.top_words, lower(trim(?))))"""
+    AND (? = '' OR list_contains(f.top_words, lower(trim(?))))
+    AND (NOT ? OR coalesce(f.n_fired, 0) > 0)"""
 
 
 def _where_params(flt: FeatureFilter) -> list[Any]:
     return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
             flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
-            flt.label_status, flt.label_status, flt.word, flt.word]
+            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only]
 
 
 def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
@@ -60,7 +62,8 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         raise ValueError(f"sort must be one of {SORTABLE}")
     with _with_labels(con, labels):
         source = "features f LEFT JOIN current_labels l USING (arm, feature)"
-        order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.arm, f.feature"  # sort: whitelisted
+        # sort: whitelisted; ties (many, on whole-number columns) go to the more coherent feature
+        order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.coherence DESC NULLS LAST, f.arm, f.feature"
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
             SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
@@ -73,6 +76,14 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
             page = page.drop(columns="total")
             total = con.execute(f"SELECT count(*) FROM {source} WHERE {_WHERE}", _where_params(flt)).fetchall()[0][0]
     return page, int(total)
+
+
+def features_count(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None) -> int:
+    """How many features pass the filter (the Features page asks it of each filter left out, to say which one
+    emptied the table)."""
+    with _with_labels(con, labels):
+        return int(con.execute(f"""SELECT count(*) FROM features f LEFT JOIN current_labels l USING (arm, feature)
+                                   WHERE {_WHERE}""", _where_params(flt)).fetchall()[0][0])
 
 
 @contextmanager

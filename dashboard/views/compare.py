@@ -2,17 +2,17 @@
 
 import streamlit as st
 
-from dashboard import data, widgets
+from dashboard import data, place, widgets
 from dashboard import state_keys as keys
 
 config = data.require_database()
-arms = data.arm_names()
-params = st.query_params
-if keys.COMPARE_LEFT_ARM not in st.session_state:  # opened from a feature page: the URL pre-fills the left side
-    st.session_state[keys.COMPARE_LEFT_ARM] = params.get("left_arm") if params.get("left_arm") in arms else arms[0]
-    st.session_state[keys.COMPARE_LEFT_FEATURE] = int(params.get("left_feature", "0") or 0)
-    st.session_state[keys.COMPARE_RIGHT_ARM] = params.get("right_arm") if params.get("right_arm") in arms else arms[-1]
-    st.session_state[keys.COMPARE_RIGHT_FEATURE] = int(params.get("right_feature", "0") or 0)
+widths = data.widths()
+arms = list(widths)
+fields = (place.feature_fields(keys.COMPARE_LEFT_ARM, keys.COMPARE_LEFT_FEATURE, widths, arms[0],
+                               "left_arm", "left_feature")
+          + place.feature_fields(keys.COMPARE_RIGHT_ARM, keys.COMPARE_RIGHT_FEATURE, widths, arms[-1],
+                                 "right_arm", "right_feature"))
+place.restore_or_stop("compare", fields)  # a link to no feature: one line, not feature 0 side by side
 
 st.title("Compare")
 sides = st.columns(2)
@@ -21,10 +21,11 @@ for side, (arm_key, feature_key) in zip(sides, ((keys.COMPARE_LEFT_ARM, keys.COM
                                                (keys.COMPARE_RIGHT_ARM, keys.COMPARE_RIGHT_FEATURE))):
     c1, c2 = side.columns(2)
     arm = c1.selectbox("Arm", arms, key=arm_key)
-    feature = int(c2.number_input("Feature", 0, data.d_sae(arm) - 1, key=feature_key))
+    if st.session_state[feature_key] >= widths[arm]:  # the other arm's SAE was wider
+        st.session_state[feature_key] = widths[arm] - 1
+    feature = int(c2.number_input("Feature", 0, widths[arm] - 1, key=feature_key))
     chosen.append((arm, feature))
-st.query_params.update({"left_arm": chosen[0][0], "left_feature": str(chosen[0][1]),
-                        "right_arm": chosen[1][0], "right_feature": str(chosen[1][1])})
+place.remember("compare", fields)
 
 tokens = [data.query("feature_tokens", arm, feature) for arm, feature in chosen]
 values = [v for t in tokens for v in t["value"]] or [0.0]

@@ -2,21 +2,22 @@
 
 import streamlit as st
 
-from dashboard import data, widgets
+from dashboard import data, place, widgets
 from dashboard import state_keys as keys
 
 config = data.require_database()
-arms = data.arm_names()
-params = st.query_params
-if keys.FEATURE_ARM not in st.session_state:  # first visit: the URL decides
-    st.session_state[keys.FEATURE_ARM] = params.get("arm", arms[0]) if params.get("arm") in arms else arms[0]
-    st.session_state[keys.FEATURE_ID] = int(params.get("feature", 0)) if params.get("feature", "").isdigit() else 0
+widths = data.widths()
+arms = list(widths)
+fields = place.feature_fields(keys.FEATURE_ARM, keys.FEATURE_ID, widths, arms[0])
+place.restore_or_stop("feature", fields)  # a link to no feature: one line, and no feature 0 in its place
 
 c1, c2, _ = st.columns([1, 1, 3])
 arm = c1.selectbox("Arm", arms, key=keys.FEATURE_ARM)
-d_sae = data.d_sae(arm)
+d_sae = widths[arm]
+if st.session_state[keys.FEATURE_ID] >= d_sae:  # the other arm's SAE was wider
+    st.session_state[keys.FEATURE_ID] = d_sae - 1
 feature = int(c2.number_input(f"Feature (0 – {d_sae - 1})", 0, d_sae - 1, key=keys.FEATURE_ID))
-st.query_params.update({"arm": arm, "feature": str(feature)})
+place.remember("feature", fields)  # a new history entry: Back returns to the previous feature
 
 st.title(f"{arm} · feature {feature}")
 links = st.columns([1, 1, 1, 2])

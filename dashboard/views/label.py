@@ -4,7 +4,8 @@ import json
 
 import streamlit as st
 
-from dashboard import data, widgets
+from core.feature_ids import parse_arm
+from dashboard import data, place, widgets
 from dashboard import state_keys as keys
 
 config = data.require_database()
@@ -18,7 +19,12 @@ for col, row in zip(st.columns(len(progress) + 1), progress.itertuples()):
     col.metric(f"{row.arm}: labelled", f"{row.labelled} / {row.candidates} candidates")
     col.progress(row.labelled / row.candidates)
 
-arm = st.selectbox("Arm", progress["arm"].tolist(), key=keys.LABEL_QUEUE_ARM)
+queue_arms = progress["arm"].tolist()
+fields = [place.Field(keys.LABEL_QUEUE_ARM, "arm", queue_arms[0], lambda text, _: parse_arm(text, queue_arms),
+                      always=True)]
+place.restore_or_stop("label", fields)  # the queue's arm survives a visit to a feature's page, and is in the URL
+arm = st.selectbox("Arm", queue_arms, key=keys.LABEL_QUEUE_ARM)
+place.remember("label", fields)
 widgets.undo_button()
 candidate = data.query("next_unlabelled_candidate", arm, labels)
 if candidate is None:

@@ -5,28 +5,28 @@ import pandas as pd
 import streamlit as st
 
 from core import steering
-from dashboard import charts, data, render
+from core.feature_ids import FeatureIdError, parse_arm, parse_feature_ids
+from dashboard import charts, data, place, render
 from dashboard import state_keys as keys
 
 config = data.require_database()
 st.title("Steer")
-arms = data.arm_names()
-params = st.query_params
-if keys.STEER_ARM not in st.session_state:  # opened from a feature page: the URL pre-fills arm and feature
-    st.session_state[keys.STEER_ARM] = params.get("arm") if params.get("arm") in arms else arms[0]
-    st.session_state[keys.STEER_FEATURES] = params.get("feature", "0")
+widths = data.widths()
+arms = list(widths)
+fields = [place.Field(keys.STEER_ARM, "arm", arms[0], lambda text, _: parse_arm(text, arms), always=True),
+          place.Field(keys.STEER_FEATURES, "feature", "0", always=True,  # "12, 40": the ids as the box shows them
+                      parse=lambda text, chosen: ", ".join(map(str, parse_feature_ids(
+                          text, chosen[keys.STEER_ARM], widths[chosen[keys.STEER_ARM]]))))]
+place.restore_or_stop("steer", fields)  # opened from a feature page: the URL fills in arm and feature
 
 c1, c2 = st.columns([1, 3])
 arm = c1.selectbox("Arm", arms, key=keys.STEER_ARM)
 features_text = c2.text_input("Feature(s)", key=keys.STEER_FEATURES, help="one id, or several separated by commas")
+place.remember("steer", fields)
 try:
-    features = [int(f) for f in features_text.replace(" ", "").split(",") if f]
-except ValueError:
-    st.error("Feature ids are whole numbers separated by commas, e.g. `12` or `12, 40`.")
-    st.stop()
-d_sae = data.d_sae(arm)
-if not features or any(not 0 <= f < d_sae for f in features):
-    st.error(f"Give feature ids between 0 and {d_sae - 1}.")
+    features = parse_feature_ids(features_text, arm, widths[arm])
+except FeatureIdError as err:
+    st.error(str(err))
     st.stop()
 
 loaded = data.loaded_arm(arm)

@@ -64,3 +64,31 @@ def test_a_feature_url_opens_its_page_in_chromium(server, tmp_path):
         page.screenshot(path=str(tmp_path / "feature.png"))
         browser.close()
     assert (tmp_path / "feature.png").stat().st_size > 10_000
+
+
+def test_back_returns_to_the_previous_feature_in_chromium(server, tmp_path):
+    """Streamlit pushes a history entry when a run changes the URL; the page must then follow the URL on Back."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{server}/feature?arm=base&feature=1")
+        page.wait_for_selector("text=base · feature 1", timeout=30_000)
+        box = page.get_by_label("Feature (0 – 5)")
+        box.fill("4")
+        box.press("Enter")
+        page.wait_for_selector("text=base · feature 4", timeout=30_000)
+        page.wait_for_url("**/feature?arm=base&feature=4", timeout=10_000)
+        page.go_back()
+        page.wait_for_selector("text=base · feature 1", timeout=30_000)
+        page.wait_for_timeout(2_000)  # the page must not write feature 4 back into the URL
+        assert page.url.endswith("/feature?arm=base&feature=1")
+        assert page.get_by_label("Feature (0 – 5)").input_value() == "1"
+        page.goto(f"{server}/feature?arm=base&feature=999999")  # a link to no feature: one line, no feature
+        page.wait_for_selector("text=base has no feature 999999 (0–5)", timeout=30_000)
+        assert page.locator("[data-testid='stAlertContentError']").count() == 1
+        assert page.locator("text=feature 0").count() == 0
+        page.screenshot(path=str(tmp_path / "bad_link.png"))
+        browser.close()

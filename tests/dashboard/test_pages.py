@@ -38,7 +38,8 @@ def matched(at: AppTest) -> int:
 def test_features_filters_change_the_count_by_hand(study):
     at = page("features")
     assert not at.exception
-    assert matched(at) == 12  # 2 arms x 6 features
+    assert matched(at) == 10  # 2 arms x 6 features, less feature 3 of each: dead (density 0), hidden by default
+    assert "(2 dead features hidden)" in next(m.value for m in at.markdown if "features match" in m.value)
     at.number_input(key="features_min_matches").set_value(2).run()
     assert matched(at) == 6  # features 0, 1, 4 in both arms
     at.text_input(key="features_word").set_value("Heart").run()
@@ -141,8 +142,8 @@ def test_a_label_that_cannot_be_written_says_so_and_keeps_the_input(study, monke
 
 def test_a_database_published_while_the_page_is_open_is_picked_up(study, tmp_path):
     at = page("features")
-    assert matched(at) == 12
+    assert matched(at) == 10  # feature 3 of each arm is dead: hidden
     write_tiny_db(tmp_path / "staging" / "features.duckdb", arms=("base",))
     (tmp_path / "staging" / "features.duckdb").replace(study / "features.duckdb")  # the precompute's rename
     at.run()
-    assert matched(at) == 6  # the new file has the base arm only
+    assert matched(at) == 5  # the new file has the base arm only

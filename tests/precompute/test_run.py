@@ -366,6 +366,6 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
         assert table1.loc[arm, "mean_steered"] == pytest.approx(by_hand.loc[arm].steered_similarity.mean())
     again = run_study(config, show_progress=False)  # a re-run of the precompute keeps the steering results
     assert again.up_to_date and len(query(config, "SELECT * FROM steer_features")) == 6
-    with pytest.raises(StudyInputError, match=r"\[999\] are not features of arm 'base'.*0\.\.\d+"):
+    with pytest.raises(StudyInputError, match=r"^--features: base has no feature 999 \(0–\d+\)"):
         steer_eval(config, "4,999", show_progress=False)  # an id past d_sae: a message, the published file kept
     assert len(query(config, "SELECT * FROM steer_features")) == 6

@@ -1,0 +1,114 @@
+"""The user's place on a page (the feature shown, the filters), kept twice: in the URL, so a link shares it and
+the browser's Back returns to it, and in session state, so a visit to another page does not lose it (Streamlit
+drops the state of every widget a run does not draw, so a page's filters vanish when another page runs).
+
+What Streamlit 1.67 does, read from its frontend: a run that changes `st.query_params` pushes a new history entry
+(replaces it during a Back / Forward), and Back reruns the page with the older URL. A page that trusts its widgets
+over the URL on a rerun writes the newer place straight back, and Back seems to do nothing. So a URL that differs
+from the one this page wrote last came from outside (a link, Back, an address typed) and decides the place;
+otherwise the widgets do. (A widget's own `bind="query-params"` replaces the history entry instead of pushing it,
+and drops a value it cannot read without a word: neither suits a link to a feature.)
+
+Usage: `place.restore(page, fields)` before the page's widgets (their values come from session state: give
+them no default), `place.remember(page, fields)` after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from core.feature_ids import FeatureIdError, parse_arm, parse_feature_id
+
+_WRITTEN = "_place_url_{}"  # the query this page wrote last
+_SAVED = "_place_values_{}"  # widget key -> value at the end of this page's last run
+
+
+@dataclass(frozen=True)
+class Field:
+    """One piece of a page's place: a widget's session-state key and its name in the URL.
+
+    parse(text, place) reads the URL's text (place: the values of the fields before it, by key, e.g. the arm
+    whose range a feature id must fall in) and raises FeatureIdError or ValueError with a one-line reason."""
+
+    key: str
+    param: str
+    default: Any
+    parse: Callable[[str, dict[str, Any]], Any] = lambda text, place: text
+    show: Callable[[Any], str] = str
+    always: bool = False  # in the URL even at its default (a feature page's URL always names the feature)
+
+
+class BadLink(Exception):
+    """A URL whose place cannot be read: the message is one line, naming the parameter where it helps."""
+
+
+def feature_fields(arm_key: str, feature_key: str, widths: dict[str, int], default_arm: str,
+                   arm_param: str = "arm", feature_param: str = "feature") -> list[Field]:
+    """An arm and one of its feature ids, both always in the URL; the id is checked against that arm's range."""
+    arms = list(widths)
+    return [Field(arm_key, arm_param, default_arm, lambda text, place: parse_arm(text, arms), always=True),
+            Field(feature_key, feature_param, 0, always=True,
+                  parse=lambda text, place: parse_feature_id(text, place[arm_key], widths[place[arm_key]]))]
+
+
+def _url(fields: Sequence[Field]) -> dict[str, str]:
+    return {f.param: st.query_params[f.param] for f in fields if f.param in st.query_params}
+
+
+def from_url(fields: Sequence[Field], url: dict[str, str]) -> dict[str, Any]:
+    """Widget key -> value for a URL; a field the URL leaves out takes its default."""
+    place: dict[str, Any] = {}
+    for f in fields:
+        if f.param not in url:
+            place[f.key] = f.default
+            continue
+        try:
+            place[f.key] = f.parse(url[f.param], place)
+        except FeatureIdError as err:
+            raise BadLink(str(err)) from err
+        except ValueError as err:
+            raise BadLink(f"{f.param}={url[f.param]!r} in the link: {err}") from err
+    return place
+
+
+def restore(page: str, fields: Sequence[Field]) -> None:
+    """Set the page's widgets from a URL that came from outside, else from this session's last place on the page
+    (only widgets whose state Streamlit dropped: a widget the user just changed keeps its value). Raises BadLink
+    for a URL that names nothing, before any widget is touched."""
+    url = _url(fields)
+    if url and url != st.session_state.get(_WRITTEN.format(page)):
+        for key, value in from_url(fields, url).items():
+            st.session_state[key] = value
+        return
+    saved = st.session_state.get(_SAVED.format(page), {})
+    for f in fields:
+        if f.key not in st.session_state:
+            st.session_state[f.key] = saved.get(f.key, f.default)
+
+
+def restore_or_stop(page: str, fields: Sequence[Field]) -> None:
+    """restore(), and for a link that points nowhere one error line and nothing else on the page."""
+    try:
+        restore(page, fields)
+    except BadLink as err:
+        st.error(str(err))
+        st.stop()
+
+
+def query(fields: Sequence[Field], values: dict[str, Any]) -> dict[str, str]:
+    """The URL's query for a place: fields at their default left out unless `always`."""
+    return {f.param: f.show(values[f.key]) for f in fields if f.always or values[f.key] != f.default}
+
+
+def remember(page: str, fields: Sequence[Field]) -> None:
+    """Keep the widgets' values for the next visit and put them in the URL (a new history entry if it changed)."""
+    values = {f.key: st.session_state[f.key] for f in fields}
+    st.session_state[_SAVED.format(page)] = values
+    wanted = query(fields, values)
+    if _url(fields) != wanted or len(st.query_params) != len(wanted):
+        st.query_params.from_dict(wanted)
+    st.session_state[_WRITTEN.format(page)] = wanted

@@ -1,0 +1,212 @@
+"""Links and places: a link to no feature says so in one line and shows no feature; the user's place survives a
+visit to another page; Back (a rerun with the previous URL, as Streamlit's frontend sends it) returns to it."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from factories import study_toml
+from tiny_db import D_SAE, write_tiny_db
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
+    write_tiny_db(tmp_path / "features.duckdb")
+    return tmp_path
+
+
+def page(name: str, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params.update(params)
+    return at.switch_page(f"views/{name}.py").run()
+
+
+def matched(at: AppTest) -> int:
+    text = next(m.value for m in at.markdown if "features match" in m.value)
+    return int(text.split("**")[1].replace(",", ""))
+
+
+def shows_no_feature(at: AppTest) -> bool:
+    return not at.title and not at.metric and not at.get("plotly_chart") and not at.number_input
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("feature", {"arm": "base", "feature": "999999"}, f"base has no feature 999999 (0–{D_SAE - 1})"),
+    ("feature", {"arm": "nope", "feature": "abc"}, "no arm 'nope' (arms: base, finetuned)"),
+    ("feature", {"feature": "-5"}, f"base has no feature -5 (0–{D_SAE - 1})"),
+    ("feature", {"arm": "finetuned", "feature": "abc"}, f"'abc' is not a feature id: finetuned has features "
+                                                        f"0–{D_SAE - 1}"),
+    ("compare", {"left_feature": "x"}, f"'x' is not a feature id: base has features 0–{D_SAE - 1}"),
+    ("compare", {"left_arm": "base", "left_feature": "1", "right_arm": "finetuned", "right_feature": "6"},
+     f"finetuned has no feature 6 (0–{D_SAE - 1})"),
+])
+def test_a_link_to_no_feature_is_one_error_line_and_no_feature(study, name, params, message):
+    at = page(name, **params)
+    assert not at.exception
+    assert [e.value for e in at.error] == [message]
+    assert shows_no_feature(at) and not at.subheader
+
+
+def test_a_bad_arm_in_a_label_link_is_one_line(study):
+    at = page("label", arm="nope")
+    assert not at.exception and [e.value for e in at.error] == ["no arm 'nope' (arms: base, finetuned)"]
+    assert not at.subheader  # no candidate of some other arm in its place
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"arm": "base", "feature": "4, 99"}, f"base has no feature 99 (0–{D_SAE - 1})"),
+    ({"arm": "nope", "feature": "4"}, "no arm 'nope' (arms: base, finetuned)"),
+])
+def test_a_bad_steer_link_is_one_line_before_any_model_loads(study, params, message):
+    at = page("steer", **params)  # the tiny study's models do not exist: loading one would be an exception
+    assert not at.exception and [e.value for e in at.error] == [message]
+    assert not at.slider and not at.button
+
+
+def test_back_returns_to_the_previous_feature(study):
+    at = page("feature", arm="base", feature="1")
+    at.number_input(key="feature_id").set_value(4).run()
+    assert at.title[0].value == "base · feature 4"
+    assert at.query_params == {"arm": "base", "feature": "4"}  # each feature its own URL: a history entry
+    at.query_params = {"arm": "base", "feature": "1"}  # Back: the frontend reruns with the previous URL
+    at.run()
+    assert at.title[0].value == "base · feature 1"
+    assert at.number_input(key="feature_id").value == 1
+    assert at.query_params == {"arm": "base", "feature": "1"}  # not overwritten with feature 4
+
+
+def test_a_link_opens_its_feature_on_a_page_already_open(study):
+    at = page("feature", arm="base", feature="1")
+    at.query_params = {"arm": "finetuned", "feature": "4"}  # e.g. "Open its page" on the Label page
+    at.run()
+    assert at.title[0].value == "finetuned · feature 4"
+
+
+def sidebar_to(at: AppTest, name: str) -> AppTest:
+    """A click in the sidebar: the page without query parameters."""
+    at.query_params = {}
+    return at.switch_page(f"views/{name}.py").run()
+
+
+def test_features_filters_survive_a_visit_to_another_page(study):
+    at = page("features")
+    at.number_input(key="features_min_matches").set_value(2).run()
+    at.text_input(key="features_word").set_value("heart").run()
+    at.multiselect(key="features_arms").set_value(["base"]).run()
+    assert matched(at) == 3
+    sidebar_to(at, "feature")
+    assert at.title[0].value == "base · feature 0"
+    sidebar_to(at, "features")
+    assert not at.exception
+    assert matched(at) == 3
+    assert at.text_input(key="features_word").value == "heart"
+    assert at.number_input(key="features_min_matches").value == 2
+    assert at.query_params["word"] == "heart" and at.query_params["arms"] == "base"
+
+
+def test_a_features_link_carries_its_filters(study):
+    at = page("features", word="heart", min_matches="2", arms="finetuned")
+    assert not at.exception
+    assert matched(at) == 3  # finetuned 0, 1, 4
+    assert at.text_input(key="features_word").value == "heart"
+
+
+def test_the_label_queue_keeps_its_arm(study):
+    at = page("label")
+    at.selectbox(key="label_queue_arm").set_value("finetuned").run()
+    assert at.subheader[0].value == "finetuned · feature 1"
+    assert at.query_params == {"arm": "finetuned"}
+    sidebar_to(at, "features")
+    sidebar_to(at, "label")
+    assert at.selectbox(key="label_queue_arm").value == "finetuned"
+    assert at.subheader[0].value == "finetuned · feature 1"
+
+
+def test_a_feature_page_keeps_its_feature_after_a_visit_elsewhere(study):
+    at = page("feature", arm="finetuned", feature="3")
+    sidebar_to(at, "label")
+    sidebar_to(at, "feature")
+    assert at.title[0].value == "finetuned · feature 3"
+    assert at.query_params == {"arm": "finetuned", "feature": "3"}
+
+
+def widen(path: Path, n: int = 300, seed: int = 0) -> None:
+    """Give each arm of the tiny database n more live features with random density and coherence."""
+    import duckdb
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with duckdb.connect(str(path)) as con:
+        for arm in ("base", "finetuned"):
+            ids = np.arange(D_SAE, D_SAE + n)
+            density, coherence = rng.uniform(1e-4, 0.3, n), rng.uniform(-0.2, 0.9, n)
+            con.executemany("INSERT INTO feature_words (arm, feature, coherence, n_valid, med_matches, is_candidate, "
+                            "top_text, top_words) VALUES (?, ?, ?, 3, 0, false, 'a | b | c', ['a', 'b', 'c'])",
+                            [[arm, int(f), float(c)] for f, c in zip(ids, coherence)])
+            con.executemany("INSERT INTO feature_activations (arm, feature, n_fired, frac_nonzero, max_act, mean_act)"
+                            " VALUES (?, ?, ?, ?, 1.0, 0.5)",
+                            [[arm, int(f), int(d * 10_000) + 1, float(d)] for f, d in zip(ids, density)])
+            con.execute("UPDATE arms SET d_sae = ? WHERE arm = ?", [D_SAE + n, arm])
+
+
+def test_sorting_by_density_orders_every_matching_feature_not_one_page(study):
+    import duckdb
+
+    widen(study / "features.duckdb")
+    with duckdb.connect(str(study / "features.duckdb"), read_only=True) as con:  # brute force: every feature
+        by_density = con.execute("SELECT arm, feature, frac_nonzero FROM features ORDER BY frac_nonzero DESC, "
+                                 "arm, feature").fetchall()
+    at = page("features")
+    first_page = at.dataframe[0].value
+    assert len(first_page) == 50 and matched(at) == 2 * (D_SAE - 1 + 300)
+    assert by_density[0][:2] not in set(zip(first_page["arm"], first_page["feature"]))  # not on the opening page
+    at.selectbox(key="features_sort").set_value("density").run()
+    table = at.dataframe[0].value
+    assert (table["arm"].iloc[0], table["feature"].iloc[0]) == by_density[0][:2]
+    assert table["frac_nonzero"].tolist() == [d for _, _, d in by_density[:50]]
+    assert at.query_params["sort"] == "density" and at.query_params["order"] == "desc"
+    at.number_input(key="features_page").set_value(2).run()  # page 2 continues the same order
+    assert at.dataframe[0].value["frac_nonzero"].tolist() == [d for _, _, d in by_density[50:100]]
+
+
+def test_the_grid_heads_its_columns_in_words_and_marks_the_sorted_one(study):
+    at = page("features", sort="density", order="asc")
+    labels = {name: config.get("label") for name, config in json.loads(at.dataframe[0].proto.columns).items()}
+    assert labels["frac_nonzero"] == "density ↑" and labels["coherence"] == "coherence"
+    assert labels["med_matches"] == "medical matches" and labels["max_act"] == "max activation"
+
+
+def test_an_empty_table_names_the_filter_that_emptied_it_and_resets(study):
+    at = page("features")
+    at.text_input(key="features_word").set_value("xyz").run()
+    assert matched_none(at) == "No feature matches. Without **top tokens include 'xyz'**, 10 would."
+    at.button(key="features_reset").click().run()
+    assert matched(at) == 10 and at.text_input(key="features_word").value == ""
+    at.number_input(key="features_min_matches").set_value(3).run()  # feature 1 of each arm
+    at.text_input(key="features_word").set_value("blood").run()  # feature 4 of each arm
+    assert matched_none(at) == ("No feature matches. Without **medical matches ≥ 3**, 2 would; "
+                                "Without **top tokens include 'blood'**, 2 would.")
+
+
+def matched_none(at: AppTest) -> str:
+    assert not any("features match" in m.value for m in at.markdown)
+    return at.warning[0].value
+
+
+def test_the_default_order_opens_on_medical_matches_without_dead_features(study):
+    at = page("features")
+    table = at.dataframe[0].value
+    # live features by medical matches (1: 3; 0, 4: 2; 2, 5: 0), ties to the more coherent (0: 0.5 > 4: 0.3;
+    # 5: 0.6 > 2: 0.2), then base before finetuned; feature 3 (dead) is not there
+    assert table["feature"].tolist() == [1, 1, 0, 0, 4, 4, 5, 5, 2, 2]
+    assert table["arm"].tolist()[:2] == ["base", "finetuned"]
+    assert at.query_params == {"sort": "medical matches", "order": "desc"}
