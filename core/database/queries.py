@@ -176,7 +176,7 @@ def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFra
 
 # The Label queue leaves out features with nothing to judge: dead on the corpus, or dead / too rare on the diff's
 # tokens (a constant; no user input).
-_LABELLABLE = "coalesce(f.n_fired, 1) > 0 AND coalesce(f.diff_status NOT IN ('dead', 'rare'), TRUE)"
+_LABELLABLE = "(coalesce(f.n_fired, 1) > 0 AND coalesce(f.diff_status NOT IN ('dead', 'rare'), TRUE))"
 
 
 def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
@@ -191,12 +191,15 @@ def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
 
 
 def label_progress(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
-    """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled."""
+    """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled; left_out: the
+    candidates the queue skips (dead on the corpus, or dead / too rare on the diff's tokens)."""
     with _with_labels(con, labels):
         return con.execute(f"""
-            SELECT f.arm, count(*) AS candidates, count(l.label) AS labelled
+            SELECT f.arm, count(*) FILTER (WHERE {_LABELLABLE}) AS candidates,
+                   count(l.label) FILTER (WHERE {_LABELLABLE}) AS labelled,
+                   count(*) FILTER (WHERE NOT {_LABELLABLE}) AS left_out
             FROM features f LEFT JOIN current_labels l USING (arm, feature)
-            WHERE f.is_candidate AND {_LABELLABLE} GROUP BY f.arm ORDER BY f.arm""").df()
+            WHERE f.is_candidate GROUP BY f.arm ORDER BY f.arm""").df()
 
 
 def coherence_table(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:

@@ -123,3 +123,4 @@ def test_the_label_queue_skips_features_dead_or_rare_on_the_diffs_tokens(study):
     assert not at.exception
     assert at.subheader[0].value == "base · feature 0"  # base 1 has most matches but is dead on the diff's tokens
     assert any(m.value == "0 / 2 candidates" for m in at.metric)
+    assert "model diff's tokens to have a fate): base 1, finetuned 1." in text(at)
