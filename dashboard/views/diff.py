@@ -44,9 +44,10 @@ if not counts.empty:
 
     st.subheader("Best match and one-to-one")
     persisting = data.query("diff_features", "persist", "frac_nonzero", True, 100_000)
-    for arm, group in persisting.groupby("arm", sort=False):
+    for arm, other in ((config.arms[1].name, config.arms[0].name), (config.arms[0].name, config.arms[1].name)):
+        group = persisting[persisting["arm"] == arm]
         st.markdown(f"- Best-match view: **{len(group):,}** persisting {arm} features match "
-                    f"**{group['match_feature'].nunique():,}** distinct {group['match_arm'].iloc[0]} features.")
+                    f"**{group['match_feature'].nunique():,}** distinct {other} features.")
     st.markdown(f"- One-to-one assignment (no feature used twice, maximum total correlation over the "
                 f"{int(metrics.get('matching.n_pairs', 0)):,} pairs at or above {threshold:g}): "
                 f"**{int(metrics.get('matching.n_assigned', 0)):,}** pairs, total correlation "
