@@ -8,6 +8,7 @@ from dashboard import charts, data, render
 from dashboard import state_keys as keys
 
 LABEL_NAMES = {"medical": "medical", "not_medical": "not medical", "unsure": "unsure"}
+ACTIVATION_NUMBERS = ("density", "max activation", "mean (non-zero)")  # measured by the activation stage
 
 
 def _number(x, digits: int = 3) -> str:
@@ -27,11 +28,12 @@ def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> 
         "density": _density(row.get("frac_nonzero")), "max activation": _number(row.get("max_act")),
         "mean (non-zero)": _number(row.get("mean_act")), "label": LABEL_NAMES[label["label"]] if label else "—",
     }
+    measured_on = data.token_set_text(data.query("stage_token_sets").get(f"{arm}/activations"))
     if compact:
         st.markdown(" · ".join(f"{name} **{value}**" for name, value in numbers.items()))
     else:
         for col, (name, value) in zip(st.columns(len(numbers)), numbers.items()):
-            col.metric(name, value)
+            col.metric(name, value, help=f"on {measured_on}" if name in ACTIVATION_NUMBERS else None)
     if row.get("matched_words") is not None and len(row["matched_words"]):
         st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
     diff_line(row, arm, feature)

@@ -105,6 +105,8 @@ def test_the_feature_page_says_dead_or_too_rare_not_emerged(study):
     dead = page("feature", arm="finetuned", feature="4")
     assert not dead.exception
     assert "**dead on the diff's tokens**" in text(dead) and "emerged" not in text(dead)
+    density = next(m for m in dead.metric if m.label == "density")
+    assert density.proto.help == "on the whole corpus (1,500 tokens)"  # the density is not the diff's
     rare = page("feature", arm="base", feature="3")
     assert "**too rare on the diff's tokens** to match: it fired 3 times there, fewer than 10" in text(rare)
     assert "disappeared" not in text(rare)
