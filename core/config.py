@@ -132,7 +132,8 @@ class DiffConfig:
 
     match_threshold: float = 0.8  # two features are the same when their activations correlate at least this much
     outlier_factor: float = 10.0  # positions whose activation norm exceeds this × the median are left out
-    tokens: int = 0  # corpus tokens for these stages; 0: the whole corpus
+    tokens: int = 0  # corpus tokens for these stages (an even sample of every file); 0: the whole corpus
+    min_firings: int = 10  # a feature that fired on fewer of those tokens is `rare`: its correlation means little
 
     def __post_init__(self) -> None:
         if not 0.0 < self.match_threshold <= 1.0:
@@ -141,6 +142,8 @@ class DiffConfig:
             raise StudyInputError("diff.outlier_factor must be > 1 (a multiple of the median activation norm)")
         if self.tokens < 0:
             raise StudyInputError("diff.tokens must be >= 0 (0: the whole corpus)")
+        if self.min_firings < 1:
+            raise StudyInputError("diff.min_firings must be at least 1 (features that fired fewer times are rare)")
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,22 @@
 Every row is `[BOS] + context_size - 1` tokens of the stream "doc <eos> doc <eos> …", the layout GPT-2 and its
 SAEs were trained with. A `text_files` corpus takes an equal share of rows from each file (the demo: general
 and medical held-out text, half each), so one long file cannot crowd out the other domain.
+
+A measurement that reads fewer tokens than the corpus (the quality stage's `activations.quality_tokens`, the
+model diff's `diff.tokens`) reads a `TokenSet`: an even sample in which every file keeps its share of the corpus,
+never the first rows (those are the first file's alone). Every stored number names the token set it read.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.config import CorpusConfig
@@ -45,6 +51,62 @@ def pack_rows(texts: Iterable[str], tokenizer: Any, context_size: int, max_rows:
 def rows_needed(corpus: CorpusConfig) -> int:
     """Rows of `context_size` tokens that hold at least `n_tokens` tokens (BOS included)."""
     return -(-corpus.n_tokens // corpus.context_size)
+
+
+def corpus_sources(corpus: CorpusConfig) -> list[tuple[str, int]]:
+    """(source, rows) of the corpus in row order, as `load_corpus_rows` lays them out: one entry per file (its
+    name without the suffix), or the dataset's name."""
+    n_rows = rows_needed(corpus)
+    if corpus.kind == "hf_dataset":
+        return [(str(corpus.dataset), n_rows)]
+    n_files = len(corpus.paths)
+    return [(Path(path).stem, n_rows // n_files + (i < n_rows % n_files)) for i, path in enumerate(corpus.paths)]
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """The corpus rows a measurement reads. `rows` index the corpus rows, ascending; `sources` holds how many of
+    them come from each source, in corpus order. Measurements leave the BOS position out, so each row gives
+    context_size - 1 tokens."""
+
+    name: str  # "corpus" (every row) or "sample-<rows>": the same name always means the same rows
+    rows: tuple[int, ...]
+    sources: tuple[tuple[str, int], ...]
+    context_size: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_rows * (self.context_size - 1)
+
+    def select(self, corpus_rows: torch.Tensor) -> torch.Tensor:
+        """These rows of the corpus rows [n_rows_corpus, T] -> [n_rows, T]."""
+        if self.name == "corpus":
+            return corpus_rows
+        return corpus_rows[torch.as_tensor(self.rows, dtype=torch.long)]
+
+
+def token_set(corpus: CorpusConfig, n_tokens: int) -> TokenSet:
+    """An even sample of about `n_tokens` tokens (whole rows, rounded up); 0 or more than the corpus: all of it.
+
+    Each source keeps its share of the corpus rows (largest remainder), spread evenly over the source's rows."""
+    sources = corpus_sources(corpus)
+    total = sum(n for _, n in sources)
+    wanted = -(-n_tokens // corpus.context_size) if n_tokens > 0 else total
+    if wanted >= total:
+        return TokenSet("corpus", tuple(range(total)), tuple(sources), corpus.context_size)
+    exact = np.array([n for _, n in sources], dtype=np.float64) * wanted / total
+    shares = np.floor(exact).astype(int)
+    shares[np.argsort(-(exact - shares), kind="stable")[: wanted - shares.sum()]] += 1
+    rows, start = [], 0
+    for (_, size), share in zip(sources, shares):
+        rows += [start + int((i + 0.5) * size / share) for i in range(share)]
+        start += size
+    return TokenSet(f"sample-{wanted}", tuple(rows), tuple((name, int(k)) for (name, _), k in zip(sources, shares)),
+                    corpus.context_size)
 
 
 def load_corpus_rows(corpus: CorpusConfig, tokenizer: Any) -> torch.Tensor:

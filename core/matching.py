@@ -2,7 +2,10 @@
 
 Two features are the same when their activations over the same tokens correlate at or above a threshold (0.8,
 from the feature-evolution study, seed 004): a base (A) feature with no such partner *disappears*, a fine-tuned
-(B) feature with none *emerges*, and a matched one *persists*. The correlation is exact (up to fp64 rounding)
+(B) feature with none *emerges*, and a matched one *persists*. A feature that never fired on the tokens compared
+is `dead` and one that fired fewer than `min_firings` times is `rare`: neither has a fate (a correlation over a
+handful of firings means little), and neither counts as another feature's partner. Every pair at or above the
+threshold is kept (`MatchPairs`): one base feature can be the partner of many fine-tuned ones. The correlation is exact (up to fp64 rounding)
 and is built only from co-activations: per feature the count, Σa and Σa², and per pair Σ a_i b_j,
 which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of size tokens ×
 d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens. fp64 because
@@ -29,28 +32,56 @@ CONSTANT_TOLERANCE = 1e-9  # n Σa² − (Σa)² below this share of n Σa² is 
 
 
 @dataclass(frozen=True)
+class MatchPairs:
+    """Every (A feature, B feature) pair whose correlation is at or above the threshold, both features neither
+    dead nor rare; sorted by A then B. Arrays are [n_pairs]."""
+
+    a: np.ndarray  # int64
+    b: np.ndarray  # int64
+    corr: np.ndarray  # float32
+
+    def partner_counts(self, d_sae_a: int, d_sae_b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Partners of each A feature [d_sae_a] and of each B feature [d_sae_b] (int64)."""
+        return np.bincount(self.a, minlength=d_sae_a), np.bincount(self.b, minlength=d_sae_b)
+
+
+@dataclass(frozen=True)
 class FeatureMatches:
     """Best partner of every feature in the other arm. A-arrays are [d_sae_a], B-arrays [d_sae_b].
 
-    A feature that never fired, or fired with one constant value, has no defined correlation: match -1, corr
-    NaN, and its status says unmatched (`disappear` for A, `emerge` for B); `n_fired` tells these apart."""
+    A dead or rare feature (n_fired < min_firings), or one that fired with one constant value, has no match:
+    match -1, corr NaN. Statuses: "persist" | "disappear" (A) or "emerge" (B) | "dead" | "rare"."""
 
     threshold: float
     n_tokens: int
     a_match: np.ndarray  # int64: best B feature, -1 if none is defined
     a_corr: np.ndarray  # float32: its Pearson correlation, NaN if undefined
-    a_status: np.ndarray  # str: "persist" | "disappear"
+    a_status: np.ndarray  # str
     a_n_fired: np.ndarray  # int64: tokens on which the A feature is > 0
     b_match: np.ndarray  # int64: best A feature, -1 if none is defined
     b_corr: np.ndarray  # float32
-    b_status: np.ndarray  # str: "persist" | "emerge"
+    b_status: np.ndarray  # str
     b_n_fired: np.ndarray  # int64
+    pairs: MatchPairs
+    min_firings: int = 1
 
     def counts(self) -> dict[str, int]:
-        """Number of features per status: persist_a, disappear, persist_b, emerge."""
+        """Number of features per status: persist_a, disappear, dead_a, rare_a, persist_b, emerge, dead_b, rare_b."""
         a, b = self.a_status, self.b_status
         return {"persist_a": int((a == "persist").sum()), "disappear": int((a == "disappear").sum()),
-                "persist_b": int((b == "persist").sum()), "emerge": int((b == "emerge").sum())}
+                "dead_a": int((a == "dead").sum()), "rare_a": int((a == "rare").sum()),
+                "persist_b": int((b == "persist").sum()), "emerge": int((b == "emerge").sum()),
+                "dead_b": int((b == "dead").sum()), "rare_b": int((b == "rare").sum())}
+
+
+def feature_status(corr: np.ndarray, n_fired: np.ndarray, threshold: float, min_firings: int,
+                   unmatched: str) -> np.ndarray:
+    """Per feature: "dead" (never fired), "rare" (< min_firings), else "persist" at corr >= threshold, else
+    `unmatched` ("disappear" for A, "emerge" for B)."""
+    status = np.where(corr >= threshold, "persist", unmatched).astype(object)
+    status[n_fired < min_firings] = "rare"
+    status[n_fired == 0] = "dead"
+    return status.astype(str)
 
 
 def _sparse_parts(acts: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,33 +158,42 @@ class CoactivationAccumulator:
 
 @torch.no_grad()
 def match_features(coactivations: CoactivationAccumulator, threshold: float = DEFAULT_THRESHOLD,
-                   block_rows: int = 512,
+                   block_rows: int = 512, min_firings: int = 1,
                    progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureMatches:
-    """Best match and status of every feature of both arms, from the correlation matrix a block of rows at a time."""
+    """Best match, status and every above-threshold pair of both arms' features, from the correlation matrix a
+    block of rows at a time. Features that fired fewer than `min_firings` times are nobody's match."""
     acc = coactivations
     a_best = torch.full((acc.d_sae_a,), -torch.inf, dtype=torch.float64, device=acc.device)
     a_arg = torch.full((acc.d_sae_a,), -1, dtype=torch.long, device=acc.device)
     b_best = torch.full((acc.d_sae_b,), -torch.inf, dtype=torch.float64, device=acc.device)
     b_arg = torch.full((acc.d_sae_b,), -1, dtype=torch.long, device=acc.device)
-    undefined_a = torch.isnan(acc._inverse_spread(acc.sum_a, acc.sum_sq_a))
-    undefined_b = torch.isnan(acc._inverse_spread(acc.sum_b, acc.sum_sq_b)).nonzero().squeeze(1)
+    excluded_a = torch.isnan(acc._inverse_spread(acc.sum_a, acc.sum_sq_a)) | (acc.n_fired_a < min_firings)
+    excluded_b = (torch.isnan(acc._inverse_spread(acc.sum_b, acc.sum_sq_b))
+                  | (acc.n_fired_b < min_firings)).nonzero().squeeze(1)
+    pairs = []
     for start in progress(range(0, acc.d_sae_a, block_rows)):
         rows = slice(start, min(start + block_rows, acc.d_sae_a))
         corr = acc._correlation_block(rows)
-        corr[undefined_a[rows]] = -torch.inf  # max() would return NaN over undefined features: no match
-        corr.index_fill_(1, undefined_b, -torch.inf)
+        corr[excluded_a[rows]] = -torch.inf  # max() would return NaN over undefined features: no match
+        corr.index_fill_(1, excluded_b, -torch.inf)
         a_best[rows], a_arg[rows] = corr.max(dim=1)
         col_best, col_arg = corr.max(dim=0)
         better = col_best > b_best  # strict: the first A feature wins a tie, as argmax would
         b_best[better], b_arg[better] = col_best[better], col_arg[better] + start
+        above = (corr >= threshold).nonzero()
+        pairs.append((above[:, 0] + start, above[:, 1], corr[above[:, 0], above[:, 1]].clamp(-1, 1)))
     a_corr, a_match = _defined(a_best, a_arg)
     b_corr, b_match = _defined(b_best, b_arg)
+    n_fired_a, n_fired_b = _np(acc.n_fired_a), _np(acc.n_fired_b)
+    pair_a, pair_b, pair_corr = (torch.cat(part) for part in zip(*pairs))
     return FeatureMatches(
         threshold=threshold, n_tokens=acc.n_tokens,
-        a_match=a_match, a_corr=a_corr, a_status=np.where(a_corr >= threshold, "persist", "disappear"),
-        a_n_fired=_np(acc.n_fired_a),
-        b_match=b_match, b_corr=b_corr, b_status=np.where(b_corr >= threshold, "persist", "emerge"),
-        b_n_fired=_np(acc.n_fired_b),
+        a_match=a_match, a_corr=a_corr, a_status=feature_status(a_corr, n_fired_a, threshold, min_firings, "disappear"),
+        a_n_fired=n_fired_a,
+        b_match=b_match, b_corr=b_corr, b_status=feature_status(b_corr, n_fired_b, threshold, min_firings, "emerge"),
+        b_n_fired=n_fired_b,
+        pairs=MatchPairs(_np(pair_a), _np(pair_b), _np(pair_corr).astype(np.float32)),
+        min_firings=min_firings,
     )
 
 

@@ -72,7 +72,8 @@ STATUS_COLORS = {"persist": "#54A24B", "emerge": "#F58518", "disappear": "#4C78A
 
 
 def diff_status_bars(counts: pd.DataFrame) -> go.Figure:
-    """Persist / emerge / disappear per arm, as shares of the arm's features (count in the hover)."""
+    """Persist / emerge / disappear per arm, as shares of the arm's features that have a fate (neither dead nor
+    rare on the diff's tokens); the count in the hover."""
     fig = px.bar(counts, x="arm", y="share", color="status", text_auto=".1%", hover_data=["features"],
                  color_discrete_map=STATUS_COLORS, labels={"share": "share of the arm's features"})
     fig.update_yaxes(tickformat=".0%")

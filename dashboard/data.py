@@ -83,6 +83,36 @@ def features_db_current(config: StudyConfig) -> bool:
         return False
 
 
+def describe_token_set(sets: pd.DataFrame, name: str | None, detail: bool = False) -> str:
+    """A token set in words, from `queries.token_sets` rows: "the whole corpus (59,563 tokens)", or with
+    detail its mix: "...: heldout_general 235 rows (50%), heldout_medical 234 rows (50%)"."""
+    rows = sets[sets["token_set"] == name]
+    if rows.empty:
+        return "tokens not recorded (rebuild the database)"
+    kind = "the whole corpus" if name == "corpus" else "an even sample of the corpus"
+    text = f"{kind} ({int(rows['n_tokens'].sum()):,} tokens)"
+    if not detail:
+        return text
+    total = rows["n_rows"].sum()
+    return text + ": " + ", ".join(f"{r.source} {int(r.n_rows):,} rows ({r.n_rows / total:.0%})"
+                                   for r in rows.itertuples())
+
+
+def token_set_text(name: str | None, detail: bool = False) -> str:
+    """`describe_token_set` on this study's database."""
+    return describe_token_set(query("token_sets"), name, detail)
+
+
+def matching_export(fmt: str) -> bytes:
+    """The whole matching (`queries.matching_export`) as CSV (partner lists joined by ";") or Parquet."""
+    frame = query("matching_export")
+    if fmt == "parquet":
+        return frame.to_parquet(index=False)
+    flat = frame.assign(**{c: frame[c].map(lambda xs: ";".join(f"{x:.4g}" if isinstance(x, float) else str(x)
+                                                              for x in xs)) for c in ("partners", "partner_corrs")})
+    return flat.to_csv(index=False).encode()
+
+
 def arm_overview(config: StudyConfig) -> pd.DataFrame:
     """Per arm: features, medical candidates, coherence mean / median, dead features, L0, EV, CE recovered."""
     return query("arm_overview")
@@ -193,15 +223,6 @@ def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:
     """One row per (arm, held-out text): columns arm, text, perplexity."""
     rows = [{"arm": arm, "text": split, "perplexity": value}
             for arm, splits in report["perplexity"].items() for split, value in splits.items()]
-    return pd.DataFrame(rows)
-
-
-def sae_frame(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per arm: hook, width and reconstruction quality on held-out text."""
-    rows = [{"arm": arm, "hook_name": sae["hook_name"], "d_in": sae["d_in"], "d_sae": sae["d_sae"],
-             "L0": sae["l0"], "explained variance": sae["explained_variance"], "MSE": sae["mse"],
-             "dead features": sae["dead_fraction"], "tokens": sae["n_tokens"]}
-            for arm, sae in report["saes"].items()]
     return pd.DataFrame(rows)
 
 

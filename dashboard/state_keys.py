@@ -51,3 +51,9 @@ STEER_GO = "steer_go"
 STEER_SWEEP = "steer_sweep"
 STEER_BOTH = "steer_both"
 STEER_OTHER_FEATURE = "steer_other_feature"
+
+# Model diff page
+DIFF_STATUS = "diff_status_choice"
+DIFF_SORT = "diff_sort"
+DIFF_EXPORT_CSV = "diff_export_csv"
+DIFF_EXPORT_PARQUET = "diff_export_parquet"

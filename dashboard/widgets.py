@@ -8,6 +8,7 @@ from dashboard import charts, data, render
 from dashboard import state_keys as keys
 
 LABEL_NAMES = {"medical": "medical", "not_medical": "not medical", "unsure": "unsure"}
+ACTIVATION_NUMBERS = ("density", "max activation", "mean (non-zero)")  # measured by the activation stage
 
 
 def _number(x, digits: int = 3) -> str:
@@ -27,21 +28,32 @@ def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> 
         "density": _density(row.get("frac_nonzero")), "max activation": _number(row.get("max_act")),
         "mean (non-zero)": _number(row.get("mean_act")), "label": LABEL_NAMES[label["label"]] if label else "—",
     }
+    measured_on = data.token_set_text(data.query("stage_token_sets").get(f"{arm}/activations"))
     if compact:
         st.markdown(" · ".join(f"{name} **{value}**" for name, value in numbers.items()))
     else:
         for col, (name, value) in zip(st.columns(len(numbers)), numbers.items()):
-            col.metric(name, value)
+            col.metric(name, value, help=f"on {measured_on}" if name in ACTIVATION_NUMBERS else None)
     if row.get("matched_words") is not None and len(row["matched_words"]):
         st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
     diff_line(row, arm, feature)
 
 
 def diff_line(row: dict, arm: str, feature: int) -> None:
-    """Its fate through fine-tuning: the matched feature in the other arm (a link to compare), or emerged /
-    disappeared with its best sub-threshold correlation."""
+    """Its fate through fine-tuning, on the diff's tokens: the matched feature in the other arm (a link to
+    compare) and every other partner at or above the threshold, emerged / disappeared with its best
+    sub-threshold correlation, or no fate at all when it was dead or too rare there."""
     status = row.get("diff_status")
     if status is None or status != status:
+        return
+    fired = row.get("diff_n_fired")
+    fired = int(fired) if fired is not None and fired == fired else 0
+    if status in ("dead", "rare"):
+        min_firings = int(data.query("pair_metrics").get("matching.min_firings", 1))
+        st.caption("**dead on the diff's tokens**: it never fired on them, so it has no fate (persist, emerge or "
+                   "disappear)" if status == "dead" else
+                   f"**too rare on the diff's tokens** to match: it fired {fired:,} times there, fewer than "
+                   f"{min_firings} (`diff.min_firings`), so it has no fate (persist, emerge or disappear)")
         return
     match, corr = row.get("match_feature"), row.get("match_corr")
     has_match = match is not None and match == match
@@ -51,10 +63,25 @@ def diff_line(row: dict, arm: str, feature: int) -> None:
                      label=f"persists: {row['match_arm']} feature {int(match)} (correlation {corr_text}) — compare",
                      query_params={"left_arm": arm, "left_feature": str(feature),
                                    "right_arm": row["match_arm"], "right_feature": str(int(match))})
+        _partners_line(row, arm, feature)
     else:
         verb = "emerged in fine-tuning" if status == "emerge" else "disappeared in fine-tuning"
         best = f"; its best match is {row['match_arm']} feature {int(match)} at {corr_text}" if has_match else ""
         st.caption(f"**{verb}**{best}")
+
+
+def _partners_line(row: dict, arm: str, feature: int, shown: int = 12) -> None:
+    """How many features of the other arm match this one at or above the threshold, and which."""
+    partners = data.query("feature_partners", arm, feature)
+    if partners.empty:
+        return
+    assigned = partners[partners["assigned"]]
+    one_to_one = (f"one-to-one partner: feature {int(assigned['partner'].iloc[0])}" if len(assigned)
+                  else "no one-to-one partner (each of its partners is assigned to a better match)")
+    listed = ", ".join(f"{int(p.partner)} ({p.corr:.3f})" for p in partners.head(shown).itertuples())
+    more = f", … {len(partners) - shown} more" if len(partners) > shown else ""
+    st.caption(f"{len(partners)} partner(s) in {partners['partner_arm'].iloc[0]} at or above the threshold: "
+               f"{listed}{more}; {one_to_one}")
 
 
 def contexts_block(contexts, scale: float, limit: int | None = None) -> None:

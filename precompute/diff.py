@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from core.loading import LoadedArm
-from core.matching import collect_coactivations, decoder_cosine, logit_weight_similarity, match_features
+from core.match_assignment import assigned_partner, one_to_one
+from core.matching import FeatureMatches, collect_coactivations, decoder_cosine, logit_weight_similarity, match_features
 from core.model_diff import activation_similarity, log_density_correlation, sae_transfer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Pair:
     threshold: float
     outlier_factor: float
     progress: Callable[[str], Callable]
+    min_firings: int = 1  # fewer firings on these tokens: the feature is rare and has no fate
 
     @property
     def label(self) -> str:
@@ -108,27 +110,43 @@ def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
     coactivations = collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, pair.rows,
                                           pair.batch_size, device=a.sae.W_dec.device,
                                           progress=pair.progress("co-activations"))
-    matches = match_features(coactivations, pair.threshold)
-    same_width = a.sae.cfg.d_in == b.sae.cfg.d_in
-    tables = []
-    for arm, other, match, corr, status, fired in ((a, b, matches.a_match, matches.a_corr, matches.a_status,
-                                                    matches.a_n_fired),
-                                                   (b, a, matches.b_match, matches.b_corr, matches.b_status,
-                                                    matches.b_n_fired)):
-        own_ids = np.arange(len(match))
-        cos = decoder_cosine(arm.sae.W_dec, other.sae.W_dec, own_ids, match) if same_width else np.full(len(match), np.nan)
-        logit = _logit_similarity(arm, other, own_ids, match) if pair.same_tokenizer() else np.full(len(match), np.nan)
-        tables.append(pa.table({
-            "pair": [pair.label] * len(match), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
-            "match_arm": [other.name] * len(match), "match_feature": pa.array(np.where(match < 0, None, match),
-                                                                             pa.int32()),
-            "match_corr": pa.array(corr, mask=np.isnan(corr)), "status": pa.array(list(status), pa.string()),
-            "decoder_cos": pa.array(cos, mask=np.isnan(cos)), "logit_sim": pa.array(logit, mask=np.isnan(logit)),
-            "n_fired": np.asarray(fired, np.int64)}))
-    counts = matches.counts()
-    metrics = {name: float(value) for name, value in counts.items()}
-    metrics.update({"threshold": pair.threshold, "n_tokens": matches.n_tokens})
-    return {"feature_matches": pa.concat_tables(tables)}, metrics
+    matches = match_features(coactivations, pair.threshold, min_firings=pair.min_firings)
+    pairs = matches.pairs
+    kept = one_to_one(pairs.a, pairs.b, pairs.corr, a.d_sae, b.d_sae)
+    partners = pairs.partner_counts(a.d_sae, b.d_sae)
+    assigned = (assigned_partner(pairs.a, pairs.b, pairs.corr, kept, a.d_sae),
+                assigned_partner(pairs.b, pairs.a, pairs.corr, kept, b.d_sae))
+    tables = [_match_table(pair, side, matches, partners[k], assigned[k]) for k, side in enumerate("ab")]
+    match_pairs = pa.table({
+        "pair": [pair.label] * len(kept), "arm_a": [a.name] * len(kept), "feature_a": pairs.a.astype(np.int32),
+        "arm_b": [b.name] * len(kept), "feature_b": pairs.b.astype(np.int32), "corr": pairs.corr, "assigned": kept})
+    metrics = {name: float(value) for name, value in matches.counts().items()}
+    metrics.update({"threshold": pair.threshold, "n_tokens": matches.n_tokens, "min_firings": pair.min_firings,
+                    "n_pairs": len(kept), "n_assigned": int(kept.sum()),
+                    "assigned_corr_total": float(pairs.corr[kept].sum())})
+    return {"feature_matches": pa.concat_tables(tables), "match_pairs": match_pairs}, metrics
+
+
+def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.ndarray,
+                 assigned: tuple[np.ndarray, np.ndarray]) -> pa.Table:
+    """feature_matches rows of one arm: best match, status, decoder / logit similarity, partners, assignment."""
+    arm, other = (pair.a, pair.b) if side == "a" else (pair.b, pair.a)
+    match, corr = getattr(matches, f"{side}_match"), getattr(matches, f"{side}_corr")
+    own_ids = np.arange(len(match))
+    same_width = arm.sae.cfg.d_in == other.sae.cfg.d_in
+    cos = decoder_cosine(arm.sae.W_dec, other.sae.W_dec, own_ids, match) if same_width else np.full(len(match), np.nan)
+    logit = _logit_similarity(arm, other, own_ids, match) if pair.same_tokenizer() else np.full(len(match), np.nan)
+    partner, partner_corr = assigned
+    return pa.table({
+        "pair": [pair.label] * len(match), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
+        "match_arm": [other.name] * len(match), "match_feature": pa.array(np.where(match < 0, None, match), pa.int32()),
+        "match_corr": pa.array(corr, mask=np.isnan(corr)),
+        "status": pa.array(list(getattr(matches, f"{side}_status")), pa.string()),
+        "decoder_cos": pa.array(cos, mask=np.isnan(cos)), "logit_sim": pa.array(logit, mask=np.isnan(logit)),
+        "n_fired": np.asarray(getattr(matches, f"{side}_n_fired"), np.int64),
+        "n_partners": np.asarray(n_partners, np.int32),
+        "assigned_feature": pa.array(np.where(partner < 0, None, partner), pa.int32()),
+        "assigned_corr": pa.array(partner_corr, mask=np.isnan(partner_corr))})
 
 
 def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: np.ndarray) -> np.ndarray:

@@ -36,8 +36,10 @@ from precompute import diff, stages
 logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
 CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
-STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1, "similarity": 1, "transfer": 1,
-                 "matching": 1}  # bump when a stage's math changes
+# Bump when a stage's math changes. quality 2 and the cross stages 2: an even sample of every corpus file, not
+# the first rows (the first file's alone); matching 2: dead / rare statuses, every pair, the assignment.
+STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 2, "similarity": 2, "transfer": 2,
+                 "matching": 2}
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
 
@@ -76,6 +78,8 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
         db.drop_arms_except(con, [arm.name for arm in config.arms] + _pair_labels(config))
+        stages_run = STAGES + (CROSS_STAGES if len(config.arms) == 2 else ())
+        db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
                         for position, arm in enumerate(config.arms)}
         if len(config.arms) == 2:
@@ -122,7 +126,9 @@ def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: Ar
             start = time.perf_counter()
             tables, metrics = stages.RUNNERS[stage](con, inputs, loaded)
             seconds = time.perf_counter() - start
-            db.write_stage(con, arm.name, stage, keys[stage], seconds, tables, metrics)
+            measured_on = inputs.token_set(stage)
+            db.write_stage(con, arm.name, stage, keys[stage], seconds, tables, metrics,
+                           token_set=measured_on.name if measured_on else None)
             report.seconds.setdefault(arm.name, {})[stage] = seconds
             logger.info("%s/%s: done in %.1f s", arm.name, stage, seconds)
         return fingerprints
@@ -144,11 +150,12 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, finger
     if not todo:
         return
     a, b = (load_arm(arm, device) for arm in config.arms)
-    rows = inputs.corpus_rows(a)
-    if config.diff.tokens:
-        rows = rows[: max(1, -(-config.diff.tokens // config.corpus.context_size))]
-    pair = diff.Pair(a, b, rows, config.activations.batch_size, config.diff.match_threshold,
-                     config.diff.outlier_factor, lambda desc: progress_bar(inputs.show_progress, desc, "batch"))
+    sample = inputs.token_set("matching")  # every cross stage reads the same rows, both arms the same rows
+    logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
+                ", ".join(f"{source} {n} rows" for source, n in sample.sources))
+    pair = diff.Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
+                     config.diff.match_threshold, config.diff.outlier_factor,
+                     lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings)
     for stage in todo:
         start = time.perf_counter()
         reason = diff.skip_reason(pair, stage)
@@ -158,7 +165,7 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, finger
         else:
             tables, metrics = diff.RUNNERS[stage](con, pair)
         seconds = time.perf_counter() - start
-        db.write_stage(con, label, stage, keys[stage], seconds, tables, metrics, note=reason)
+        db.write_stage(con, label, stage, keys[stage], seconds, tables, metrics, note=reason, token_set=sample.name)
         report.seconds.setdefault(label, {})[stage] = seconds
         logger.info("%s/%s: done in %.1f s", label, stage, seconds)
 

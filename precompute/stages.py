@@ -20,7 +20,7 @@ from core import database as db
 from core.activations import INTERVAL_EDGES, ActivationSummary, ContextSet, collect_activations, medical_llr
 from core.coherence import TokenWords, feature_word_scores, token_words
 from core.config import StudyConfig
-from core.corpus import load_corpus_rows
+from core.corpus import TokenSet, load_corpus_rows, token_set
 from core.embeddings import embedding_coverage, load_embeddings
 from core.loading import LoadedArm
 from core.projection import decoder_projection_topk
@@ -53,6 +53,15 @@ class StudyInputs:
         if loaded.name not in self._rows:
             self._rows[loaded.name] = load_corpus_rows(self.config.corpus, loaded.model.tokenizer)
         return self._rows[loaded.name]
+
+    def token_set(self, stage: str) -> TokenSet | None:
+        """The tokens `stage` measures on: the whole corpus (activations), an even sample of quality_tokens
+        (quality) or of diff.tokens (the cross stages); None for a stage that reads no tokens."""
+        corpus = self.config.corpus
+        sizes = {"activations": 0, "quality": self.config.activations.quality_tokens,
+                 "similarity": self.config.diff.tokens, "transfer": self.config.diff.tokens,
+                 "matching": self.config.diff.tokens}
+        return token_set(corpus, sizes[stage]) if stage in sizes else None
 
     def token_strings(self, loaded: LoadedArm) -> tuple[list[str], np.ndarray]:
         """vocabulary_strings of this arm's tokenizer, computed once per arm."""
@@ -223,10 +232,8 @@ def _unigram_table(arm: str, counts: np.ndarray, text: np.ndarray) -> pa.Table:
 
 
 def run_quality(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:
-    config = inputs.config
-    rows = inputs.corpus_rows(loaded)
-    n_rows = max(1, -(-config.activations.quality_tokens // config.corpus.context_size))
-    quality = sae_quality(loaded.model, loaded.sae, loaded.hook_name, rows[:n_rows], config.activations.batch_size,
+    rows = inputs.token_set("quality").select(inputs.corpus_rows(loaded))
+    quality = sae_quality(loaded.model, loaded.sae, loaded.hook_name, rows, inputs.config.activations.batch_size,
                           progress=inputs.progress(f"{loaded.name} quality", "batch"))
     recon = quality.reconstruction
     return {}, {

@@ -34,8 +34,10 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
     if len(diff_counts):
-        fates = "; ".join(f"{r.arm} {r.status} {r.features:,} ({100 * r.share:.0f}%)" for r in diff_counts.itertuples())
-        lines.append(f"  model diff: {fates}")
+        fates = "; ".join(f"{r.arm} {r.status} {r.features:,}" + (f" ({100 * r.share:.0f}%)" if r.share == r.share
+                                                                     and r.share is not None else "")
+                          for r in diff_counts.itertuples())
+        lines.append(f"  model diff on {int(pair.get('matching.n_tokens', 0)):,} tokens: {fates}")
     if "similarity.mean_cosine" in pair:
         lines.append(f"  activation similarity at the hook: mean cosine {pair['similarity.mean_cosine']:.3f}")
     return lines

@@ -19,7 +19,15 @@ DENSITY = {0: 0.01, 1: 0.002, 2: 0.3, 3: 0.0, 4: 0.05, 5: 0.0001}
 FINGERPRINT = {"base": "fp-base", "finetuned": "fp-finetuned"}
 
 
-def write_tiny_db(path: Path, arms=("base", "finetuned")) -> Path:
+# The model diff (write_tiny_db(..., pair=True)), on a token set of 2 + 2 rows of 16 tokens from two files.
+# base 0 is the partner of finetuned 0, 2 and 3 (many-to-one); the assignment keeps base0-ft0 and base4-ft1.
+STATUS = {"base": ["persist", "dead", "disappear", "rare", "persist", "disappear"],
+          "finetuned": ["persist", "persist", "persist", "persist", "dead", "emerge"]}
+PAIRS = [(0, 0, 0.95, True), (0, 2, 0.85, False), (0, 3, 0.82, False), (4, 1, 0.9, True)]  # base, ft, corr, kept
+DIFF_FIRED = {"base": [40, 0, 30, 3, 25, 12], "finetuned": [40, 25, 38, 37, 0, 20]}
+
+
+def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) -> Path:
     con, _ = db.open_build(path)
     db.write_study(con, "tiny", "", "{}", "hash", "{}", HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
     for position, arm in enumerate(arms):
@@ -28,6 +36,8 @@ def write_tiny_db(path: Path, arms=("base", "finetuned")) -> Path:
                            "n_layers": 1, "device": "cpu", "model_fingerprint": "m", "sae_fingerprint": FINGERPRINT[arm],
                            "processing_json": "{}"})
         _write_arm_stages(con, arm)
+    if pair:
+        _write_pair_stages(con)
     db.publish(con, path)
     return path
 
@@ -62,6 +72,39 @@ def _write_arm_stages(con, arm: str) -> None:
                          "tokens": [["The", TOP[f][0], " beats"] for f in range(D_SAE)],
                          "acts": [[0.0, float(f + 1), 0.1] for f in range(D_SAE)]})
     db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts, "histograms": hist,
-                                                       "contexts": contexts})
+                                                       "contexts": contexts}, token_set="corpus")
     db.write_stage(con, arm, "quality", "k", 0.0, {}, {"explained_variance": 0.9, "l0": 12.0,
-                                                        "ce_loss_recovered": 0.95})
+                                                        "ce_loss_recovered": 0.95, "n_tokens": 1500},
+                   token_set="corpus")
+
+
+def _write_pair_stages(con) -> None:
+    from core.corpus import TokenSet
+
+    db.write_token_sets(con, [TokenSet("corpus", tuple(range(100)), (("general", 50), ("medical", 50)), 16),
+                              TokenSet("sample-4", (10, 30, 60, 80), (("general", 2), ("medical", 2)), 16)])
+    rows = []
+    for arm, other in (("base", "finetuned"), ("finetuned", "base")):
+        for f in range(D_SAE):
+            mine = [(p[1] if arm == "base" else p[0], p[2], p[3]) for p in PAIRS if (p[0] if arm == "base" else p[1]) == f]
+            best = max(mine, key=lambda m: m[1]) if mine else None
+            kept = [m for m in mine if m[2]]
+            rows.append({"pair": "base|finetuned", "arm": arm, "feature": f, "match_arm": other,
+                         "match_feature": best[0] if best else (5 if STATUS[arm][f] in ("disappear", "emerge") else None),
+                         "match_corr": best[1] if best else (0.4 if STATUS[arm][f] in ("disappear", "emerge") else None),
+                         "status": STATUS[arm][f], "n_fired": DIFF_FIRED[arm][f], "n_partners": len(mine),
+                         "assigned_feature": kept[0][0] if kept else None,
+                         "assigned_corr": kept[0][1] if kept else None})
+    pairs = pa.table({"pair": ["base|finetuned"] * len(PAIRS), "arm_a": ["base"] * len(PAIRS),
+                      "feature_a": [p[0] for p in PAIRS], "arm_b": ["finetuned"] * len(PAIRS),
+                      "feature_b": [p[1] for p in PAIRS], "corr": [p[2] for p in PAIRS], "assigned": [p[3] for p in PAIRS]})
+    db.write_stage(con, "base|finetuned", "matching", "k", 0.0,
+                   {"feature_matches": pa.Table.from_pylist(rows), "match_pairs": pairs},
+                   {"threshold": 0.8, "min_firings": 10, "n_tokens": 60, "n_pairs": 4, "n_assigned": 2,
+                    "assigned_corr_total": 1.85}, token_set="sample-4")
+    transfer = [("base", "base", 0.25), ("base", "finetuned", 0.3), ("finetuned", "finetuned", 0.2),
+                ("finetuned", "base", 0.4)]
+    table = pa.table({"pair": ["base|finetuned"] * 8, "sae_arm": [t[0] for t in transfer for _ in (0, 1)],
+                      "model_arm": [t[1] for t in transfer for _ in (0, 1)],
+                      "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
+    db.write_stage(con, "base|finetuned", "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")

@@ -9,7 +9,10 @@ transaction per finished stage, and renames it over the target only when every s
 
 Tables (one row per arm × feature where it says feature; names follow SAELens / Neuronpedia):
 - study: the config and its hash, package versions, schema version, histogram edges (one row)
-- stages: per arm and stage, the key of the inputs it was computed from (same key → skipped on re-run)
+- stages: per arm and stage, the key of the inputs it was computed from (same key → skipped on re-run) and the
+  token set it measured on (NULL for stages that read no tokens)
+- token_sets: per token set ("corpus", "sample-<rows>") and corpus source (file), its rows and tokens (BOS left
+  out): every number measured on tokens names one of these
 - arms: model, SAE source, hook_name, d_in, d_sae, d_vocab, weight fingerprints
 - top_tokens: decoder projection, kind 'top' | 'bottom', rank 0 = strongest
 - feature_words: coherence, n_valid, med_matches, is_candidate, matched_words, and the top tokens as text
@@ -17,7 +20,8 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
 - histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
 - cross-arm, keyed by `pair` ("base|finetuned"): similarity_hist, similarity_by_position, transfer_metrics,
-  transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear)
+  transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
+  rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
 - features: a view joining feature_words, feature_activations and feature_matches
 """
 
@@ -36,7 +40,8 @@ import pyarrow as pa
 
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 5  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables
+SCHEMA_VERSION = 6  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+# 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [
@@ -44,7 +49,9 @@ SCHEMA = [
         config_hash VARCHAR, versions_json VARCHAR, schema_version INTEGER, hist_edges DOUBLE[],
         interval_edges DOUBLE[], updated_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS stages (arm VARCHAR, stage VARCHAR, stage_key VARCHAR, seconds DOUBLE,
-        finished_at TIMESTAMP, note VARCHAR, PRIMARY KEY (arm, stage))""",
+        finished_at TIMESTAMP, note VARCHAR, token_set VARCHAR, PRIMARY KEY (arm, stage))""",
+    """CREATE TABLE IF NOT EXISTS token_sets (token_set VARCHAR, source VARCHAR, position INTEGER, n_rows INTEGER,
+        n_tokens BIGINT, PRIMARY KEY (token_set, source))""",
     """CREATE TABLE IF NOT EXISTS arms (arm VARCHAR PRIMARY KEY, position INTEGER, model VARCHAR,
         sae_source VARCHAR, hook_name VARCHAR, d_in INTEGER, d_sae INTEGER, d_vocab INTEGER, n_layers INTEGER,
         device VARCHAR, model_fingerprint VARCHAR, sae_fingerprint VARCHAR, processing_json VARCHAR)""",
@@ -72,7 +79,9 @@ SCHEMA = [
         feature INTEGER, frac_nonzero DOUBLE)""",
     """CREATE TABLE IF NOT EXISTS feature_matches (pair VARCHAR, arm VARCHAR, feature INTEGER, match_arm VARCHAR,
         match_feature INTEGER, match_corr FLOAT, status VARCHAR, decoder_cos FLOAT, logit_sim FLOAT,
-        n_fired BIGINT)""",
+        n_fired BIGINT, n_partners INTEGER, assigned_feature INTEGER, assigned_corr FLOAT)""",
+    """CREATE TABLE IF NOT EXISTS match_pairs (pair VARCHAR, arm_a VARCHAR, feature_a INTEGER, arm_b VARCHAR,
+        feature_b INTEGER, corr FLOAT, assigned BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS steer_features (arm VARCHAR, feature INTEGER, coefficient DOUBLE,
         samples INTEGER, mean_unsteered DOUBLE, mean_steered DOUBLE, passing BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS steer_samples (arm VARCHAR, feature INTEGER, sample INTEGER, seed INTEGER,
@@ -82,7 +91,8 @@ SCHEMA = [
                w.top_words,
                a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
                a.med_fired, a.llr,
-               m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status
+               m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,
+               m.n_partners, m.assigned_feature, m.assigned_corr
         FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
         LEFT JOIN feature_matches m USING (arm, feature)""",
 ]
@@ -95,14 +105,14 @@ STAGE_TABLES = {
     "quality": (),
     "similarity": ("similarity_hist", "similarity_by_position"),
     "transfer": ("transfer_metrics", "transfer_densities"),
-    "matching": ("feature_matches",),
+    "matching": ("feature_matches", "match_pairs"),
     "steering": ("steer_features", "steer_samples"),  # `precompute steer-eval`, not part of `run`
 }
 CROSS_STAGES = ("similarity", "transfer", "matching")  # their tables are keyed by `pair`, not `arm`
 ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
               "unigram", "metrics", "steer_features", "steer_samples")
 PAIR_TABLES = ("similarity_hist", "similarity_by_position", "transfer_metrics", "transfer_densities",
-               "feature_matches")
+               "feature_matches", "match_pairs")
 
 
 def building_path(target: Path) -> Path:
@@ -213,9 +223,9 @@ def stage_key(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> str | Non
 
 def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, seconds: float,
                 tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None,
-                note: str | None = None) -> None:
+                note: str | None = None, token_set: str | None = None) -> None:
     """Replace one stage's rows for one arm (or, for a cross stage, one pair label) and mark it finished, in
-    one transaction (all or nothing)."""
+    one transaction (all or nothing). `token_set`: the name (in token_sets) of the tokens it measured on."""
     unknown = set(tables) - set(STAGE_TABLES[stage])
     if unknown:
         raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
@@ -230,7 +240,17 @@ def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, 
         if metrics:
             con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
                             [[arm, stage, name, float(value)] for name, value in metrics.items()])
-        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now(), ?)", [arm, stage, key, seconds, note])
+        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now(), ?, ?)", [arm, stage, key, seconds, note, token_set])
+
+
+def write_token_sets(con: duckdb.DuckDBPyConnection, token_sets: list[Any]) -> None:
+    """Replace the token_sets table with these `core.corpus.TokenSet`s (the ones this run's stages read)."""
+    rows = {(ts.name, source): [ts.name, source, position, n_rows, n_rows * (ts.context_size - 1)]
+            for ts in token_sets for position, (source, n_rows) in enumerate(ts.sources)}
+    with _transaction(con):
+        con.execute("DELETE FROM token_sets")
+        if rows:
+            con.executemany("INSERT INTO token_sets VALUES (?, ?, ?, ?, ?)", list(rows.values()))
 
 
 @contextmanager

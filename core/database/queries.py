@@ -103,16 +103,21 @@ def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def arm_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per arm: features, candidates, coherence mean / median, dead features, and L0, explained variance,
-    CE loss recovered and tokens of the quality stage."""
+    """Per arm: features, candidates, coherence mean / median, dead features and their share (never fired on
+    the activation stage's tokens, `dead_token_set`), and L0, explained variance, CE loss recovered and tokens of
+    the quality stage (measured on `token_set`)."""
     quality = con.execute("""
-        SELECT arm, max(value) FILTER (WHERE metric = 'l0') AS l0,
+        SELECT m.arm, max(value) FILTER (WHERE metric = 'l0') AS l0,
                max(value) FILTER (WHERE metric = 'explained_variance') AS explained_variance,
                max(value) FILTER (WHERE metric = 'ce_loss_recovered') AS ce_loss_recovered,
-               max(value) FILTER (WHERE metric = 'n_tokens') AS n_tokens
-        FROM metrics WHERE stage = 'quality' GROUP BY arm""").df()
+               max(value) FILTER (WHERE metric = 'n_tokens') AS n_tokens, any_value(s.token_set) AS token_set
+        FROM metrics m LEFT JOIN stages s ON s.arm = m.arm AND s.stage = m.stage
+        WHERE m.stage = 'quality' GROUP BY m.arm""").df()
+    dead_on = con.execute("SELECT arm, token_set AS dead_token_set FROM stages WHERE stage = 'activations'").df()
     arms_table = con.execute("SELECT arm, hook_name, d_sae, position FROM arms").df()
-    merged = arm_summary(con).merge(arms_table, on="arm", how="left").merge(quality, on="arm", how="left")
+    merged = (arm_summary(con).merge(arms_table, on="arm", how="left").merge(quality, on="arm", how="left")
+              .merge(dead_on, on="arm", how="left"))
+    merged.insert(merged.columns.get_loc("dead") + 1, "dead_fraction", merged["dead"] / merged["features"])
     columns = ["arm", "hook_name", "d_sae"] + [c for c in merged.columns if c not in ("arm", "hook_name", "d_sae",
                                                                                      "position")]
     return merged.sort_values(["position", "arm"])[columns].reset_index(drop=True)
@@ -180,22 +185,30 @@ def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFra
         FROM bins b, study s GROUP BY b.arm, i, s.hist_edges ORDER BY b.arm, i""").df()
 
 
+# The Label queue leaves out features with nothing to judge: dead on the corpus, or dead / too rare on the diff's
+# tokens (a constant; no user input).
+_LABELLABLE = "(coalesce(f.n_fired, 1) > 0 AND coalesce(f.diff_status NOT IN ('dead', 'rare'), TRUE))"
+
+
 def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
                               labels: pd.DataFrame | None) -> dict[str, Any] | None:
     """The Label page's queue: the arm's unlabelled candidate with most matches (then coherence), or None."""
     with _with_labels(con, labels):
-        frame = con.execute("""
+        frame = con.execute(f"""
             SELECT f.* FROM features f LEFT JOIN current_labels l USING (arm, feature)
-            WHERE f.arm = ? AND f.is_candidate AND l.label IS NULL
+            WHERE f.arm = ? AND f.is_candidate AND l.label IS NULL AND {_LABELLABLE}
             ORDER BY f.med_matches DESC, f.coherence DESC NULLS LAST, f.feature LIMIT 1""", [arm]).df()
     return None if frame.empty else frame.iloc[0].to_dict()
 
 
 def label_progress(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> pd.DataFrame:
-    """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled."""
+    """arm, candidates, labelled: how far each arm's queue of medical candidates is labelled; left_out: the
+    candidates the queue skips (dead on the corpus, or dead / too rare on the diff's tokens)."""
     with _with_labels(con, labels):
-        return con.execute("""
-            SELECT f.arm, count(*) AS candidates, count(l.label) AS labelled
+        return con.execute(f"""
+            SELECT f.arm, count(*) FILTER (WHERE {_LABELLABLE}) AS candidates,
+                   count(l.label) FILTER (WHERE {_LABELLABLE}) AS labelled,
+                   count(*) FILTER (WHERE NOT {_LABELLABLE}) AS left_out
             FROM features f LEFT JOIN current_labels l USING (arm, feature)
             WHERE f.is_candidate GROUP BY f.arm ORDER BY f.arm""").df()
 
@@ -242,27 +255,94 @@ def diff_notes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def diff_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """arm, status (persist / emerge / disappear), features, share of the arm's features."""
-    return con.execute("""
-        SELECT arm, status, count(*) AS features, count(*) / sum(count(*)) OVER (PARTITION BY arm) AS share
-        FROM feature_matches GROUP BY arm, status ORDER BY arm, status""").df()
+    """arm, status, features, share. Shares of persist / emerge / disappear are of the arm's features that have
+    a fate (neither dead nor rare on the diff's tokens); dead and rare have no share (NULL)."""
+    return con.execute(f"""
+        SELECT arm, status, count(*) AS features,
+               CASE WHEN status IN ('dead', 'rare') THEN NULL
+                    ELSE count(*) / sum(count(*)) FILTER (WHERE status NOT IN ('dead', 'rare'))
+                                   OVER (PARTITION BY arm) END AS share
+        FROM feature_matches GROUP BY arm, status ORDER BY arm, {_STATUS_ORDER}""").df()
+
+
+_STATUS_ORDER = "list_position(['persist', 'emerge', 'disappear', 'rare', 'dead'], status)"  # a constant
 
 
 def match_correlations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """arm, feature, match_corr (the best match's correlation) of every feature that fired."""
-    return con.execute("SELECT arm, feature, match_corr FROM feature_matches WHERE match_corr IS NOT NULL").df()
+    """arm, feature, match_corr (the best match's correlation) of every feature with a fate."""
+    return con.execute("SELECT arm, feature, match_corr FROM feature_matches "
+                       "WHERE match_corr IS NOT NULL AND status NOT IN ('dead', 'rare')").df()
 
 
 def diff_features(con: duckdb.DuckDBPyConnection, status: str, sort: str = "frac_nonzero",
                   descending: bool = True, limit: int = 200) -> pd.DataFrame:
-    """Features of one status with their density, coherence, matches, top tokens and best (sub-threshold) match."""
-    if sort not in SORTABLE:
-        raise ValueError(f"sort must be one of {SORTABLE}")
+    """Features of one status with their density, coherence, matches, top tokens, best (sub-threshold) match,
+    how many partners they have at or above the threshold (the strongest listed) and their one-to-one partner."""
+    if sort not in SORTABLE + ("n_partners",):
+        raise ValueError(f"sort must be one of {SORTABLE + ('n_partners',)}")
     order = f"{sort} {'DESC' if descending else 'ASC'} NULLS LAST, arm, feature"  # sort: whitelisted
     return con.execute(f"""
-        SELECT arm, feature, top_text AS top_tokens, frac_nonzero, coherence, med_matches, is_candidate,
-               match_arm, match_feature, match_corr
-        FROM features WHERE diff_status = ? ORDER BY {order} LIMIT ?""", [status, limit]).df()
+        SELECT arm, feature, top_text AS top_tokens, frac_nonzero, diff_n_fired, coherence, med_matches,
+               is_candidate, match_arm, match_feature, match_corr, n_partners, p.partners, assigned_feature,
+               assigned_corr
+        FROM features LEFT JOIN ({_PARTNER_LISTS}) p USING (arm, feature)
+        WHERE diff_status = ? ORDER BY {order} LIMIT ?""", [status, limit]).df()
+
+
+# Per feature of either arm: its partners at or above the threshold as text, strongest first (a constant).
+_PARTNER_LISTS = """
+    SELECT arm, feature, string_agg(partner || ' (' || printf('%.3f', corr) || ')', ', '
+                                    ORDER BY corr DESC, partner) AS partners
+    FROM (SELECT arm_a AS arm, feature_a AS feature, feature_b AS partner, corr FROM match_pairs
+          UNION ALL SELECT arm_b, feature_b, feature_a, corr FROM match_pairs)
+    GROUP BY arm, feature"""
+
+
+def feature_partners(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
+    """partner_arm, partner, corr, assigned: every feature of the other arm that correlates with this one at or
+    above the threshold, strongest first."""
+    return con.execute("""
+        SELECT partner_arm, partner, corr, assigned FROM (
+            SELECT arm_a AS arm, feature_a AS feature, arm_b AS partner_arm, feature_b AS partner, corr, assigned
+            FROM match_pairs
+            UNION ALL SELECT arm_b, feature_b, arm_a, feature_a, corr, assigned FROM match_pairs)
+        WHERE arm = ? AND feature = ? ORDER BY corr DESC, partner""", [arm, int(feature)]).df()
+
+
+def many_to_one(con: duckdb.DuckDBPyConnection, limit: int = 50) -> pd.DataFrame:
+    """Features with more than one partner at or above the threshold, most partners first."""
+    return con.execute("""
+        SELECT arm, feature, n_partners, top_text AS top_tokens, assigned_feature, assigned_corr
+        FROM features WHERE n_partners > 1 ORDER BY n_partners DESC, arm, feature LIMIT ?""", [limit]).df()
+
+
+def matching_export(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The whole matching, one row per feature of both arms: status, firings on the diff's tokens, best match,
+    every partner at or above the threshold (lists, strongest first) and the one-to-one partner."""
+    return con.execute("""
+        WITH both_sides AS (
+            SELECT arm_a AS arm, feature_a AS feature, feature_b AS partner, corr FROM match_pairs
+            UNION ALL SELECT arm_b, feature_b, feature_a, corr FROM match_pairs),
+        lists AS (SELECT arm, feature, list(partner ORDER BY corr DESC, partner) AS partners,
+                         list(corr ORDER BY corr DESC, partner) AS partner_corrs FROM both_sides GROUP BY arm, feature)
+        SELECT m.arm, m.feature, m.status, m.n_fired AS n_fired_diff_tokens, m.match_arm AS other_arm,
+               m.match_feature AS best_match, m.match_corr AS best_corr, m.n_partners,
+               coalesce(l.partners, []) AS partners, coalesce(l.partner_corrs, []) AS partner_corrs,
+               m.assigned_feature AS one_to_one_match, m.assigned_corr AS one_to_one_corr,
+               m.decoder_cos, m.logit_sim
+        FROM feature_matches m LEFT JOIN lists l USING (arm, feature)
+        ORDER BY list_position((SELECT list(arm ORDER BY position) FROM arms), m.arm), m.feature""").df()
+
+
+def token_sets(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """token_set, source, n_rows, n_tokens: what each token set is made of, source by source (corpus order)."""
+    return con.execute("SELECT token_set, source, n_rows, n_tokens FROM token_sets ORDER BY token_set, position").df()
+
+
+def stage_token_sets(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """"arm/stage" (or "pair/stage") -> the token set the stage measured on."""
+    rows = con.execute("SELECT arm || '/' || stage, token_set FROM stages WHERE token_set IS NOT NULL").fetchall()
+    return dict(rows)
 
 
 def similarity_hist(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

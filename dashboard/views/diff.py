@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import charts, data
+from dashboard import state_keys as keys
 
 config = data.require_database()
 st.title("Model diff")
@@ -20,57 +21,101 @@ if counts.empty and notes.empty:
     st.stop()
 
 metrics = data.query("pair_metrics")
+measured_on = data.query("stage_token_sets")
+pair = f"{config.arms[0].name}|{config.arms[1].name}"
+diff_set = measured_on.get(f"{pair}/matching") or measured_on.get(f"{pair}/transfer")
+corpus_set = measured_on.get(f"{config.arms[0].name}/activations")
+st.markdown(f"**Tokens compared** (both models, the same rows): {data.token_set_text(diff_set, detail=True)}.")
+
 threshold = metrics.get("matching.threshold", config.diff.match_threshold)
+min_firings = int(metrics.get("matching.min_firings", config.diff.min_firings))
 if not counts.empty:
-    st.markdown(f"Two features are **the same** when their activations over the same "
-                f"{int(metrics.get('matching.n_tokens', 0)):,} tokens correlate at least **{threshold:g}**: a base "
-                "feature without such a match *disappears*, a fine-tuned one *emerges*, matched ones *persist*.")
+    st.markdown(f"Two features are **the same** when their activations over these tokens correlate at least "
+                f"**{threshold:g}**: a base feature without such a match *disappears*, a fine-tuned one *emerges*, "
+                f"matched ones *persist*. A feature that never fired on these tokens is **dead**, one that fired "
+                f"fewer than **{min_firings}** times (`diff.min_firings`) is **rare**: neither has a fate, and both "
+                "are left out of the shares, the tables of emerged and disappeared features and the Label queue.")
+    table = counts.pivot(index="arm", columns="status", values="features").fillna(0).astype(int)
+    st.dataframe(table.reset_index(), hide_index=True, key="diff_count_table")
     left, right = st.columns(2)
-    left.plotly_chart(charts.diff_status_bars(counts), key="diff_status")
+    left.plotly_chart(charts.diff_status_bars(counts[counts["share"].notna()]), key="diff_status")
     right.plotly_chart(charts.match_correlation_histogram(data.query("match_correlations"), threshold),
                        key="match_corr")
-    st.subheader("Emerged and disappeared features")
+
+    st.subheader("Best match and one-to-one")
+    persisting = data.query("diff_features", "persist", "frac_nonzero", True, 100_000)
+    for arm, other in ((config.arms[1].name, config.arms[0].name), (config.arms[0].name, config.arms[1].name)):
+        group = persisting[persisting["arm"] == arm]
+        st.markdown(f"- Best-match view: **{len(group):,}** persisting {arm} features match "
+                    f"**{group['match_feature'].nunique():,}** distinct {other} features.")
+    st.markdown(f"- One-to-one assignment (no feature used twice, maximum total correlation over the "
+                f"{int(metrics.get('matching.n_pairs', 0)):,} pairs at or above {threshold:g}): "
+                f"**{int(metrics.get('matching.n_assigned', 0)):,}** pairs, total correlation "
+                f"{metrics.get('matching.assigned_corr_total', 0):,.1f}.")
+    many = data.query("many_to_one")
+    if not many.empty:
+        st.markdown("**Many-to-one**: features that are the partner of several features of the other arm")
+        st.dataframe(many, hide_index=True, width="stretch", key="many_to_one",
+                     column_config={"n_partners": "partners", "assigned_feature": "one-to-one partner",
+                                    "assigned_corr": st.column_config.NumberColumn("its corr.", format="%.3f")})
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button("Matching as CSV", data.matching_export("csv"), "matching.csv", "text/csv",
+                       key=keys.DIFF_EXPORT_CSV)
+    c2.download_button("Matching as Parquet", data.matching_export("parquet"), "matching.parquet",
+                       "application/vnd.apache.parquet", key=keys.DIFF_EXPORT_PARQUET)
+
+    st.subheader("Features by fate")
     c1, c2 = st.columns([1, 3])
-    status = c1.radio("Show", ("emerge", "disappear", "persist"), horizontal=False, key="diff_status_choice")
-    sort = c2.selectbox("Sort by", ("frac_nonzero", "coherence", "med_matches"), key="diff_sort")
+    status = c1.radio("Show", ("emerge", "disappear", "persist", "rare", "dead"), key=keys.DIFF_STATUS)
+    sort = c2.selectbox("Sort by", ("frac_nonzero", "coherence", "med_matches", "n_partners"), key=keys.DIFF_SORT)
     table = data.query("diff_features", status, sort, True, 200)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
-                         compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={mf}"
+                         compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={int(mf)}"
                                   if mf == mf and mf is not None else None
                                   for a, f, ma, mf in zip(table["arm"], table["feature"], table["match_arm"],
                                                           table["match_feature"])])
-    st.dataframe(table[["open", "compare", "arm", "feature", "top_tokens", "frac_nonzero", "coherence", "med_matches",
-                        "match_feature", "match_corr"]], hide_index=True, width="stretch", key="diff_table",
+    st.dataframe(table[["open", "compare", "arm", "feature", "top_tokens", "frac_nonzero", "diff_n_fired",
+                        "coherence", "med_matches", "match_feature", "match_corr", "n_partners", "partners",
+                        "assigned_feature"]], hide_index=True, width="stretch", key="diff_table",
                  column_config={"open": st.column_config.LinkColumn("", display_text="open"),
                                 "compare": st.column_config.LinkColumn("", display_text="compare with best match"),
-                                "frac_nonzero": st.column_config.NumberColumn("density", format="%.2e"),
+                                "frac_nonzero": st.column_config.NumberColumn("density (corpus)", format="%.2e"),
+                                "diff_n_fired": st.column_config.NumberColumn("firings (diff tokens)"),
                                 "coherence": st.column_config.NumberColumn(format="%.3f"),
-                                "match_corr": st.column_config.NumberColumn("best corr.", format="%.3f")})
+                                "match_corr": st.column_config.NumberColumn("best corr.", format="%.3f"),
+                                "n_partners": "partners", "partners": "partners ≥ threshold",
+                                "assigned_feature": "one-to-one partner"})
 
 hist = data.query("similarity_hist")
 if not hist.empty:
     st.subheader("Activation similarity at the hook")
     st.markdown(f"Same tokens through both models: mean per-token cosine **{metrics.get('similarity.mean_cosine', 0):.3f}**, "
-                f"mean Euclidean distance **{metrics.get('similarity.mean_distance', 0):.3g}**.")
+                f"mean Euclidean distance **{metrics.get('similarity.mean_distance', 0):.3g}** "
+                f"(on {data.token_set_text(measured_on.get(f'{pair}/similarity'))}).")
     c1, c2, c3 = st.columns(3)
     c1.plotly_chart(charts.similarity_histogram(hist, "cosine"), key="sim_cos")
     c2.plotly_chart(charts.similarity_histogram(hist, "distance"), key="sim_dist")
     c3.plotly_chart(charts.similarity_by_position(data.query("similarity_by_position")), key="sim_pos")
 
 st.subheader("Feature densities")
-dead = data.arm_overview(config).set_index("arm")["dead"]
-st.caption("Share of tokens on which each feature fires, per arm; dead features (never fired): "
-           + ", ".join(f"{arm} {int(n):,}" for arm, n in dead.items()) + ".")
+overview = data.arm_overview(config).set_index("arm")
+st.caption(f"Share of tokens on which each feature fires, per arm, on {data.token_set_text(corpus_set)}; dead "
+           "features (never fired there): " + ", ".join(f"{arm} {int(row.dead):,} ({row.dead_fraction:.1%})"
+                                                         for arm, row in overview.iterrows()) + ".")
 st.plotly_chart(charts.log_density_histogram(data.query("log_densities")), key="log_density")
 
 transfer = data.query("transfer_table")
 if not transfer.empty:
     st.subheader("SAE transfer")
-    st.caption("Each SAE on its own model and on the other one; positions whose activation norm exceeds "
-               f"{config.diff.outlier_factor:g}× the median are left out of the reconstruction numbers.")
+    st.caption(f"Each SAE on its own model and on the other one, on {data.token_set_text(measured_on.get(f'{pair}/transfer'))}"
+               f"; positions whose activation norm exceeds {config.diff.outlier_factor:g}× the median are left out "
+               "of the reconstruction numbers. The Overview's numbers are the quality stage's, on the token set it "
+               "names.")
     st.dataframe(transfer, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in transfer.columns
-                                if c not in ("sae_arm", "model_arm", "n_outliers", "n_tokens")})
+                                if c not in ("sae_arm", "model_arm", "n_outliers", "n_tokens", "dead_fraction")}
+                 | {"dead_fraction": st.column_config.NumberColumn("dead (these tokens)", format="percent"),
+                    "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
     arms = [arm.name for arm in config.arms]
     for col, sae_arm in zip(st.columns(2), arms):
         other = arms[1] if sae_arm == arms[0] else arms[0]

@@ -17,7 +17,11 @@ if progress.empty:
     st.stop()
 for col, row in zip(st.columns(len(progress) + 1), progress.itertuples()):
     col.metric(f"{row.arm}: labelled", f"{row.labelled} / {row.candidates} candidates")
-    col.progress(row.labelled / row.candidates)
+    col.progress(row.labelled / row.candidates if row.candidates else 1.0)
+if progress["left_out"].sum():
+    st.caption("Candidates left out of the queue, with nothing to judge (they never fired, or fired too rarely on "
+               "the model diff's tokens to have a fate): " + ", ".join(
+                   f"{row.arm} {row.left_out:,}" for row in progress.itertuples() if row.left_out) + ".")
 
 queue_arms = progress["arm"].tolist()
 fields = [place.Field(keys.LABEL_QUEUE_ARM, "arm", queue_arms[0], lambda text, _: parse_arm(text, queue_arms),

@@ -22,23 +22,26 @@ if report is not None:
     st.markdown(f"Fine-tuning on medical text changed held-out **medical perplexity by {change:+.0f}%** "
                 f"(seed {report['seed']}{', fast build' if report['fast'] else ''}).")
     st.plotly_chart(charts.perplexity_bars(data.perplexity_frame(report)), key="perplexity_chart")
-    st.markdown("**SAEs** (held-out text of both domains, BOS position excluded)")
-    st.dataframe(data.sae_frame(report), hide_index=True, width="stretch",
-                 column_config={"explained variance": st.column_config.NumberColumn(format="%.3f"),
-                                "dead features": st.column_config.NumberColumn(format="percent"),
-                                "L0": st.column_config.NumberColumn(format="%.1f"),
-                                "MSE": st.column_config.NumberColumn(format="%.4f")})
+    # The build's own check of the SAEs (on its held-out rows) is left out here: the quality stage measures the
+    # same thing on the study's named tokens below, and two nearly equal numbers for one SAE read as a conflict.
 
 data.require_database()
 
 st.subheader("Features per arm")
-st.dataframe(data.arm_overview(config), hide_index=True, width="stretch",
+overview = data.arm_overview(config)
+st.dataframe(overview.drop(columns=["token_set", "dead_token_set"]), hide_index=True, width="stretch",
              column_config={"coherence_mean": st.column_config.NumberColumn("coherence mean", format="%.3f"),
                             "coherence_median": st.column_config.NumberColumn("coherence median", format="%.3f"),
-                            "explained_variance": st.column_config.NumberColumn("explained variance", format="%.3f"),
-                            "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered", format="%.3f"),
-                            "l0": st.column_config.NumberColumn("L0", format="%.1f"),
-                            "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
+                            "dead": st.column_config.NumberColumn("dead ¹", format="%d"),
+                            "dead_fraction": st.column_config.NumberColumn("dead % ¹", format="percent"),
+                            "explained_variance": st.column_config.NumberColumn("explained variance ²", format="%.3f"),
+                            "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered ²", format="%.3f"),
+                            "l0": st.column_config.NumberColumn("L0 ²", format="%.1f"),
+                            "n_tokens": st.column_config.NumberColumn("tokens ²", format="%d")})
+on_tokens = {column: " / ".join(data.token_set_text(name) for name in overview[column].dropna().unique())
+             or "tokens not recorded" for column in ("dead_token_set", "token_set")}
+st.caption(f"¹ never fired on {on_tokens['dead_token_set']}. ² the quality stage, on {on_tokens['token_set']}"
+           + ". The Model diff page measures on its own token set and says which.")
 
 st.subheader("The paper's results, regenerated")
 st.caption("Our numbers from this study's database; the paper's beside them where it reports one. On the embedded "

@@ -57,6 +57,7 @@ def test_defaults_and_hash(tmp_path):
         (study_toml([ARM, ARM]), "unique"),
         (study_toml([ARM], device="gpu"), "study.device"),
         (study_toml([ARM]) + "\n[surprise]\nx = 1\n", "surprise: unknown key"),
+        (study_toml([ARM]) + "\n[diff]\nmin_firings = 0\n", "diff.min_firings must be at least 1"),
         ("[study\nname=", "not valid TOML"),
     ],
 )

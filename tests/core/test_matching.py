@@ -65,10 +65,13 @@ def test_a_known_permutation_is_recovered_and_replaced_features_emerge_and_disap
     assert list(matches.a_status[gone]) == ["disappear"] * 3
     assert (matches.b_status[kept] == "persist").all()
     assert np.nanmax(np.abs(matches.b_corr[replaced])) < 0.1  # independent signals: |r| ~ 1/sqrt(5000)
-    assert matches.counts() == {"persist_a": 37, "disappear": 3, "persist_b": 37, "emerge": 3}
+    assert matches.counts() == {"persist_a": 37, "disappear": 3, "dead_a": 0, "rare_a": 0,
+                                "persist_b": 37, "emerge": 3, "dead_b": 0, "rare_b": 0}
+    assert sorted(zip(matches.pairs.a.tolist(), matches.pairs.b.tolist())) == sorted(
+        (int(perm[j]), j) for j in kept)  # every pair above the threshold, and only those
 
 
-def test_threshold_is_inclusive_and_a_feature_that_never_fires_has_no_match():
+def test_threshold_is_inclusive_and_a_feature_that_never_fires_is_dead_not_disappeared():
     """a = [1, 1, 0, 0], b = [1, 0, 0, 0]: cov 1/8, var 1/4 and 3/16, so r = 1/sqrt(3) = 0.577."""
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # A feature 1 never fires
     b = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
@@ -76,10 +79,40 @@ def test_threshold_is_inclusive_and_a_feature_that_never_fires_has_no_match():
     at = match_features(acc, threshold=1 / np.sqrt(3) - 1e-6)
     assert at.a_corr[0] == pytest.approx(1 / np.sqrt(3), abs=1e-6)
     assert at.a_match[0] == 0 and at.a_status[0] == "persist" and at.b_status[0] == "persist"
-    assert at.a_match[1] == -1 and np.isnan(at.a_corr[1]) and at.a_status[1] == "disappear"
+    assert at.a_match[1] == -1 and np.isnan(at.a_corr[1]) and at.a_status[1] == "dead"
     assert at.a_n_fired.tolist() == [2, 0]
     above = match_features(acc, threshold=0.6)
     assert above.a_status[0] == "disappear" and above.b_status[0] == "emerge" and above.b_match[0] == 0
+
+
+def test_rare_features_get_their_own_status_and_are_nobodys_partner():
+    """A feature 0 fires on 3 tokens, B feature 0 copies it: a perfect correlation over 3 firings. With
+    min_firings 5 both are rare, neither persists, and B feature 1 (a copy of A feature 1) still persists."""
+    a = sparse_signals(400, 3, 0.1, seed=6)
+    a[:, 0] = 0
+    a[[5, 50, 300], 0] = torch.tensor([1.0, 2.0, 0.5])
+    a[:, 2] = 0  # dead
+    b = torch.stack([2 * a[:, 0], a[:, 1]], dim=1)
+    acc = accumulate(a, b)
+    loose = match_features(acc, threshold=0.8, min_firings=1)
+    assert loose.a_status.tolist() == ["persist", "persist", "dead"] and loose.a_corr[0] == pytest.approx(1.0)
+    strict = match_features(acc, threshold=0.8, min_firings=5)
+    assert strict.a_status.tolist() == ["rare", "persist", "dead"] and strict.b_status.tolist() == ["rare", "persist"]
+    assert strict.a_match[0] == -1 and np.isnan(strict.b_corr[0])
+    assert list(zip(strict.pairs.a, strict.pairs.b)) == [(1, 1)]
+    assert strict.counts()["rare_a"] == 1 and strict.counts()["dead_a"] == 1 and strict.counts()["persist_b"] == 1
+
+
+def test_a_planted_many_to_one_match_lists_every_partner():
+    """B features 0, 1, 2 are noisy copies of A feature 4: each one's best match is A 4, and A 4 has 3 partners."""
+    a = sparse_signals(3000, 6, 0.05, seed=7)
+    noise = sparse_signals(3000, 3, 0.002, seed=8)
+    b = torch.cat([a[:, [4]] + noise, a[:, :4]], dim=1)  # B 3..6 are A 0..3
+    matches = match_features(accumulate(a, b), threshold=0.8)
+    assert matches.b_match[:3].tolist() == [4, 4, 4] and (matches.b_status[:3] == "persist").all()
+    n_a, n_b = matches.pairs.partner_counts(6, 7)
+    assert n_a.tolist() == [1, 1, 1, 1, 3, 0] and n_b.tolist() == [1] * 7
+    assert matches.pairs.b[matches.pairs.a == 4].tolist() == [0, 1, 2]
 
 
 def test_cross_product_larger_than_the_budget_is_refused():

