@@ -23,7 +23,8 @@ FEATURE_ID = "feature_id"
 LABEL_CHOICE = "label_choice"
 LABEL_NOTE = "label_note"
 LABEL_SAVE = "label_save"
-LAST_LABEL_EVENT = "last_label_event"  # id of this session's last saved label, for undo
+LABEL_FORM = "label_form"
+LAST_LABEL_EVENT = "last_label_event"  # this session's last saved label (id, arm, feature, label), for undo
 LABEL_UNDO = "label_undo"
 
 # Compare page
