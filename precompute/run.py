@@ -2,9 +2,10 @@
 
 Stages per arm, in order: projection (top / bottom tokens of W_dec @ W_U), words (coherence, medical matches),
 activations (one pass over the corpus: densities, histograms, contexts, unigram, LLR), quality (L0, explained
-variance, CE loss spliced and zero-ablated). Each stage has a key: a hash of everything it reads (the arm's
-weights, the config fields it uses, the files it reads). A stage whose key is already in the database is
-skipped; any change recomputes exactly the stages it affects. The math lives in core/; this is orchestration.
+variance, CE loss spliced and zero-ablated, the median activation norm at the hook: the Steer page's scale).
+Each stage has a key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it
+reads). A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
+affects. The math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from precompute import diff, stages
 logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
 CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
-STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1, "similarity": 1, "transfer": 1,
-                 "matching": 1}  # bump when a stage's math changes
+STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 2, "similarity": 1, "transfer": 1,
+                 "matching": 1}  # bump when a stage's math changes; quality 2: median_activation_norm
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
 

@@ -23,6 +23,7 @@ from core.config import StudyConfig
 from core.corpus import load_corpus_rows
 from core.embeddings import embedding_coverage, load_embeddings
 from core.loading import LoadedArm
+from core.model_diff import activation_norms
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
 from core.words import byte_level_alphabet, normalize_token
@@ -228,9 +229,11 @@ def run_quality(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loa
     n_rows = max(1, -(-config.activations.quality_tokens // config.corpus.context_size))
     quality = sae_quality(loaded.model, loaded.sae, loaded.hook_name, rows[:n_rows], config.activations.batch_size,
                           progress=inputs.progress(f"{loaded.name} quality", "batch"))
+    # The Steer page's scale for a coefficient, on the same tokens (BOS left out): one pass that stops at the hook.
+    norms = activation_norms(loaded.model, loaded.hook_name, rows[:n_rows], config.activations.batch_size)
     recon = quality.reconstruction
     return {}, {
-        "n_tokens": recon.n_tokens, "l0": recon.l0, "explained_variance": recon.explained_variance,
+        "n_tokens": recon.n_tokens, "median_activation_norm": float(norms.median()), "l0": recon.l0, "explained_variance": recon.explained_variance,
         "mse": recon.mse, "ce_loss_clean": quality.ce_loss_clean, "ce_loss_spliced": quality.ce_loss_spliced,
         "ce_loss_zero_ablation": quality.ce_loss_zero_ablation, "ce_loss_delta": quality.ce_loss_delta,
         "ce_loss_recovered": quality.ce_loss_recovered,
