@@ -263,7 +263,8 @@ def last_position_logits(model: Any, residual: Tensor) -> Tensor:
 def generate_steered(arm: LoadedArm, coefficients: Mapping[int, float], prompt: str = PAPER_PROMPT,
                      settings: SamplingSettings = PAPER_SAMPLING,
                      on_token: Callable[[int], None] | None = None) -> Generation:
-    """`generate` with Σ coefficient × W_dec[feature] / ‖W_dec[feature]‖ added at the arm's SAE hook; empty coefficients: unsteered."""
+    """`generate` with Σ coefficient × W_dec[feature] / ‖W_dec[feature]‖ added at the arm's SAE hook; empty
+    coefficients: unsteered."""
     coefficients = {int(f): float(c) for f, c in coefficients.items()}
     if not coefficients:
         return generate(arm.model, prompt, settings, on_token)
