@@ -29,9 +29,20 @@ d_sae = data.d_sae(arm)
 if not features or any(not 0 <= f < d_sae for f in features):
     st.error(f"Give feature ids between 0 and {d_sae - 1}.")
     st.stop()
-if (problem := data.sae_mismatch(arm)) is not None:
-    st.error(problem)
-    st.stop()
+
+
+def require_steerable(name: str) -> None:
+    """Stop the page with one line when the arm's model cannot load or its SAE is not the database's."""
+    try:
+        problem = data.sae_mismatch(name)
+    except Exception as err:  # noqa: BLE001 - a model or SAE that cannot be loaded is one line, not a traceback
+        problem = f"The model or SAE of {name} cannot be loaded: {err}"
+    if problem is not None:
+        st.error(problem)
+        st.stop()
+
+
+require_steerable(arm)
 
 loaded = data.loaded_arm(arm)
 steer = config.steering
@@ -80,9 +91,8 @@ other_coefficients, other_note = None, ""
 if both:
     other_coefficients, other_note = other_arm_plan(arm, other_arm, features, rows, coefficient,
                                                     config.diff.match_threshold)
-    if other_coefficients is not None and (problem := data.sae_mismatch(other_arm)) is not None:
-        st.error(problem)
-        st.stop()
+    if other_coefficients is not None:
+        require_steerable(other_arm)
 
 if st.button("Generate", type="primary", key=keys.STEER_GO):
     try:

@@ -197,6 +197,16 @@ def test_a_replaced_sae_is_refused(steer_study):
     assert not [b for b in at.button if b.key == "steer_go"]  # nothing to steer with
 
 
+def test_an_sae_that_cannot_be_loaded_is_one_line(steer_study):
+    import shutil
+
+    shutil.rmtree(steer_study / "sae")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/steer.py").run()
+    assert not at.exception
+    assert at.error[0].value.startswith("The model or SAE of base cannot be loaded:")
+
+
 def sweep_points(at: AppTest) -> list[str]:
     return [m.value.split(" ·")[0] for m in at.markdown if m.value.startswith("**c = ")]
 
