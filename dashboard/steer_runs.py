@@ -65,6 +65,11 @@ def run_arm(loaded: Any, coefficients: dict[int, float], prompt: str, settings: 
                   shift.set_change, note)
 
 
+def _similarity(value: float) -> str:
+    """The score in bold, or why there is none (NaN: no word of the text, or of the top tokens, is embedded)."""
+    return f"**{value:.3f}**" if value == value else "**—** (no word to score)"
+
+
 def show_arm_run(run: ArmRun) -> None:
     features = ", ".join(f"#{f}" for f in run.coefficients)
     c = next(iter(run.coefficients.values()))
@@ -74,7 +79,7 @@ def show_arm_run(run: ArmRun) -> None:
     names = ("Unsteered", f"Steered ({features}, c = {c:g})")
     for col, name, generation, sim, hits in zip(st.columns(2), names, (run.comparison.unsteered,
                                                 run.comparison.steered), run.similarity, run.hits):
-        col.markdown(f"**{run.arm} · {name}** · similarity to the top tokens **{sim:.3f}** · "
+        col.markdown(f"**{run.arm} · {name}** · similarity to the top tokens {_similarity(sim)} · "
                      f"{int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
         col.markdown(render.context_html([run.prompt] + generation.tokens, [0.0] + hits, 1.0), unsafe_allow_html=True)
     st.caption(f"Log-probability of the feature's top tokens at the next position: {run.set_change:+.3f} nats "
@@ -143,7 +148,7 @@ def show_sweep(sweep: Sweep) -> None:
     frame = pd.DataFrame([{"coefficient": p.coefficient, "similarity": p.similarity} for p in sweep.points])
     st.plotly_chart(charts.dose_response(frame), key="sweep_chart")
     for point in sweep.points:
-        st.markdown(f"**c = {point.coefficient:.3g}** · similarity **{point.similarity:.3f}** · "
+        st.markdown(f"**c = {point.coefficient:.3g}** · similarity {_similarity(point.similarity)} · "
                     f"{int(sum(point.hits))} of {len(point.hits)} new tokens among the top tokens")
         st.markdown(render.context_html([sweep.prompt] + point.tokens, [0.0] + point.hits, 1.0),
                     unsafe_allow_html=True)
@@ -158,7 +163,7 @@ def scale_caption(hook_name: str, norm: tuple[float, int] | None, W_dec: Any, ma
     added = abs(coefficient) * float(steering.steering_vector(W_dec, {f: 1.0 for f in features}).norm())
     strongest = max(max_acts[f] * row_norms[f] for f in features)
     one = len(features) == 1
-    scale = (f"Typical activation norm at `{hook_name}`: **{norm[0]:.3g}** (median over the {norm[1]:,} tokens of "
+    scale = (f"Typical activation norm at `{hook_name}`: **{norm[0]:.4g}** (median over the {norm[1]:,} tokens of "
              "the precompute's quality stage)" if norm else "Typical activation norm: not stored in this database "
              f"(re-run `python -m precompute run --config {config_path}`)")
     rows = ", ".join(f"‖W_dec[{f}]‖ = {n:.3g}" for f, n in row_norms.items())

@@ -54,9 +54,9 @@ max_acts = {f: float(r.get("max_act") or 0) for f, r in zip(features, rows)}
 strongest = max(a * float(W_dec[f].norm()) for f, a in max_acts.items())  # the largest vector a feature writes
 limit = max(4 * (norm[0] if norm else 0), 2 * strongest, 2 * abs(steer.coefficient), 1.0)
 limit = float(-(-limit // 10) * 10) if limit > 10 else limit  # a round bound
-for key in (keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER):  # another arm may have a smaller range
-    if key in st.session_state:
-        st.session_state[key] = min(max(st.session_state[key], -limit), limit)
+for key in (keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER):  # two widgets, one value: set here, once
+    value = st.session_state.get(key, float(steer.coefficient))
+    st.session_state[key] = min(max(value, -limit), limit)  # another arm may have a smaller range
 
 
 def sync(source: str, target: str) -> None:
@@ -65,10 +65,10 @@ def sync(source: str, target: str) -> None:
 
 n1, n2 = st.columns([1, 3])
 coefficient = float(n1.number_input(
-    "Coefficient", -limit, limit, float(steer.coefficient), step=1.0, key=keys.STEER_COEFFICIENT,
-    on_change=sync, args=(keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER), help="type a value, or drag"))
-n2.slider("Coefficient (drag)", -limit, limit, float(steer.coefficient), key=keys.STEER_COEFFICIENT_SLIDER,
-          on_change=sync, args=(keys.STEER_COEFFICIENT_SLIDER, keys.STEER_COEFFICIENT), label_visibility="hidden")
+    "Coefficient", -limit, limit, step=1.0, key=keys.STEER_COEFFICIENT, help="type a value, or drag",
+    on_change=sync, args=(keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER)))
+n2.slider("Coefficient (drag)", -limit, limit, key=keys.STEER_COEFFICIENT_SLIDER, label_visibility="hidden",
+          on_change=sync, args=(keys.STEER_COEFFICIENT_SLIDER, keys.STEER_COEFFICIENT))
 st.caption(scale_caption(loaded.hook_name, norm, W_dec, max_acts, coefficient, data.config_path()))
 
 prompt = st.text_input("Prompt", steer.prompt, key=keys.STEER_PROMPT)
