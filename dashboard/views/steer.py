@@ -116,8 +116,8 @@ s1, s2, _ = st.columns([2, 1, 3])
 if s1.button(f"Sweep the coefficient ({SWEEP_POINTS} values, −2c to +2c)", key=keys.STEER_SWEEP):
     sweep = st.session_state[keys.STEER_SWEEP_RESULT] = Sweep.start(arm, features, coefficient, prompt, settings,
                                                                     top)
-if sweep is not None and sweep.state == "running" and s2.button("Stop", key=keys.STEER_STOP):
-    sweep.state = "stopped"
+if sweep is not None and sweep.state == "running":  # a callback: the run that follows draws no Stop button
+    s2.button("Stop", key=keys.STEER_STOP, on_click=setattr, args=(sweep, "state", "stopped"))
 if sweep is not None:
     show_sweep(sweep)
     if sweep.state == "running":  # one coefficient per run: a click in between (Stop or any other) is handled

@@ -245,6 +245,7 @@ def test_stop_keeps_what_finished_and_any_other_click_lets_the_sweep_go_on(steer
     assert sweep.state == "running" and len(sweep.points) == 3
     at.button(key="steer_stop").click().run()
     assert "Sweep stopped on request after 3 of 9 coefficients" in at.warning[0].value
+    assert not [b for b in at.button if b.key == "steer_stop"]
     assert len(sweep_points(at)) == 3
     at.number_input(key="steer_seed").set_value(7).run()
     assert len(sweep_points(at)) == 3  # stopped stays stopped
