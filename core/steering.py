@@ -1,4 +1,11 @@
-"""Steering (the paper's causal test): add Σ coefficient_f × W_dec[f] at the SAE's hook while the model generates.
+"""Steering (the paper's causal test): add Σ coefficient_f × W_dec[f] / ‖W_dec[f]‖ at the SAE's hook while the
+model generates.
+
+Why the unit direction: the paper steered with `coefficient × W_dec[feature]` on gpt2-small-res-jb, whose decoder
+rows have norm 1, so its coefficient 50 was a push of norm 50 along the feature, the same for every feature. SAEs
+trained without that constraint (the demo's rows run from 0.46 to 23) would turn the raw formula into pushes from
+23 to 1,150, and a pass rate would measure row norms as much as features. Normalising is the paper's formula
+wherever its SAE's assumption holds, and keeps the coefficient's meaning wherever it does not.
 
 Where: the steering vector is added at the SAE's hook at every position of every forward pass: the prompt, then
 each new token's single-position pass with the KV cache. The study authors' hook added it to `resid[:, :-1]` only
@@ -119,7 +126,8 @@ def model_lock(model: Any) -> threading.RLock:
 
 
 def steering_vector(W_dec: Tensor, coefficients: Mapping[int, float]) -> Tensor:
-    """Σ coefficient_f × W_dec[f]: [d_in], on W_dec's device. W_dec [d_sae, d_in]; no coefficients: zeros."""
+    """Σ coefficient_f × W_dec[f] / ‖W_dec[f]‖ (unit rows: the module docstring says why): [d_in], on W_dec's
+    device. W_dec [d_sae, d_in]; no coefficients: zeros; an all-zero row adds nothing."""
     d_sae = W_dec.shape[0]
     bad = [f for f in coefficients if not 0 <= int(f) < d_sae]
     if bad:
@@ -128,7 +136,8 @@ def steering_vector(W_dec: Tensor, coefficients: Mapping[int, float]) -> Tensor:
         return torch.zeros(W_dec.shape[1], dtype=W_dec.dtype, device=W_dec.device)
     ids = torch.tensor([int(f) for f in coefficients], device=W_dec.device)
     coefs = torch.tensor([float(c) for c in coefficients.values()], dtype=W_dec.dtype, device=W_dec.device)
-    return coefs @ W_dec.detach()[ids]
+    rows = W_dec.detach()[ids]  # [n, d_in]
+    return coefs @ (rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12))
 
 
 def steering_hook(vector: Tensor) -> Callable[..., Tensor]:
@@ -254,7 +263,8 @@ def last_position_logits(model: Any, residual: Tensor) -> Tensor:
 def generate_steered(arm: LoadedArm, coefficients: Mapping[int, float], prompt: str = PAPER_PROMPT,
                      settings: SamplingSettings = PAPER_SAMPLING,
                      on_token: Callable[[int], None] | None = None) -> Generation:
-    """`generate` with Σ coefficient × W_dec[feature] added at the arm's SAE hook; empty coefficients: unsteered."""
+    """`generate` with Σ coefficient × W_dec[feature] / ‖W_dec[feature]‖ added at the arm's SAE hook; empty
+    coefficients: unsteered."""
     coefficients = {int(f): float(c) for f, c in coefficients.items()}
     if not coefficients:
         return generate(arm.model, prompt, settings, on_token)

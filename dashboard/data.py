@@ -275,12 +275,47 @@ def paper_tables() -> dict[str, pd.DataFrame]:
 
 # --- live models for steering: loaded once per process, shared by sessions (core.steering locks them) ----
 
-@st.cache_resource(show_spinner="Loading the model and its SAE…")
 def loaded_arm(arm_name: str) -> Any:
+    """The arm's model and SAE as the config points to them now (a changed path or replaced files load anew)."""
+    arm = study_config().arm(arm_name)
+    return _load_arm(arm, study_config().device, _folder_stamp(arm.model), _folder_stamp(arm.sae_path))
+
+
+def _folder_stamp(path: str | None) -> float | None:
+    """The newest modification time in a local folder (None for a hub name): part of the cache key."""
+    folder = Path(path) if path else None
+    if folder is None or not folder.is_dir():
+        return None
+    return max((_mtime(f) for f in folder.iterdir()), default=_mtime(folder))
+
+
+@st.cache_resource(show_spinner="Loading the model and its SAE…", max_entries=4)
+def _load_arm(arm: Any, device: str, model_stamp: float | None, sae_stamp: float | None) -> Any:
     from core.loading import load_arm
 
-    config = study_config()
-    return load_arm(config.arm(arm_name), config.device)
+    return load_arm(arm, device)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _decoder_fingerprint(_loaded: Any, arm: Any, model_stamp: float | None, sae_stamp: float | None) -> str:
+    from core.loading import decoder_fingerprint
+
+    return decoder_fingerprint(_loaded.sae)
+
+
+def sae_mismatch(arm_name: str) -> str | None:
+    """Why the SAE loaded for `arm_name` must not be steered with this database's numbers, or None when its
+    decoder fingerprint is the one the database was computed with (labels take the same care)."""
+    arm = study_config().arm(arm_name)
+    stamps = (_folder_stamp(arm.model), _folder_stamp(arm.sae_path))
+    loaded = _decoder_fingerprint(loaded_arm(arm_name), arm, *stamps)
+    stored = fingerprints().get(arm_name)
+    if loaded == stored:
+        return None
+    return (f"The SAE of {arm_name} at `{arm.sae_source}` is not the one the features database was computed with "
+            f"(decoder fingerprint {loaded[:12]}… loaded, {str(stored)[:12]}… stored): its top tokens, max "
+            f"activation and typical norm belong to another SAE. Re-run `python -m precompute run --config "
+            f"{config_path()}`, or point the config back to the SAE the database was built from.")
 
 
 @st.cache_resource(show_spinner="Loading word embeddings…")
@@ -291,17 +326,10 @@ def embeddings() -> Any:
     return load_embeddings(config.embeddings.source, Path(config.embeddings.cache_dir))
 
 
-@st.cache_resource(show_spinner=False)
-def typical_norm(arm_name: str) -> float:
-    """Median activation norm at the SAE's hook over a few corpus rows (BOS left out): what "coefficient 1×
-    this" adds, in the units of the residual stream."""
-    import torch
-
-    from core.corpus import load_corpus_rows
-    from core.model_diff import activation_norms
-    from core.steering import model_lock
-
-    arm, config = loaded_arm(arm_name), study_config()
-    rows = load_corpus_rows(config.corpus, arm.model.tokenizer)[:8]
-    with model_lock(arm.model), torch.no_grad():  # another session may be steering this model right now
-        return float(activation_norms(arm.model, arm.hook_name, rows).median())
+def typical_norm(arm_name: str) -> tuple[float, int] | None:
+    """(median activation norm at the SAE's hook, tokens it was measured on): the quality stage's, BOS left
+    out; None for a database built before it was stored."""
+    metrics = query("stage_metrics", arm_name, "quality")
+    if "median_activation_norm" not in metrics:
+        return None
+    return metrics["median_activation_norm"], int(metrics.get("n_tokens", 0))

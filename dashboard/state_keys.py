@@ -25,7 +25,8 @@ FEATURE_ID = "feature_id"
 LABEL_CHOICE = "label_choice"
 LABEL_NOTE = "label_note"
 LABEL_SAVE = "label_save"
-LAST_LABEL_EVENT = "last_label_event"  # id of this session's last saved label, for undo
+LABEL_FORM = "label_form"
+LAST_LABEL_EVENT = "last_label_event"  # this session's last saved label (id, arm, feature, label), for undo
 LABEL_UNDO = "label_undo"
 
 # Compare page
@@ -40,7 +41,8 @@ LABEL_QUEUE_ARM = "label_queue_arm"
 # Steer page
 STEER_ARM = "steer_arm"
 STEER_FEATURES = "steer_features"
-STEER_COEFFICIENT = "steer_coefficient"
+STEER_COEFFICIENT = "steer_coefficient"  # the number box: the value used
+STEER_COEFFICIENT_SLIDER = "steer_coefficient_slider"  # kept in sync with the box
 STEER_PROMPT = "steer_prompt"
 STEER_TEMPERATURE = "steer_temperature"
 STEER_TOP_P = "steer_top_p"
@@ -51,6 +53,9 @@ STEER_GO = "steer_go"
 STEER_SWEEP = "steer_sweep"
 STEER_BOTH = "steer_both"
 STEER_OTHER_FEATURE = "steer_other_feature"
+STEER_STOP = "steer_stop"
+STEER_RESULT = "steer_result"  # the last Generate's runs, kept across reruns
+STEER_SWEEP_RESULT = "steer_sweep_result"  # the last sweep (running, done, stopped or failed) and its texts
 
 # Model diff page
 DIFF_STATUS = "diff_status_choice"

@@ -118,33 +118,48 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
 
 
 def label_form(arm: str, feature: int) -> bool:
-    """Medical / not medical / unsure and a note; returns True when a label was saved."""
+    """Medical / not medical / unsure and a note; returns True when a label was saved (the caller reruns, so the
+    header shows it at once). A form: the choice and the note are sent together when Save is clicked, so what is
+    stored is what the form shows however fast one types and clicks; Enter in the note does not submit (a second
+    click on Save would store the label twice). An unlabelled feature opens with no choice made."""
     current = data.feature_label(arm, feature)
     suffix = f"_{arm}_{feature}"
     options = list(LABEL_NAMES)
-    choice = st.radio("Label", options, format_func=LABEL_NAMES.get, horizontal=True, key=keys.LABEL_CHOICE + suffix,
-                      index=options.index(current["label"]) if current else 0)
-    note = st.text_input("Note", value=current["note"] if current and current["note"] else "",
-                         key=keys.LABEL_NOTE + suffix)
-    if st.button("Save label", type="primary", key=keys.LABEL_SAVE + suffix):
-        try:
-            st.session_state[keys.LAST_LABEL_EVENT] = data.save_label(arm, feature, choice, note)
-        except data.LabelWriteError as err:
-            st.error(f"The label was not saved: {err}. Your choice and note are kept; try again.")
-            return False
-        st.toast(f"Saved: {arm} #{feature} is {LABEL_NAMES[choice]}")
-        return True
-    return False
+    with st.form(keys.LABEL_FORM + suffix, border=False, enter_to_submit=False):
+        choice = st.radio("Label", options, format_func=LABEL_NAMES.get, horizontal=True,
+                          key=keys.LABEL_CHOICE + suffix, index=options.index(current["label"]) if current else None)
+        note = st.text_input("Note", value=current["note"] if current and current["note"] else "",
+                             key=keys.LABEL_NOTE + suffix)
+        submitted = st.form_submit_button("Save label", type="primary", key=keys.LABEL_SAVE + suffix)
+    if not submitted:
+        return False
+    if choice is None:
+        st.warning("Choose medical, not medical or unsure, then save.")
+        return False
+    try:
+        event = data.save_label(arm, feature, choice, note)
+    except data.LabelWriteError as err:
+        st.error(f"The label was not saved: {err}. Your choice and note are kept; try again.")
+        return False
+    st.session_state[keys.LAST_LABEL_EVENT] = {"id": event, "arm": arm, "feature": feature, "label": choice}
+    st.toast(f"Saved: {arm} #{feature} is {LABEL_NAMES[choice]}")
+    return True
 
 
 def undo_button() -> None:
-    """Undo this session's last saved label (the feature's previous label shows again)."""
+    """Undo this session's last saved label (the feature's previous label shows again, in the header and in its
+    form)."""
     event = st.session_state.get(keys.LAST_LABEL_EVENT)
-    if st.button("Undo last label", disabled=event is None, key=keys.LABEL_UNDO):
+    text = "Undo last label" if event is None else (
+        f"Undo last label ({event['arm']} #{event['feature']} is {LABEL_NAMES[event['label']]})")
+    if st.button(text, disabled=event is None, key=keys.LABEL_UNDO):
         try:
-            data.undo_label(event)
+            data.undo_label(event["id"])
         except data.LabelWriteError as err:
             st.error(f"Undo failed: {err}")
             return
         st.session_state[keys.LAST_LABEL_EVENT] = None
+        suffix = f"_{event['arm']}_{event['feature']}"
+        for key in (keys.LABEL_CHOICE + suffix, keys.LABEL_NOTE + suffix):  # the form re-reads the label now current
+            st.session_state.pop(key, None)
         st.rerun()

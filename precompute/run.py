@@ -2,9 +2,10 @@
 
 Stages per arm, in order: projection (top / bottom tokens of W_dec @ W_U), words (coherence, medical matches),
 activations (one pass over the corpus: densities, histograms, contexts, unigram, LLR), quality (L0, explained
-variance, CE loss spliced and zero-ablated). Each stage has a key: a hash of everything it reads (the arm's
-weights, the config fields it uses, the files it reads). A stage whose key is already in the database is
-skipped; any change recomputes exactly the stages it affects. The math lives in core/; this is orchestration.
+variance, CE loss spliced and zero-ablated, the median activation norm at the hook: the Steer page's scale).
+Each stage has a key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it
+reads). A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
+affects. The math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
 CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
 # Bump when a stage's math changes. quality 2 and the cross stages 2: an even sample of every corpus file, not
-# the first rows (the first file's alone); matching 2: dead / rare statuses, every pair, the assignment.
+# the first rows (the first file's alone), and quality's median_activation_norm; matching 2: dead / rare statuses,
+# every pair, the assignment.
 STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 2, "similarity": 2, "transfer": 2,
                  "matching": 2}
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")

@@ -23,6 +23,7 @@ from core.config import StudyConfig
 from core.corpus import TokenSet, load_corpus_rows, token_set
 from core.embeddings import embedding_coverage, load_embeddings
 from core.loading import LoadedArm
+from core.model_diff import activation_norms
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
 from core.words import byte_level_alphabet, normalize_token
@@ -235,10 +236,13 @@ def run_quality(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loa
     rows = inputs.token_set("quality").select(inputs.corpus_rows(loaded))
     quality = sae_quality(loaded.model, loaded.sae, loaded.hook_name, rows, inputs.config.activations.batch_size,
                           progress=inputs.progress(f"{loaded.name} quality", "batch"))
+    # The Steer page's scale for a coefficient, on the same tokens (BOS left out): one pass that stops at the hook.
+    norms = activation_norms(loaded.model, loaded.hook_name, rows, inputs.config.activations.batch_size)
     recon = quality.reconstruction
     return {}, {
-        "n_tokens": recon.n_tokens, "l0": recon.l0, "explained_variance": recon.explained_variance,
-        "mse": recon.mse, "ce_loss_clean": quality.ce_loss_clean, "ce_loss_spliced": quality.ce_loss_spliced,
+        "n_tokens": recon.n_tokens, "median_activation_norm": float(norms.median()), "l0": recon.l0,
+        "explained_variance": recon.explained_variance, "mse": recon.mse, "ce_loss_clean": quality.ce_loss_clean,
+        "ce_loss_spliced": quality.ce_loss_spliced,
         "ce_loss_zero_ablation": quality.ce_loss_zero_ablation, "ce_loss_delta": quality.ce_loss_delta,
         "ce_loss_recovered": quality.ce_loss_recovered,
     }

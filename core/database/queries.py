@@ -127,6 +127,11 @@ def arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT * FROM arms ORDER BY position").df()
 
 
+def stage_metrics(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> dict[str, float]:
+    """One stage's metrics for one arm (or pair), by name; empty when the stage has not run."""
+    return dict(con.execute("SELECT metric, value FROM metrics WHERE arm = ? AND stage = ?", [arm, stage]).fetchall())
+
+
 def feature_row(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> dict[str, Any] | None:
     """The feature's numbers (features view), or None when the arm has no such feature."""
     frame = con.execute("SELECT * FROM features WHERE arm = ? AND feature = ?", [arm, int(feature)]).df()

@@ -29,4 +29,6 @@ links[2].page_link("views/features.py", label="All features", icon=":material/ta
 widgets.feature_panel(arm, feature)
 with st.container(border=True):
     st.markdown("**Label this feature**")
-    widgets.label_form(arm, feature)
+    if widgets.label_form(arm, feature):
+        st.rerun()  # the header above shows the new label at once
+    widgets.undo_button()

@@ -1,13 +1,14 @@
 """Steer: add a feature's decoder direction to the model's activations while it writes, and score the effect."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import steering
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_ids
-from dashboard import charts, data, place, render
+from dashboard import data, place
 from dashboard import state_keys as keys
+from dashboard.steer_runs import (SWEEP_POINTS, Sweep, TopTokens, other_arm_plan, run_arm, scale_caption,
+                                  show_arm_run, show_sweep, table1_differences)
 
 config = data.require_database()
 st.title("Steer")
@@ -29,85 +30,96 @@ except FeatureIdError as err:
     st.error(str(err))
     st.stop()
 
+
+def require_steerable(name: str) -> None:
+    """Stop the page with one line when the arm's model cannot load or its SAE is not the database's."""
+    try:
+        problem = data.sae_mismatch(name)
+    except Exception as err:  # noqa: BLE001 - a model or SAE that cannot be loaded is one line, not a traceback
+        problem = f"The model or SAE of {name} cannot be loaded: {err}"
+    if problem is not None:
+        st.error(problem)
+        st.stop()
+
+
+require_steerable(arm)
+
 loaded = data.loaded_arm(arm)
-norm = data.typical_norm(arm)
+steer = config.steering
 rows = [data.query("feature_row", arm, f) for f in features]
-max_act = max(float(r.get("max_act") or 0) for r in rows)
-st.caption(f"Typical activation norm at `{loaded.hook_name}`: **{norm:.3g}**; max activation of "
-           f"{'this feature' if len(features) == 1 else 'these features'} on the corpus: **{max_act:.3g}**. A "
-           f"coefficient c adds c × the unit decoder direction, so c ≈ {norm:.3g} is as large as a typical activation.")
-limit = float(max(4 * norm, 2 * max_act, 1.0))
-coefficient = st.slider("Coefficient", -limit, limit, float(min(norm, limit)), key=keys.STEER_COEFFICIENT)
-prompt = st.text_input("Prompt", steering.PAPER_PROMPT, key=keys.STEER_PROMPT)
+top = TopTokens.of(pd.concat([data.query("feature_tokens", arm, f) for f in features]))
+norm = data.typical_norm(arm)
+W_dec = loaded.sae.W_dec.detach()
+max_acts = {f: float(r.get("max_act") or 0) for f, r in zip(features, rows)}
+strongest = max(a * float(W_dec[f].norm()) for f, a in max_acts.items())  # the largest vector a feature writes
+limit = max(4 * (norm[0] if norm else 0), 2 * strongest, 2 * abs(steer.coefficient), 1.0)
+limit = float(-(-limit // 10) * 10) if limit > 10 else limit  # a round bound
+for key in (keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER):  # two widgets, one value: set here, once
+    value = st.session_state.get(key, float(steer.coefficient))
+    st.session_state[key] = min(max(value, -limit), limit)  # another arm may have a smaller range
+
+
+def sync(source: str, target: str) -> None:
+    st.session_state[target] = st.session_state[source]
+
+
+n1, n2 = st.columns([1, 3])
+coefficient = float(n1.number_input(
+    "Coefficient", -limit, limit, step=1.0, key=keys.STEER_COEFFICIENT, help="type a value, or drag",
+    on_change=sync, args=(keys.STEER_COEFFICIENT, keys.STEER_COEFFICIENT_SLIDER)))
+n2.slider("Coefficient (drag)", -limit, limit, key=keys.STEER_COEFFICIENT_SLIDER, label_visibility="hidden",
+          on_change=sync, args=(keys.STEER_COEFFICIENT_SLIDER, keys.STEER_COEFFICIENT))
+st.caption(scale_caption(loaded.hook_name, norm, W_dec, max_acts, coefficient, data.config_path()))
+
+prompt = st.text_input("Prompt", steer.prompt, key=keys.STEER_PROMPT)
 k1, k2, k3, k4, k5 = st.columns(5)
 settings = steering.SamplingSettings(
-    temperature=k1.number_input("Temperature", 0.05, 2.0, 1.0, key=keys.STEER_TEMPERATURE),
-    top_p=k2.number_input("Top p", 0.05, 1.0, 0.3, key=keys.STEER_TOP_P),
-    freq_penalty=k3.number_input("Frequency penalty", 0.0, 2.0, 1.0, key=keys.STEER_PENALTY),
-    max_new_tokens=int(k4.number_input("New tokens", 1, 200, 30, key=keys.STEER_TOKENS)),
-    seed=int(k5.number_input("Seed", 0, 10**6, 0, key=keys.STEER_SEED)))
-tokens = pd.concat([data.query("feature_tokens", arm, f).assign(feature=f) for f in features])
-top = tokens[tokens["kind"] == "top"]
+    temperature=k1.number_input("Temperature", 0.0, 2.0, float(steer.temperature), key=keys.STEER_TEMPERATURE),
+    top_p=k2.number_input("Top p", 0.05, 1.0, float(steer.top_p), key=keys.STEER_TOP_P),
+    freq_penalty=k3.number_input("Frequency penalty", 0.0, 2.0, float(steer.freq_penalty), key=keys.STEER_PENALTY),
+    max_new_tokens=int(k4.number_input("New tokens", 1, 200, steer.max_new_tokens, key=keys.STEER_TOKENS)),
+    seed=int(k5.number_input("Seed", 0, 10**6, config.seed, key=keys.STEER_SEED)))
+differences = table1_differences(steer, coefficient, prompt, settings)
+st.caption("Table 1 (`precompute steer-eval`) uses the config's [steering] settings, seeds "
+           f"{config.seed}–{config.seed + steer.samples - 1}. " + (
+               "Here: " + "; ".join(differences) + "." if differences else "These are the same."))
 
-
-def similarity(text: str, top_frame: pd.DataFrame = top) -> float:
-    """The paper's measure of `text` against the top tokens in `top_frame` (default: the chosen features')."""
-    return steering.semantic_similarity(text, top_frame["token"].tolist(), top_frame["value"].tolist(),
-                                        data.embeddings())
-
-
-coefficients = {f: coefficient for f in features}
 other_arm = next((a for a in arms if a != arm), None)
-both = other_arm is not None and st.toggle(f"Both models: also steer {other_arm} with the same prompt",
+both = other_arm is not None and st.toggle(f"Both models: also steer {other_arm} with its matching feature",
                                            key=keys.STEER_BOTH)
+other_coefficients, other_note = None, ""
 if both:
-    match = rows[0].get("match_feature")
-    has_match = match is not None and match == match
-    other_feature = int(st.number_input(
-        f"{other_arm} feature ({'its best match from the model diff' if has_match else 'choose one'})", 0,
-        data.d_sae(other_arm) - 1, int(match) if has_match else 0, key=keys.STEER_OTHER_FEATURE))
-
-
-def show(arm_name: str, loaded_arm, feature_coefficients: dict, top_frame: pd.DataFrame) -> None:
-    """Unsteered and steered text side by side with the numbers, for one arm."""
-    ids = top_frame["token_id"].astype(int).tolist()
-    try:
-        with st.spinner(f"Generating {arm_name}: unsteered and steered text with the same seed…"):
-            result = steering.compare_steering(loaded_arm, feature_coefficients, prompt, settings)
-            shift = steering.next_token_shift(loaded_arm, feature_coefficients, prompt, ids)
-    except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
-        st.error(f"Generation failed: {err}")
-        return
-    sims = [similarity(g.text, top_frame) for g in (result.unsteered, result.steered)]
-    top_ids = set(ids)
-    for col, name, generation, sim in zip(st.columns(2), ("Unsteered", f"Steered (c = {coefficient:.3g})"),
-                                          (result.unsteered, result.steered), sims):
-        hits = [float(t in top_ids) for t in generation.token_ids]
-        col.markdown(f"**{arm_name} · {name}** · similarity to the top tokens **{sim:.3f}** · "
-                     f"{int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
-        col.markdown(render.context_html([prompt] + generation.tokens, [0.0] + hits, 1.0), unsafe_allow_html=True)
-    st.caption(f"Log-probability of the feature's top tokens at the next position: {shift.set_change:+.3f} nats "
-               "with steering.")
-
+    other_coefficients, other_note = other_arm_plan(arm, other_arm, features, rows, coefficient,
+                                                    config.diff.match_threshold)
+    if other_coefficients is not None:
+        require_steerable(other_arm)
 
 if st.button("Generate", type="primary", key=keys.STEER_GO):
-    show(arm, loaded, coefficients, top)
-    if both:
-        other_top = data.query("feature_tokens", other_arm, other_feature)
-        show(other_arm, data.loaded_arm(other_arm), {other_feature: coefficient},
-             other_top[other_top["kind"] == "top"])
-
-if st.button("Sweep the coefficient (9 values, −2× to +2×)", key=keys.STEER_SWEEP):
-    values = np.linspace(-2 * coefficient, 2 * coefficient, 9)
-    points = []
-    progress = st.progress(0.0, text="sweeping…")
     try:
-        for i, c in enumerate(values):
-            generation = steering.generate_steered(loaded, {f: float(c) for f in features}, prompt, settings)
-            points.append({"coefficient": float(c), "similarity": similarity(generation.text)})
-            progress.progress((i + 1) / len(values), text=f"coefficient {c:.3g}")
-    except Exception as err:  # noqa: BLE001
+        with st.spinner(f"Generating {arm}: unsteered and steered text with the same seed…"):
+            runs = [run_arm(loaded, {f: coefficient for f in features}, prompt, settings, top, data.embeddings())]
+        if other_coefficients is not None:
+            other_top = TopTokens.of(pd.concat([data.query("feature_tokens", other_arm, f)
+                                                for f in other_coefficients]))
+            with st.spinner(f"Generating {other_arm}…"):
+                runs.append(run_arm(data.loaded_arm(other_arm), other_coefficients, prompt, settings, other_top,
+                                    data.embeddings(), other_note))
+        st.session_state[keys.STEER_RESULT] = runs
+    except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
         st.error(f"Generation failed: {err}")
-        st.stop()
-    progress.empty()
-    st.plotly_chart(charts.dose_response(pd.DataFrame(points)), key="sweep_chart")
+for run in st.session_state.get(keys.STEER_RESULT, []):
+    show_arm_run(run)
+
+st.divider()
+sweep = st.session_state.get(keys.STEER_SWEEP_RESULT)
+s1, s2, _ = st.columns([2, 1, 3])
+if s1.button(f"Sweep the coefficient ({SWEEP_POINTS} values, −2c to +2c)", key=keys.STEER_SWEEP):
+    sweep = st.session_state[keys.STEER_SWEEP_RESULT] = Sweep.start(arm, features, coefficient, prompt, settings,
+                                                                    top)
+if sweep is not None and sweep.state == "running":  # a callback: the run that follows draws no Stop button
+    s2.button("Stop", key=keys.STEER_STOP, on_click=setattr, args=(sweep, "state", "stopped"))
+if sweep is not None:
+    show_sweep(sweep)
+    if sweep.state == "running":  # one coefficient per run: a click in between (Stop or any other) is handled
+        sweep.step(data.loaded_arm(sweep.arm), data.embeddings())
+        st.rerun()

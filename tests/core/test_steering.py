@@ -190,9 +190,18 @@ def test_an_error_mid_generation_removes_the_hook_and_frees_the_lock(arm):
     assert acquired == [True]
 
 
-def test_steering_vector_is_the_weighted_sum_of_decoder_rows(arm):
+def test_steering_vector_is_the_weighted_sum_of_unit_decoder_rows(arm):
+    """Rows of norm 3 and 0.5 along e0 and e1: coefficients 2 and -3 add exactly 2·e0 − 3·e1, whatever the rows'
+    norms (the paper's SAE had unit rows; the demo's run from 0.46 to 23)."""
+    W_dec = torch.zeros(8, 32)
+    W_dec[1, 0], W_dec[4, 1] = 3.0, 0.5
+    expected = torch.zeros(32)
+    expected[0], expected[1] = 2.0, -3.0
+    assert torch.equal(steering_vector(W_dec, {1: 2.0, 4: -3.0}), expected)
+    assert torch.equal(steering_vector(W_dec, {5: 7.0}), torch.zeros(32))  # an all-zero row adds nothing
     W_dec = arm.sae.W_dec.detach()
-    assert torch.allclose(steering_vector(W_dec, {1: 2.0, 4: -3.0}), 2 * W_dec[1] - 3 * W_dec[4])
+    for feature in range(8):
+        assert float(steering_vector(W_dec, {feature: 50.0}).norm()) == pytest.approx(50.0, rel=1e-5)
     assert torch.equal(steering_vector(W_dec, {}), torch.zeros(32))
     with pytest.raises(ValueError, match="outside"):
         steering_vector(W_dec, {8: 1.0})

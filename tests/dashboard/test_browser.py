@@ -92,3 +92,30 @@ def test_back_returns_to_the_previous_feature_in_chromium(server, tmp_path):
         assert page.locator("text=feature 0").count() == 0
         page.screenshot(path=str(tmp_path / "bad_link.png"))
         browser.close()
+
+
+def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(server, tmp_path):
+    """Click a choice, type a note, press Enter, click Save, with no waits: exactly that label and note are stored,
+    once, and the header shows it."""
+    from playwright.sync_api import sync_playwright
+
+    from core import labels as labels_db
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{server}/feature?arm=finetuned&feature=4")
+        page.wait_for_selector("text=Save label", timeout=30_000)
+        page.get_by_text("not medical", exact=True).click()
+        note = page.get_by_label("Note")
+        note.click()
+        page.keyboard.type("blood words, not a disease", delay=0)
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Save label").click()
+        page.wait_for_selector("[data-testid='stMetricValue']:has-text('not medical')", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "label.png"))
+        browser.close()
+    events = labels_db.history(tmp_path / "labels.duckdb", "tiny")
+    assert events[["arm", "feature", "label", "note"]].values.tolist() == [
+        ["finetuned", 4, "not_medical", "blood words, not a disease"]]

@@ -103,6 +103,7 @@ def test_a_label_saved_on_the_label_page_survives_a_rebuild_of_the_features_data
 
 def test_undo_brings_the_feature_back_to_the_queue(study):
     at = page("label")
+    at.radio(key="label_choice_base_1").set_value("medical")
     at.button(key="label_save_base_1").click().run()
     assert at.subheader[0].value == "base · feature 0"
     at.button(key="label_undo").click().run()

@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import duckdb
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core import steering
+from core.loading import decoder_fingerprint
 from factories import build_gpt2_folder, build_sae, gpt2_tokenizer, study_toml
 from tiny_db import D_SAE, write_tiny_db
 
@@ -19,6 +22,7 @@ def steer_study(tmp_path, monkeypatch):
     sae = build_sae(d_in=32, d_sae=D_SAE, hook_name="blocks.1.hook_resid_pre")
     with torch.no_grad():
         sae.W_dec.copy_(sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True))
+        sae.W_dec[4] *= 2.0  # a row of norm 2: the page must say so, not call it a unit direction
     sae.save_model(str(tmp_path / "sae"))
     (tmp_path / "corpus.txt").write_text("the heart and the kidney beat slowly\n" * 50)
     arms = [{"name": name, "model": str(model), "sae_path": str(tmp_path / "sae")} for name in ("base", "finetuned")]
@@ -29,6 +33,10 @@ def steer_study(tmp_path, monkeypatch):
     (tmp_path / "study.toml").write_text(text)
     monkeypatch.setenv("SAE_DIFF_CONFIG", str(tmp_path / "study.toml"))
     write_tiny_db(tmp_path / "f.duckdb")
+    with duckdb.connect(str(tmp_path / "f.duckdb")) as con:  # the SAE the database was computed with, and its norm
+        con.execute("UPDATE arms SET sae_fingerprint = ?", [decoder_fingerprint(sae)])
+        con.execute("INSERT INTO metrics VALUES ('base', 'quality', 'median_activation_norm', 3.25), "
+                    "('base', 'quality', 'n_tokens', 1234)")
     return tmp_path
 
 
@@ -38,14 +46,13 @@ def test_steer_page_shows_both_outputs_and_coefficient_zero_changes_nothing(stee
     at.query_params["feature"] = "4"
     at.switch_page("views/steer.py").run()
     assert not at.exception and not at.error
-    assert "Typical activation norm at `blocks.1.hook_resid_pre`" in at.caption[0].value
     at.number_input(key="steer_tokens").set_value(8)
-    at.slider(key="steer_coefficient").set_value(0.0)
+    at.number_input(key="steer_coefficient").set_value(0.0)
     at.button(key="steer_go").click().run()
     assert not at.exception and not at.error
     outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
     assert len(outputs) == 2 and outputs[0] == outputs[1]  # same seed, no steering: token for token
-    at.slider(key="steer_coefficient").set_value(at.slider(key="steer_coefficient").max)
+    at.slider(key="steer_coefficient_slider").set_value(at.slider(key="steer_coefficient_slider").max)
     at.button(key="steer_go").click().run()
     outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
     assert len(outputs) == 2 and outputs[0] != outputs[1]
@@ -60,11 +67,12 @@ def test_bad_feature_ids_are_a_message(steer_study):
     assert at.error[0].value == f"base has no feature 99 (0–{D_SAE - 1})"
 
 
-def test_both_models_steers_the_other_arm_too(steer_study):
+def test_both_models_steers_a_feature_picked_by_hand_when_the_diff_has_none(steer_study):
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("views/steer.py").run()
     at.number_input(key="steer_tokens").set_value(6)
     at.toggle(key="steer_both").set_value(True).run()
+    assert "the model diff has no result for it" in at.info[0].value  # tiny_db has no model diff
     at.number_input(key="steer_other_feature").set_value(2)
     at.button(key="steer_go").click().run()
     assert not at.exception and not at.error
@@ -103,3 +111,148 @@ def test_shading_marks_exactly_the_new_tokens_among_the_top_tokens(steer_study):
         assert n == 8 and k == 8 and alphas == [0.0] + [1.0] * 8  # the prompt span, then 8 shaded new tokens
     for k, n, alphas in shaded(3):
         assert n == 8 and k == sum(alphas) and alphas[0] == 0.0
+
+
+def steer_page(arm: str = "base", feature: int = 4, tokens: int = 6) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["arm"] = arm
+    at.query_params["feature"] = str(feature)
+    at.switch_page("views/steer.py").run()
+    at.number_input(key="steer_tokens").set_value(tokens)
+    return at.run()
+
+
+def span_texts(html_text: str) -> list[str]:
+    import re
+
+    return re.findall(r'<span title="[^"]*" style="[^"]*">(.*?)</span>', html_text)
+
+
+def test_a_typed_coefficient_is_used_exactly_and_the_caption_gives_the_stored_norm_and_the_row_norm(steer_study):
+    from core.config import load_config
+    from core.loading import load_arm
+    from dashboard import render
+
+    at = steer_page()
+    scale = next(c.value for c in at.caption if "Typical activation norm" in c.value)
+    assert "**3.25** (median over the 1,234 tokens of the precompute's quality stage)" in scale  # as stored
+    assert "unit decoder direction" in scale and "‖W_dec[4]‖ = 2)" in scale  # the row's own norm, planted
+    assert "At its max activation on the corpus (5) the feature writes a vector of norm **10**" in scale  # 5 × 2
+    at.number_input(key="steer_coefficient").set_value(50.0).run()
+    assert at.slider(key="steer_coefficient_slider").value == 50.0  # the slider follows the box
+    scale = next(c.value for c in at.caption if "Typical activation norm" in c.value)
+    assert "c = 50 adds a vector of norm **50**, 15× the typical activation" in scale  # a unit row; 50 / 3.25
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    assert any("Steered (#4, c = 50)" in m.value for m in at.markdown)
+    config = load_config(steer_study / "study.toml")
+    expected = steering.generate_steered(load_arm(config.arm("base"), "cpu"), {4: 50.0}, steering.PAPER_PROMPT,
+                                         steering.SamplingSettings(max_new_tokens=6, seed=0))
+    steered = [m.value for m in at.markdown if "font-family: monospace" in m.value][1]
+    assert span_texts(steered) == span_texts(render.context_html([steering.PAPER_PROMPT] + expected.tokens,
+                                                                 [0.0] * 7, 1.0))
+
+
+def test_the_page_says_how_its_settings_differ_from_table_1(steer_study):
+    at = steer_page(tokens=6)
+    line = next(c.value for c in at.caption if "Table 1 (`precompute steer-eval`)" in c.value)
+    assert "seeds 0–2" in line and "Here: new tokens 6 (Table 1: 50)." in line
+
+
+def write_matches(study: Path) -> None:
+    """base #4 persists as finetuned #2 (0.93); base #3's best match, finetuned #5, correlates 0.509 only."""
+    with duckdb.connect(str(study / "f.duckdb")) as con:
+        con.execute("INSERT INTO feature_matches (pair, arm, feature, match_arm, match_feature, match_corr, status) "
+                    "VALUES ('base|finetuned', 'base', 4, 'finetuned', 2, 0.93, 'persist'), "
+                    "('base|finetuned', 'base', 3, 'finetuned', 5, 0.509, 'disappear')")
+
+
+def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_none(steer_study):
+    write_matches(steer_study)
+    at = steer_page(feature=4)
+    at.toggle(key="steer_both").set_value(True).run()
+    assert any("finetuned #2 is the persisting match of base #4 (activation correlation 0.930)" in c.value
+               for c in at.caption)
+    at.button(key="steer_go").click().run()
+    titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
+    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base", "**finetuned", "**finetuned"]
+    assert "Steered (#2, c = 50)" in titles[3]
+
+    at = steer_page(feature=3)
+    at.toggle(key="steer_both").set_value(True).run()
+    assert ("base #3 has no persisting match in finetuned: its best match, finetuned #5, correlates 0.509, below "
+            "the threshold 0.8") in at.info[0].value
+    at.button(key="steer_go").click().run()
+    titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
+    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base"]  # finetuned is not steered with a non-match
+
+
+def test_a_replaced_sae_is_refused(steer_study):
+    other = build_sae(d_in=32, d_sae=D_SAE, hook_name="blocks.1.hook_resid_pre")  # new random weights
+    other.save_model(str(steer_study / "sae"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/steer.py").run()
+    assert not at.exception
+    assert "is not the one the features database was computed with" in at.error[0].value
+    assert not [b for b in at.button if b.key == "steer_go"]  # nothing to steer with
+
+
+def test_an_sae_that_cannot_be_loaded_is_one_line(steer_study):
+    import shutil
+
+    shutil.rmtree(steer_study / "sae")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/steer.py").run()
+    assert not at.exception
+    assert at.error[0].value.startswith("The model or SAE of base cannot be loaded:")
+
+
+def sweep_points(at: AppTest) -> list[str]:
+    return [m.value.split(" ·")[0] for m in at.markdown if m.value.startswith("**c = ")]
+
+
+def test_the_sweep_shows_a_text_per_coefficient_and_keeps_them_when_generating(steer_study):
+    at = steer_page(tokens=4)
+    at.number_input(key="steer_coefficient").set_value(5.0)
+    at.button(key="steer_sweep").click().run()
+    assert not at.exception and not at.error
+    assert sweep_points(at) == [f"**c = {c:g}**" for c in (-10, -7.5, -5, -2.5, 0, 2.5, 5, 7.5, 10)]
+    at.button(key="steer_go").click().run()
+    assert len(sweep_points(at)) == 9  # a click elsewhere keeps the sweep
+    outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
+    unsteered, c_zero = outputs[0], outputs[2 + 4]  # Generate's pair, then the sweep's texts; c = 0 is the 5th
+    assert span_texts(c_zero) == span_texts(unsteered)  # same seed, no steering: the unsteered text
+
+
+def test_stop_keeps_what_finished_and_any_other_click_lets_the_sweep_go_on(steer_study, monkeypatch):
+    """A click while a coefficient is generating ends that script run; this stands in for it by ending the run
+    after the third coefficient, with the sweep still running."""
+    from dashboard import steer_runs
+
+    step = steer_runs.Sweep.step
+
+    def interrupted_after_three(self, loaded, kv):
+        step(self, loaded, kv)
+        if len(self.points) == 3:
+            st.stop()
+
+    import streamlit as st
+
+    monkeypatch.setattr(steer_runs.Sweep, "step", interrupted_after_three)
+    at = steer_page(tokens=4)
+    at.button(key="steer_sweep").click().run()
+    sweep = at.session_state["steer_sweep_result"]
+    assert sweep.state == "running" and len(sweep.points) == 3
+    at.button(key="steer_stop").click().run()
+    assert "Sweep stopped on request after 3 of 9 coefficients" in at.warning[0].value
+    assert not [b for b in at.button if b.key == "steer_stop"]
+    assert len(sweep_points(at)) == 3
+    at.number_input(key="steer_seed").set_value(7).run()
+    assert len(sweep_points(at)) == 3  # stopped stays stopped
+
+    at.button(key="steer_sweep").click().run()  # a new sweep, interrupted again after three
+    first_three = list(at.session_state["steer_sweep_result"].points)
+    monkeypatch.setattr(steer_runs.Sweep, "step", step)
+    at.number_input(key="steer_seed").set_value(8).run()  # any other click: the sweep goes on where it was
+    assert len(sweep_points(at)) == 9 and not at.warning
+    assert at.session_state["steer_sweep_result"].points[:3] == first_three

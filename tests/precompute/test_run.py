@@ -369,3 +369,23 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
     with pytest.raises(StudyInputError, match=r"^--features: base has no feature 999 \(0–\d+\)"):
         steer_eval(config, "4,999", show_progress=False)  # an id past d_sae: a message, the published file kept
     assert len(query(config, "SELECT * FROM steer_features")) == 6
+
+
+def test_the_quality_stage_stores_the_median_activation_norm_at_the_hook(study):
+    """At blocks.0.hook_resid_pre the activation is W_E[token] + W_pos[position]: the median of those norms over
+    the quality stage's tokens (an even sample of 10 rows, BOS left out) recomputed by hand, without a forward pass."""
+    from core.corpus import token_set
+    from core.loading import load_arm
+
+    config = study["config"]
+    sample = token_set(config.corpus, config.activations.quality_tokens)
+    assert len(sample.rows) == 10
+    for arm in config.arms:
+        loaded = load_arm(arm, "cpu")
+        rows = sample.select(load_corpus_rows(config.corpus, loaded.model.tokenizer))
+        with torch.no_grad():
+            by_hand = (loaded.model.W_E[rows[:, 1:]] + loaded.model.W_pos[1:rows.shape[1]]).norm(dim=-1).median()
+        stored = query(config, "SELECT metric, value FROM metrics WHERE arm = ? AND stage = 'quality'", [arm.name])
+        values = dict(zip(stored.metric, stored.value))
+        assert values["median_activation_norm"] == pytest.approx(float(by_hand), rel=1e-5)
+        assert values["n_tokens"] == 10 * 31  # the tokens it was measured on, stored beside it
