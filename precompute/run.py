@@ -36,8 +36,10 @@ from precompute import diff, stages
 logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
 CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
-STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 1, "similarity": 1, "transfer": 1,
-                 "matching": 1}  # bump when a stage's math changes
+# Bump when a stage's output changes. projection 2: byte tokens read <0x8F>, not "\ufffd"; activations 2:
+# interval samples per firing token, fired_tokens.
+STAGE_VERSION = {"projection": 2, "words": 1, "activations": 2, "quality": 1, "similarity": 1, "transfer": 1,
+                 "matching": 1}
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 import torch
 
 from core import database as db
-from core.activations import INTERVAL_EDGES, ActivationSummary, ContextSet, collect_activations, medical_llr
+from core.activations import (INTERVAL_EDGES, ActivationSummary, ContextSet, FiredTokens, collect_activations,
+                              medical_llr)
 from core.coherence import TokenWords, feature_word_scores, token_words
 from core.config import StudyConfig
 from core.corpus import load_corpus_rows
@@ -164,6 +165,7 @@ def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded:
             _context_table(name, "interval", summary.intervals, summary.interval_index, text,
                            config.activations.window_before)]),
         "unigram": _unigram_table(name, summary.unigram, text),
+        "fired_tokens": _fired_tokens_table(name, summary.fired_tokens, text),
     }
     n_dead = int((summary.n_fired == 0).sum())
     metrics = {"n_tokens": summary.n_tokens, "n_medical_tokens": summary.n_medical_tokens,
@@ -225,6 +227,15 @@ def _unigram_table(arm: str, counts: np.ndarray, text: np.ndarray) -> pa.Table:
     ids = np.nonzero(counts)[0]
     return pa.table({"arm": pa.array([arm] * len(ids)), "token_id": ids.astype(np.int32),
                      "token": pa.array(text[ids].tolist(), pa.string()), "count": counts[ids]})
+
+
+def _fired_tokens_table(arm: str, fired: FiredTokens, text: np.ndarray) -> pa.Table:
+    feature, rank = np.nonzero(fired.token_id >= 0)
+    ids = fired.token_id[feature, rank]
+    return pa.table({"arm": pa.array([arm] * len(ids)), "feature": feature.astype(np.int32),
+                     "rank": rank.astype(np.int32), "token_id": ids.astype(np.int32),
+                     "token": pa.array(text[ids].tolist(), pa.string()), "count": fired.count[feature, rank],
+                     "sum_act": fired.sum_act[feature, rank]})
 
 
 def run_quality(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:

@@ -139,6 +139,18 @@ def feature_contexts(con: duckdb.DuckDBPyConnection, arm: str, feature: int, kin
         ORDER BY interval DESC NULLS FIRST, rank""", [arm, int(feature), kind]).df()
 
 
+def feature_fired_tokens(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
+    """"Fires most on": the token ids the feature fires on most, by number of firings. Per token: count (its
+    firings on that id), share of all the feature's firings, mean activation on it, and how many of the
+    token's occurrences in the corpus it fires on (occurrences from the corpus unigram)."""
+    return con.execute("""
+        SELECT t.rank, t.token_id, t.token, t.count, t.count / a.n_fired AS share_of_firings,
+               t.sum_act / t.count AS mean_act, u.count AS occurrences, t.count / u.count AS fires_on_share
+        FROM fired_tokens t JOIN feature_activations a USING (arm, feature)
+        LEFT JOIN unigram u ON u.arm = t.arm AND u.token_id = t.token_id
+        WHERE t.arm = ? AND t.feature = ? ORDER BY t.rank""", [arm, int(feature)]).df()
+
+
 def top_token_overlap(con: duckdb.DuckDBPyConnection, left: tuple[str, int], right: tuple[str, int]) -> pd.DataFrame:
     """Top tokens shared by two features (by token text), with each side's rank."""
     return con.execute("""
