@@ -77,6 +77,8 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     left, right = (st.container(), st.container()) if narrow else st.columns(2)
     left.markdown("**Logit weights** (top and bottom tokens of W_dec @ W_U)")
     left.plotly_chart(charts.logit_bars(data.query("feature_tokens", arm, feature), x_range), key=f"logits{key}")
+    with left:
+        fires_most_on(data.query("feature_fired_tokens", arm, feature))
     right.markdown("**Activation histogram** (non-zero activations over the corpus)")
     right.plotly_chart(charts.activation_histogram(data.query("feature_histogram", arm, feature), y_max),
                        key=f"hist{key}")
@@ -85,9 +87,28 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     contexts_block(data.query("feature_contexts", arm, feature, "top"), scale)
     intervals = data.query("feature_contexts", arm, feature, "interval")
     with st.expander(f"Samples from activation intervals ({len(intervals)})"):
+        st.caption("Each sample is one token the feature fired on with an activation in the interval, drawn at "
+                   "random (seeded), shown underlined in its context; the number is that token's activation.")
         for (low, high), group in intervals.groupby(["interval_low", "interval_high"], sort=False):
             st.markdown(f"*activation {low:.3g} – {high:.3g}*")
             contexts_block(group, scale)
+
+
+def fires_most_on(fired) -> None:
+    """The tokens a feature fires on most, by number of firings, with how selective it is on each."""
+    st.markdown("**Fires most on** (tokens by number of firings over the corpus)")
+    if fired.empty:
+        st.caption("It never fired on the corpus.")
+        return
+    table = fired.assign(token=charts.token_labels(fired))[
+        ["token", "count", "share_of_firings", "fires_on_share", "mean_act"]]
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "count": st.column_config.NumberColumn("firings", format="%d"),
+        "share_of_firings": st.column_config.NumberColumn("of its firings", format="percent"),
+        "fires_on_share": st.column_config.NumberColumn(
+            "of the token's occurrences", format="percent",
+            help="how many of this token's occurrences in the corpus the feature fires on"),
+        "mean_act": st.column_config.NumberColumn("mean activation", format="%.3f")})
 
 
 def label_form(arm: str, feature: int) -> bool:

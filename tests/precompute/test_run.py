@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import database as db
 from core.config import config_from_dict
 from core.corpus import load_corpus_rows
 from core.database import building_path
@@ -369,3 +370,14 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
     with pytest.raises(StudyInputError, match=r"\[999\] are not features of arm 'base'.*0\.\.\d+"):
         steer_eval(config, "4,999", show_progress=False)  # an id past d_sae: a message, the published file kept
     assert len(query(config, "SELECT * FROM steer_features")) == 6
+
+
+def test_fires_most_on_is_the_one_token_a_planted_feature_fires_on(study):
+    """Base feature 1 fires on " blood" and nothing else: its fired tokens are " blood" alone, with every one of
+    its firings and every occurrence of the token."""
+    config, tokenizer = study["config"], study["tokenizer"]
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        fired = db.queries.feature_fired_tokens(con, "base", 1)
+    n_blood = int((load_corpus_rows(config.corpus, tokenizer)[:, 1:] == token_id(tokenizer, " blood")).sum())
+    assert fired[["token", "count", "occurrences"]].values.tolist() == [[" blood", n_blood, n_blood]]
+    assert fired.share_of_firings[0] == 1.0 and fired.fires_on_share[0] == 1.0
