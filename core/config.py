@@ -93,9 +93,11 @@ class EmbeddingsConfig:
 
 @dataclass(frozen=True)
 class VocabularyConfig:
-    """The medical reference vocabulary: a text file, one lower-case word per line."""
+    """The medical reference vocabulary: a text file, one lower-case word per line, less the words of an optional
+    exclude list (same format), applied when the precompute loads it: edit the list and re-run, no rebuild."""
 
     path: str
+    exclude: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from core.activations import HIST_EDGES, INTERVAL_EDGES
 from core.config import ArmConfig, StudyConfig
 from core.errors import StudyInputError
 from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
-from core.vocabulary import load_medical_vocabulary
+from core.vocabulary import load_study_vocabulary
 from precompute import diff, stages
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
     only = tuple(only)
     target = Path(config.features_db)
-    inputs = stages.StudyInputs(config, load_medical_vocabulary(Path(config.medical_vocabulary.path)),
-                                show_progress=show_progress)
+    inputs = stages.StudyInputs(config, _medical_words(config), show_progress=show_progress)
     con, origin = db.open_build(target, fresh=fresh)
     report = RunReport()
     try:
@@ -97,6 +96,11 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     db.publish(con, target)
     report.published = True
     return report
+
+
+def _medical_words(config: StudyConfig) -> frozenset[str]:
+    exclude = config.medical_vocabulary.exclude
+    return load_study_vocabulary(Path(config.medical_vocabulary.path), Path(exclude) if exclude else None)
 
 
 def _pair_labels(config: StudyConfig) -> list[str]:
@@ -169,7 +173,8 @@ def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]
     """The key of each stage: a hash of the arm's weights, the config it reads and the files it reads."""
     arm_part = {"arm": dataclasses.asdict(arm), **fingerprints}
     corpus_part = _corpus_part(config)
-    vocabulary = _file_stamp(config.medical_vocabulary.path)
+    exclude = config.medical_vocabulary.exclude
+    vocabulary = [_file_stamp(config.medical_vocabulary.path), _file_stamp(exclude) if exclude else None]
     keys = {"projection": _hash(arm_part, config.projection, STAGE_VERSION["projection"])}
     keys["words"] = _hash(keys["projection"], config.embeddings.source, vocabulary, STAGE_VERSION["words"])
     keys["activations"] = _hash(arm_part, corpus_part, config.activations, vocabulary, config.seed,

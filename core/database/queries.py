@@ -12,6 +12,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from core.coherence import CANDIDATE_MIN_MATCHES
+
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
 _EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
@@ -169,6 +171,19 @@ def match_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Figure 1: per arm, how many features have 0, 1, 2, ... medical matches."""
     return con.execute("SELECT arm, med_matches, count(*) AS features FROM features "
                        "GROUP BY arm, med_matches ORDER BY arm, med_matches").df()
+
+
+def candidate_words(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm and medical word: in how many medical candidates' top tokens it is (`candidates`, and as a share of
+    the arm's candidates), and how many of those would stop being candidates without it (`needed_by`: their
+    other matches fall below the minimum), most frequent first."""
+    return con.execute("""
+        WITH words AS (SELECT arm, med_matches, unnest(matched_words) AS word FROM feature_words WHERE is_candidate),
+             totals AS (SELECT arm, count(*) AS total FROM feature_words WHERE is_candidate GROUP BY arm)
+        SELECT arm, word, count(*) AS candidates, count(*) / any_value(total) AS share,
+               count(*) FILTER (WHERE med_matches - 1 < ?) AS needed_by
+        FROM words JOIN totals USING (arm) GROUP BY arm, word ORDER BY arm, candidates DESC, word""",
+                       [CANDIDATE_MIN_MATCHES]).df()
 
 
 def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

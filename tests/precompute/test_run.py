@@ -372,6 +372,34 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
     assert len(query(config, "SELECT * FROM steer_features")) == 6
 
 
+def test_excluding_a_word_drops_exactly_the_candidates_that_needed_it(study, tmp_path):
+    """Base feature 0's top tokens match heart and kidney (2 matches: a candidate); random features may match
+    kidney too. Excluding kidney drops exactly the candidates with kidney and no second other match (the
+    breakdown's needed_by, checked against the rows), and only the stages that read the vocabulary run again."""
+    raw = with_changes(study["raw"], tmp_path)
+    assert run_study(config_from_dict(raw), show_progress=False).published
+    sql = "SELECT arm, feature, med_matches, matched_words FROM features WHERE is_candidate ORDER BY arm, feature"
+    before = query(config_from_dict(raw), sql)
+    with duckdb.connect(raw["study"]["features_db"], read_only=True) as con:
+        breakdown = db.queries.candidate_words(con).set_index(["arm", "word"])
+    with_kidney = before[before.matched_words.map(lambda words: "kidney" in list(words))]
+    needed = {(a, f) for a, f, m in zip(with_kidney.arm, with_kidney.feature, with_kidney.med_matches) if m - 1 < 2}
+    assert ("base", 0) in needed
+    for arm in ("base", "finetuned"):
+        expected = (with_kidney.arm == arm).sum(), sum(a == arm for a, _ in needed)
+        present = (arm, "kidney") in breakdown.index
+        assert (tuple(breakdown.loc[(arm, "kidney"), ["candidates", "needed_by"]]) if present else (0, 0)) == expected
+    (tmp_path / "exclude.txt").write_text("# hand-checked\nkidney\n")
+    raw["medical_vocabulary"]["exclude"] = str(tmp_path / "exclude.txt")
+    report = run_study(config_from_dict(raw), show_progress=False)
+    assert {arm: sorted(s) for arm, s in report.seconds.items()} == {
+        "base": ["activations", "words"], "finetuned": ["activations", "words"]}
+    after = query(config_from_dict(raw), sql)
+    assert set(zip(before.arm, before.feature)) - set(zip(after.arm, after.feature)) == needed
+    assert len(before) - len(after) == int(breakdown.xs("kidney", level="word")["needed_by"].sum())
+    assert not any("kidney" in list(words) for words in after.matched_words)
+
+
 def test_fires_most_on_is_the_one_token_a_planted_feature_fires_on(study):
     """Base feature 1 fires on " blood" and nothing else: its fired tokens are " blood" alone, with every one of
     its firings and every occurrence of the token."""
