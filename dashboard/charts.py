@@ -56,6 +56,8 @@ def match_histogram(counts: pd.DataFrame) -> go.Figure:
     """Paper Figure 1: features per number of medical matches in their top tokens, both arms side by side."""
     fig = px.bar(counts, x="med_matches", y="features", color="arm", barmode="group", log_y=True,
                  color_discrete_map=ARM_COLORS, labels={"med_matches": "medical matches in the top tokens"})
+    fig.update_yaxes(dtick=1, tickformat=",d")  # 1, 10, 100, 1,000: plotly's default labels 2 and 5 of each decade
+    fig.update_xaxes(dtick=1)
     return _compact(fig)
 
 

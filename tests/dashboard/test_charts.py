@@ -34,3 +34,10 @@ def test_logit_bars_draw_one_bar_per_token_id_even_when_tokens_read_alike():
 def test_token_labels_keep_distinct_texts_as_they_are():
     tokens = pd.DataFrame({"token_id": [1, 2, 3], "token": ["<0x8F>", "<0x90>", " heart"]})
     assert charts.token_labels(tokens).tolist() == ["'<0x8F>'", "'<0x90>'", "' heart'"]
+
+
+def test_figure_1_labels_each_decade_of_its_log_axis_once():
+    counts = pd.DataFrame({"arm": ["base"] * 3, "med_matches": [0, 1, 2], "features": [1400, 120, 9]})
+    fig = charts.match_histogram(counts)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1  # 1, 10, 100, 1,000 (not 2, 5, 2, 5)
+    assert fig.layout.yaxis.tickformat == ",d" and fig.layout.xaxis.dtick == 1
