@@ -19,6 +19,18 @@ def _density(x) -> str:
     return f"{100 * x:.2g}%" if x >= 1e-3 else f"{x:.1e}"
 
 
+def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) -> None:
+    """Per-arm numbers with one column per arm and one row per measure, so the table fits any page width however
+    many measures there are. measures: column -> (label, format); other columns keep their name and `{}`."""
+    rows = []
+    for column in (c for c in frame.columns if c != "arm"):
+        label, fmt = measures.get(column, (column, "{}"))
+        values = {str(arm): "—" if value is None or value != value else fmt.format(value)
+                  for arm, value in zip(frame["arm"], frame[column])}
+        rows.append({"measure": label, **values})
+    st.dataframe(rows, hide_index=True, width="stretch", key=key)
+
+
 def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
     """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
     label = data.feature_label(arm, feature)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, data, widgets
 
 
 def candidate_words(config) -> None:
@@ -38,10 +38,11 @@ def steering_table() -> None:
         lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
     table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
     table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
-    table1 = table1.rename(columns={"mean_steered": "mean steered", "mean_unsteered": "mean unsteered"})
-    st.dataframe(table1, hide_index=True, width="stretch",
-                 column_config={"share": st.column_config.NumberColumn(format="percent"),
-                                "paper share": st.column_config.NumberColumn(format="percent")})
+    widgets.by_arm(table1, {"features": ("features tested", "{:,}"), "passing": ("passing", "{:,}"),
+                            "share": ("share passing", "{:.1%}"), "mean_steered": ("mean steered", "{:.4f}"),
+                            "mean_unsteered": ("mean unsteered", "{:.4f}"), "paper passing": ("paper passing", "{:,}"),
+                            "paper share": ("paper share", "{:.1%}"), "paper steered": ("paper steered", "{:.4f}"),
+                            "paper unsteered": ("paper unsteered", "{:.4f}")})
     st.caption("The paper scored similarity with BERT embeddings and unseeded sampling, so its similarities are "
                "not on our scale (GloVe, same seeds); the passing share is the comparable number.")
 
@@ -80,13 +81,12 @@ if report is not None:
 data.require_database()
 
 st.subheader("Features per arm")
-st.dataframe(data.arm_overview(config), hide_index=True, width="stretch",
-             column_config={"coherence_mean": st.column_config.NumberColumn("coherence mean", format="%.3f"),
-                            "coherence_median": st.column_config.NumberColumn("coherence median", format="%.3f"),
-                            "explained_variance": st.column_config.NumberColumn("explained variance", format="%.3f"),
-                            "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered", format="%.3f"),
-                            "l0": st.column_config.NumberColumn("L0", format="%.1f"),
-                            "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
+widgets.by_arm(data.arm_overview(config), {
+    "hook_name": ("hook", "{}"), "d_sae": ("features in the SAE", "{:,}"), "features": ("features", "{:,}"),
+    "candidates": ("medical candidates", "{:,}"), "coherence_mean": ("coherence mean", "{:.3f}"),
+    "coherence_median": ("coherence median", "{:.3f}"), "dead": ("dead features", "{:,}"), "l0": ("L0", "{:.1f}"),
+    "explained_variance": ("explained variance", "{:.3f}"), "ce_loss_recovered": ("CE loss recovered", "{:.3f}"),
+    "n_tokens": ("tokens (quality)", "{:,.0f}")})
 
 st.subheader("The paper's results, regenerated")
 st.caption("Our numbers from this study's database; the paper's beside them where it reports one. On the embedded "

@@ -83,11 +83,11 @@ def test_features_per_arm_from_the_database(tmp_path, monkeypatch):
     write_tiny_database(tmp_path / "demo" / "features.duckdb")
     at = run_app(monkeypatch, config)
     assert not at.exception and not at.info
-    table = at.dataframe[1].value.set_index("arm")
-    assert table.loc["base", "candidates"] == 1 and table.loc["finetuned", "candidates"] == 3
-    assert table.loc["base", "dead"] == 1 and table.loc["finetuned", "dead"] == 0
-    assert table.loc["base", "coherence_mean"] == pytest.approx(0.4)  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
-    assert table.loc["finetuned", "explained_variance"] == 0.8
+    table = at.dataframe[1].value.set_index("measure")  # one column per arm: fits the page however many rows
+    assert table.loc["medical candidates", "base"] == "1" and table.loc["medical candidates", "finetuned"] == "3"
+    assert table.loc["dead features", "base"] == "1" and table.loc["dead features", "finetuned"] == "0"
+    assert table.loc["coherence mean", "base"] == "0.400"  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
+    assert table.loc["explained variance", "finetuned"] == "0.800"
 
 
 def test_a_database_of_another_schema_says_how_to_rebuild(tmp_path, monkeypatch):
