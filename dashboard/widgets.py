@@ -101,9 +101,19 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     with st.expander(f"Samples from activation intervals ({len(intervals)})"):
         st.caption("Each sample is one token the feature fired on with an activation in the interval, drawn at "
                    "random (seeded), shown underlined in its context; the number is that token's activation.")
-        for (low, high), group in intervals.groupby(["interval_low", "interval_high"], sort=False):
-            st.markdown(f"*activation {low:.3g} – {high:.3g}*")
+        for (interval, low, high, n), group in intervals.groupby(
+                ["interval", "interval_low", "interval_high", "n_intervals"], sort=False):
+            st.markdown(f"*activation {interval_range(interval, low, high, n)}*")
             contexts_block(group, scale)
+
+
+def interval_range(interval: int, low: float, high: float, n_intervals: int) -> str:
+    """An interval's range as the pass filled it: the first and last also hold every value below / above."""
+    if interval == 0:
+        return f"below {high:.3g}"
+    if interval == n_intervals - 1:
+        return f"{low:.3g} and above"
+    return f"{low:.3g} – {high:.3g}"
 
 
 def fires_most_on(fired) -> None:

@@ -134,9 +134,11 @@ def feature_histogram(con: duckdb.DuckDBPyConnection, arm: str, feature: int) ->
 
 
 def feature_contexts(con: duckdb.DuckDBPyConnection, arm: str, feature: int, kind: str = "top") -> pd.DataFrame:
-    """Contexts of one feature: 'top' by activation, or 'interval' samples (strongest interval first)."""
+    """Contexts of one feature: 'top' by activation, or 'interval' samples (strongest interval first); n_intervals
+    of the study (the first interval also holds the values below it, the last those above)."""
     return con.execute("""
-        SELECT rank, interval, interval_low, interval_high, max_act, row_index, max_pos, max_index, tokens, acts
+        SELECT rank, interval, interval_low, interval_high, max_act, row_index, max_pos, max_index, tokens, acts,
+               (SELECT len(interval_edges) - 1 FROM study) AS n_intervals
         FROM contexts WHERE arm = ? AND feature = ? AND kind = ?
         ORDER BY interval DESC NULLS FIRST, rank""", [arm, int(feature), kind]).df()
 

@@ -42,3 +42,12 @@ def test_a_dead_feature_says_it_never_fired(study):
     at = at.switch_page("views/feature.py").run()
     assert not at.exception
     assert any("never fired" in c.value for c in at.caption)
+
+
+def test_interval_ranges_say_that_the_end_intervals_are_open():
+    """The pass puts values below the first edge in interval 0 and above the last in the last interval."""
+    from dashboard.widgets import interval_range
+
+    assert interval_range(0, 0.01, 0.0215, 15) == "below 0.0215"
+    assert interval_range(3, 0.1, 0.215, 15) == "0.1 – 0.215"
+    assert interval_range(14, 464.0, 1000.0, 15) == "464 and above"
