@@ -28,7 +28,7 @@ def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) 
         values = {str(arm): "—" if value is None or value != value else fmt.format(value)
                   for arm, value in zip(frame["arm"], frame[column])}
         rows.append({"measure": label, **values})
-    st.dataframe(rows, hide_index=True, width="stretch", key=key)
+    st.dataframe(rows, hide_index=True, width="stretch", key=key, height=35 * (len(rows) + 1) + 3)  # no scrolling
 
 
 def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
@@ -124,13 +124,12 @@ def fires_most_on(fired) -> None:
         return
     table = fired.assign(token=charts.token_labels(fired))[
         ["token", "count", "share_of_firings", "fires_on_share", "mean_act"]]
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "count": st.column_config.NumberColumn("firings", format="%d"),
+    st.dataframe(table, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3, column_config={
+        "count": st.column_config.NumberColumn("firings", format="%d", help="tokens of this id it fired on"),
         "share_of_firings": st.column_config.NumberColumn("of its firings", format="percent"),
         "fires_on_share": st.column_config.NumberColumn(
-            "of the token's occurrences", format="percent",
-            help="how many of this token's occurrences in the corpus the feature fires on"),
-        "mean_act": st.column_config.NumberColumn("mean activation", format="%.3f")})
+            "of token", format="percent", help="share of this token's occurrences in the corpus it fires on"),
+        "mean_act": st.column_config.NumberColumn("mean act.", format="%.3f", help="mean activation on it")})
 
 
 def label_form(arm: str, feature: int) -> bool:
