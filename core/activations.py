@@ -3,14 +3,19 @@
 For each feature: how often it fires (density, sae_vis/Neuronpedia `frac_nonzero`), its max activation, the
 sum and sum of squares of its non-zero activations (so means and variances can be pooled over any set of
 features, e.g. the paper's Figure 2 over medical features), a histogram over fixed log-spaced bins, how often
-it fires on medical-vocabulary tokens (for the LLR), the top contexts by activation, and a few random contexts
-from each log-spaced activation interval (sae_vis's interval samples; log rather than linear intervals because
-activations are heavy-tailed and equal-width intervals lump most of them into the first one).
+it fires on medical-vocabulary tokens (for the LLR), the tokens it fires on most (count and summed activation
+per token id), the top contexts by activation, and a few random contexts from each log-spaced activation
+interval (sae_vis's interval samples; log rather than linear intervals because activations are heavy-tailed
+and equal-width intervals lump most of them into the first one).
 
 Positions: the BOS position is left out of everything (its activation norm is an outlier tens of times the
-others). A context is one corpus row; its activation is the feature's max over the row, and its window is
-`window_before` tokens before that max token and `window_after` after it. Contexts are kept with a running
-top-k per feature, so memory is O(d_sae × k × window), never O(tokens × d_sae).
+others). A top context is one corpus row; its activation is the feature's max over the row, and its window is
+`window_before` tokens before that max token and `window_after` after it. An interval sample is one firing
+token, as in sae_vis: a (row, position) whose own activation lies in the interval, its window around that
+token, so a dense feature's weak firings get samples of their own even when every row's max is strong. The
+samples of an interval are the firings with the highest `sample_priority`, a hash of (seed, row, position,
+feature): a uniform random sample without replacement that does not depend on the batching. Contexts are
+kept with a running top-k per feature, so memory is O(d_sae × k × window), never O(tokens × d_sae).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import Tensor
 from core.config import ActivationsConfig
 from core.loading import stop_layer_for
 
+PRIORITY_MODULUS = 2**31 - 1  # a prime: the hash's arithmetic stays in int64 without overflow
 HIST_EDGES = 10.0 ** np.linspace(-3, 3, 49)  # 48 bins, 8 per decade; values outside go to the first / last bin
 INTERVAL_EDGES = 10.0 ** np.linspace(-2, 3, 16)  # 15 sampling intervals, 3 per decade, same clamping
 
@@ -42,6 +48,16 @@ class ContextSet:
 
 
 @dataclass(frozen=True)
+class FiredTokens:
+    """Per feature, the token ids it fires on most, [d_sae, k]: ranked by firing count, then summed activation,
+    then token id; empty slots have token_id -1 and count 0."""
+
+    token_id: np.ndarray  # int64
+    count: np.ndarray  # int64: tokens of this id on which the feature is > 0
+    sum_act: np.ndarray  # float64: Σ of the feature's activation on them
+
+
+@dataclass(frozen=True)
 class ActivationSummary:
     """One arm's pass over the corpus. Per feature arrays are [d_sae]."""
 
@@ -54,9 +70,10 @@ class ActivationSummary:
     n_medical_tokens: int
     hist_counts: np.ndarray  # [d_sae, len(HIST_EDGES) - 1] int64
     top: ContextSet  # slots sorted by max_act, descending
-    intervals: ContextSet  # slots = n_intervals × samples, grouped by interval (ascending)
+    intervals: ContextSet  # slots = n_intervals × samples, grouped by interval; max_act is the sampled token's
     interval_index: np.ndarray  # [slots] int64: the interval of each slot
     unigram: np.ndarray  # [d_vocab] int64 token counts
+    fired_tokens: FiredTokens  # per feature, the tokens it fires on most
 
     @property
     def frac_nonzero(self) -> np.ndarray:
@@ -86,21 +103,39 @@ def medical_llr(summary: ActivationSummary, smoothing: float = 0.5) -> np.ndarra
     return np.where(summary.n_fired > 0, np.log(p_given_fire / p_medical), np.nan)
 
 
+def sample_priority(seed: int, row: Tensor, pos: Tensor, feature: Tensor) -> Tensor:
+    """A pseudo-random int64 in [0, 2³¹ - 1) per firing, a hash of (seed, corpus row, BOS-less position, feature).
+
+    Interval samples are the firings with the highest priority, so they depend on the seed and the corpus only,
+    never on the batch size or the device. Each step keeps values below 2³¹, so products stay within int64."""
+    x = torch.full_like(row, seed % PRIORITY_MODULUS)
+    for part in (row, pos, feature):
+        x = _mix((x * 1_000_003 + part) % PRIORITY_MODULUS)
+    return x
+
+
+def _mix(x: Tensor) -> Tensor:
+    for multiplier in (0x2C1B3C6D, 0x297A2D39, 0x5BD1E995 % PRIORITY_MODULUS):
+        x = ((x ^ (x >> 15)) * multiplier) % PRIORITY_MODULUS
+    return x
+
+
 class _Reservoir:
     """The best `size` candidates per column by key, with value, row, position and activation window."""
 
     def __init__(self, size: int, n_cols: int, width: int, device: torch.device) -> None:
         self.size = size
-        self.key = torch.full((size, n_cols), -torch.inf, device=device)
+        self.key = torch.full((size, n_cols), -torch.inf, dtype=torch.float64, device=device)
         self.value = torch.zeros((size, n_cols), device=device)
         self.row = torch.full((size, n_cols), -1, dtype=torch.long, device=device)
         self.pos = torch.zeros((size, n_cols), dtype=torch.long, device=device)
         self.window = torch.zeros((size, n_cols, width), device=device)
 
-    def offer(self, key: Tensor, value: Tensor, pos: Tensor, rows: Tensor, col_feature: Tensor,
+    def offer(self, key: Tensor, value: Tensor, pos: Tensor, row: Tensor, batch_row: Tensor, col_feature: Tensor,
               window_of: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
-        """key, value, pos: [B, n_cols] candidates of this batch (key -inf: not a candidate); rows: [B]."""
-        keys = torch.cat([self.key, key])
+        """key, value, pos, row (corpus row), batch_row (index in this batch): [B, n_cols] candidates of this
+        batch (key -inf: not a candidate); col_feature [n_cols]: the feature of each column."""
+        keys = torch.cat([self.key, key.double()])
         best = keys.topk(self.size, dim=0).indices  # [size, n_cols], sorted by key
         # A batch entry with key -inf is no candidate even when topk picks it among equal -inf keys.
         from_batch = (best >= self.size) & torch.isfinite(keys.gather(0, best))
@@ -111,16 +146,66 @@ class _Reservoir:
         old = pick.clamp(max=self.size - 1)
         new = (pick - self.size).clamp(min=0)
         cols = changed.expand_as(pick)
-        for name, batch_values in (("key", key), ("value", value), ("pos", pos)):
+        for name, batch_values in (("key", key), ("value", value), ("pos", pos), ("row", row)):
             stored = getattr(self, name)[:, changed].gather(0, old)
-            getattr(self, name)[:, changed] = torch.where(from_batch, batch_values[new, cols], stored)
-        stored_rows = self.row[:, changed].gather(0, old)
-        self.row[:, changed] = torch.where(from_batch, rows[new], stored_rows)
+            fresh = batch_values[new, cols].to(stored.dtype)
+            getattr(self, name)[:, changed] = torch.where(from_batch, fresh, stored)
         width = self.window.shape[2]
         window = self.window[:, changed].gather(0, old.unsqueeze(-1).expand(-1, -1, width))
         sel = from_batch.nonzero(as_tuple=True)
-        window[sel] = window_of(new[sel], col_feature[cols[sel]], pos[new[sel], cols[sel]])
+        entry = (new[sel], cols[sel])
+        window[sel] = window_of(batch_row[entry], col_feature[cols[sel]], pos[entry])
         self.window[:, changed] = window
+
+
+class _PairCounter:
+    """Firing count and summed activation per (feature, token id), held sparse: memory grows with the distinct
+    pairs seen, never d_sae × d_vocab (1.2 billion at gpt2-small). Batches are merged lazily, so the running
+    table is re-sorted only when the pending ones outgrow it (amortised O(n log n))."""
+
+    def __init__(self, d_vocab: int, device: torch.device) -> None:
+        self.d_vocab = d_vocab
+        self.keys = torch.zeros(0, dtype=torch.long, device=device)  # feature * d_vocab + token, sorted
+        self.counts = torch.zeros(0, dtype=torch.long, device=device)
+        self.sums = torch.zeros(0, dtype=torch.float64, device=device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.pending_size = 0
+
+    def add(self, feature: Tensor, token: Tensor, value: Tensor) -> None:
+        """One batch's firings: feature, token, value [n]."""
+        self.pending.append(_sum_by_key(feature * self.d_vocab + token, torch.ones_like(feature), value.double()))
+        self.pending_size += len(self.pending[-1][0])
+        if self.pending_size > max(len(self.keys), 1 << 20):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = [(self.keys, self.counts, self.sums)] + self.pending
+        self.keys, self.counts, self.sums = _sum_by_key(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+        self.pending, self.pending_size = [], 0
+
+    def top(self, d_sae: int, k: int) -> FiredTokens:
+        """Each feature's k tokens with most firings (ties: larger summed activation, then smaller token id)."""
+        self._merge()
+        keys, counts, sums = _np(self.keys), _np(self.counts), _np(self.sums)
+        feature, token = keys // self.d_vocab, keys % self.d_vocab
+        order = np.lexsort((token, -sums, -counts, feature))
+        feature = feature[order]
+        starts = np.searchsorted(feature, feature, side="left")  # feature is sorted: its group's first index
+        rank = np.arange(len(order)) - starts
+        keep = rank < k
+        out = FiredTokens(np.full((d_sae, k), -1, np.int64), np.zeros((d_sae, k), np.int64),
+                          np.zeros((d_sae, k), np.float64))
+        f, r, o = feature[keep], rank[keep], order[keep]
+        out.token_id[f, r], out.count[f, r], out.sum_act[f, r] = token[o], counts[o], sums[o]
+        return out
+
+
+def _sum_by_key(keys: Tensor, counts: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct keys (sorted) with their counts and sums added up."""
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    total_counts = torch.zeros(len(unique), dtype=torch.long, device=keys.device).index_add_(0, inverse, counts)
+    total_sums = torch.zeros(len(unique), dtype=torch.float64, device=keys.device).index_add_(0, inverse, sums)
+    return unique, total_counts, total_sums
 
 
 class ActivationAccumulator:
@@ -128,7 +213,7 @@ class ActivationAccumulator:
 
     def __init__(self, d_sae: int, d_vocab: int, config: ActivationsConfig, medical_token: Tensor,
                  seed: int = 0, device: str | torch.device = "cpu") -> None:
-        self.d_sae, self.config, self.device = d_sae, config, torch.device(device)
+        self.d_sae, self.config, self.device, self.seed = d_sae, config, torch.device(device), seed
         self.offsets = torch.arange(-config.window_before, config.window_after + 1, device=self.device)
         self.medical_token = medical_token.to(self.device)  # [d_vocab] bool
         self.n_tokens = self.n_medical_tokens = 0
@@ -140,13 +225,13 @@ class ActivationAccumulator:
         self.sum_sq_act = torch.zeros(d_sae, dtype=torch.float64, **zeros)
         self.hist_counts = torch.zeros(d_sae * (len(HIST_EDGES) - 1), dtype=torch.long, **zeros)
         self.unigram = torch.zeros(d_vocab, dtype=torch.long, **zeros)
+        self.fired_pairs = _PairCounter(d_vocab, self.device)
         self.hist_inner = torch.log10(torch.tensor(HIST_EDGES[1:-1], **zeros)).float()
         self.interval_inner = torch.log10(torch.tensor(INTERVAL_EDGES[1:-1], **zeros)).float()
         self.n_intervals = len(INTERVAL_EDGES) - 1
         width = len(self.offsets)
         self.top = _Reservoir(config.top_contexts, d_sae, width, self.device)
         self.samples = _Reservoir(config.samples_per_interval, d_sae * self.n_intervals, width, self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     @torch.no_grad()
     def update(self, feature_acts: Tensor, tokens: Tensor, row_ids: Tensor) -> None:
@@ -162,6 +247,7 @@ class ActivationAccumulator:
         self.med_fired += torch.bincount(f, weights=medical[b, t].double(), minlength=self.d_sae).long()
         self.sum_act.index_add_(0, f, values.double())
         self.sum_sq_act.index_add_(0, f, values.double() ** 2)
+        self.fired_pairs.add(f, tokens[b, t], values)
         log_values = torch.log10(values)
         n_bins = len(HIST_EDGES) - 1
         self.hist_counts += torch.bincount(f * n_bins + torch.bucketize(log_values, self.hist_inner, right=True),
@@ -170,25 +256,38 @@ class ActivationAccumulator:
         self.max_act = torch.maximum(self.max_act, row_max.max(0).values)
         rows = row_ids.to(self.device)
         window_of = self._window_of(feature_acts, tokens.shape[1])
-        fires = row_max > 0
         identity = torch.arange(self.d_sae, device=self.device)
-        self.top.offer(torch.where(fires, row_max, -torch.inf), row_max, argmax, rows, identity, window_of)
-        self._offer_interval_samples(row_max, argmax, fires, rows, window_of)
+        batch_row = torch.arange(len(rows), device=self.device).unsqueeze(1).expand_as(row_max)
+        self.top.offer(torch.where(row_max > 0, row_max, -torch.inf), row_max, argmax,
+                       rows.unsqueeze(1).expand_as(row_max), batch_row, identity, window_of)
+        self._offer_interval_samples((b, t, f), values, log_values, rows, window_of)
 
-    def _offer_interval_samples(self, row_max: Tensor, argmax: Tensor, fires: Tensor, rows: Tensor,
-                                window_of: Callable) -> None:
-        """Each firing (row, feature) competes, with a random key, for the slots of its interval."""
-        n_rows, nb = row_max.shape[0], self.n_intervals
-        interval = torch.bucketize(torch.log10(row_max.clamp(min=1e-30)), self.interval_inner, right=True)
-        column = torch.arange(self.d_sae, device=self.device) * nb + interval  # [B, d_sae]
-        priority = torch.rand(row_max.shape, generator=self.generator, device=self.device)
-        shape = (n_rows, self.d_sae * nb)
-        key = torch.full(shape, -torch.inf, device=self.device)
-        key.scatter_(1, column, torch.where(fires, priority, -torch.inf))
-        value = torch.zeros(shape, device=self.device).scatter_(1, column, row_max)
-        pos = torch.zeros(shape, dtype=torch.long, device=self.device).scatter_(1, column, argmax)
-        col_feature = torch.arange(self.d_sae * nb, device=self.device) // nb
-        self.samples.offer(key, value, pos, rows, col_feature, window_of)
+    def _offer_interval_samples(self, firing: tuple[Tensor, Tensor, Tensor], values: Tensor, log_values: Tensor,
+                                rows: Tensor, window_of: Callable) -> None:
+        """Each firing token competes, with its priority, for the slots of its (feature, interval) column; only
+        the batch's `size` best per column are laid out densely ([size, d_sae × n_intervals]) for the reservoir."""
+        b, t, f = firing
+        nb, size = self.n_intervals, self.samples.size
+        n_cols = self.d_sae * nb
+        column = f * nb + torch.bucketize(log_values, self.interval_inner, right=True)
+        priority = sample_priority(self.seed, rows[b], t, f)
+        order = priority.argsort(descending=True, stable=True)
+        order = order[column[order].argsort(stable=True)]  # by column, highest priority first within one
+        col_sorted = column[order]
+        per_column = torch.bincount(col_sorted, minlength=n_cols)
+        rank = torch.arange(len(order), device=self.device) - (per_column.cumsum(0) - per_column)[col_sorted]
+        keep = rank < size
+        pick, rank, col = order[keep], rank[keep], col_sorted[keep]
+        key = torch.full((size, n_cols), -torch.inf, dtype=torch.float64, device=self.device)
+        key[rank, col] = priority[pick].double()
+        value = torch.zeros((size, n_cols), device=self.device)
+        value[rank, col] = values[pick]
+        pos = torch.zeros((size, n_cols), dtype=torch.long, device=self.device)
+        pos[rank, col] = t[pick]
+        batch_row = torch.zeros((size, n_cols), dtype=torch.long, device=self.device)
+        batch_row[rank, col] = b[pick]
+        col_feature = torch.arange(n_cols, device=self.device) // nb
+        self.samples.offer(key, value, pos, rows[batch_row], batch_row, col_feature, window_of)
 
     def _window_of(self, feature_acts: Tensor, length: int) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         def window_of(batch_index: Tensor, feature: Tensor, pos: Tensor) -> Tensor:
@@ -209,7 +308,7 @@ class ActivationAccumulator:
             n_medical_tokens=self.n_medical_tokens,
             hist_counts=_np(self.hist_counts).reshape(self.d_sae, len(HIST_EDGES) - 1),
             top=top, intervals=intervals, interval_index=np.repeat(np.arange(nb), size),
-            unigram=_np(self.unigram),
+            unigram=_np(self.unigram), fired_tokens=self.fired_pairs.top(self.d_sae, self.config.fired_tokens),
         )
 
     def _context_set(self, store: _Reservoir, rows: Tensor, layout: Callable[[Tensor], Tensor]) -> ContextSet:

@@ -93,9 +93,11 @@ class EmbeddingsConfig:
 
 @dataclass(frozen=True)
 class VocabularyConfig:
-    """The medical reference vocabulary: a text file, one lower-case word per line."""
+    """The medical reference vocabulary: a text file, one lower-case word per line, less the words of an optional
+    exclude list (same format), applied when the precompute loads it: edit the list and re-run, no rebuild."""
 
     path: str
+    exclude: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,12 @@ class ActivationsConfig:
     top_contexts: int = 20  # per feature, by the context's max activation
     window_before: int = 12  # tokens shown before a context's max token
     window_after: int = 4  # and after it
-    samples_per_interval: int = 4  # contexts sampled per log-spaced activation interval
+    samples_per_interval: int = 4  # firing tokens sampled per log-spaced activation interval, each in its context
+    fired_tokens: int = 10  # per feature, the token ids it fires on most ("fires most on")
     quality_tokens: int = 100_000  # tokens for CE loss clean / spliced / zero-ablated (3 extra forward passes)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "top_contexts", "samples_per_interval", "quality_tokens"):
+        for name in ("batch_size", "top_contexts", "samples_per_interval", "fired_tokens", "quality_tokens"):
             if getattr(self, name) < 1:
                 raise StudyInputError(f"activations.{name} must be at least 1")
         if self.window_before < 0 or self.window_after < 0:

@@ -200,6 +200,23 @@ def load_medical_vocabulary(path: Path) -> frozenset[str]:
     return words
 
 
+def load_study_vocabulary(path: Path, exclude: Path | None = None) -> frozenset[str]:
+    """The medical vocabulary file less the words of the `exclude` list (`[medical_vocabulary] exclude`), if any."""
+    words = load_medical_vocabulary(path)
+    if exclude is None:
+        return words
+    try:
+        excluded = load_word_list(Path(exclude))
+    except StudyInputError as err:
+        raise StudyInputError(f"medical_vocabulary.exclude: {err}") from err
+    kept = words - excluded
+    if not kept:
+        raise StudyInputError(f"medical_vocabulary.exclude: {exclude} excludes every word of {path}; shorten it")
+    logger.info("medical vocabulary: %d words, %d of them excluded by %s", len(words), len(words) - len(kept),
+                exclude)
+    return kept
+
+
 def mesh_single_words() -> list[str]:
     """Distinct lower-case words of the 30,532 MeSH descriptors, sorted (20,840 words).
 

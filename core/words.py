@@ -34,3 +34,20 @@ def byte_level_alphabet() -> dict[str, int]:
     extra = (byte for byte in range(256) if byte not in chars)
     chars.update({byte: chr(256 + n) for n, byte in enumerate(extra)})
     return {char: byte for byte, char in chars.items()}
+
+
+def byte_text(data: bytes) -> str:
+    """A token's bytes as text to show: UTF-8 where they decode, and each byte that is not part of a whole
+    UTF-8 character as `<0x8F>` (the byte-fallback spelling), so byte tokens never all read "\ufffd".
+
+    b" caf\xc3\xa9" -> " café"; b"\xe2\x80" (the start of "’") -> "<0xE2><0x80>"; b"a\x8fb" -> "a<0x8F>b"."""
+    parts, start = [], 0
+    while start < len(data):
+        try:
+            parts.append(data[start:].decode("utf-8"))
+            break
+        except UnicodeDecodeError as err:
+            parts.append(data[start:start + err.start].decode("utf-8"))
+            parts.append("".join(f"<0x{byte:02X}>" for byte in data[start + err.start:start + err.end]))
+            start += err.end
+    return "".join(parts)

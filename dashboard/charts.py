@@ -20,15 +20,23 @@ def _compact(fig: go.Figure, height: int = 320) -> go.Figure:
     return fig
 
 
-def logit_bars(tokens: pd.DataFrame, x_range: tuple[float, float] | None = None) -> go.Figure:
-    """A feature's top (positive) and bottom (negative) tokens of W_dec @ W_U as horizontal bars.
+def token_labels(tokens: pd.DataFrame) -> pd.Series:
+    """One distinct label per row: the token's text quoted (whitespace visible), and its id where two rows would
+    read alike (a categorical axis draws equal labels as one stacked bar). tokens: token, token_id."""
+    label = tokens["token"].map(repr)
+    repeated = label.duplicated(keep=False)
+    return label.where(~repeated, label + " #" + tokens["token_id"].astype(str))
 
-    tokens: kind, rank, token, value. x_range: shared axis for side-by-side comparisons."""
-    frame = tokens.assign(label=tokens["token"].map(repr), side=tokens["kind"].map({"top": "top", "bottom": "bottom"}))
-    frame = frame.sort_values("value")
-    fig = px.bar(frame, x="value", y="label", color="side", orientation="h",
+
+def logit_bars(tokens: pd.DataFrame, x_range: tuple[float, float] | None = None) -> go.Figure:
+    """A feature's top (positive) and bottom (negative) tokens of W_dec @ W_U as horizontal bars, one per token.
+
+    tokens: kind, rank, token_id, token, value. x_range: shared axis for side-by-side comparisons."""
+    frame = tokens.assign(label=token_labels(tokens), side=tokens["kind"]).sort_values("value")
+    fig = px.bar(frame, x="value", y="label", color="side", orientation="h", hover_data=["token_id"],
                  color_discrete_map={"top": "#F58518", "bottom": "#4C78A8"},
-                 labels={"value": "logit weight (W_dec @ W_U)", "label": ""})
+                 labels={"value": "logit weight (W_dec @ W_U)", "label": "", "token_id": "token id"})
+    fig.update_yaxes(categoryorder="array", categoryarray=frame["label"].tolist())
     if x_range is not None:
         fig.update_xaxes(range=list(x_range))
     return _compact(fig, height=max(260, 22 * len(frame)))
@@ -48,6 +56,8 @@ def match_histogram(counts: pd.DataFrame) -> go.Figure:
     """Paper Figure 1: features per number of medical matches in their top tokens, both arms side by side."""
     fig = px.bar(counts, x="med_matches", y="features", color="arm", barmode="group", log_y=True,
                  color_discrete_map=ARM_COLORS, labels={"med_matches": "medical matches in the top tokens"})
+    fig.update_yaxes(dtick=1, tickformat=",d")  # 1, 10, 100, 1,000: plotly's default labels 2 and 5 of each decade
+    fig.update_xaxes(dtick=1)
     return _compact(fig)
 
 

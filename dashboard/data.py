@@ -226,6 +226,26 @@ def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def perplexity_changes(report: dict[str, Any], base: str = "base", finetuned: str = "finetuned") -> dict[str, float]:
+    """Held-out text -> relative change of perplexity through fine-tuning (-0.6: 60% lower), from manifest.json."""
+    before, after = report["perplexity"][base], report["perplexity"][finetuned]
+    return {text: after[text] / before[text] - 1 for text in before if text in after}
+
+
+def candidate_word_table() -> pd.DataFrame:
+    """One row per medical word in any arm's candidates: per arm, in how many candidates it is and how many
+    would stop being candidates without it; most frequent first (core.database.queries.candidate_words)."""
+    words = query("candidate_words")
+    if words.empty:
+        return words
+    wide = words.pivot(index="word", columns="arm", values=["candidates", "needed_by"]).fillna(0).astype(int)
+    arms = [arm for arm in arm_names() if arm in set(words["arm"])]
+    wide = wide[[(what, arm) for arm in arms for what in ("candidates", "needed_by")]]
+    wide.columns = [f"{arm} {'candidates' if what == 'candidates' else 'needing it'}" for what, arm in wide.columns]
+    total = wide[[f"{arm} candidates" for arm in arms]].sum(axis=1).sort_values(ascending=False, kind="stable")
+    return wide.loc[total.index].reset_index()
+
+
 LabelWriteError = labels.LabelWriteError
 LABELS = labels.LABELS
 FeatureFilter = db.queries.FeatureFilter

@@ -20,6 +20,18 @@ def _density(x) -> str:
     return f"{100 * x:.2g}%" if x >= 1e-3 else f"{x:.1e}"
 
 
+def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) -> None:
+    """Per-arm numbers with one column per arm and one row per measure, so the table fits any page width however
+    many measures there are. measures: column -> (label, format); other columns keep their name and `{}`."""
+    rows = []
+    for column in (c for c in frame.columns if c != "arm"):
+        label, fmt = measures.get(column, (column, "{}"))
+        values = {str(arm): "—" if value is None or value != value else fmt.format(value)
+                  for arm, value in zip(frame["arm"], frame[column])}
+        rows.append({"measure": label, **values})
+    st.dataframe(rows, hide_index=True, width="stretch", key=key, height=35 * (len(rows) + 1) + 3)  # no scrolling
+
+
 def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
     """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
     label = data.feature_label(arm, feature)
@@ -104,6 +116,8 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     left, right = (st.container(), st.container()) if narrow else st.columns(2)
     left.markdown("**Logit weights** (top and bottom tokens of W_dec @ W_U)")
     left.plotly_chart(charts.logit_bars(data.query("feature_tokens", arm, feature), x_range), key=f"logits{key}")
+    with left:
+        fires_most_on(data.query("feature_fired_tokens", arm, feature))
     right.markdown("**Activation histogram** (non-zero activations over the corpus)")
     right.plotly_chart(charts.activation_histogram(data.query("feature_histogram", arm, feature), y_max),
                        key=f"hist{key}")
@@ -112,9 +126,37 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     contexts_block(data.query("feature_contexts", arm, feature, "top"), scale)
     intervals = data.query("feature_contexts", arm, feature, "interval")
     with st.expander(f"Samples from activation intervals ({len(intervals)})"):
-        for (low, high), group in intervals.groupby(["interval_low", "interval_high"], sort=False):
-            st.markdown(f"*activation {low:.3g} – {high:.3g}*")
+        st.caption("Each sample is one token the feature fired on with an activation in the interval, drawn at "
+                   "random (seeded), shown underlined in its context; the number is that token's activation.")
+        for (interval, low, high, n), group in intervals.groupby(
+                ["interval", "interval_low", "interval_high", "n_intervals"], sort=False):
+            st.markdown(f"*activation {interval_range(interval, low, high, n)}*")
             contexts_block(group, scale)
+
+
+def interval_range(interval: int, low: float, high: float, n_intervals: int) -> str:
+    """An interval's range as the pass filled it: the first and last also hold every value below / above."""
+    if interval == 0:
+        return f"below {high:.3g}"
+    if interval == n_intervals - 1:
+        return f"{low:.3g} and above"
+    return f"{low:.3g} – {high:.3g}"
+
+
+def fires_most_on(fired) -> None:
+    """The tokens a feature fires on most, by number of firings, with how selective it is on each."""
+    st.markdown("**Fires most on** (tokens by number of firings over the corpus)")
+    if fired.empty:
+        st.caption("It never fired on the corpus.")
+        return
+    table = fired.assign(token=charts.token_labels(fired))[
+        ["token", "count", "share_of_firings", "fires_on_share", "mean_act"]]
+    st.dataframe(table, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3, column_config={
+        "count": st.column_config.NumberColumn("firings", format="%d", help="tokens of this id it fired on"),
+        "share_of_firings": st.column_config.NumberColumn("of its firings", format="percent"),
+        "fires_on_share": st.column_config.NumberColumn(
+            "of token", format="percent", help="share of this token's occurrences in the corpus it fires on"),
+        "mean_act": st.column_config.NumberColumn("mean act.", format="%.3f", help="mean activation on it")})
 
 
 def label_form(arm: str, feature: int) -> bool:

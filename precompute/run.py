@@ -31,16 +31,17 @@ from core.activations import HIST_EDGES, INTERVAL_EDGES
 from core.config import ArmConfig, StudyConfig
 from core.errors import StudyInputError
 from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
-from core.vocabulary import load_medical_vocabulary
+from core.vocabulary import load_study_vocabulary
 from precompute import diff, stages
 
 logger = logging.getLogger(__name__)
 STAGES = ("projection", "words", "activations", "quality")
 CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
-# Bump when a stage's math changes. quality 2 and the cross stages 2: an even sample of every corpus file, not
-# the first rows (the first file's alone), and quality's median_activation_norm; matching 2: dead / rare statuses,
-# every pair, the assignment.
-STAGE_VERSION = {"projection": 1, "words": 1, "activations": 1, "quality": 2, "similarity": 2, "transfer": 2,
+# Bump when a stage's output changes. projection 2: byte tokens read <0x8F>, not "\ufffd"; activations 2:
+# interval samples per firing token, fired_tokens; quality 2 and the cross stages 2: an even sample of every
+# corpus file, not the first rows (the first file's alone), and quality's median_activation_norm; matching 2:
+# dead / rare statuses, every pair, the assignment.
+STAGE_VERSION = {"projection": 2, "words": 1, "activations": 2, "quality": 2, "similarity": 2, "transfer": 2,
                  "matching": 2}
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
@@ -71,8 +72,7 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
     only = tuple(only)
     target = Path(config.features_db)
-    inputs = stages.StudyInputs(config, load_medical_vocabulary(Path(config.medical_vocabulary.path)),
-                                show_progress=show_progress)
+    inputs = stages.StudyInputs(config, _medical_words(config), show_progress=show_progress)
     con, origin = db.open_build(target, fresh=fresh)
     report = RunReport()
     try:
@@ -101,6 +101,11 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     db.publish(con, target)
     report.published = True
     return report
+
+
+def _medical_words(config: StudyConfig) -> frozenset[str]:
+    exclude = config.medical_vocabulary.exclude
+    return load_study_vocabulary(Path(config.medical_vocabulary.path), Path(exclude) if exclude else None)
 
 
 def _pair_labels(config: StudyConfig) -> list[str]:
@@ -176,7 +181,8 @@ def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]
     """The key of each stage: a hash of the arm's weights, the config it reads and the files it reads."""
     arm_part = {"arm": dataclasses.asdict(arm), **fingerprints}
     corpus_part = _corpus_part(config)
-    vocabulary = _file_stamp(config.medical_vocabulary.path)
+    exclude = config.medical_vocabulary.exclude
+    vocabulary = [_file_stamp(config.medical_vocabulary.path), _file_stamp(exclude) if exclude else None]
     keys = {"projection": _hash(arm_part, config.projection, STAGE_VERSION["projection"])}
     keys["words"] = _hash(keys["projection"], config.embeddings.source, vocabulary, STAGE_VERSION["words"])
     keys["activations"] = _hash(arm_part, corpus_part, config.activations, vocabulary, config.seed,

@@ -17,7 +17,8 @@ import pyarrow as pa
 import torch
 
 from core import database as db
-from core.activations import INTERVAL_EDGES, ActivationSummary, ContextSet, collect_activations, medical_llr
+from core.activations import (INTERVAL_EDGES, ActivationSummary, ContextSet, FiredTokens, collect_activations,
+                              medical_llr)
 from core.coherence import TokenWords, feature_word_scores, token_words
 from core.config import StudyConfig
 from core.corpus import TokenSet, load_corpus_rows, token_set
@@ -26,7 +27,7 @@ from core.loading import LoadedArm
 from core.model_diff import activation_norms
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
-from core.words import byte_level_alphabet, normalize_token
+from core.words import byte_level_alphabet, byte_text, normalize_token
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -79,21 +80,26 @@ class StudyInputs:
 def vocabulary_strings(tokenizer: Any, d_vocab: int) -> tuple[list[str], np.ndarray]:
     """Per token id: the tokenizer's own spelling ("Ġheart", for the word rule) and its text (" heart", to show).
 
-    Byte-level BPE (GPT-2) tokens are decoded through the byte table directly, 50x faster than 50k decode
-    calls; a sample is checked against `tokenizer.decode`, and any other tokenizer takes the slow path."""
+    A byte-level token that is not whole UTF-8 characters shows its bytes as `<0x8F>` (core.words.byte_text),
+    never "\ufffd", so two byte tokens never read alike. Byte-level BPE (GPT-2) tokens are decoded through the
+    byte table directly, 50x faster than 50k decode calls; a sample is checked against `tokenizer.decode`, and
+    any other tokenizer takes the slow path (where a token that decodes to "\ufffd" shows its own spelling)."""
     known = min(d_vocab, len(tokenizer))
     raw = [t or "" for t in tokenizer.convert_ids_to_tokens(list(range(known)))] + [""] * (d_vocab - known)
-    text = _byte_level_text(raw[:known])
+    data = _byte_level_bytes(raw[:known])
     sample = range(0, known, max(1, known // 200))
-    if text is None or any(text[i] != tokenizer.decode([i]) for i in sample):
-        text = tokenizer.batch_decode([[i] for i in range(known)])
+    if data is not None and all(data[i].decode("utf-8", errors="replace") == tokenizer.decode([i]) for i in sample):
+        text = [byte_text(token) for token in data]
+    else:
+        decoded = tokenizer.batch_decode([[i] for i in range(known)])
+        text = [t if "\ufffd" not in t or not r else r for t, r in zip(decoded, raw)]
     return raw, np.array(list(text) + [""] * (d_vocab - known), dtype=object)
 
 
-def _byte_level_text(tokens: list[str]) -> list[str] | None:
+def _byte_level_bytes(tokens: list[str]) -> list[bytes] | None:
     byte_of = byte_level_alphabet()
     try:
-        return [bytes(byte_of[c] for c in token).decode("utf-8", errors="replace") for token in tokens]
+        return [bytes(byte_of[c] for c in token) for token in tokens]
     except KeyError:
         return None
 
@@ -169,6 +175,7 @@ def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded:
             _context_table(name, "interval", summary.intervals, summary.interval_index, text,
                            config.activations.window_before)]),
         "unigram": _unigram_table(name, summary.unigram, text),
+        "fired_tokens": _fired_tokens_table(name, summary.fired_tokens, text),
     }
     n_dead = int((summary.n_fired == 0).sum())
     metrics = {"n_tokens": summary.n_tokens, "n_medical_tokens": summary.n_medical_tokens,
@@ -230,6 +237,15 @@ def _unigram_table(arm: str, counts: np.ndarray, text: np.ndarray) -> pa.Table:
     ids = np.nonzero(counts)[0]
     return pa.table({"arm": pa.array([arm] * len(ids)), "token_id": ids.astype(np.int32),
                      "token": pa.array(text[ids].tolist(), pa.string()), "count": counts[ids]})
+
+
+def _fired_tokens_table(arm: str, fired: FiredTokens, text: np.ndarray) -> pa.Table:
+    feature, rank = np.nonzero(fired.token_id >= 0)
+    ids = fired.token_id[feature, rank]
+    return pa.table({"arm": pa.array([arm] * len(ids)), "feature": feature.astype(np.int32),
+                     "rank": rank.astype(np.int32), "token_id": ids.astype(np.int32),
+                     "token": pa.array(text[ids].tolist(), pa.string()), "count": fired.count[feature, rank],
+                     "sum_act": fired.sum_act[feature, rank]})
 
 
 def run_quality(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:

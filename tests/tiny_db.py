@@ -72,7 +72,8 @@ def _write_arm_stages(con, arm: str) -> None:
                          "tokens": [["The", TOP[f][0], " beats"] for f in range(D_SAE)],
                          "acts": [[0.0, float(f + 1), 0.1] for f in range(D_SAE)]})
     db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts, "histograms": hist,
-                                                       "contexts": contexts}, token_set="corpus")
+                                                       "contexts": contexts, **_fired_tokens(arm, n_fired)},
+                   token_set="corpus")
     db.write_stage(con, arm, "quality", "k", 0.0, {}, {"explained_variance": 0.9, "l0": 12.0,
                                                         "ce_loss_recovered": 0.95, "n_tokens": 1500},
                    token_set="corpus")
@@ -108,3 +109,18 @@ def _write_pair_stages(con) -> None:
                       "model_arm": [t[1] for t in transfer for _ in (0, 1)],
                       "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
     db.write_stage(con, "base|finetuned", "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
+
+def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
+    """Feature f fires 3/4 of its times on its first top token (id 10 + f, which occurs 2x that often in the
+    corpus) and 1/4 on the byte token <0x8F> (id 99, 1,000 occurrences)."""
+    rows = [(f, rank, token_id, token, count) for f, n in enumerate(n_fired) if n
+            for rank, (token_id, token, count) in enumerate([(10 + f, TOP[f][0], n - n // 4), (99, "<0x8F>", n // 4)])]
+    fired = pa.table({"arm": [arm] * len(rows), "feature": pa.array([r[0] for r in rows], pa.int32()),
+                      "rank": pa.array([r[1] for r in rows], pa.int32()),
+                      "token_id": pa.array([r[2] for r in rows], pa.int32()), "token": [r[3] for r in rows],
+                      "count": [r[4] for r in rows], "sum_act": [0.5 * r[4] for r in rows]})
+    first = {r[2]: (r[3], 2 * r[4]) for r in rows if r[1] == 0}
+    unigram = pa.table({"arm": [arm] * (len(first) + 1), "token_id": pa.array([*first, 99], pa.int32()),
+                        "token": [t for t, _ in first.values()] + ["<0x8F>"],
+                        "count": [c for _, c in first.values()] + [1000]})
+    return {"fired_tokens": fired, "unigram": unigram}

@@ -19,6 +19,9 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
   (top_text) and as normalised words (top_words) so the dashboard filters without scanning top_tokens
 - feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
 - histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
+- contexts of kind 'interval' are firing tokens sampled per activation interval: max_act is that token's own
+  activation and max_pos / max_index its place (sae_vis's samples), not the row's maximum
+- fired_tokens: per feature, the token ids it fires on most (rank 0 = most firings), count and summed activation
 - cross-arm, keyed by `pair` ("base|finetuned"): similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
@@ -41,7 +44,8 @@ import pyarrow as pa
 from core.errors import StudyInputError
 
 SCHEMA_VERSION = 6  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
-# 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment
+# 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
+#    fired_tokens, interval samples per firing token
 BUILDING_SUFFIX = ".building"
 
 SCHEMA = [
@@ -68,6 +72,8 @@ SCHEMA = [
         interval INTEGER, interval_low DOUBLE, interval_high DOUBLE, max_act FLOAT, row_index INTEGER,
         max_pos INTEGER, max_index INTEGER, token_ids INTEGER[], tokens VARCHAR[], acts FLOAT[])""",
     "CREATE TABLE IF NOT EXISTS unigram (arm VARCHAR, token_id INTEGER, token VARCHAR, count BIGINT)",
+    """CREATE TABLE IF NOT EXISTS fired_tokens (arm VARCHAR, feature INTEGER, rank INTEGER, token_id INTEGER,
+        token VARCHAR, count BIGINT, sum_act DOUBLE)""",
     "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
     """CREATE TABLE IF NOT EXISTS similarity_hist (pair VARCHAR, kind VARCHAR, low DOUBLE, high DOUBLE,
         count BIGINT)""",
@@ -101,7 +107,7 @@ SCHEMA = [
 STAGE_TABLES = {
     "projection": ("top_tokens",),
     "words": ("feature_words",),
-    "activations": ("feature_activations", "histograms", "contexts", "unigram"),
+    "activations": ("feature_activations", "histograms", "contexts", "unigram", "fired_tokens"),
     "quality": (),
     "similarity": ("similarity_hist", "similarity_by_position"),
     "transfer": ("transfer_metrics", "transfer_densities"),
@@ -110,7 +116,7 @@ STAGE_TABLES = {
 }
 CROSS_STAGES = ("similarity", "transfer", "matching")  # their tables are keyed by `pair`, not `arm`
 ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
-              "unigram", "metrics", "steer_features", "steer_samples")
+              "unigram", "fired_tokens", "metrics", "steer_features", "steer_samples")
 PAIR_TABLES = ("similarity_hist", "similarity_by_position", "transfer_metrics", "transfer_densities",
                "feature_matches", "match_pairs")
 

@@ -12,6 +12,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from core.coherence import CANDIDATE_MIN_MATCHES
+
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
 _EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
@@ -153,11 +155,25 @@ def feature_histogram(con: duckdb.DuckDBPyConnection, arm: str, feature: int) ->
 
 
 def feature_contexts(con: duckdb.DuckDBPyConnection, arm: str, feature: int, kind: str = "top") -> pd.DataFrame:
-    """Contexts of one feature: 'top' by activation, or 'interval' samples (strongest interval first)."""
+    """Contexts of one feature: 'top' by activation, or 'interval' samples (strongest interval first); n_intervals
+    of the study (the first interval also holds the values below it, the last those above)."""
     return con.execute("""
-        SELECT rank, interval, interval_low, interval_high, max_act, row_index, max_pos, max_index, tokens, acts
+        SELECT rank, interval, interval_low, interval_high, max_act, row_index, max_pos, max_index, tokens, acts,
+               (SELECT len(interval_edges) - 1 FROM study) AS n_intervals
         FROM contexts WHERE arm = ? AND feature = ? AND kind = ?
         ORDER BY interval DESC NULLS FIRST, rank""", [arm, int(feature), kind]).df()
+
+
+def feature_fired_tokens(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
+    """"Fires most on": the token ids the feature fires on most, by number of firings. Per token: count (its
+    firings on that id), share of all the feature's firings, mean activation on it, and how many of the
+    token's occurrences in the corpus it fires on (occurrences from the corpus unigram)."""
+    return con.execute("""
+        SELECT t.rank, t.token_id, t.token, t.count, t.count / a.n_fired AS share_of_firings,
+               t.sum_act / t.count AS mean_act, u.count AS occurrences, t.count / u.count AS fires_on_share
+        FROM fired_tokens t JOIN feature_activations a USING (arm, feature)
+        LEFT JOIN unigram u ON u.arm = t.arm AND u.token_id = t.token_id
+        WHERE t.arm = ? AND t.feature = ? ORDER BY t.rank""", [arm, int(feature)]).df()
 
 
 def top_token_overlap(con: duckdb.DuckDBPyConnection, left: tuple[str, int], right: tuple[str, int]) -> pd.DataFrame:
@@ -178,6 +194,19 @@ def match_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Figure 1: per arm, how many features have 0, 1, 2, ... medical matches."""
     return con.execute("SELECT arm, med_matches, count(*) AS features FROM features "
                        "GROUP BY arm, med_matches ORDER BY arm, med_matches").df()
+
+
+def candidate_words(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per arm and medical word: in how many medical candidates' top tokens it is (`candidates`, and as a share of
+    the arm's candidates), and how many of those would stop being candidates without it (`needed_by`: their
+    other matches fall below the minimum), most frequent first."""
+    return con.execute("""
+        WITH words AS (SELECT arm, med_matches, unnest(matched_words) AS word FROM feature_words WHERE is_candidate),
+             totals AS (SELECT arm, count(*) AS total FROM feature_words WHERE is_candidate GROUP BY arm)
+        SELECT arm, word, count(*) AS candidates, count(*) / any_value(total) AS share,
+               count(*) FILTER (WHERE med_matches - 1 < ?) AS needed_by
+        FROM words JOIN totals USING (arm) GROUP BY arm, word ORDER BY arm, candidates DESC, word""",
+                       [CANDIDATE_MIN_MATCHES]).df()
 
 
 def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -2,7 +2,50 @@
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, data, widgets
+
+
+def candidate_words(config) -> None:
+    """Which medical words make the candidates, and how to take a generic one out of the vocabulary."""
+    words = data.candidate_word_table()
+    with st.expander(f"Medical words behind the candidates ({len(words)} words)", expanded=True):
+        st.caption("Per word: in how many of each arm's medical candidates it is among the matched top tokens, "
+                   "and how many of those would stop being candidates without it (fewer than 2 other matches). "
+                   "Generic words that make many candidates inflate the count.")
+        st.dataframe(words, hide_index=True, width="stretch", height=280)
+        exclude = config.medical_vocabulary.exclude
+        command = f"python -m precompute run --config {data.config_path()}"
+        if exclude:
+            st.markdown(f"To take a word out: add it (one per line) to `{exclude}` and run `{command}`. Only the "
+                        "words and activations stages run again; the demo is not rebuilt.")
+        else:
+            st.markdown("To take words out: list them one per line in a file, set `exclude = \"that file\"` under "
+                        f"`[medical_vocabulary]` in `{data.config_path()}`, and run `{command}`.")
+
+
+def steering_table() -> None:
+    """Paper Table 1: the causal test, beside the paper's numbers."""
+    st.markdown("**Table 1 · steering** (the causal test: `python -m precompute steer-eval`; a feature passes when "
+                "its steered text is closer to its own top tokens than the unsteered text from the same seeds)")
+    table1 = data.query("steering_table")
+    if table1.empty:
+        st.caption(f"Not run yet: `python -m precompute steer-eval --config {data.config_path()}`.")
+        return
+    from core import paper
+
+    table1["paper passing"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("passing"))
+    table1["paper share"] = table1["arm"].map(
+        lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
+    table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
+    table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
+    widgets.by_arm(table1, {"features": ("features tested", "{:,}"), "passing": ("passing", "{:,}"),
+                            "share": ("share passing", "{:.1%}"), "mean_steered": ("mean steered", "{:.4f}"),
+                            "mean_unsteered": ("mean unsteered", "{:.4f}"), "paper passing": ("paper passing", "{:,}"),
+                            "paper share": ("paper share", "{:.1%}"), "paper steered": ("paper steered", "{:.4f}"),
+                            "paper unsteered": ("paper unsteered", "{:.4f}")})
+    st.caption("The paper scored similarity with BERT embeddings and unseeded sampling, so its similarities are "
+               "not on our scale (GloVe, same seeds); the passing share is the comparable number.")
+
 
 st.title("Overview")
 try:
@@ -12,14 +55,20 @@ except data.StudyInputError as err:
     st.stop()
 
 st.caption(f"Study **{config.name}** — {config.description or config.source_path}")
+start = st.columns(3)
+start[0].page_link("views/features.py", label="Browse the features", icon=":material/table_rows:")
+start[1].page_link("views/label.py", label="Label the medical candidates", icon=":material/label:")
+start[2].page_link("views/diff.py", label="What fine-tuning changed (model diff)", icon=":material/difference:")
 st.dataframe([{"arm": arm.name, "model": arm.model, "SAE": arm.sae_source} for arm in config.arms],
              hide_index=True, width="stretch")
 
 report = data.build_report(config)
 if report is not None:
     st.subheader("The embedded demo pair")
-    change = 100 * report["medical_perplexity_change"]
-    st.markdown(f"Fine-tuning on medical text changed held-out **medical perplexity by {change:+.0f}%** "
+    changes = data.perplexity_changes(report)
+    general = f" and **general perplexity by {100 * changes['general']:+.0f}%**" if "general" in changes else ""
+    st.markdown(f"Fine-tuning on medical text changed held-out **medical perplexity by "
+                f"{100 * report['medical_perplexity_change']:+.0f}%**{general} "
                 f"(seed {report['seed']}{', fast build' if report['fast'] else ''}).")
     st.plotly_chart(charts.perplexity_bars(data.perplexity_frame(report)), key="perplexity_chart")
     # The build's own check of the SAEs (on its held-out rows) is left out here: the quality stage measures the
@@ -29,15 +78,13 @@ data.require_database()
 
 st.subheader("Features per arm")
 overview = data.arm_overview(config)
-st.dataframe(overview.drop(columns=["token_set", "dead_token_set"]), hide_index=True, width="stretch",
-             column_config={"coherence_mean": st.column_config.NumberColumn("coherence mean", format="%.3f"),
-                            "coherence_median": st.column_config.NumberColumn("coherence median", format="%.3f"),
-                            "dead": st.column_config.NumberColumn("dead ¹", format="%d"),
-                            "dead_fraction": st.column_config.NumberColumn("dead % ¹", format="percent"),
-                            "explained_variance": st.column_config.NumberColumn("explained variance ²", format="%.3f"),
-                            "ce_loss_recovered": st.column_config.NumberColumn("CE loss recovered ²", format="%.3f"),
-                            "l0": st.column_config.NumberColumn("L0 ²", format="%.1f"),
-                            "n_tokens": st.column_config.NumberColumn("tokens ²", format="%d")})
+widgets.by_arm(overview.drop(columns=["token_set", "dead_token_set"]), {
+    "hook_name": ("hook", "{}"), "d_sae": ("features in the SAE", "{:,}"), "features": ("features", "{:,}"),
+    "candidates": ("medical candidates", "{:,}"), "coherence_mean": ("coherence mean", "{:.3f}"),
+    "coherence_median": ("coherence median", "{:.3f}"), "dead": ("dead features ¹", "{:,}"),
+    "dead_fraction": ("dead features, share ¹", "{:.1%}"), "l0": ("L0 ²", "{:.1f}"),
+    "explained_variance": ("explained variance ²", "{:.3f}"), "ce_loss_recovered": ("CE loss recovered ²", "{:.3f}"),
+    "n_tokens": ("tokens ²", "{:,.0f}")})
 on_tokens = {column: " / ".join(data.token_set_text(name) for name in overview[column].dropna().unique())
              or "tokens not recorded" for column in ("dead_token_set", "token_set")}
 st.caption(f"¹ never fired on {on_tokens['dead_token_set']}. ² the quality stage, on {on_tokens['token_set']}"
@@ -56,33 +103,16 @@ st.markdown("**Medical features** (≥ 2 medical words among the top tokens; the
 st.dataframe(tables["candidates"], hide_index=True, width="stretch",
              column_config={"share": st.column_config.NumberColumn(format="percent"),
                             "paper share": st.column_config.NumberColumn(format="percent")})
+candidate_words(config)
+steering_table()
 left, right = st.columns(2)
 left.markdown("**Figure 1 · medical matches per feature**")
 left.plotly_chart(charts.match_histogram(data.query("match_counts")), key="figure1")
 right.markdown("**Figure 2 · activations of the medical candidates** (non-zero, all tokens pooled)")
 right.plotly_chart(charts.candidate_activations(data.query("candidate_activation_histogram")), key="figure2")
-right.dataframe(tables["moments"], hide_index=True, width="stretch",
-                column_config={c: st.column_config.NumberColumn(format="%.4f")
-                               for c in ("mean_act", "var_act", "paper mean", "paper var")})
-st.markdown("**Table 1 · steering** (the causal test: `python -m precompute steer-eval`; a feature passes when "
-            "its steered text is closer to its own top tokens than the unsteered text from the same seeds)")
-table1 = data.query("steering_table")
-if table1.empty:
-    st.caption(f"Not run yet: `python -m precompute steer-eval --config {data.config_path()}`.")
-else:
-    from core import paper
-
-    table1["paper passing"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("passing"))
-    table1["paper share"] = table1["arm"].map(
-        lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
-    table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
-    table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
-    table1 = table1.rename(columns={"mean_steered": "mean steered", "mean_unsteered": "mean unsteered"})
-    st.dataframe(table1, hide_index=True, width="stretch",
-                 column_config={"share": st.column_config.NumberColumn(format="percent"),
-                                "paper share": st.column_config.NumberColumn(format="percent")})
-    st.caption("The paper scored similarity with BERT embeddings and unseeded sampling, so its similarities are "
-               "not on our scale (GloVe, same seeds); the passing share is the comparable number.")
+st.dataframe(tables["moments"], hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                            for c in ("mean_act", "var_act", "paper mean", "paper var")})
 st.markdown("**Coherence of all scored features**")
 st.plotly_chart(charts.coherence_histogram(data.query("coherence_values")), key="coherence_histogram")
 st.caption(f"Paper: {tables['source']}.")

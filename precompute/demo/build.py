@@ -168,10 +168,17 @@ def _write_study_toml(path: Path, config: StudyConfig, out: Path) -> None:
         f"n_tokens = {config.corpus.n_tokens}", f"context_size = {config.corpus.context_size}", "",
         "[embeddings]", f'source = "{config.embeddings.source}"',
         f'cache_dir = "{Path(config.embeddings.cache_dir).resolve()}"', "",
-        "[medical_vocabulary]", f'path = "{root / "vocab" / "medical_words.txt"}"', "",
+        "[medical_vocabulary]", f'path = "{root / "vocab" / "medical_words.txt"}"',
+        f'exclude = "{_exclude_path(config)}"', "",
         "[projection]", f"top_k = {config.projection.top_k}", "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _exclude_path(config: StudyConfig) -> Path:
+    """The study's exclude list, else the hand-checked one the build applied (editing it needs no rebuild)."""
+    exclude = config.medical_vocabulary.exclude
+    return Path(exclude).resolve() if exclude else steps.vocab.MEDICAL_EXCLUDE_PATH
 
 
 def _publish(scratch: Path, out: Path) -> None:

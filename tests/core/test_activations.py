@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.activations import HIST_EDGES, INTERVAL_EDGES, ActivationAccumulator, medical_llr
+from core.activations import HIST_EDGES, INTERVAL_EDGES, ActivationAccumulator, medical_llr, sample_priority
 from core.config import ActivationsConfig
 
 N_ROWS, T, D_SAE, D_VOCAB = 24, 12, 6, 20
-CONFIG = ActivationsConfig(batch_size=5, top_contexts=4, window_before=3, window_after=2, samples_per_interval=2)
+CONFIG = ActivationsConfig(batch_size=5, top_contexts=4, window_before=3, window_after=2, samples_per_interval=2,
+                           fired_tokens=3)
 
 
 def synthetic():
@@ -23,12 +24,13 @@ def synthetic():
     return acts, tokens, rows
 
 
-def accumulate(acts, tokens, rows, medical=None):
+def accumulate(acts, tokens, rows, medical=None, batch_size=CONFIG.batch_size, seed=0):
     medical = torch.zeros(D_VOCAB, dtype=torch.bool) if medical is None else medical
-    acc = ActivationAccumulator(D_SAE, D_VOCAB, CONFIG, medical, seed=0)
-    for start in range(0, N_ROWS, CONFIG.batch_size):
-        stop = start + CONFIG.batch_size
-        acc.update(acts[start:stop], tokens[start:stop], torch.arange(start, min(stop, N_ROWS)))
+    acc = ActivationAccumulator(acts.shape[2], D_VOCAB, CONFIG, medical, seed=seed)
+    n_rows = acts.shape[0]
+    for start in range(0, n_rows, batch_size):
+        stop = start + batch_size
+        acc.update(acts[start:stop], tokens[start:stop], torch.arange(start, min(stop, n_rows)))
     return acc.result(rows)
 
 
@@ -80,23 +82,82 @@ def test_running_top_contexts_equal_brute_force_sort_with_windows():
     assert (summary.top.row[5] == -1).all()
 
 
-def test_interval_samples_lie_in_their_interval_and_fill_it():
+def brute_force_samples(acts, f, interval, seed=0):
+    """The reference: every firing (row, BOS-less position) of feature f whose own activation is in the interval,
+    ranked by sample_priority (ties by row, position); the first samples_per_interval of them."""
+    a = acts[..., f]
+    rows, positions = torch.nonzero(a > 0, as_tuple=True)
+    values = a[rows, positions].numpy()
+    interval_of = np.clip(np.searchsorted(INTERVAL_EDGES, values, side="right") - 1, 0, len(INTERVAL_EDGES) - 2)
+    inside = interval_of == interval
+    rows, positions = rows[inside], positions[inside]
+    priority = sample_priority(seed, rows, positions, torch.full_like(rows, f)).numpy()
+    order = np.lexsort((positions.numpy(), rows.numpy(), -priority))[:CONFIG.samples_per_interval]
+    return {(int(rows[i]), int(positions[i])) for i in order}, int(inside.sum())
+
+
+def test_interval_samples_are_firing_tokens_chosen_exactly_as_the_brute_force_reference():
     acts, tokens, rows = synthetic()
     summary = accumulate(acts, tokens, rows)
     samples = summary.intervals
     for f in range(D_SAE):
-        row_max = acts[..., f].max(dim=1).values.numpy()
-        interval_of = np.clip(np.searchsorted(INTERVAL_EDGES, row_max[row_max > 0], side="right") - 1,
-                              0, len(INTERVAL_EDGES) - 2)
         for interval in range(len(INTERVAL_EDGES) - 1):
-            slots = (summary.interval_index == interval) & (samples.row[f] >= 0)
-            available = int((interval_of == interval).sum())
-            assert slots.sum() == min(CONFIG.samples_per_interval, available)
-            chosen = samples.row[f][slots]
-            assert len(set(chosen.tolist())) == len(chosen)  # one sample per row
-            np.testing.assert_allclose(samples.max_act[f][slots], row_max[chosen], rtol=1e-6)
-            if interval > 0:
-                assert (samples.max_act[f][slots] >= INTERVAL_EDGES[interval] * (1 - 1e-6)).all()
+            expected, available = brute_force_samples(acts, f, interval)
+            slots = np.nonzero((summary.interval_index == interval) & (samples.row[f] >= 0))[0]
+            assert len(slots) == min(CONFIG.samples_per_interval, available)
+            chosen = {(int(samples.row[f, s]), int(samples.max_pos[f, s]) - 1) for s in slots}
+            assert chosen == expected
+            for s in slots:  # the sample's activation is its own token's, its window is centred on that token
+                r, p = int(samples.row[f, s]), int(samples.max_pos[f, s]) - 1
+                assert samples.max_act[f, s] == pytest.approx(float(acts[r, p, f]))
+                assert samples.window_token_ids[f, s, 3] == tokens[r, p]
+                assert samples.window_acts[f, s, 3] == pytest.approx(float(acts[r, p, f]))
+    assert (samples.row[5] == -1).all()
+
+
+def test_interval_samples_do_not_depend_on_batching_but_on_the_seed():
+    acts, tokens, rows = synthetic()
+    a, b = accumulate(acts, tokens, rows, batch_size=5), accumulate(acts, tokens, rows, batch_size=24)
+    np.testing.assert_array_equal(a.intervals.row, b.intervals.row)
+    np.testing.assert_array_equal(a.intervals.max_pos, b.intervals.max_pos)
+    other_seed = accumulate(acts, tokens, rows, seed=1)
+    assert not np.array_equal(a.intervals.max_pos, other_seed.intervals.max_pos)
+
+
+def test_a_dense_feature_gets_samples_in_its_weak_intervals():
+    """Planted: one feature fires on every token, 0.02 to 0.9 across a row and 50 at the row's last token.
+    Every row's max lies in one interval, so samples by row max filled only that one; by token, each interval
+    the weak firings cover gets its own samples."""
+    n_rows, length = 12, 10
+    acts = torch.zeros(n_rows, length, 1)
+    acts[:, :, 0] = torch.logspace(np.log10(0.02), np.log10(0.9), length)
+    acts[:, -1, 0] = 50.0
+    tokens = torch.zeros(n_rows, length, dtype=torch.long)
+    rows = torch.cat([torch.zeros(n_rows, 1, dtype=torch.long), tokens], dim=1)
+    summary = accumulate(acts, tokens, rows)
+    filled = summary.intervals.row[0] >= 0
+    interval_of = np.searchsorted(INTERVAL_EDGES, acts[0, :, 0].numpy(), side="right") - 1
+    assert set(summary.interval_index[filled]) == set(interval_of)  # 0.02 ... 0.9 and 50: seven intervals
+    assert len(set(interval_of)) == 7
+    weakest = summary.interval_index[filled] == interval_of[0]
+    assert weakest.sum() == CONFIG.samples_per_interval
+    np.testing.assert_allclose(summary.intervals.max_act[0][filled][weakest], 0.02, rtol=1e-5)
+
+
+def test_fired_tokens_are_counted_per_token_id_like_a_brute_force_tally():
+    acts, tokens, rows = synthetic()
+    summary = accumulate(acts, tokens, rows)
+    fired = summary.fired_tokens
+    for f in range(D_SAE):
+        a = acts[..., f]
+        counts = np.bincount(tokens[a > 0].numpy(), minlength=D_VOCAB)
+        sums = np.bincount(tokens[a > 0].numpy(), weights=a[a > 0].double().numpy(), minlength=D_VOCAB)
+        ranked = [t for t in np.lexsort((np.arange(D_VOCAB), -sums, -counts)) if counts[t] > 0][:CONFIG.fired_tokens]
+        filled = fired.token_id[f] >= 0
+        assert fired.token_id[f][filled].tolist() == ranked
+        np.testing.assert_array_equal(fired.count[f][filled], counts[ranked])
+        np.testing.assert_allclose(fired.sum_act[f][filled], sums[ranked], rtol=1e-9)
+    assert (fired.token_id[5] == -1).all() and (fired.count[5] == 0).all()
 
 
 def test_medical_firings_and_llr_by_hand():

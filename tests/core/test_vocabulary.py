@@ -13,6 +13,7 @@ from core.vocabulary import (
     MEDICAL_INCLUDE_PATH,
     build_medical_vocabulary,
     load_medical_vocabulary,
+    load_study_vocabulary,
     load_word_list,
     log2_ratio,
     mesh_single_words,
@@ -175,3 +176,16 @@ def test_rule_on_real_medical_and_general_text():
     build = build_medical_vocabulary(medical_words + ["chocolate", "water", "table", "family"], medical, general)
     assert build.words == sorted(medical_words)
     assert medical["kidney"] > 100 and general["water"] > 100
+
+
+def test_study_vocabulary_leaves_out_the_exclude_list_and_names_the_field_when_it_is_wrong(tmp_path):
+    vocabulary, exclude = tmp_path / "words.txt", tmp_path / "exclude.txt"
+    vocabulary.write_text("abnormal\nheart\nkidney\n")
+    exclude.write_text("# generic\nAbnormal\nnormal\n")  # normal is not in the vocabulary: nothing to take out
+    assert load_study_vocabulary(vocabulary, exclude) == frozenset({"heart", "kidney"})
+    assert load_study_vocabulary(vocabulary) == frozenset({"abnormal", "heart", "kidney"})
+    with pytest.raises(StudyInputError, match="medical_vocabulary.exclude: word list .*absent.txt does not exist"):
+        load_study_vocabulary(vocabulary, tmp_path / "absent.txt")
+    exclude.write_text("abnormal\nheart\nkidney\n")
+    with pytest.raises(StudyInputError, match="excludes every word"):
+        load_study_vocabulary(vocabulary, exclude)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.words import normalize_token, normalize_tokens
+from core.words import byte_text, normalize_token, normalize_tokens
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,18 @@ def test_case_variants_collapse_to_one_word():
     assert {normalize_token(t) for t in ["\u0120Treatment", "\u0120treatment", "treatment", "TREATMENT"]} == {
         "treatment"
     }
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b" caf\xc3\xa9", " caf\u00e9"),
+        (b"\x8f", "<0x8F>"),
+        (b"\xe2\x80", "<0xE2><0x80>"),  # the first two bytes of a three-byte character
+        (b"a\x8fb", "a<0x8F>b"),
+        (b"\xc3\xa9\xff", "\u00e9<0xFF>"),
+        (b"", ""),
+    ],
+)
+def test_byte_text_shows_bytes_outside_whole_characters(data, expected):
+    assert byte_text(data) == expected

@@ -82,11 +82,14 @@ def test_features_per_arm_from_the_database(tmp_path, monkeypatch):
     write_tiny_database(tmp_path / "demo" / "features.duckdb")
     at = run_app(monkeypatch, config)
     assert not at.exception and not at.info
-    table = at.dataframe[1].value.set_index("arm")
-    assert table.loc["base", "candidates"] == 1 and table.loc["finetuned", "candidates"] == 3
-    assert table.loc["base", "dead"] == 1 and table.loc["finetuned", "dead"] == 0
-    assert table.loc["base", "coherence_mean"] == pytest.approx(0.4)  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
-    assert table.loc["finetuned", "explained_variance"] == 0.8
+    table = at.dataframe[1].value.set_index("measure")  # one column per arm: fits the page however many rows
+    assert table.loc["medical candidates", "base"] == "1" and table.loc["medical candidates", "finetuned"] == "3"
+    assert table.loc["dead features ¹", "base"] == "1" and table.loc["dead features ¹", "finetuned"] == "0"
+    assert table.loc["dead features, share ¹", "base"] == "25.0%" and table.loc["features", "base"] == "4"
+    assert table.loc["coherence mean", "base"] == "0.400"  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
+    assert table.loc["explained variance ²", "finetuned"] == "0.800"
+    footnotes = " ".join(caption.value for caption in at.caption)
+    assert "¹ never fired on" in footnotes and "² the quality stage, on" in footnotes  # each names its tokens
 
 
 def test_a_database_of_another_schema_says_how_to_rebuild(tmp_path, monkeypatch):
@@ -100,3 +103,29 @@ def test_a_database_of_another_schema_says_how_to_rebuild(tmp_path, monkeypatch)
     at = run_app(monkeypatch, config)
     assert not at.exception
     assert "another version" in at.warning[0].value and "--fresh" in at.warning[0].value
+
+
+def test_start_links_both_perplexity_changes_and_the_words_behind_the_candidates(tmp_path, monkeypatch):
+    """tiny_db: candidates 0 (heart, kidney), 1 (heart, lung, liver), 4 (blood, heart) in each arm. heart is in
+    all 3; 0 and 4 have no second other match, so 2 need it; lung is in 1, which keeps 2 others."""
+    from tiny_db import write_tiny_db
+
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text(json.dumps(REPORT))
+    write_tiny_db(tmp_path / "demo" / "features.duckdb")
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    text = "".join(m.value for m in at.markdown)
+    assert "medical perplexity by -30%** and **general perplexity by +15%" in text  # 600 -> 420, 200 -> 230
+    links = [link.proto.page for link in at.get("page_link")]
+    assert links == ["features", "label", "diff"]  # url paths of the pages
+    words = next(d.value for d in at.dataframe if "word" in d.value.columns).set_index("word")
+    assert words.loc["heart"].tolist() == [3, 2, 3, 2]  # base candidates, needing it, finetuned ...
+    assert words.loc["lung"].tolist() == [1, 0, 1, 0]
+    assert words.index[0] == "heart"
+    assert "medical_words_exclude" not in text and "exclude = " in text  # this study has no list yet: how to add one
+    titles = [m.value for m in at.markdown]
+    table1 = next(i for i, t in enumerate(titles) if "Table 1" in t)
+    figure1 = next(i for i, t in enumerate(titles) if "Figure 1" in t)
+    assert table1 < figure1

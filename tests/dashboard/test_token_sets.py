@@ -4,6 +4,7 @@ on different tokens each page names a different token set (a real two-arm study,
 
 from pathlib import Path
 
+import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -12,6 +13,11 @@ from pair_study import CONTEXT, CORPUS_ROWS, build_pair_study
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 WHOLE = f"the whole corpus ({CORPUS_ROWS * (CONTEXT - 1):,} tokens)"
 HALF = f"an even sample of the corpus ({CORPUS_ROWS // 2 * (CONTEXT - 1):,} tokens)"
+
+
+def query(config, sql: str):
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        return con.execute(sql).df()
 
 
 def pages(config, monkeypatch) -> tuple[AppTest, AppTest]:
@@ -41,16 +47,26 @@ def half_tokens(tmp_path_factory):
     return build_pair_study(tmp_path_factory.mktemp("half"), diff_tokens=CONTEXT * CORPUS_ROWS // 2)
 
 
+def overview_table(overview: AppTest):
+    """The Overview's per-arm table as shown: one row per measure, one column per arm, formatted text."""
+    return next(d.value for d in overview.dataframe if "measure" in d.value.columns
+                and (d.value["measure"] == "L0 ²").any()).set_index("measure")
+
+
 def test_on_the_same_tokens_the_overview_and_the_model_diff_agree(same_tokens, monkeypatch):
     overview, diff = pages(same_tokens, monkeypatch)
-    arms = next(d.value for d in overview.dataframe if "l0" in d.value.columns).set_index("arm")
+    shown = overview_table(overview)
     own = own_rows(diff)
+    stored = query(same_tokens, "SELECT arm, metric, value FROM metrics WHERE stage = 'quality'")
     for arm in ("base", "finetuned"):
-        assert f"{arms.loc[arm, 'l0']:.1f}" == f"{own.loc[arm, 'l0']:.1f}"
-        assert arms.loc[arm, "l0"] == pytest.approx(own.loc[arm, "l0"], rel=1e-9)
-        assert arms.loc[arm, "ce_loss_recovered"] == pytest.approx(own.loc[arm, "ce_loss_recovered"], rel=1e-9)
-        assert arms.loc[arm, "n_tokens"] == own.loc[arm, "n_tokens"] == CORPUS_ROWS * (CONTEXT - 1)
-        assert arms.loc[arm, "dead_fraction"] == own.loc[arm, "dead_fraction"] == 4 / 24  # the 4 planted dead
+        quality = dict(zip(*[stored[stored.arm == arm][c] for c in ("metric", "value")]))
+        assert quality["l0"] == pytest.approx(own.loc[arm, "l0"], rel=1e-9)  # one measurement, one number
+        assert quality["ce_loss_recovered"] == pytest.approx(own.loc[arm, "ce_loss_recovered"], rel=1e-9)
+        assert shown.loc["L0 ²", arm] == f"{own.loc[arm, 'l0']:.1f}"  # and shown the same on both pages
+        assert shown.loc["CE loss recovered ²", arm] == f"{own.loc[arm, 'ce_loss_recovered']:.3f}"
+        assert shown.loc["tokens ²", arm] == f"{CORPUS_ROWS * (CONTEXT - 1):,}" and \
+            own.loc[arm, "n_tokens"] == CORPUS_ROWS * (CONTEXT - 1)
+        assert own.loc[arm, "dead_fraction"] == 4 / 24 and shown.loc["dead features, share ¹", arm] == "16.7%"  # the 4 planted dead
     assert f"the quality stage, on {WHOLE}" in text(overview) and f"never fired on {WHOLE}" in text(overview)
     assert f"the same rows): {WHOLE}: general 12 rows (50%), medical 12 rows (50%)" in text(diff)
     assert f"the other one, on {WHOLE}" in text(diff)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import database as db
 from core.config import config_from_dict
 from core.corpus import load_corpus_rows
 from core.database import building_path
@@ -389,3 +390,42 @@ def test_the_quality_stage_stores_the_median_activation_norm_at_the_hook(study):
         values = dict(zip(stored.metric, stored.value))
         assert values["median_activation_norm"] == pytest.approx(float(by_hand), rel=1e-5)
         assert values["n_tokens"] == 10 * 31  # the tokens it was measured on, stored beside it
+
+
+def test_excluding_a_word_drops_exactly_the_candidates_that_needed_it(study, tmp_path):
+    """Base feature 0's top tokens match heart and kidney (2 matches: a candidate); random features may match
+    kidney too. Excluding kidney drops exactly the candidates with kidney and no second other match (the
+    breakdown's needed_by, checked against the rows), and only the stages that read the vocabulary run again."""
+    raw = with_changes(study["raw"], tmp_path)
+    assert run_study(config_from_dict(raw), show_progress=False).published
+    sql = "SELECT arm, feature, med_matches, matched_words FROM features WHERE is_candidate ORDER BY arm, feature"
+    before = query(config_from_dict(raw), sql)
+    with duckdb.connect(raw["study"]["features_db"], read_only=True) as con:
+        breakdown = db.queries.candidate_words(con).set_index(["arm", "word"])
+    with_kidney = before[before.matched_words.map(lambda words: "kidney" in list(words))]
+    needed = {(a, f) for a, f, m in zip(with_kidney.arm, with_kidney.feature, with_kidney.med_matches) if m - 1 < 2}
+    assert ("base", 0) in needed
+    for arm in ("base", "finetuned"):
+        expected = (with_kidney.arm == arm).sum(), sum(a == arm for a, _ in needed)
+        present = (arm, "kidney") in breakdown.index
+        assert (tuple(breakdown.loc[(arm, "kidney"), ["candidates", "needed_by"]]) if present else (0, 0)) == expected
+    (tmp_path / "exclude.txt").write_text("# hand-checked\nkidney\n")
+    raw["medical_vocabulary"]["exclude"] = str(tmp_path / "exclude.txt")
+    report = run_study(config_from_dict(raw), show_progress=False)
+    assert {arm: sorted(s) for arm, s in report.seconds.items()} == {
+        "base": ["activations", "words"], "finetuned": ["activations", "words"]}
+    after = query(config_from_dict(raw), sql)
+    assert set(zip(before.arm, before.feature)) - set(zip(after.arm, after.feature)) == needed
+    assert len(before) - len(after) == int(breakdown.xs("kidney", level="word")["needed_by"].sum())
+    assert not any("kidney" in list(words) for words in after.matched_words)
+
+
+def test_fires_most_on_is_the_one_token_a_planted_feature_fires_on(study):
+    """Base feature 1 fires on " blood" and nothing else: its fired tokens are " blood" alone, with every one of
+    its firings and every occurrence of the token."""
+    config, tokenizer = study["config"], study["tokenizer"]
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        fired = db.queries.feature_fired_tokens(con, "base", 1)
+    n_blood = int((load_corpus_rows(config.corpus, tokenizer)[:, 1:] == token_id(tokenizer, " blood")).sum())
+    assert fired[["token", "count", "occurrences"]].values.tolist() == [[" blood", n_blood, n_blood]]
+    assert fired.share_of_firings[0] == 1.0 and fired.fires_on_share[0] == 1.0

@@ -1,0 +1,53 @@
+"""The Feature page's "fires most on" table, from the hand-written database (numbers in tests/tiny_db.py)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from factories import study_toml
+from tiny_db import write_tiny_db
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
+    write_tiny_db(tmp_path / "features.duckdb")
+    return tmp_path
+
+
+def test_fires_most_on_shows_counts_and_shares_by_hand(study):
+    """finetuned 4 fired 500 times: 375 on " blood" (which occurs 750 times), 125 on the byte token <0x8F>."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params.update({"arm": "finetuned", "feature": "4"})
+    at = at.switch_page("views/feature.py").run()
+    assert not at.exception
+    assert any("Fires most on" in m.value for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "of its firings" in d.value.columns or "count" in d.value.columns)
+    assert table["token"].tolist() == ["' blood'", "'<0x8F>'"]
+    assert table["count"].tolist() == [375, 125]
+    assert table["share_of_firings"].tolist() == [0.75, 0.25]
+    assert table["fires_on_share"].tolist() == [0.5, 0.125]
+
+
+def test_a_dead_feature_says_it_never_fired(study):
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params.update({"arm": "base", "feature": "3"})
+    at = at.switch_page("views/feature.py").run()
+    assert not at.exception
+    assert any("never fired" in c.value for c in at.caption)
+
+
+def test_interval_ranges_say_that_the_end_intervals_are_open():
+    """The pass puts values below the first edge in interval 0 and above the last in the last interval."""
+    from dashboard.widgets import interval_range
+
+    assert interval_range(0, 0.01, 0.0215, 15) == "below 0.0215"
+    assert interval_range(3, 0.1, 0.215, 15) == "0.1 – 0.215"
+    assert interval_range(14, 464.0, 1000.0, 15) == "464 and above"
