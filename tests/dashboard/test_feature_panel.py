@@ -1,32 +1,18 @@
 """The Feature page's "fires most on" table, from the hand-written database (numbers in tests/tiny_db.py)."""
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from factories import study_toml
-from tiny_db import write_tiny_db
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+from app_pages import page, tiny_study
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
-    config = tmp_path / "study.toml"
-    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
-                                 labels_db=str(tmp_path / "labels.duckdb")))
-    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
-    write_tiny_db(tmp_path / "features.duckdb")
-    return tmp_path
+    return tiny_study(tmp_path, monkeypatch)
 
 
 def test_fires_most_on_shows_counts_and_shares_by_hand(study):
     """finetuned 4 fired 500 times: 375 on " blood" (which occurs 750 times), 125 on the byte token <0x8F>."""
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.query_params.update({"arm": "finetuned", "feature": "4"})
-    at = at.switch_page("views/feature.py").run()
+    at = page("feature", arm="finetuned", feature=4)
     assert not at.exception
     assert any("Fires most on" in m.value for m in at.markdown)
     table = next(d.value for d in at.dataframe if "of its firings" in d.value.columns or "count" in d.value.columns)
@@ -37,9 +23,7 @@ def test_fires_most_on_shows_counts_and_shares_by_hand(study):
 
 
 def test_a_dead_feature_says_it_never_fired(study):
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.query_params.update({"arm": "base", "feature": "3"})
-    at = at.switch_page("views/feature.py").run()
+    at = page("feature", arm="base", feature=3)
     assert not at.exception
     assert any("never fired" in c.value for c in at.caption)
 

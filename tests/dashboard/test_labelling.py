@@ -6,28 +6,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import labels as labels_db
-from factories import study_toml
-from tiny_db import write_tiny_db
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+from app_pages import page, tiny_study
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
-    config = tmp_path / "study.toml"
-    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
-                                 labels_db=str(tmp_path / "labels.duckdb")))
-    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
-    write_tiny_db(tmp_path / "features.duckdb")
-    return tmp_path
+    return tiny_study(tmp_path, monkeypatch)
 
 
 def feature_page(arm: str, feature: int) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.query_params["arm"] = arm
-    at.query_params["feature"] = str(feature)
-    return at.switch_page("views/feature.py").run()
+    return page("feature", arm=arm, feature=feature)
 
 
 def header_label(at: AppTest) -> str:

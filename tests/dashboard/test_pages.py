@@ -1,33 +1,16 @@
 """Every page driven by AppTest on a hand-written database: counts a human can check, labels that survive."""
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import labels as labels_db
-from factories import study_toml
+from app_pages import page, tiny_study
 from tiny_db import FINGERPRINT, write_tiny_db
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
-    config = tmp_path / "study.toml"
-    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
-                                 labels_db=str(tmp_path / "labels.duckdb")))
-    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
-    write_tiny_db(tmp_path / "features.duckdb")
-    return tmp_path
-
-
-def page(name: str, **params) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.switch_page(f"views/{name}.py").run()
+    return tiny_study(tmp_path, monkeypatch)
 
 
 def matched(at: AppTest) -> int:
