@@ -1,0 +1,33 @@
+"""Llama (`LlamaForCausalLM`: Llama 2 and 3, SmolLM, SmolLM2): RMSNorm, rotary, gated SiLU MLP, often GQA and
+(small models) tied embeddings, which the converter reads through `lm_head`, tied or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.models.fields import rope_scaling_type, rotary_decoder
+from core.models.registry import ModelFamily, register
+
+
+def tl_config(hf_cfg: Any) -> dict[str, Any]:
+    fields = rotary_decoder(hf_cfg)
+    if rope_scaling_type(hf_cfg) == "llama3":  # Llama 3.1+: NTK-by-parts frequencies
+        from transformer_lens.loading_from_pretrained import _apply_llama3_rope_scaling
+
+        params = dict(getattr(hf_cfg, "rope_parameters", None) or hf_cfg.rope_scaling)
+
+        class _Scaling:  # TransformerLens reads `rope_scaling`, which transformers 5 renamed
+            rope_scaling = params
+            max_position_embeddings = hf_cfg.max_position_embeddings
+
+        _apply_llama3_rope_scaling(fields, _Scaling)
+    return fields
+
+
+def convert(hf_model: Any, cfg: Any) -> dict[str, Any]:
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    return convert_llama_weights(hf_model, cfg)
+
+
+LLAMA = register(ModelFamily("Llama", ("LlamaForCausalLM",), tl_config, convert))
