@@ -1,27 +1,46 @@
-"""The paper's valid-word rule for vocabulary tokens, shared by coherence scoring and medical matching."""
+"""The paper's valid-word rule for vocabulary tokens, shared by coherence scoring and medical matching.
 
-from collections.abc import Iterable
+Tokenizers spell a leading space differently: byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2) writes 'Ġ'
+(U+0120), SentencePiece (Llama 2, Gemma, Mistral) writes '▁' (U+2581). `space_marker` reads which one a
+vocabulary uses, so that "Ġheart" and "▁heart" are the same word and coherence and medical matches do not depend
+on the tokenizer that spelled them.
+"""
 
-# GPT-2's byte-level BPE writes a leading space as 'Ġ' (U+0120).
-BPE_SPACE_MARKER = "\u0120"
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+BPE_SPACE_MARKER = "\u0120"  # byte-level BPE
+SENTENCEPIECE_SPACE_MARKER = "\u2581"  # SentencePiece
+SPACE_MARKERS = (BPE_SPACE_MARKER, SENTENCEPIECE_SPACE_MARKER)
 
 
-def normalize_token(token: str) -> str | None:
+def space_marker(vocabulary: Sequence[str]) -> str:
+    """The space marker a vocabulary (tokens as `convert_ids_to_tokens` spells them) starts its words with:
+    whichever of 'Ġ' and '▁' leads more tokens ('Ġ' when neither does)."""
+    leading = Counter(token[:1] for token in vocabulary if token[:1] in SPACE_MARKERS)
+    return SENTENCEPIECE_SPACE_MARKER if leading[SENTENCEPIECE_SPACE_MARKER] > leading[BPE_SPACE_MARKER] else BPE_SPACE_MARKER
+
+
+def normalize_token(token: str, marker: str | None = None) -> str | None:
     """Return the lower-case word a token stands for, or None when it is not a plain word.
 
-    The marker 'Ġ' and surrounding whitespace are stripped; what remains must be non-empty and made only of
-    ASCII letters ("ĠHeart" -> "heart"; "Ġ123", "Ġheart-rate", "café" -> None).
+    The space marker (`marker`, or both 'Ġ' and '▁' when None: plain text has neither) and surrounding
+    whitespace are stripped; what remains must be non-empty and made only of ASCII letters ("ĠHeart",
+    "▁Heart" -> "heart"; "Ġ123", "Ġheart-rate", "café" -> None). Give the vocabulary's own marker when it may
+    hold the other character as a letter (SentencePiece vocabularies hold Maltese 'Ġ').
     """
-    word = token.replace(BPE_SPACE_MARKER, " ").strip().lower()
+    for each in SPACE_MARKERS if marker is None else (marker,):
+        token = token.replace(each, " ")
+    word = token.strip().lower()
     # isascii() first: str.isalpha alone accepts letters of every script ("é", "ж").
     if word and word.isascii() and word.isalpha():
         return word
     return None
 
 
-def normalize_tokens(tokens: Iterable[str]) -> list[str | None]:
+def normalize_tokens(tokens: Iterable[str], marker: str | None = None) -> list[str | None]:
     """normalize_token over a sequence; the result has one entry per token, in order."""
-    return [normalize_token(token) for token in tokens]
+    return [normalize_token(token, marker) for token in tokens]
 
 
 def byte_level_alphabet() -> dict[str, int]:

@@ -25,7 +25,7 @@ from core.embeddings import embedding_coverage, load_embeddings
 from core.loading import LoadedArm
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
-from core.words import byte_level_alphabet, normalize_token
+from core.words import byte_level_alphabet, normalize_token, space_marker
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -138,7 +138,8 @@ def _coverage_metrics(top_ids: np.ndarray, is_candidate: np.ndarray, vocab: Toke
 
 def medical_token_mask(raw_tokens: list[str], medical_words: frozenset[str]) -> torch.Tensor:
     """[d_vocab] bool: the token is a whole word of the medical vocabulary (after the valid-word rule)."""
-    return torch.tensor([normalize_token(t) in medical_words for t in raw_tokens], dtype=torch.bool)
+    marker = space_marker(raw_tokens)
+    return torch.tensor([normalize_token(t, marker) in medical_words for t in raw_tokens], dtype=torch.bool)
 
 
 def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:

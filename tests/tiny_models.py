@@ -31,13 +31,13 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def tiny_hf_model(architecture: str, seed: int = 0) -> Any:
+def tiny_hf_model(architecture: str, seed: int = 0, vocab_size: int = VOCAB) -> Any:
     """A randomly initialised `transformers` model of `architecture`, eval mode, fp32. Weights are drawn with
     a larger spread than the default init (and norms away from 1) so that a wrong conversion shows."""
     import transformers
 
     config_class, fields = TINY_CONFIGS[architecture]
-    config = getattr(transformers, config_class)(**fields, architectures=[architecture])
+    config = getattr(transformers, config_class)(**{**fields, "vocab_size": vocab_size}, architectures=[architecture])
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config).eval()
     generator = torch.Generator().manual_seed(seed)
