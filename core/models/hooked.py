@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from core.models.registry import family_for
+from core.models.registry import architecture_name, family_for
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ BRIDGE_MEASUREMENT = ""
 
 
 def architecture_of(hf_model: Any) -> str:
-    return (getattr(hf_model.config, "architectures", None) or ["?"])[0]
+    return architecture_name(hf_model.config)
 
 
 def tl_config_for(hf_model: Any, device: str) -> Any:

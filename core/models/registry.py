@@ -44,6 +44,17 @@ def known_architectures() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def architecture_name(hf_config: Any) -> str:
+    """`architectures[0]`, or for a config that names none (one read from a GGUF file) the causal-LM class
+    transformers maps its `model_type` to ("llama" -> LlamaForCausalLM); "?" when neither says."""
+    named = getattr(hf_config, "architectures", None)
+    if named:
+        return named[0]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(hf_config, "model_type", ""), "?")
+
+
 def family_for(architecture: str) -> ModelFamily:
     """The family that loads `architecture`; an unknown one is a user error naming the known ones."""
     family = _FAMILIES.get(architecture)

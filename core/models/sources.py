@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from core.errors import StudyInputError
+from core.models.registry import architecture_name, family_for
 
 GGUF_MAGIC = b"GGUF"
 
@@ -45,12 +46,14 @@ def _load_gguf(path: Path, field: str) -> tuple[Any, Any]:
 
 
 def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = f"{source}/{extra['gguf_file']}" if extra else source
     try:
+        config = AutoConfig.from_pretrained(source, **extra)
+        _check_architecture(config, field)  # before reading weights an adapter could not convert
         with _no_weight_loading_bar():
-            hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
+            hf_model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32, **extra).eval()
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except OSError as err:
         raise StudyInputError(
@@ -64,6 +67,14 @@ def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[An
         raise StudyInputError(f"{field}: {where} is a GGUF file but not a causal language model transformers can "
                               f"read ({_first_line(err)})") from err
     return hf_model, tokenizer
+
+
+def _check_architecture(config: Any, field: str) -> None:
+    architecture = architecture_name(config)
+    try:
+        family_for(architecture)
+    except StudyInputError as err:
+        raise StudyInputError(f"{field}: {err}") from None
 
 
 def _first_line(err: BaseException) -> str:
