@@ -1,9 +1,26 @@
 """A `transformers` causal LM → a HookedTransformer, through its family's converter, processed as the SAE needs.
 
-Why HookedTransformer by converter rather than TransformerLens's TransformerBridge: everything downstream
-(activation pass, quality, steering's KV cache, the projection's W_U) uses the HookedTransformer interface
-(`stop_at_layer`, `past_kv_cache`, `W_U`, weight processing), and the two were measured on the same tiny Llama
-(bench/bench_models.py; the figures are in `BRIDGE_MEASUREMENT` below).
+HookedTransformer by converter, or TransformerLens's TransformerBridge? Measured with bench/bench_models.py
+(a random Llama of SmolLM2's block: 4 layers, width 256, GQA, tied embeddings, vocabulary 8,192; fp32; AMD EPYC,
+AVX-512, 2 cores shared with other jobs, so ratios within one run only), median of 3 interleaved rounds:
+
+                                  HookedTransformer   Bridge   bare transformers
+  activations, 8 × 128 tokens to    1.23 s (1.94×)     0.73 s (1.16×)   0.63 s (all 4 layers)
+    blocks.2.hook_resid_post
+  50 greedy tokens, KV cache        6.25 s (1.61×)     4.88 s (1.26×)   3.88 s
+  parameters + buffers              28.6 MB            20.0 MB          20.0 MB (tied W_E/W_U kept once)
+
+On the real SmolLM2-135M (GGUF, same machine, load average ~9, two rounds) the HookedTransformer took 1.3–2.4×
+transformers' time for 20 greedy tokens, and 0.75–2.1× transformers' full 30-layer pass to run 8 × 128 tokens
+to layer 16. The Bridge is faster (it runs transformers' own modules, SDPA attention included) and lighter.
+The HookedTransformer is kept for now because everything downstream is written against its interface and
+checked on it for all nine families (log-probs, every hook kind, greedy generation equal to transformers'):
+the activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), the
+steering sampler's own KV-cache loop (`past_kv_cache`, `ln_final` / `unembed` hooks, soft caps), the projection's
+`W_U`, and weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Moving to the
+Bridge would touch this module, steering's loop and the `model.cfg` reads around the code base, and should come with its own per-family hook checks
+(e.g. whether its `hook_mlp_out` is before or after Gemma 2's post-MLP norm): a follow-up when `make bench`'s
+targets (activation pass ≥ 0.6× transformers, generation ≤ 1.2×) are measured on SmolLM2.
 """
 
 from __future__ import annotations
@@ -16,10 +33,6 @@ import torch
 from core.models.registry import architecture_name, family_for
 
 logger = logging.getLogger(__name__)
-
-# bench/bench_models.py, AMD EPYC (AVX-512), 2 shared cores, torch 2.13, tiny Llama (4 layers, width 256,
-# vocab 4,096), fp32. Filled in from the measurement.
-BRIDGE_MEASUREMENT = ""
 
 
 def architecture_of(hf_model: Any) -> str:
