@@ -4,6 +4,7 @@ HookedTransformer moves it to the study's device."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 
 from core.errors import StudyInputError
 from core.models.registry import architecture_name, family_for
+
+logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 
@@ -66,7 +69,17 @@ def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[An
         # transformers' GGUF reader raises these for a GGUF that holds no language model it knows.
         raise StudyInputError(f"{field}: {where} is a GGUF file but not a causal language model transformers can "
                               f"read ({_first_line(err)})") from err
+    _lead_with_eos_when_no_bos(tokenizer)
     return hf_model, tokenizer
+
+
+def _lead_with_eos_when_no_bos(tokenizer: Any) -> None:
+    """Every row the product runs starts with a BOS it leaves out (corpus rows, prompts). Tokenizers without one
+    (Qwen) get their end-of-text token in that place, the document separator they were trained with, as GPT-2's
+    `<|endoftext|>` is both."""
+    if tokenizer.bos_token is None and tokenizer.eos_token is not None:
+        logger.info("tokenizer has no BOS token; rows start with its EOS token %r", tokenizer.eos_token)
+        tokenizer.bos_token = tokenizer.eos_token
 
 
 def _check_architecture(config: Any, field: str) -> None:

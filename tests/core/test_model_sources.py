@@ -121,3 +121,21 @@ def test_generation_of_a_loaded_gemma2_arm_is_deterministic_per_seed(tmp_path):
     settings = SamplingSettings(max_new_tokens=15, seed=7)
     first, second = generate(arm.model, "the kidney", settings), generate(arm.model, "the kidney", settings)
     assert first.token_ids == second.token_ids and all(torch.isfinite(torch.tensor(first.logprobs)))
+
+
+def test_a_tokenizer_without_bos_leads_rows_with_its_eos(tmp_path):
+    """Qwen's tokenizers have no BOS: corpus rows and prompts start with <|endoftext|>, as GPT-2's do."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from core.corpus import pack_rows
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the heart and the kidney"] * 20, vocab_size=280, special_tokens=["<|endoftext|>"])
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>").save_pretrained(str(tmp_path))
+    tiny_hf_model("Qwen2ForCausalLM", vocab_size=280).save_pretrained(str(tmp_path))
+    sae = build_sae_folder(tmp_path / "sae", d_in=32, hook_name="blocks.1.hook_resid_pre")
+    arm = load_arm(ArmConfig("base", str(tmp_path), sae_path=str(sae)), "cpu")
+    eos = arm.model.tokenizer.eos_token_id
+    assert arm.model.to_tokens("the heart")[0, 0] == eos
+    assert (pack_rows(["the heart and the kidney"] * 10, arm.model.tokenizer, 8)[:, 0] == eos).all()
