@@ -33,8 +33,9 @@ import torch
 
 from core.config import ArmConfig
 from core.errors import StudyInputError
+# Re-exported: the demo build, the benchmarks and the tests load models through core.loading.
 from core.models import (LOGPROB_TOLERANCE, attention_weights_as_linear_layout, hooked_transformer_from_hf,  # noqa: F401
-                         known_architectures, load_hf_model, verify_against_hf)
+                         load_hf_model, verify_against_hf)
 
 logger = logging.getLogger(__name__)
 

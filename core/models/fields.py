@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import StudyInputError
+
 
 def head_dim(hf_cfg: Any) -> int:
     """Per-head width: `head_dim` when the config sets one (Gemma, Qwen3, Mistral), else hidden / heads."""
@@ -34,8 +36,13 @@ def kv_heads(hf_cfg: Any) -> int | None:
     return None if n_kv in (None, hf_cfg.num_attention_heads) else int(n_kv)
 
 
-def rotary_decoder(hf_cfg: Any) -> dict[str, Any]:
-    """The Llama-style block (RMSNorm, rotary, gated MLP, no biases) that Llama, Mistral, Qwen and Gemma share."""
+def rotary_decoder(hf_cfg: Any, rope_types: tuple[str, ...] = ("default",)) -> dict[str, Any]:
+    """The Llama-style block (RMSNorm, rotary, gated MLP, no biases) that Llama, Mistral, Qwen and Gemma share.
+    A rotary scaling the family does not read (linear, dynamic, yarn) is refused rather than run unscaled."""
+    scaling = rope_scaling_type(hf_cfg)
+    if scaling not in rope_types:
+        raise StudyInputError(f"rotary scaling {scaling!r} of this {hf_cfg.model_type} model is not supported "
+                              f"(supported: {', '.join(rope_types)})")
     d_head = head_dim(hf_cfg)
     return {
         "d_model": hf_cfg.hidden_size,

@@ -25,14 +25,11 @@ targets (activation pass ≥ 0.6× transformers, generation ≤ 1.2×) are measu
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
 from core.models.registry import architecture_name, family_for
-
-logger = logging.getLogger(__name__)
 
 
 def architecture_of(hf_model: Any) -> str:

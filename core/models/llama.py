@@ -10,17 +10,14 @@ from core.models.registry import ModelFamily, register
 
 
 def tl_config(hf_cfg: Any) -> dict[str, Any]:
-    fields = rotary_decoder(hf_cfg)
+    fields = rotary_decoder(hf_cfg, rope_types=("default", "llama3"))
     if rope_scaling_type(hf_cfg) == "llama3":  # Llama 3.1+: NTK-by-parts frequencies
-        from transformer_lens.loading_from_pretrained import _apply_llama3_rope_scaling
-
-        params = dict(getattr(hf_cfg, "rope_parameters", None) or hf_cfg.rope_scaling)
-
-        class _Scaling:  # TransformerLens reads `rope_scaling`, which transformers 5 renamed
-            rope_scaling = params
-            max_position_embeddings = hf_cfg.max_position_embeddings
-
-        _apply_llama3_rope_scaling(fields, _Scaling)
+        params = getattr(hf_cfg, "rope_parameters", None) or hf_cfg.rope_scaling
+        fields.update(use_NTK_by_parts_rope=True,
+                      NTK_original_ctx_len=params.get("original_max_position_embeddings", hf_cfg.max_position_embeddings),
+                      NTK_by_parts_low_freq_factor=params.get("low_freq_factor", 1.0),
+                      NTK_by_parts_high_freq_factor=params.get("high_freq_factor", 4.0),
+                      NTK_by_parts_factor=params.get("factor", 1.0))
     return fields
 
 

@@ -127,3 +127,29 @@ def test_an_unknown_architecture_is_one_line_naming_the_known_ones():
     with pytest.raises(StudyInputError, match="OPTForCausalLM is not supported") as err:
         family_for("OPTForCausalLM")
     assert "LlamaForCausalLM" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_llama3_rotary_scaling_equals_transformers():
+    """Llama 3.1's NTK-by-parts frequencies; positions past the original context show a wrong reading."""
+    import transformers
+
+    config = transformers.LlamaConfig(**{**TINY_CONFIGS["LlamaForCausalLM"][1], "vocab_size": 96},
+                                      architectures=["LlamaForCausalLM"],
+                                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                       "original_max_position_embeddings": 8})
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    model = hooked_transformer_from_hf(hf, None, NO_CENTRING, "cpu")
+    assert model.cfg.use_NTK_by_parts_rope and model.cfg.NTK_by_parts_factor == 8.0
+    assert verify_against_hf(model, hf, n_tokens=40) < 1e-4
+
+
+def test_an_unread_rotary_scaling_is_refused():
+    import transformers
+
+    config = transformers.Qwen2Config(**TINY_CONFIGS["Qwen2ForCausalLM"][1], architectures=["Qwen2ForCausalLM"],
+                                      rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                       "original_max_position_embeddings": 32})
+    with pytest.raises(StudyInputError, match="rotary scaling 'yarn' of this qwen2 model is not supported"):
+        hooked_transformer_from_hf(transformers.Qwen2ForCausalLM(config), None, NO_CENTRING, "cpu")
