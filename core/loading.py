@@ -179,7 +179,10 @@ def load_arm(arm: ArmConfig, device: str = "auto", verify: bool = True) -> Loade
     check_projectable_hook(sae, arm.name)  # before loading a model for nothing
     processing = processing_for(sae)
     hf_model, tokenizer = load_hf_model(arm.model, arm.name)
-    model = hooked_transformer_from_hf(hf_model, tokenizer, processing, device)
+    try:
+        model = hooked_transformer_from_hf(hf_model, tokenizer, processing, device)
+    except StudyInputError as err:  # e.g. a rotary scaling its family does not read
+        raise StudyInputError(f"arms[{arm.name}].model: {err}") from None
     if verify:
         diff = verify_against_hf(model, hf_model)
         logger.info("arm %s: model matches transformers (max |Δ log-prob| %.2e)", arm.name, diff)

@@ -53,3 +53,11 @@ def byte_level_alphabet() -> dict[str, int]:
     extra = (byte for byte in range(256) if byte not in chars)
     chars.update({byte: chr(256 + n) for n, byte in enumerate(extra)})
     return {char: byte for byte, char in chars.items()}
+
+
+def sentencepiece_text(token: str) -> str:
+    """The text a SentencePiece piece stands for, leading space kept ("▁heart" -> " heart"), which decoding one
+    token alone drops; byte-fallback pieces ("<0x0A>") become their byte (a lone UTF-8 fragment: U+FFFD)."""
+    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        return bytes([int(token[3:5], 16)]).decode("utf-8", errors="replace")
+    return token.replace(SENTENCEPIECE_SPACE_MARKER, " ")

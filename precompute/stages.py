@@ -25,7 +25,8 @@ from core.embeddings import embedding_coverage, load_embeddings
 from core.loading import LoadedArm
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
-from core.words import byte_level_alphabet, normalize_token, space_marker
+from core.words import (SENTENCEPIECE_SPACE_MARKER, byte_level_alphabet, normalize_token, sentencepiece_text,
+                        space_marker)
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -70,13 +71,17 @@ def vocabulary_strings(tokenizer: Any, d_vocab: int) -> tuple[list[str], np.ndar
     """Per token id: the tokenizer's own spelling ("Ġheart", for the word rule) and its text (" heart", to show).
 
     Byte-level BPE (GPT-2) tokens are decoded through the byte table directly, 50x faster than 50k decode
-    calls; a sample is checked against `tokenizer.decode`, and any other tokenizer takes the slow path."""
+    calls; a sample is checked against `tokenizer.decode`, and any other tokenizer takes the slow path, except
+    SentencePiece pieces, read as `sentencepiece_text` so that words keep their leading space."""
     known = min(d_vocab, len(tokenizer))
     raw = [t or "" for t in tokenizer.convert_ids_to_tokens(list(range(known)))] + [""] * (d_vocab - known)
-    text = _byte_level_text(raw[:known])
-    sample = range(0, known, max(1, known // 200))
-    if text is None or any(text[i] != tokenizer.decode([i]) for i in sample):
-        text = tokenizer.batch_decode([[i] for i in range(known)])
+    if space_marker(raw[:known]) == SENTENCEPIECE_SPACE_MARKER:  # decode([i]) would drop each leading space
+        text = [sentencepiece_text(token) for token in raw[:known]]
+    else:
+        text = _byte_level_text(raw[:known])
+        sample = range(0, known, max(1, known // 200))
+        if text is None or any(text[i] != tokenizer.decode([i]) for i in sample):
+            text = tokenizer.batch_decode([[i] for i in range(known)])
     return raw, np.array(list(text) + [""] * (d_vocab - known), dtype=object)
 
 

@@ -93,3 +93,20 @@ def test_a_trained_sentencepiece_tokenizer_gives_words():
     marker = space_marker(vocabulary)
     assert marker == "\u2581" and "\u2581heart" in vocabulary
     assert {normalize_token(token, marker) for token in vocabulary} >= {"heart", "kidney", "pulmonary", "artery"}
+
+
+def test_sentencepiece_pieces_read_as_text_with_their_leading_space():
+    from precompute.stages import vocabulary_strings
+
+    class Pieces:  # the two calls vocabulary_strings makes of a tokenizer
+        vocabulary = ["<s>", "\u2581heart", "ing", "<0x0A>", "\u2581the", "<0xC3>"]
+
+        def __len__(self):
+            return len(self.vocabulary)
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.vocabulary[i] for i in ids]
+
+    raw, text = vocabulary_strings(Pieces(), d_vocab=7)
+    assert raw[:6] == Pieces.vocabulary and raw[6] == ""
+    assert text.tolist() == ["<s>", " heart", "ing", "\n", " the", "\ufffd", ""]
