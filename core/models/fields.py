@@ -54,7 +54,7 @@ def rotary_decoder(hf_cfg: Any, rope_types: tuple[str, ...] = ("default",)) -> d
         "n_ctx": hf_cfg.max_position_embeddings,
         "eps": hf_cfg.rms_norm_eps,
         "d_vocab": hf_cfg.vocab_size,
-        "act_fn": getattr(hf_cfg, "hidden_act", None) or hf_cfg.hidden_activation,
+        "act_fn": getattr(hf_cfg, "hidden_act", None),  # Gemma 2 and 3 set their own
         "normalization_type": "RMS",
         "positional_embedding_type": "rotary",
         "rotary_dim": d_head,

@@ -16,11 +16,14 @@ from core.models.registry import ModelFamily, register
 
 
 def gemma_config(hf_cfg: Any) -> dict[str, Any]:
-    return {**rotary_decoder(hf_cfg), "act_fn": _activation(hf_cfg)}
+    # transformers' Gemma MLP uses `hidden_act`, even where an old config.json also names a `hidden_activation`.
+    return {**rotary_decoder(hf_cfg), "act_fn": hf_cfg.hidden_act}
 
 
 def gemma2_config(hf_cfg: Any) -> dict[str, Any]:
-    fields = {**gemma_config(hf_cfg), **sliding_windows(hf_cfg), "use_normalization_before_and_after": True,
+    # Gemma 2 and 3 use `hidden_activation`, whatever `hidden_act` a config.json may carry beside it.
+    fields = {**rotary_decoder(hf_cfg), "act_fn": hf_cfg.hidden_activation, **sliding_windows(hf_cfg),
+              "use_normalization_before_and_after": True,
               "attn_scale": math.sqrt(hf_cfg.query_pre_attn_scalar)}
     if getattr(hf_cfg, "attn_logit_softcapping", None):
         fields["attn_scores_soft_cap"] = float(hf_cfg.attn_logit_softcapping)
@@ -33,11 +36,6 @@ def gemma3_config(hf_cfg: Any) -> dict[str, Any]:
     return {**gemma2_config(hf_cfg), "use_qk_norm": True,
             "rotary_base": rope_theta(hf_cfg, "full_attention"),
             "rotary_base_local": rope_theta(hf_cfg, "sliding_attention")}
-
-
-def _activation(hf_cfg: Any) -> str:
-    # Gemma 1 configs name it hidden_act (and the model uses hidden_activation when set); 2 and 3 hidden_activation.
-    return getattr(hf_cfg, "hidden_activation", None) or hf_cfg.hidden_act
 
 
 def convert(hf_model: Any, cfg: Any) -> dict[str, Any]:

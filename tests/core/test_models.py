@@ -153,3 +153,28 @@ def test_an_unread_rotary_scaling_is_refused():
                                                        "original_max_position_embeddings": 32})
     with pytest.raises(StudyInputError, match="rotary scaling 'yarn' of this qwen2 model is not supported"):
         hooked_transformer_from_hf(transformers.Qwen2ForCausalLM(config), None, NO_CENTRING, "cpu")
+
+
+@pytest.mark.parametrize("architecture, fields", [
+    # google/gemma-2b's config.json names both: exact GELU in hidden_act, tanh GELU in hidden_activation.
+    ("GemmaForCausalLM", {"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+    ("GemmaForCausalLM", {"hidden_act": "gelu"}),
+    ("Gemma2ForCausalLM", {"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+])
+def test_gemma_reads_the_activation_transformers_runs(architecture, fields):
+    import transformers
+
+    config_class, base = TINY_CONFIGS[architecture]
+    config = getattr(transformers, config_class)(**{**base, **fields, "intermediate_size": 256},
+                                                 architectures=[architecture])
+    torch.manual_seed(0)
+    hf = getattr(transformers, architecture)(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.normal_(0, 0.5)  # wide pre-activations: exact and tanh GELU differ by up to ~1e-3 each
+    model = hooked_transformer_from_hf(hf, None, NO_CENTRING, "cpu")
+    runs_tanh = type(hf.model.layers[0].mlp.act_fn).__name__ == "GELUTanh"  # what transformers really runs
+    assert model.cfg.act_fn == ("gelu_pytorch_tanh" if runs_tanh else "gelu")
+    rows = token_rows()[:, :12] % 96
+    with torch.no_grad():
+        assert (model(rows).log_softmax(-1) - hf(rows).logits.log_softmax(-1)).abs().max() < 1e-4
