@@ -139,3 +139,12 @@ def test_a_tokenizer_without_bos_leads_rows_with_its_eos(tmp_path):
     eos = arm.model.tokenizer.eos_token_id
     assert arm.model.to_tokens("the heart")[0, 0] == eos
     assert (pack_rows(["the heart and the kidney"] * 10, arm.model.tokenizer, 8)[:, 0] == eos).all()
+
+
+def test_check_names_each_arms_architecture(llama, tmp_path, capsys):
+    from precompute.cli import main
+
+    sae = build_sae_folder(tmp_path / "sae", d_in=32, hook_name="blocks.1.hook_mlp_out")
+    (tmp_path / "study.toml").write_text(study_toml([{"name": "base", "model": str(llama), "sae_path": str(sae)}]))
+    assert main(["check", "--config", str(tmp_path / "study.toml")]) == 0
+    assert f"base: {llama} (LlamaForCausalLM) + SAE" in capsys.readouterr().out
