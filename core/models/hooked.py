@@ -2,25 +2,28 @@
 
 HookedTransformer by converter, or TransformerLens's TransformerBridge? Measured with bench/bench_models.py
 (a random Llama of SmolLM2's block: 4 layers, width 256, GQA, tied embeddings, vocabulary 8,192; fp32; AMD EPYC,
-AVX-512, 2 cores shared with other jobs, so ratios within one run only), median of 3 interleaved rounds:
+AVX-512, 2 threads on cores shared with other jobs), fastest of 5 interleaved rounds, ratios to transformers:
 
-                                  HookedTransformer   Bridge   bare transformers
-  activations, 8 × 128 tokens to    1.23 s (1.94×)     0.73 s (1.16×)   0.63 s (all 4 layers)
+                                      HookedTransformer   Bridge           bare transformers
+  activations, 8 × 128 tokens to      0.218 s (2.37×)     0.099 s (1.08×)  0.092 s (the same 3 layers)
     blocks.2.hook_resid_post
-  50 greedy tokens, KV cache        6.25 s (1.61×)     4.88 s (1.26×)   3.88 s
-  parameters + buffers              28.6 MB            20.0 MB          20.0 MB (tied W_E/W_U kept once)
+  50 greedy tokens, KV cache          0.749 s (1.84×)     0.531 s (1.30×)  0.408 s (`generate`)
+  parameters + buffers                28.6 MB             20.0 MB          20.0 MB (tied W_E/W_U kept once)
 
-On the real SmolLM2-135M (GGUF, same machine, load average ~9, two rounds) the HookedTransformer took 1.3–2.4×
-transformers' time for 20 greedy tokens, and 0.75–2.1× transformers' full 30-layer pass to run 8 × 128 tokens
-to layer 16. The Bridge is faster (it runs transformers' own modules, SDPA attention included) and lighter.
-The HookedTransformer is kept for now because everything downstream is written against its interface and
-checked on it for all nine families (log-probs, every hook kind, greedy generation equal to transformers'):
-the activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), the
-steering sampler's own KV-cache loop (`past_kv_cache`, `ln_final` / `unembed` hooks, soft caps), the projection's
-`W_U`, and weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Moving to the
-Bridge would touch this module, steering's loop and the `model.cfg` reads around the code base, and should come with its own per-family hook checks
-(e.g. whether its `hook_mlp_out` is before or after Gemma 2's post-MLP norm): a follow-up when `make bench`'s
-targets (activation pass ≥ 0.6× transformers, generation ≤ 1.2×) are measured on SmolLM2.
+Load from other jobs moves these a lot (a quiet standalone loop once gave 37 ms for ours against 44 ms for the
+Bridge; loaded runs gave ours 2–10× transformers): the HookedTransformer materialises its attention scores and
+masks, and suffers most when memory bandwidth is shared. On the real SmolLM2-135M (GGUF, load average ~9) ours
+took 1.3–2.4× transformers' time for 20 greedy tokens.
+The Bridge is faster (it runs transformers' own modules, SDPA attention included) and lighter, and by these
+figures ours misses issue 13's activation-pass target (≥ 0.6× transformers' throughput) where the Bridge meets it.
+The HookedTransformer is kept for now because everything downstream is written against its interface and is
+checked on it for all nine families (log-probs, every hook kind, greedy generation equal to transformers'): the
+activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), steering's
+own KV-cache sampler (`past_kv_cache`, the `ln_final` / `unembed` hooks, soft caps), the projection's `W_U`, and
+weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Moving to the Bridge
+touches this module, steering's loop and the `model.cfg` reads around the code base, and needs its own per-family
+hook checks (is its `hook_mlp_out` before or after Gemma 2's post-MLP norm?): the next step once `make bench`
+measures SmolLM2.
 """
 
 from __future__ import annotations
