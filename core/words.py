@@ -8,6 +8,7 @@ on the tokenizer that spelled them.
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 BPE_SPACE_MARKER = "\u0120"  # byte-level BPE
 SENTENCEPIECE_SPACE_MARKER = "\u2581"  # SentencePiece
@@ -61,3 +62,17 @@ def sentencepiece_text(token: str) -> str:
     if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
         return bytes([int(token[3:5], 16)]).decode("utf-8", errors="replace")
     return token.replace(SENTENCEPIECE_SPACE_MARKER, " ")
+
+
+def new_token_texts(tokenizer: Any, prefix_ids: Sequence[int], new_ids: Sequence[int]) -> list[str]:
+    """The text each of `new_ids` adds after `prefix_ids`, for showing tokens one by one: joined, they are the
+    text the new tokens add. Decoding a token alone loses a SentencePiece word's leading space ("▁heart" ->
+    "heart"), so each piece is the difference of decoding with and without it, after the prefix."""
+    ids, texts = list(prefix_ids), []
+    before = tokenizer.decode(ids)
+    for token in new_ids:
+        ids.append(int(token))
+        after = tokenizer.decode(ids)
+        texts.append(after[len(before):] if after.startswith(before) else tokenizer.decode([int(token)]))
+        before = after
+    return texts

@@ -110,3 +110,20 @@ def test_sentencepiece_pieces_read_as_text_with_their_leading_space():
     raw, text = vocabulary_strings(Pieces(), d_vocab=7)
     assert raw[:6] == Pieces.vocabulary and raw[6] == ""
     assert text.tolist() == ["<s>", " heart", "ing", "\n", " the", "\ufffd", ""]
+
+
+def test_new_token_texts_keep_each_sentencepiece_word_s_space():
+    """Decoding '▁kidney' alone gives 'kidney'; after a prefix it adds ' kidney', and the pieces join to the text."""
+    from tokenizers import SentencePieceBPETokenizer, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    from core.words import new_token_texts
+
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator(["the heart and the kidney"] * 20, vocab_size=60, special_tokens=["<s>"])
+    trainer._tokenizer.decoder = decoders.Metaspace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, bos_token="<s>")
+    prompt, new = tokenizer.encode("the heart"), tokenizer.encode(" and the kidney")
+    assert tokenizer.decode([new[-1]]) == "kidney"
+    pieces = new_token_texts(tokenizer, prompt, new)
+    assert pieces[-1] == " kidney" and "".join(pieces) == " and the kidney"
