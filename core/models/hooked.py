@@ -20,10 +20,12 @@ The HookedTransformer is kept for now because everything downstream is written a
 checked on it for all nine families (log-probs, every hook kind, greedy generation equal to transformers'): the
 activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), steering's
 own KV-cache sampler (`past_kv_cache`, the `ln_final` / `unembed` hooks, soft caps), the projection's `W_U`, and
-weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Moving to the Bridge
-touches this module, steering's loop and the `model.cfg` reads around the code base, and needs its own per-family
-hook checks (is its `hook_mlp_out` before or after Gemma 2's post-MLP norm?): the next step once `make bench`
-measures SmolLM2.
+weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Tried on a Bridge of the
+same Llama: `cfg.device / d_vocab / n_layers / n_ctx`, `W_U`, `to_tokens`, `hook_activations` and `sae_quality`
+work unchanged; steering's sampler does not (its `stop_at_layer=n_layers` pass returns logits there, and it has
+no `past_kv_cache`). So the move is this module plus steering's loop, with per-family hook checks of the Bridge
+(is its `hook_mlp_out` before or after Gemma 2's post-MLP norm?): the next step once `make bench` measures
+SmolLM2.
 """
 
 from __future__ import annotations
