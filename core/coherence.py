@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.words import normalize_token
+from core.words import normalize_token, space_marker
 
 EPSILON = 1e-8
 MIN_VALID = 2
@@ -52,12 +52,14 @@ class FeatureWordScores:
 
 
 def token_words(token_strings: Sequence[str], kv: object, medical: Iterable[str]) -> TokenWords:
-    """Map every vocabulary token (as `convert_ids_to_tokens` spells it) to a normalised word."""
+    """Map every vocabulary token (as `convert_ids_to_tokens` spells it) to a normalised word, with the space
+    marker that vocabulary uses ('Ġ' or '▁')."""
     medical = set(medical)
+    marker = space_marker(token_strings)
     index: dict[str, int] = {}
     token_word = np.full(len(token_strings), -1, dtype=np.int64)
     for token_id, token in enumerate(token_strings):
-        word = normalize_token(token)
+        word = normalize_token(token, marker)
         if word is not None:
             token_word[token_id] = index.setdefault(word, len(index))
     words = list(index)

@@ -33,7 +33,7 @@ class ArmConfig:
     """One arm of a study: a language model and the SAE trained on its activations."""
 
     name: str
-    model: str  # hub name ("gpt2") or a local folder saved with save_pretrained
+    model: str  # hub name ("gpt2"), a local folder saved with save_pretrained, or a .gguf file
     sae_path: str | None = None  # local folder saved with SAE.save_model
     sae_release: str | None = None  # SAELens release, e.g. "gpt2-small-res-jb"
     sae_id: str | None = None  # SAELens id within the release, e.g. "blocks.8.hook_resid_pre"

@@ -2,12 +2,16 @@
 
 Why by hand: `HookedTransformer.from_pretrained` only knows official hub names and asks the hub for their
 config, so it cannot load a local folder offline, and TransformerLens's config converter breaks on configs
-written by transformers 5 (no `n_ctx`). So the `transformers` model is loaded with `from_pretrained` (hub name
-or local folder), converted with TransformerLens's own GPT-2 weight converter, and processed with exactly the
-flags `HookedTransformer.from_pretrained` would use, overridden by the SAE's
-`metadata.model_from_pretrained_kwargs`. For gpt2 + `gpt2-small-res-jb` that is fold_ln, center_writing_weights,
-center_unembed and fold_value_biases: centring the writing weights makes every residual-stream activation the
-raw one minus its mean over `d_model`, which is what that SAE was trained on.
+written by transformers 5 (no `n_ctx`). So the `transformers` model is loaded with `from_pretrained` (hub name,
+local folder or GGUF file) and converted by its family's adapter (`core.models`).
+
+Which activations the SAE saw: SAELens trains through `HookedTransformer.from_pretrained_no_processing(
+**model_from_pretrained_kwargs)`, so only the processing its metadata names changes a hook's activations. Of
+TransformerLens's flags only `center_writing_weights` does that (every residual-stream activation becomes the raw
+one minus its mean over `d_model`; gpt2-small-res-jb says `center_writing_weights: true`); most modern SAEs name
+none and were trained on raw Hugging Face activations. The other flags (fold_ln, center_unembed,
+fold_value_biases) leave every hook the product reads as it was, and stay on as in `from_pretrained`: folded
+norms give the projection the unembedding the model really applies, and a faster forward pass.
 
 Loading is checked, not hoped: `verify_against_hf` compares log-probabilities with the `transformers` model
 (processing moves raw logits by a per-position constant only), so a half-loaded model (the study authors'
@@ -29,11 +33,13 @@ import torch
 
 from core.config import ArmConfig
 from core.errors import StudyInputError
+# Re-exported: the demo build, the benchmarks and the tests load models through core.loading.
+from core.models import (LOGPROB_TOLERANCE, attention_weights_as_linear_layout, hooked_transformer_from_hf,  # noqa: F401
+                         load_hf_model, verify_against_hf)
 
 logger = logging.getLogger(__name__)
 
-# The defaults of HookedTransformer.from_pretrained: what an SAE trained through SAELens saw unless its
-# metadata says otherwise.
+# The defaults of HookedTransformer.from_pretrained (gpt2-small-res-jb's model).
 DEFAULT_PROCESSING = {
     "fold_ln": True,
     "center_writing_weights": True,
@@ -41,8 +47,11 @@ DEFAULT_PROCESSING = {
     "fold_value_biases": True,
     "refactor_factored_attn_matrices": False,
 }
-SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel",)
-LOGPROB_TOLERANCE = 1e-3
+# What an SAE whose metadata names no processing saw (SAELens: from_pretrained_no_processing), with the folds
+# that change no hook's activations (module docstring).
+NO_CENTRING = {**DEFAULT_PROCESSING, "center_writing_weights": False}
+# Hooks whose activations live in the residual stream's basis (what the projection and steering need).
+PROJECTABLE_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 
 
 @dataclass
@@ -105,8 +114,10 @@ def processing_for(sae: Any) -> dict[str, bool]:
 
 
 def processing_from_kwargs(model_from_pretrained_kwargs: dict[str, Any]) -> dict[str, bool]:
-    """`HookedTransformer.from_pretrained` defaults, overridden by the weight-processing keys of the kwargs."""
-    processing = dict(DEFAULT_PROCESSING)
+    """Processing that gives the hooks what the SAE saw: writing weights centred only when the kwargs say so
+    (SAELens's `from_pretrained_no_processing` semantics), the hook-neutral folds on unless the kwargs say
+    otherwise (see the module docstring)."""
+    processing = dict(NO_CENTRING)
     for key, value in model_from_pretrained_kwargs.items():
         if key in processing:
             processing[key] = bool(value)
@@ -115,119 +126,26 @@ def processing_from_kwargs(model_from_pretrained_kwargs: dict[str, Any]) -> dict
     return processing
 
 
-def load_hf_model(model_ref: str, arm_name: str = "") -> tuple[Any, Any]:
-    """`transformers` causal LM and tokenizer from a hub name or a local folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    looks_local = model_ref.startswith((".", "/")) or Path(model_ref).exists() or model_ref.count("/") > 1
-    if looks_local and not (Path(model_ref) / "config.json").is_file():
+def check_projectable_hook(sae: Any, arm_name: str = "") -> str:
+    """The SAE reads a d_model-wide activation that is added to (or is) the residual stream, so its decoder rows
+    live where W_U reads and can be projected onto the vocabulary and added back when steering; returns the hook.
+    Per-head (`attn.hook_z`), pre-activation (`mlp.hook_post`) or per-head-index SAEs are refused."""
+    hook_name = sae.cfg.metadata.hook_name
+    head_index = getattr(sae.cfg.metadata, "hook_head_index", None)
+    parts = hook_name.split(".")
+    fits = len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in PROJECTABLE_HOOKS
+    if not fits or head_index is not None:
         raise StudyInputError(
-            f"arms[{arm_name}].model: {model_ref} is not a model folder (no config.json); "
-            "build the demo with `python -m precompute build-demo` or save yours with save_pretrained(folder)"
+            f"arms[{arm_name}]: the SAE reads hook {hook_name!r}{'' if head_index is None else f' (head {head_index})'}, "
+            f"which cannot be projected onto the vocabulary; use an SAE at blocks.<layer>.{{{','.join(PROJECTABLE_HOOKS)}}}"
         )
-    try:
-        with _no_weight_loading_bar():
-            hf_model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_ref)
-    except OSError as err:
-        raise StudyInputError(
-            f"arms[{arm_name}].model: could not load {model_ref!r} ({str(err).splitlines()[0]}); "
-            "give a local folder or a hub name reachable from here"
-        ) from err
-    return hf_model, tokenizer
-
-
-@contextmanager
-def _no_weight_loading_bar() -> Iterator[None]:
-    # transformers draws a bar per load; loading takes a second and the precompute has its own progress.
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def hooked_transformer_from_hf(hf_model: Any, tokenizer: Any, processing: dict[str, bool], device: str) -> Any:
-    """Convert a `transformers` GPT-2-family model into a processed HookedTransformer on `device`."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-
-    hf_cfg = hf_model.config
-    architecture = (hf_cfg.architectures or ["?"])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise StudyInputError(
-            f"model architecture {architecture} is not supported yet (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
-    cfg = HookedTransformerConfig(
-        d_model=hf_cfg.n_embd,
-        d_head=hf_cfg.n_embd // hf_cfg.n_head,
-        n_heads=hf_cfg.n_head,
-        d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
-        n_layers=hf_cfg.n_layer,
-        n_ctx=hf_cfg.n_positions,
-        eps=hf_cfg.layer_norm_epsilon,
-        d_vocab=hf_cfg.vocab_size,
-        act_fn=hf_cfg.activation_function,
-        normalization_type="LN",
-        original_architecture=architecture,
-        scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx,
-        default_prepend_bos=True,
-        device=device,
-        dtype=torch.float32,
-    )
-    state_dict = convert_gpt2_weights(hf_model, cfg)
-    state_dict.setdefault("unembed.b_U", torch.zeros(cfg.d_vocab))  # GPT-2 has no unembedding bias
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    missing = set(model.state_dict()) - set(state_dict) - _buffers(model)
-    if missing:
-        raise RuntimeError(f"weight conversion left parameters unset: {sorted(missing)[:5]}")
-    model.load_and_process_state_dict(state_dict, **processing)
-    model = model.to(device, print_details=False).eval()
-    attention_weights_as_linear_layout(model)
-    return model
-
-
-def attention_weights_as_linear_layout(model: Any) -> None:
-    """Lay out each block's W_Q/W_K/W_V [head_index, d_model, d_head] and W_O [head_index, d_head, d_model] in
-    memory the way TransformerLens's attention reshapes them for `F.linear` ((head_index d_head) × d_model, and
-    d_model × (head_index d_head)), keeping their shapes and values. Its `einops.rearrange` then returns a view
-    instead of copying all four matrices on every forward pass: at gpt2-small that copy was a third of the time
-    of a one-token generation step on the CPU (2.1 s of 6.5 s for 50 tokens)."""
-    for block in model.blocks:
-        attn = block.attn
-        for name in ("W_Q", "W_K", "W_V"):
-            weight = getattr(attn, name, None)
-            if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
-                weight.data = weight.data.permute(0, 2, 1).contiguous().permute(0, 2, 1)
-        weight = getattr(attn, "W_O", None)
-        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
-            weight.data = weight.data.permute(2, 0, 1).contiguous().permute(1, 2, 0)
-
-
-def _buffers(model: Any) -> set[str]:
-    return {name for name, _ in model.named_buffers()}
-
-
-@torch.no_grad()
-def verify_against_hf(model: Any, hf_model: Any, n_tokens: int = 16) -> float:
-    """Max |Δ log-prob| between the HookedTransformer and `transformers` on a fixed probe; raises if too large."""
-    d_vocab = hf_model.config.vocab_size
-    probe = (torch.arange(n_tokens) * 7919 % d_vocab).unsqueeze(0)  # [1, n] deterministic, spread over the vocab
-    reference = hf_model(probe).logits.float().log_softmax(-1)
-    ours = model(probe.to(model.cfg.device)).float().log_softmax(-1).cpu()
-    diff = (reference - ours).abs().max().item()
-    if diff > LOGPROB_TOLERANCE:
-        raise RuntimeError(f"loaded model disagrees with transformers: max |Δ log-prob| {diff:.3g} > {LOGPROB_TOLERANCE}")
-    return diff
+    return hook_name
 
 
 def check_sae_fits_model(model: Any, sae: Any, arm_name: str = "") -> str:
-    """The SAE's hook exists in the model and its activations are `d_in` wide; returns the hook name."""
-    hook_name = sae.cfg.metadata.hook_name
+    """The SAE's hook is one the product projects, exists in the model, and gives activations `d_in` wide;
+    returns the hook name."""
+    hook_name = check_projectable_hook(sae, arm_name)
     if hook_name not in model.hook_dict:
         resid = [name for name in model.hook_dict if name.endswith(("hook_resid_pre", "hook_mlp_out"))][:4]
         raise StudyInputError(
@@ -258,9 +176,13 @@ def load_arm(arm: ArmConfig, device: str = "auto", verify: bool = True) -> Loade
     """SAE first (it says how the model must be processed), then the model, then the checks."""
     device = resolve_device(arm.device or device)
     sae = load_sae(arm, device)
+    check_projectable_hook(sae, arm.name)  # before loading a model for nothing
     processing = processing_for(sae)
     hf_model, tokenizer = load_hf_model(arm.model, arm.name)
-    model = hooked_transformer_from_hf(hf_model, tokenizer, processing, device)
+    try:
+        model = hooked_transformer_from_hf(hf_model, tokenizer, processing, device)
+    except StudyInputError as err:  # e.g. a rotary scaling its family does not read
+        raise StudyInputError(f"arms[{arm.name}].model: {err}") from None
     if verify:
         diff = verify_against_hf(model, hf_model)
         logger.info("arm %s: model matches transformers (max |Δ log-prob| %.2e)", arm.name, diff)

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from core.coherence import unit_rows
 from core.loading import LoadedArm
-from core.words import normalize_token
+from core.words import new_token_texts, normalize_token
 
 PAPER_PROMPT = "What topic is on your mind?"
 PAPER_COEFFICIENT = 50.0
@@ -81,8 +81,8 @@ PAPER_SAMPLING = SamplingSettings()
 
 @dataclass(frozen=True)
 class Generation:
-    """One sampled continuation. Token lists are the new tokens only; `tokens` are decoded one by one (for
-    highlighting), `text` all together. `logprobs`: each new token's natural-log probability under the model as
+    """One sampled continuation. Token lists are the new tokens only; `tokens` are the text each one adds (for
+    highlighting; a SentencePiece word keeps its leading space), `text` all of them decoded together. `logprobs`: each new token's natural-log probability under the model as
     run (steered or not), before temperature, penalty and top-p."""
 
     prompt: str
@@ -212,7 +212,7 @@ def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLIN
         token_ids, logprobs = _sampling_loop(model, prompt_ids, settings, on_token)
     tokenizer = model.tokenizer
     return Generation(prompt=prompt, prompt_ids=prompt_ids.tolist(), token_ids=token_ids,
-                      tokens=[tokenizer.decode([t]) for t in token_ids], text=tokenizer.decode(token_ids),
+                      tokens=new_token_texts(tokenizer, prompt_ids.tolist(), token_ids), text=tokenizer.decode(token_ids),
                       logprobs=logprobs, seed=settings.seed)
 
 

