@@ -47,7 +47,7 @@ def activation_histogram(hist: pd.DataFrame, y_max: float | None = None) -> go.F
     frame = hist[hist["count"] > 0]
     fig = go.Figure(go.Bar(x=(frame["low"] * frame["high"]) ** 0.5, y=frame["count"],
                            width=frame["high"] - frame["low"], marker_color="#F58518"))
-    fig.update_xaxes(type="log", title="activation (non-zero)")
+    fig.update_xaxes(type="log", title="activation (non-zero)", dtick=1, tickformat="~g")  # one label per decade
     fig.update_yaxes(title="tokens", range=[0, y_max] if y_max else None)
     return _compact(fig, height=260)
 
@@ -106,6 +106,10 @@ def similarity_histogram(hist: pd.DataFrame, kind: str) -> go.Figure:
                            (frame["low"] * frame["high"]) ** 0.5, y=frame["count"], width=frame["high"] - frame["low"],
                            marker_color="#4C78A8"))
     fig.update_xaxes(title=f"per-token {kind}", type="linear" if kind == "cosine" else "log")
+    if kind != "cosine" and len(frame):  # 1-2-5 labels written out: plotly's default "2 3 … 9 100 2" overlap
+        ticks = [m * 10.0**e for e in range(-3, 6) for m in (1, 2, 5)
+                 if frame["low"].min() <= m * 10.0**e <= frame["high"].max()]
+        fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:,g}" for t in ticks])
     fig.update_yaxes(title="tokens")
     return _compact(fig, height=280)
 

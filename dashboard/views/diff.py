@@ -67,7 +67,9 @@ if not counts.empty:
     st.subheader("Features by fate")
     c1, c2 = st.columns([1, 3])
     status = c1.radio("Show", ("emerge", "disappear", "persist", "rare", "dead"), key=keys.DIFF_STATUS)
-    sort = c2.selectbox("Sort by", ("frac_nonzero", "coherence", "med_matches", "n_partners"), key=keys.DIFF_SORT)
+    sort_names = {"frac_nonzero": "density (corpus) ↓", "coherence": "coherence ↓", "med_matches": "medical matches ↓",
+                  "n_partners": "partners ↓"}
+    sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
     table = data.query("diff_features", status, sort, True, 200)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
                          compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={int(mf)}"
