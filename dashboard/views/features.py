@@ -30,7 +30,7 @@ with st.container(border=True):
                    "and are hidden when the range is narrowed")
     c3.number_input("Min. medical matches", 0, 50, key=keys.FEATURES_MIN_MATCHES)
     c4.text_input("Top tokens include the word", key=keys.FEATURES_WORD, placeholder="e.g. heart")
-    c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1, 2, 2, 1])
+    c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1.4, 1.6, 1.8, 1.2])  # the toggles need room for their labels
     c5.number_input("Min. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MIN)
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
     c7.toggle("Show dead features", key=keys.FEATURES_DEAD,
