@@ -151,15 +151,16 @@ class WhyRow:
         return self.finetuned_logit - self.base_logit
 
 
-def why_here(inspection: Inspection, pos: int, partners: Mapping[int, int], limit: int = 20) -> list[WhyRow]:
+def why_here(inspection: Inspection, pos: int, forward: Mapping[int, int], backward: Mapping[int, int],
+             limit: int = 20) -> list[WhyRow]:
     """The features whose activation at token `pos` differs most between the arms, largest |change| first.
-    partners: base feature -> finetuned feature of each persisting pair; a feature of either arm outside it
-    stands alone (its other side 0). A pair firing equally in both arms has change 0 and sinks to the end."""
+    forward: base feature -> its persisting match in the fine-tuned arm; backward: the same from the fine-tuned
+    side (they differ where matches are many-to-one). A feature with no persisting match stands alone (its other
+    side 0). A pair firing equally in both arms has change 0 and sinks to the end."""
     a, b = _at(inspection.base, pos), _at(inspection.finetuned, pos)
-    reverse = {f_b: f_a for f_a, f_b in partners.items()}
     rows, seen_b = [], set()
     for f_a, (act, logit) in a.items():
-        f_b = partners.get(f_a)
+        f_b = forward.get(f_a)
         if f_b is not None:
             seen_b.add(f_b)
             act_b, logit_b = b.get(f_b, (0.0, 0.0))
@@ -169,8 +170,9 @@ def why_here(inspection: Inspection, pos: int, partners: Mapping[int, int], limi
     for f_b, (act, logit) in b.items():
         if f_b in seen_b:
             continue
-        f_a = reverse.get(f_b)
-        rows.append(WhyRow(f_a, f_b, 0.0, act, 0.0, logit))
+        f_a = backward.get(f_b)
+        act_a, logit_a = a.get(f_a, (0.0, 0.0)) if f_a is not None else (0.0, 0.0)
+        rows.append(WhyRow(f_a, f_b, act_a, act, logit_a, logit))
     rows.sort(key=lambda r: -abs(r.act_change))
     return rows[:limit]
 
