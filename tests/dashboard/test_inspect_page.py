@@ -3,43 +3,17 @@ feature; the strips shade by that feature (and its persisting match), the URL ca
 
 import re
 
-import duckdb
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
-from core.loading import decoder_fingerprint
-from factories import build_gpt2_folder, build_sae, byte_tokenizer, perturb_gpt2_folder, study_toml
-from tiny_db import D_SAE, write_tiny_db
-
 from app_pages import APP, page, tiny_study
-
-ALWAYS = (0, 5)  # features that read nothing and have bias 10: 10 on every token (0 persists, 5 emerges in tiny_db)
-TEXT = "the kidney and the heart"
+from inspect_study import ALWAYS, TEXT, build_inspect_study
+from tiny_db import D_SAE
 
 
 @pytest.fixture
 def inspect_study(tmp_path, monkeypatch):
-    tokenizer = byte_tokenizer()
-    base = build_gpt2_folder(tmp_path / "base", tokenizer)
-    finetuned = perturb_gpt2_folder(base, tmp_path / "finetuned", scale=0.5)
-    sae = build_sae(d_in=32, d_sae=D_SAE, hook_name="blocks.1.hook_resid_pre")
-    with torch.no_grad():
-        sae.b_dec.zero_()
-        sae.W_enc[:, list(ALWAYS)] = 0.0
-        sae.b_enc[list(ALWAYS)] = 10.0
-        sae.b_enc[1] = -100.0  # never fires
-    sae.save_model(str(tmp_path / "sae"))
-    (tmp_path / "corpus.txt").write_text("a pulmonary artery and a vein\nthe heart\n")
-    arms = [{"name": "base", "model": str(base), "sae_path": str(tmp_path / "sae")},
-            {"name": "finetuned", "model": str(finetuned), "sae_path": str(tmp_path / "sae")}]
-    (tmp_path / "study.toml").write_text(study_toml(arms, corpus_paths=[str(tmp_path / "corpus.txt")],
-                                                    features_db=str(tmp_path / "f.duckdb"),
-                                                    labels_db=str(tmp_path / "l.duckdb")))
-    monkeypatch.setenv("SAE_DIFF_CONFIG", str(tmp_path / "study.toml"))
-    write_tiny_db(tmp_path / "f.duckdb", pair=True)
-    with duckdb.connect(str(tmp_path / "f.duckdb")) as con:
-        con.execute("UPDATE arms SET sae_fingerprint = ?", [decoder_fingerprint(sae)])
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(build_inspect_study(tmp_path)))
     return tmp_path
 
 
