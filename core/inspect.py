@@ -5,7 +5,7 @@ Positions: the text is tokenised with BOS first (as every stage reads the corpus
 of everything shown. Token i's next-token distribution is the model's prediction after reading tokens 0..i, so
 its KL and its change in log-probability concern token i + 1 (the last token has a KL but no following token).
 
-Why here (`why_here`): the direct effect of each feature on the logit of the token that follows, through the
+Why here (`why_here`, computed for the chosen token only): the direct effect of each feature on the logit of the token that follows, through the
 final normalisation and W_U: activation × (W_dec[f] centred over d_model, for LayerNorm) @ W_U[:, next] /
 ln_final scale at that position. A feature at an early hook also acts through the later layers; this counts only
 the direct path, the part the decoder row itself writes into the logit.
@@ -16,6 +16,7 @@ steering hook (hooks are global state on the model).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,13 +36,12 @@ SCALE_HOOK = "ln_final.hook_scale"
 @dataclass(frozen=True)
 class ArmReading:
     """One arm's reading of the text, BOS left out. `active[i]`: (feature ids, activations) of every feature
-    firing on token i, strongest first. `next_logit_weights[i]`: the feature-independent factor of the direct
-    effect on token i + 1's logit (see the module docstring), per active feature, same order; empty on the last
-    token. All plain numbers."""
+    firing on token i, strongest first. `final_scale[i]`: the final normalisation's scale at token i (1 without
+    one), what `why_here` divides a direct logit effect by. All plain numbers."""
 
     arm: str
     active: list[tuple[list[int], list[float]]]
-    next_logit_weights: list[list[float]]
+    final_scale: list[float]
 
     def feature_acts(self, feature: int) -> list[float]:
         """The activation of `feature` on every token (0 where it does not fire)."""
@@ -96,26 +96,28 @@ def _read(arm: LoadedArm, ids: Sequence[int]) -> _Pass:
         logits, cache = model.run_with_cache(tokens, names_filter=names)
     feature_acts = sae.encode(cache[arm.hook_name][0, 1:].to(sae.W_dec.device)).float()  # [T, d_sae]
     scale = cache[SCALE_HOOK][0, 1:, 0].float() if SCALE_HOOK in cache else torch.ones(len(ids) - 1)
-    active, weights = [], []
-    for pos in range(feature_acts.shape[0]):
-        ids_here = torch.nonzero(feature_acts[pos] > 0).flatten()
-        order = torch.argsort(feature_acts[pos, ids_here], descending=True, stable=True)
-        ids_here = ids_here[order]
-        active.append((ids_here.tolist(), feature_acts[pos, ids_here].tolist()))
-        following = pos + 2 < len(ids)
-        weights.append(_direct_logit_weights(arm, ids_here, ids[pos + 2], scale[pos]) if following else [])
+    pos, feature = torch.nonzero(feature_acts > 0, as_tuple=True)  # every firing, [N] each
+    acts = feature_acts[pos, feature]
+    order = torch.argsort(acts, descending=True, stable=True)
+    order = order[torch.argsort(pos[order], stable=True)]  # by position, strongest first within one
+    counts = torch.bincount(pos, minlength=len(ids) - 1).tolist()
+    features, values = feature[order].tolist(), acts[order].tolist()
+    starts = [0] + list(itertools.accumulate(counts))
+    active = [(features[a:b], values[a:b]) for a, b in zip(starts, starts[1:])]
     logprobs = logits[0, 1:].float().log_softmax(-1).cpu()
-    return _Pass(ArmReading(arm.name, active, weights), logprobs)
+    return _Pass(ArmReading(arm.name, active, scale.tolist()), logprobs)
 
 
-def _direct_logit_weights(arm: LoadedArm, features: Tensor, next_token: int, scale: Tensor) -> list[float]:
-    """(W_dec[f] centred for LayerNorm) @ W_U[:, next_token] / scale, per feature: the logit a unit activation
-    writes directly. Centred because the final LayerNorm removes each vector's mean over d_model."""
+def direct_logit_weights(arm: LoadedArm, features: Sequence[int], next_token: int, scale: float) -> list[float]:
+    """(W_dec[f] centred for LayerNorm) @ W_U[:, next_token] / scale per feature: the logit a unit activation
+    writes directly. Centred because the final LayerNorm removes each vector's mean over d_model. Weights only:
+    no forward pass, no lock."""
     model = arm.model
-    W_dec = arm.sae.W_dec[features.to(arm.sae.W_dec.device)].to(model.W_U.device).float()  # [n, d_model]
-    if str(getattr(model.cfg, "normalization_type", "")).startswith("LN"):
-        W_dec = W_dec - W_dec.mean(-1, keepdim=True)
-    return (W_dec @ model.W_U[:, next_token].float() / float(scale)).tolist()
+    with torch.no_grad():
+        W_dec = arm.sae.W_dec[list(features)].to(model.W_U.device).float()  # [n, d_model]
+        if str(getattr(model.cfg, "normalization_type", "")).startswith("LN"):
+            W_dec = W_dec - W_dec.mean(-1, keepdim=True)
+        return (W_dec @ model.W_U[:, next_token].float() / scale).tolist()
 
 
 def inspect_text(base: LoadedArm, finetuned: LoadedArm, text: str) -> Inspection:
@@ -151,13 +153,15 @@ class WhyRow:
         return self.finetuned_logit - self.base_logit
 
 
-def why_here(inspection: Inspection, pos: int, forward: Mapping[int, int], backward: Mapping[int, int],
-             limit: int = 20) -> list[WhyRow]:
-    """The features whose activation at token `pos` differs most between the arms, largest |change| first.
-    forward: base feature -> its persisting match in the fine-tuned arm; backward: the same from the fine-tuned
-    side (they differ where matches are many-to-one). A feature with no persisting match stands alone (its other
-    side 0). A pair firing equally in both arms has change 0 and sinks to the end."""
-    a, b = _at(inspection.base, pos), _at(inspection.finetuned, pos)
+def why_here(arms: tuple[LoadedArm, LoadedArm], inspection: Inspection, pos: int, forward: Mapping[int, int],
+             backward: Mapping[int, int], limit: int = 20) -> list[WhyRow]:
+    """The features whose activation at token `pos` differs most between the arms, largest |change| first, with
+    their direct effects on the following token's logit (NaN on the last token, which has none).
+    arms: the (base, finetuned) the inspection was run with. forward: base feature -> its persisting match in the
+    fine-tuned arm; backward: the same from the fine-tuned side (they differ where matches are many-to-one). A
+    feature with no persisting match stands alone (its other side 0)."""
+    following = inspection.token_ids[pos + 1] if pos + 1 < len(inspection.token_ids) else None
+    a, b = (_at(arm, reading, pos, following) for arm, reading in zip(arms, (inspection.base, inspection.finetuned)))
     rows, seen_b = [], set()
     for f_a, (act, logit) in a.items():
         f_b = forward.get(f_a)
@@ -177,10 +181,11 @@ def why_here(inspection: Inspection, pos: int, forward: Mapping[int, int], backw
     return rows[:limit]
 
 
-def _at(reading: ArmReading, pos: int) -> dict[int, tuple[float, float]]:
-    """feature -> (activation, direct logit effect on the next token) of every feature firing at `pos`."""
+def _at(arm: LoadedArm, reading: ArmReading, pos: int, following: int | None) -> dict[int, tuple[float, float]]:
+    """feature -> (activation, direct logit effect on the following token) of every feature firing at `pos`."""
     ids, acts = reading.active[pos]
-    weights = reading.next_logit_weights[pos] or [float("nan")] * len(ids)
+    weights = (direct_logit_weights(arm, ids, following, reading.final_scale[pos]) if following is not None and ids
+               else [float("nan")] * len(ids))
     return {f: (act, act * w) for f, act, w in zip(ids, acts, weights)}
 
 

@@ -121,7 +121,7 @@ st.subheader("Why here")
 st.caption("The features whose activation on this token differs most between the arms (a persisting pair, or a "
            "feature with no partner), and what each writes directly into the logit of the next token: activation × "
            "W_dec[f] @ W_U[:, next] through the final normalisation (the direct path only; later layers not counted).")
-rows = why_here(result, pos, forward, backward)
+rows = why_here((data.loaded_arm(base), data.loaded_arm(finetuned)), result, pos, forward, backward)
 st.dataframe(pd.DataFrame([{
     f"{base} feature": r.base_feature, f"{finetuned} feature": r.finetuned_feature,
     f"{base} act": r.base_act, f"{finetuned} act": r.finetuned_act, "Δ act": r.act_change,

@@ -112,10 +112,10 @@ def test_why_here_pairs_persisting_features_and_counts_the_direct_logit_by_hand(
     result = inspect_text(base, finetuned, TEXT)
     pos = result.tokens.index(" heart")
     partners = {int(perm[j]): j for j in range(8)}
-    rows = why_here(result, pos, partners, {j: int(perm[j]) for j in range(8)})
+    rows = why_here((base, finetuned), result, pos, partners, {j: int(perm[j]) for j in range(8)})
     assert rows and all(abs(r.act_change) < 1e-5 and abs(r.logit_change) < 1e-5 for r in rows)
     assert {(r.base_feature, r.finetuned_feature) for r in rows} <= set(partners.items())
-    alone = why_here(result, pos, {}, {})
+    alone = why_here((base, finetuned), result, pos, {}, {})
     assert len(alone) == 2 * len(rows)
     planted = next(r for r in alone if r.base_feature == PLANTED)
     W_dec = base.sae.W_dec[PLANTED].detach()
