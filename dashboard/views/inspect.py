@@ -43,7 +43,8 @@ with st.form("inspect_form", border=False):
     c1, c2, c3 = st.columns([1, 1, 4])
     base = c1.selectbox("Base arm", arms, key=keys.INSPECT_BASE)
     finetuned = c2.selectbox("Fine-tuned arm", arms, key=keys.INSPECT_FINETUNED)
-    c3.form_submit_button("Run", key=keys.INSPECT_RUN, type="primary")
+    if c3.form_submit_button("Run", key=keys.INSPECT_RUN, type="primary"):
+        st.session_state[keys.INSPECT_TOKEN] = None  # a new run starts at its most divergent token
 for arm in dict.fromkeys((base, finetuned)):
     try:
         problem = data.sae_mismatch(arm)
@@ -62,7 +63,7 @@ if result.notice:
     st.info(result.notice)
 n = len(result.tokens)
 token = st.session_state.get(keys.INSPECT_TOKEN)
-if not isinstance(token, int) or not 0 <= token < n:  # a new text: start at the most divergent token
+if not isinstance(token, int) or not 0 <= token < n:  # a new run or text: start at the most divergent token
     st.session_state[keys.INSPECT_TOKEN] = max(range(n), key=lambda i: result.kl[i])
 pos = st.selectbox("Token", range(n), key=keys.INSPECT_TOKEN,
                    format_func=lambda i: f"{i}: {result.tokens[i]!r}  (KL {result.kl[i]:.3f})")

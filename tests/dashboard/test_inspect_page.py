@@ -38,6 +38,8 @@ def test_type_run_pick_a_token_and_a_feature(inspect_study):
     tokens = at.selectbox(key="inspect_token").options
     assert [t.split(": ")[1].split("  (")[0] for t in tokens] == ["'the'", "' kidney'", "' and'", "' the'", "' heart'"]
     assert at.query_params["text"] == TEXT
+    kl = [float(re.search(r"KL ([0-9.]+)", t).group(1)) for t in tokens]
+    assert kl[at.selectbox(key="inspect_token").value] == max(kl) > 0  # a run starts at its most divergent token
     at.selectbox(key="inspect_token").set_value(1).run()
     tables = [frame.value for frame in at.dataframe]
     assert sorted(tables[0]["feature"].tolist()[:2]) == list(ALWAYS) and 1 not in tables[0]["feature"].tolist()
