@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,7 +75,7 @@ def text_ids(base: LoadedArm, finetuned: LoadedArm, text: str) -> tuple[list[int
     if not text.strip():
         raise StudyInputError("Type a text to inspect (it is empty).")
     ids = [arm.model.to_tokens(text, prepend_bos=True, truncate=False)[0].tolist() for arm in (base, finetuned)]
-    if ids[0] != ids[1]:
+    if ids[0] != ids[1] or base.model.cfg.d_vocab != finetuned.model.cfg.d_vocab:
         raise StudyInputError(f"{base.name} and {finetuned.name} tokenise this text differently (different "
                               "tokenizers), so their predictions cannot be compared token by token.")
     n_ctx = min(base.model.cfg.n_ctx, finetuned.model.cfg.n_ctx)
@@ -187,9 +186,3 @@ def _at(arm: LoadedArm, reading: ArmReading, pos: int, following: int | None) ->
     weights = (direct_logit_weights(arm, ids, following, reading.final_scale[pos]) if following is not None and ids
                else [float("nan")] * len(ids))
     return {f: (act, act * w) for f, act, w in zip(ids, acts, weights)}
-
-
-def strongest(values: Sequence[float], k: int = 5) -> list[int]:
-    """Positions of the k largest finite values, largest first (NaN last)."""
-    array = np.nan_to_num(np.asarray(values, dtype=float), nan=-np.inf)
-    return [int(i) for i in np.argsort(-array, kind="stable")[:k]]
