@@ -17,6 +17,7 @@ pages = [
     st.Page(str(PAGES / "feature.py"), title="Feature", icon=":material/search:", url_path="feature"),
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(str(PAGES / "label.py"), title="Label", icon=":material/label:", url_path="label"),
+    st.Page(str(PAGES / "inspect.py"), title="Inspect", icon=":material/manage_search:", url_path="inspect"),
     st.Page(str(PAGES / "steer.py"), title="Steer", icon=":material/tune:", url_path="steer"),
     st.Page(str(PAGES / "diff.py"), title="Model diff", icon=":material/difference:", url_path="diff"),
 ]

@@ -145,3 +145,20 @@ def log_density_histogram(frame: pd.DataFrame) -> go.Figure:
     fig = px.histogram(frame, x="log10_density", color="arm", barmode="overlay", nbins=50, opacity=0.6,
                        color_discrete_map=ARM_COLORS, labels={"log10_density": "log10 feature density"})
     return _compact(fig)
+
+
+def token_divergence(frame: pd.DataFrame, chosen: int | None = None) -> go.Figure:
+    """Per token: KL(p_base ‖ p_finetuned) of the next-token distributions (nats) and the change in log-probability
+    of the token that follows, two lines over the text's tokens. frame: position, token, kl, logprob_change."""
+    labels = [f"{p}: {t!r}" for p, t in zip(frame["position"], frame["token"])]
+    fig = go.Figure([
+        go.Scatter(x=labels, y=frame["kl"], name="KL(base ‖ fine-tuned), nats", mode="lines+markers",
+                   line=dict(color="#4C78A8")),
+        go.Scatter(x=labels, y=frame["logprob_change"], name="Δ log p(next token), fine-tuned − base",
+                   mode="lines+markers", line=dict(color="#F58518", dash="dot")),
+    ])
+    if chosen is not None and 0 <= chosen < len(labels):
+        fig.add_vline(x=chosen, line=dict(color="grey", dash="dash"))
+    fig.update_xaxes(type="category", tickangle=-60, categoryorder="array", categoryarray=labels)
+    fig.update_layout(legend=dict(orientation="h", y=1.12))
+    return _compact(fig, 300)

@@ -353,3 +353,68 @@ def typical_norm(arm_name: str) -> tuple[float, int] | None:
     if "median_activation_norm" not in metrics:
         return None
     return metrics["median_activation_norm"], int(metrics.get("n_tokens", 0))
+
+
+# --- Inspect: the pair's persisting matches, features' top tokens, the example text, the live run ----------
+# The two reads are SQL here, not in core/database/queries.py, while issue 14 reshapes the pair columns there:
+# one typed function each, to move to the store with it.
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _persisting_partners(path: str, version: tuple[float, int], arm: str, other: str) -> dict[int, int]:
+    with _connection(path, version).cursor() as cursor:
+        rows = cursor.execute("SELECT feature, match_feature FROM feature_matches WHERE arm = ? AND match_arm = ? "
+                              "AND status = 'persist' AND match_feature IS NOT NULL", [arm, other]).fetchall()
+    return {int(f): int(m) for f, m in rows}
+
+
+def persisting_partners(arm: str, other: str) -> dict[int, int]:
+    """feature of `arm` -> its persisting match in `other` (the model diff's status 'persist', best match); empty
+    when the database has no model diff for this pair. One direction: a many-to-one match differs per side."""
+    config = study_config()
+    try:
+        return _persisting_partners(config.features_db, features_db_version(config), arm, other)
+    except duckdb.CatalogException:  # a database without the model diff's tables
+        return {}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _top_texts(path: str, version: tuple[float, int], arm: str, features: tuple[int, ...]) -> dict[int, str]:
+    with _connection(path, version).cursor() as cursor:
+        rows = cursor.execute("SELECT feature, top_text FROM feature_words WHERE arm = ? AND list_contains(?, feature)",
+                              [arm, list(features)]).fetchall()
+    return {int(f): text for f, text in rows}
+
+
+def top_texts(arm: str, features: list[int]) -> dict[int, str]:
+    """feature -> its top tokens as one line (the words stage's top_text), for the features given."""
+    config = study_config()
+    return _top_texts(config.features_db, features_db_version(config), arm, tuple(sorted(set(features))))
+
+
+def example_text(limit: int = 400) -> str:
+    """A text to start from: the first line of the study's last corpus file (the demo's held-out medical text),
+    cut at a word before `limit` characters; a fixed sentence for a hub corpus."""
+    corpus = study_config().corpus
+    fallback = "The patient was admitted with chest pain and shortness of breath."
+    if corpus.kind != "text_files":
+        return fallback
+    try:
+        with open(corpus.paths[-1], encoding="utf-8") as handle:
+            line = next((line.strip() for line in handle if line.strip()), "")
+    except OSError:
+        return fallback
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0]
+
+
+@st.cache_data(show_spinner="Running both models…", max_entries=32)
+def _inspect(text: str, base: str, finetuned: str, stamps: tuple) -> Any:
+    from core.inspect import inspect_text
+
+    return inspect_text(loaded_arm(base), loaded_arm(finetuned), text)
+
+
+def inspect(text: str, base: str, finetuned: str) -> Any:
+    """core.inspect.inspect_text on the two arms' live models, cached per text while their files stay the same."""
+    arms = [study_config().arm(name) for name in (base, finetuned)]
+    stamps = tuple((a.model, _folder_stamp(a.model), a.sae_source, _folder_stamp(a.sae_path)) for a in arms)
+    return _inspect(text, base, finetuned, stamps)

@@ -62,3 +62,11 @@ DIFF_STATUS = "diff_status_choice"
 DIFF_SORT = "diff_sort"
 DIFF_EXPORT_CSV = "diff_export_csv"
 DIFF_EXPORT_PARQUET = "diff_export_parquet"
+
+# Inspect page
+INSPECT_TEXT = "inspect_text"  # the text box (in a form: its value is the text last run)
+INSPECT_RUN = "inspect_run"
+INSPECT_TOKEN = "inspect_token"  # index of the chosen token (BOS left out)
+INSPECT_FEATURE = "inspect_feature"  # "arm:feature" whose activation shades both strips, or "" for none
+INSPECT_BASE = "inspect_base"
+INSPECT_FINETUNED = "inspect_finetuned"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import streamlit as st
 
 from dashboard import charts, data, render
@@ -96,14 +98,17 @@ def _partners_line(row: dict, arm: str, feature: int, shown: int = 12) -> None:
                f"{listed}{more}; {one_to_one}")
 
 
-def contexts_block(contexts, scale: float, limit: int | None = None) -> None:
-    """Contexts as shaded text, strongest first; scale = the activation drawn fully opaque."""
+def contexts_block(contexts, scale: float, limit: int | None = None, inspect: tuple[str, int] | None = None) -> None:
+    """Contexts as shaded text, strongest first; scale = the activation drawn fully opaque. inspect: (arm, feature)
+    whose contexts these are: each gets a link that opens it in Inspect, that feature shading, its max token chosen."""
     if contexts.empty:
         st.caption("It never fired on the corpus.")
         return
     for ctx in contexts.head(limit).itertuples() if limit else contexts.itertuples():
-        st.markdown(render.context_html(ctx.tokens, ctx.acts, scale, ctx.max_index, label=f"{ctx.max_act:.3f}"),
-                    unsafe_allow_html=True)
+        link = None if inspect is None else ("Inspect ↗", "inspect?" + urlencode(
+            {"text": "".join(ctx.tokens), "token": int(ctx.max_index), "feature": f"{inspect[0]}:{inspect[1]}"}))
+        st.markdown(render.context_html(ctx.tokens, ctx.acts, scale, ctx.max_index, label=f"{ctx.max_act:.3f}",
+                                        link=link), unsafe_allow_html=True)
 
 
 def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "", narrow: bool = False) -> None:
@@ -123,7 +128,7 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
                        key=f"hist{key}")
     scale = float(row.get("max_act") or 0)
     st.markdown("**Top contexts** (tokens shaded by activation; the max token underlined)")
-    contexts_block(data.query("feature_contexts", arm, feature, "top"), scale)
+    contexts_block(data.query("feature_contexts", arm, feature, "top"), scale, inspect=(arm, feature))
     intervals = data.query("feature_contexts", arm, feature, "interval")
     with st.expander(f"Samples from activation intervals ({len(intervals)})"):
         st.caption("Each sample is one token the feature fired on with an activation in the interval, drawn at "
@@ -131,7 +136,7 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
         for (interval, low, high, n), group in intervals.groupby(
                 ["interval", "interval_low", "interval_high", "n_intervals"], sort=False):
             st.markdown(f"*activation {interval_range(interval, low, high, n)}*")
-            contexts_block(group, scale)
+            contexts_block(group, scale, inspect=(arm, feature))
 
 
 def interval_range(interval: int, low: float, high: float, n_intervals: int) -> str:

@@ -5,7 +5,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -24,13 +27,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
-    config = tmp_path / "study.toml"
-    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
-                                 labels_db=str(tmp_path / "labels.duckdb")))
-    write_tiny_db(tmp_path / "features.duckdb")
+@contextmanager
+def serve(config: Path) -> Iterator[str]:
+    """The app on a free port with this study config; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
@@ -48,6 +47,17 @@ def server(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path):
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    write_tiny_db(tmp_path / "features.duckdb")
+    with serve(config) as url:
+        yield url
 
 
 def test_a_feature_url_opens_its_page_in_chromium(server, tmp_path):
@@ -119,3 +129,26 @@ def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(se
     events = labels_db.history(tmp_path / "labels.duckdb", "tiny")
     assert events[["arm", "feature", "label", "note"]].values.tolist() == [
         ["finetuned", 4, "not_medical", "blood words, not a disease"]]
+
+
+def test_a_shared_inspect_url_opens_its_view_in_chromium(tmp_path):
+    """/inspect?text=...&token=...&feature=... on a real tiny pair: the text runs through both models at once,
+    the chosen token and the feature's strips are drawn, and the page keeps the URL it was opened with."""
+    from playwright.sync_api import sync_playwright
+
+    from inspect_study import TEXT, build_inspect_study
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
+    config = build_inspect_study(tmp_path)
+    query = urlencode({"text": TEXT, "token": 4, "feature": "base:0"})
+    with serve(config) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{url}/inspect?{query}")
+        for expected in ("text=Token 4: ' heart'", "text=finetuned #0", "text=Why here"):
+            page.wait_for_selector(expected, timeout=60_000)
+        assert page.locator("textarea").input_value() == TEXT
+        assert page.url.endswith(f"/inspect?{query}")
+        page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "inspect.png").stat().st_size > 10_000

@@ -1,0 +1,80 @@
+"""The Inspect page on a real tiny pair (a model and its perturbed copy, one SAE): type, run, pick a token, pick a
+feature; the strips shade by that feature (and its persisting match), the URL carries the view."""
+
+import re
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_pages import APP, page, tiny_study
+from inspect_study import ALWAYS, TEXT, build_inspect_study
+from tiny_db import D_SAE
+
+
+@pytest.fixture
+def inspect_study(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(build_inspect_study(tmp_path)))
+    return tmp_path
+
+
+def strips(at) -> dict[str, list[float]]:
+    """label -> each token's shading (alpha) of every token strip on the page."""
+    found = {}
+    for m in at.markdown:
+        label = re.search(r'margin-right: 0.8em">([^<]*)</span>', m.value)
+        if "font-family: monospace" in m.value and label:
+            found[label.group(1)] = [float(a) for a in re.findall(r"rgba\([^)]*, ([0-9.]+)\)", m.value)]
+    return found
+
+
+def test_type_run_pick_a_token_and_a_feature(inspect_study):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/inspect.py").run()
+    assert not at.exception and not at.error
+    assert at.text_area(key="inspect_text").value == "a pulmonary artery and a vein"  # the corpus's first line
+    at.text_area(key="inspect_text").set_value(TEXT)
+    at.button(key="inspect_run").click().run()
+    assert not at.exception and not at.error
+    tokens = at.selectbox(key="inspect_token").options
+    assert [t.split(": ")[1].split("  (")[0] for t in tokens] == ["'the'", "' kidney'", "' and'", "' the'", "' heart'"]
+    assert at.query_params["text"] == TEXT
+    kl = [float(re.search(r"KL ([0-9.]+)", t).group(1)) for t in tokens]
+    assert kl[at.selectbox(key="inspect_token").value] == max(kl) > 0  # a run starts at its most divergent token
+    at.selectbox(key="inspect_token").set_value(1).run()
+    tables = [frame.value for frame in at.dataframe]
+    assert sorted(tables[0]["feature"].tolist()[:2]) == list(ALWAYS) and 1 not in tables[0]["feature"].tolist()
+    assert tables[0]["page"].iloc[0].startswith("/feature?arm=base&feature=")
+    assert {"base feature", "finetuned feature", "Δ logit"} <= set(tables[2].columns)  # why here
+    at.selectbox(key="inspect_feature").set_value("base:0").run()
+    shaded = strips(at)
+    assert set(shaded) == {"base #0", "finetuned #0", "KL"}  # base 0 persists as finetuned 0 (tiny_db)
+    assert shaded["base #0"] == shaded["finetuned #0"] == [1.0] * 5  # 10 everywhere, scale 10
+    assert at.query_params["feature"] == "base:0" and at.query_params["token"] == "1"
+    at.selectbox(key="inspect_feature").set_value("finetuned:5").run()
+    shaded = strips(at)
+    assert set(shaded) == {"base (no persisting match)", "finetuned #5", "KL"}  # 5 emerges: no partner
+    assert shaded["base (no persisting match)"] == [0.0] * 5 and shaded["finetuned #5"] == [1.0] * 5
+
+
+def test_a_shared_url_opens_the_view_and_a_bad_one_is_one_line(inspect_study):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"text": TEXT, "token": "4", "feature": "finetuned:0"})
+    at.switch_page("views/inspect.py").run()
+    assert not at.exception and not at.error
+    assert at.text_area(key="inspect_text").value == TEXT and at.selectbox(key="inspect_token").value == 4
+    assert set(strips(at)) == {"base #0", "finetuned #0", "KL"}
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"text": TEXT, "feature": "finetuned:99"})
+    at.switch_page("views/inspect.py").run()
+    assert [e.value for e in at.error] == [f"finetuned has no feature 99 (0–{D_SAE - 1})"]
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"text": "   "})
+    at.switch_page("views/inspect.py").run()
+    assert [e.value for e in at.error] == ["Type a text to inspect (it is empty)."]
+
+
+def test_each_top_context_on_a_feature_page_links_to_inspect(tmp_path, monkeypatch):
+    tiny_study(tmp_path, monkeypatch)
+    at = page("feature", arm="finetuned", feature=4)
+    links = [re.search(r'href="([^"]*)"', m.value).group(1) for m in at.markdown if "Inspect ↗" in m.value]
+    assert links and links[0] == "inspect?text=The+blood+beats&amp;token=1&amp;feature=finetuned%3A4"
