@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core.config import StudyConfig
 from core.loading import LoadedArm
+from precompute.stage import KeyParts
 
 
 @dataclass
@@ -27,8 +29,12 @@ class Pair:
     min_firings: int = 1  # fewer firings on these tokens: the feature is rare and has no fate
 
     @property
-    def label(self) -> str:
-        return f"{self.a.name}|{self.b.name}"
+    def names(self) -> tuple[str, str]:
+        return self.a.name, self.b.name
+
+    def columns(self, n_rows: int) -> dict[str, list[str]]:
+        """The arm_a, arm_b columns of n_rows rows of this pair's tables."""
+        return {"arm_a": [self.a.name] * n_rows, "arm_b": [self.b.name] * n_rows}
 
     def same_tokenizer(self) -> bool:
         return self.a.model.tokenizer.get_vocab() == self.b.model.tokenizer.get_vocab()
@@ -40,10 +46,10 @@ def different_tokenizers(pair: Pair, stage: str) -> str | None:
     return None
 
 
-def pair_key_parts(parts) -> tuple:
+def pair_key_parts(parts: KeyParts) -> tuple:
     """Every pair stage hashes both arms' weights, the corpus, the diff settings and the batch size."""
     return parts.fingerprints, parts.corpus, parts.config.diff, parts.config.activations.batch_size
 
 
-def pair_tokens(config) -> int:
+def pair_tokens(config: StudyConfig) -> int:
     return config.diff.tokens  # every pair stage reads the same rows, both arms the same rows

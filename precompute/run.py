@@ -70,8 +70,8 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
-        db.drop_arms_except(con, [arm.name for arm in config.arms] + _pair_labels(config))
-        stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or len(config.arms) == 2]
+        db.drop_arms_except(con, [arm.name for arm in config.arms], _pairs(config))
+        stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or _pairs(config)]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
                         for position, arm in enumerate(config.arms)}
@@ -99,8 +99,9 @@ def _medical_words(config: StudyConfig) -> frozenset[str]:
     return load_study_vocabulary(Path(config.medical_vocabulary.path), Path(exclude) if exclude else None)
 
 
-def _pair_labels(config: StudyConfig) -> list[str]:
-    return [f"{config.arms[0].name}|{config.arms[1].name}"] if len(config.arms) == 2 else []
+def _pairs(config: StudyConfig) -> list[tuple[str, str]]:
+    """The pairs of arms the pair stages compare: today the two arms of a two-arm study."""
+    return [(config.arms[0].name, config.arms[1].name)] if len(config.arms) == 2 else []
 
 
 def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig, position: int,
@@ -112,7 +113,7 @@ def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig
         keys = stage_keys(inputs.config, arm, fingerprints)
         db.write_arm(con, _arm_row(arm, loaded, position, fingerprints["model"]))
         todo = [s for s in stages.ARM_STAGES if s in only and db.stage_key(con, arm.name, s) != keys[s]]
-        if {"activations", "quality"} & set(todo):
+        if any(stages.REGISTRY[name].tokens is not None for name in todo):
             inputs.corpus_rows(loaded)  # a corpus too short fails now, not after the other stages
         for name in stages.ARM_STAGES:
             if db.stage_key(con, arm.name, name) == keys[name]:
@@ -140,10 +141,11 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints:
               device: str, only: tuple[str, ...], report: RunReport) -> None:
     """The cross-arm stages, with both arms loaded at once (only when one of them has to run)."""
     config = inputs.config
-    label = _pair_labels(config)[0]
+    names = _pairs(config)[0]
+    label = db.pair_label(*names)
     parts = KeyParts(config, fingerprints=fingerprints)
     keys = {name: stages.REGISTRY[name].key(parts) for name in stages.PAIR_STAGES}
-    todo = [s for s in stages.PAIR_STAGES if db.stage_key(con, label, s) != keys[s]]
+    todo = [s for s in stages.PAIR_STAGES if db.stage_key(con, names, s) != keys[s]]
     report.pending += [f"{label}/{s}" for s in todo if s not in only]
     todo = [s for s in todo if s in only]
     if not todo:
@@ -165,7 +167,7 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints:
         else:
             tables, metrics = stage.run(con, pair)
         seconds = time.perf_counter() - start
-        db.write_stage(con, label, name, keys[name], seconds, stage.conform(tables), metrics, note=reason,
+        db.write_stage(con, names, name, keys[name], seconds, stage.conform(tables), metrics, note=reason,
                        token_set=sample.name, owns=stage.table_names)
         report.seconds.setdefault(label, {})[name] = seconds
         logger.info("%s/%s: done in %.1f s", label, name, seconds)

@@ -22,7 +22,7 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - contexts of kind 'interval' are firing tokens sampled per activation interval: max_act is that token's own
   activation and max_pos / max_index its place (sae_vis's samples), not the row's maximum
 - fired_tokens: per feature, the token ids it fires on most (rank 0 = most firings), count and summed activation
-- cross-arm, keyed by `pair` ("base|finetuned"): similarity_hist, similarity_by_position, transfer_metrics,
+- cross-arm, keyed by the pair's two arms `arm_a`, `arm_b`: similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
 - features: a view joining feature_words, feature_activations and feature_matches
@@ -41,12 +41,12 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from core.database.schema import ARM_TABLES, PAIR_TABLES, SCHEMA, TABLES
+from core.database.schema import ARM_TABLES, PAIR_SEPARATOR, PAIR_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 6  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 7  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
-#    fired_tokens, interval samples per firing token
+#    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:
@@ -138,38 +138,52 @@ def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, con
                      interval_edges])
 
 
-def drop_arms_except(con: duckdb.DuckDBPyConnection, keep: list[str]) -> None:
-    """Remove every row of arms (and arm pairs) that are no longer in the study; `keep` holds both kinds."""
+def pair_label(arm_a: str, arm_b: str) -> str:
+    """The name a pair's rows have in stages and metrics (its tables have arm_a, arm_b)."""
+    return f"{arm_a}{PAIR_SEPARATOR}{arm_b}"
+
+
+def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> None:
+    """Remove every row of arms and arm pairs that are no longer in the study."""
+    keep = arms + [pair_label(a, b) for a, b in pairs]
     for table in ARM_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a constant above
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a schema constant
     for table in PAIR_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, pair)", [keep])
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, [arm_a, arm_b])",
+                    [[list(pair) for pair in pairs]])
 
 
 def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
     _insert_frame(con, "arms", pd.DataFrame([row]), delete=("DELETE FROM arms WHERE arm = ?", [row["arm"]]))
 
 
-def stage_key(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> str | None:
-    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [arm, stage]).fetchone()
+def stage_key(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stage: str) -> str | None:
+    """The key a stage of one arm (or of a pair (arm_a, arm_b)) was last computed with, or None."""
+    label = pair_label(*arm) if isinstance(arm, tuple) else arm
+    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [label, stage]).fetchone()
     return None if row is None else row[0]
 
 
-def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, seconds: float,
+def write_stage(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stage: str, key: str, seconds: float,
                 tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None,
                 note: str | None = None, token_set: str | None = None, owns: tuple[str, ...] | None = None) -> None:
-    """Replace one stage's rows for one arm (or, for a cross stage, one pair label) and mark it finished, in
-    one transaction (all or nothing). `owns`: every table the stage writes (cleared even when a run writes
+    """Replace one stage's rows for one arm (or, for a pair stage, one pair (arm_a, arm_b)) and mark it
+    finished, in one transaction (all or nothing). `owns`: every table the stage writes (cleared even when a run writes
     none of them, as a skipped cross stage does; default: the tables given). `token_set`: the name (in
     token_sets) of the tokens it measured on."""
     owns = tuple(tables) if owns is None else owns
     unknown = (set(tables) - set(owns)) | (set(owns) - set(TABLES))
     if unknown:
         raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
+    names = list(arm) if isinstance(arm, tuple) else [arm]
+    arm = pair_label(*arm) if isinstance(arm, tuple) else arm
     with _transaction(con):
         for table in owns:
-            column = TABLES[table].keyed_by
-            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [arm])  # table, column: schema constants
+            columns = TABLES[table].key_columns
+            if len(columns) != len(names):
+                raise ValueError(f"table {table} is keyed by {columns}, not by {names}")
+            where = " AND ".join(f"{column} = ?" for column in columns)  # table, columns: schema constants
+            con.execute(f"DELETE FROM {table} WHERE {where}", names)
         con.execute("DELETE FROM metrics WHERE arm = ? AND stage = ?", [arm, stage])
         con.execute("DELETE FROM stages WHERE arm = ? AND stage = ?", [arm, stage])
         for table, frame in tables.items():

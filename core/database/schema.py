@@ -2,7 +2,8 @@
 
 A stage (precompute.stage.Stage) names the tables it writes by these declarations, so the columns a stage
 must produce and the columns the database holds are one list. `keyed_by` is the column whose value a stage
-run replaces: "arm" for per-arm tables, "pair" for the cross-arm ones.
+run replaces: "arm" for per-arm tables, "pair" for the cross-arm ones, whose rows name both arms of the pair
+in `arm_a` and `arm_b` (never a joined string).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+PAIR_SEPARATOR = "|"  # stages and metrics name a pair's rows by its label "a|b"; the pair tables by arm_a, arm_b
 _S, _I32, _I64, _F32, _F64, _B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
 _TS = pa.timestamp("us")
 
@@ -19,11 +21,15 @@ _TS = pa.timestamp("us")
 class Table:
     name: str
     schema: pa.Schema
-    keyed_by: str = "arm"  # the column whose rows one stage run owns (arm name or pair label)
+    keyed_by: str = "arm"  # the rows one stage run owns: one arm's ("arm"), one pair's ("pair"), or a column's
     primary_key: tuple[str, ...] = ()
 
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return ("arm_a", "arm_b") if self.keyed_by == "pair" else (self.keyed_by,)
+
     def __post_init__(self) -> None:
-        missing = [c for c in (self.keyed_by, *self.primary_key) if c not in self.schema.names]
+        missing = [c for c in (*self.key_columns, *self.primary_key) if c not in self.schema.names]
         if missing:
             raise ValueError(f"table {self.name}: key column(s) {missing} not in its schema")
 
@@ -81,21 +87,22 @@ UNIGRAM = _table("unigram", [("arm", _S), ("token_id", _I32), ("token", _S), ("c
 FIRED_TOKENS = _table("fired_tokens", [("arm", _S), ("feature", _I32), ("rank", _I32), ("token_id", _I32),
                                        ("token", _S), ("count", _I64), ("sum_act", _F64)])
 
-SIMILARITY_HIST = _table("similarity_hist", [("pair", _S), ("kind", _S), ("low", _F64), ("high", _F64),
+_PAIR = [("arm_a", _S), ("arm_b", _S)]
+SIMILARITY_HIST = _table("similarity_hist", [*_PAIR, ("kind", _S), ("low", _F64), ("high", _F64),
                                              ("count", _I64)], keyed_by="pair")
-SIMILARITY_BY_POSITION = _table("similarity_by_position", [("pair", _S), ("position", _I32),
+SIMILARITY_BY_POSITION = _table("similarity_by_position", [*_PAIR, ("position", _I32),
                                                            ("mean_cosine", _F64), ("mean_distance", _F64)],
                                 keyed_by="pair")
-TRANSFER_METRICS = _table("transfer_metrics", [("pair", _S), ("sae_arm", _S), ("model_arm", _S), ("metric", _S),
+TRANSFER_METRICS = _table("transfer_metrics", [*_PAIR, ("sae_arm", _S), ("model_arm", _S), ("metric", _S),
                                                ("value", _F64)], keyed_by="pair")
-TRANSFER_DENSITIES = _table("transfer_densities", [("pair", _S), ("sae_arm", _S), ("model_arm", _S),
+TRANSFER_DENSITIES = _table("transfer_densities", [*_PAIR, ("sae_arm", _S), ("model_arm", _S),
                                                    ("feature", _I32), ("frac_nonzero", _F64)], keyed_by="pair")
 FEATURE_MATCHES = _table("feature_matches", [
-    ("pair", _S), ("arm", _S), ("feature", _I32), ("match_arm", _S), ("match_feature", _I32), ("match_corr", _F32),
+    *_PAIR, ("arm", _S), ("feature", _I32), ("match_arm", _S), ("match_feature", _I32), ("match_corr", _F32),
     ("status", _S), ("decoder_cos", _F32), ("logit_sim", _F32), ("n_fired", _I64), ("n_partners", _I32),
     ("assigned_feature", _I32), ("assigned_corr", _F32)], keyed_by="pair")
-MATCH_PAIRS = _table("match_pairs", [("pair", _S), ("arm_a", _S), ("feature_a", _I32), ("arm_b", _S),
-                                     ("feature_b", _I32), ("corr", _F32), ("assigned", _B)], keyed_by="pair")
+MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
+                                     ("corr", _F32), ("assigned", _B)], keyed_by="pair")
 
 STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
                                            ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B)])
@@ -107,7 +114,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
     FEATURE_MATCHES, MATCH_PAIRS, STEER_FEATURES, STEER_SAMPLES)}
-# Rows that name an arm (removed when the arm leaves the study) and rows that name a pair label.
+# Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms.
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
 PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")
 

@@ -28,8 +28,8 @@ def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
                 assigned_partner(pairs.b, pairs.a, pairs.corr, kept, b.d_sae))
     tables = [_match_table(pair, side, matches, partners[k], assigned[k]) for k, side in enumerate("ab")]
     match_pairs = pa.table({
-        "pair": [pair.label] * len(kept), "arm_a": [a.name] * len(kept), "feature_a": pairs.a.astype(np.int32),
-        "arm_b": [b.name] * len(kept), "feature_b": pairs.b.astype(np.int32), "corr": pairs.corr, "assigned": kept})
+        "arm_a": [a.name] * len(kept), "feature_a": pairs.a.astype(np.int32), "arm_b": [b.name] * len(kept),
+        "feature_b": pairs.b.astype(np.int32), "corr": pairs.corr, "assigned": kept})
     metrics = {name: float(value) for name, value in matches.counts().items()}
     metrics.update({"threshold": pair.threshold, "n_tokens": matches.n_tokens, "min_firings": pair.min_firings,
                     "n_pairs": len(kept), "n_assigned": int(kept.sum()),
@@ -48,7 +48,7 @@ def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.
     logit = _logit_similarity(arm, other, own_ids, match) if pair.same_tokenizer() else np.full(len(match), np.nan)
     partner, partner_corr = assigned
     return pa.table({
-        "pair": [pair.label] * len(match), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
+        **pair.columns(len(match)), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
         "match_arm": [other.name] * len(match), "match_feature": pa.array(np.where(match < 0, None, match), pa.int32()),
         "match_corr": pa.array(corr, mask=np.isnan(corr)),
         "status": pa.array(list(getattr(matches, f"{side}_status")), pa.string()),

@@ -18,10 +18,10 @@ def run_similarity(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
     hist = []
     for kind, edges, counts in (("cosine", result.cosine_edges, result.cosine_hist),
                                 ("distance", result.distance_edges, result.distance_hist)):
-        hist.append(pa.table({"pair": [pair.label] * len(counts), "kind": [kind] * len(counts),
+        hist.append(pa.table({**pair.columns(len(counts)), "kind": [kind] * len(counts),
                               "low": np.asarray(edges[:-1], np.float64), "high": np.asarray(edges[1:], np.float64),
                               "count": np.asarray(counts, np.int64)}))
-    by_position = pa.table({"pair": [pair.label] * len(result.position), "position": np.asarray(result.position),
+    by_position = pa.table({**pair.columns(len(result.position)), "position": np.asarray(result.position),
                             "mean_cosine": np.asarray(result.mean_cosine_by_position, np.float64),
                             "mean_distance": np.asarray(result.mean_distance_by_position, np.float64)})
     metrics = {"n_tokens": result.n_tokens, "mean_cosine": result.mean_cosine, "mean_distance": result.mean_distance}

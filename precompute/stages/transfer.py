@@ -29,7 +29,7 @@ def run_transfer(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
                       "outlier_fraction": transfer.outlier_fraction, "n_tokens": transfer.n_positions}
             rows += [(sae_arm.name, model_arm.name, name, float(value)) for name, value in values.items()]
             densities.append(pa.table({
-                "pair": [pair.label] * len(transfer.density), "sae_arm": [sae_arm.name] * len(transfer.density),
+                **pair.columns(len(transfer.density)), "sae_arm": [sae_arm.name] * len(transfer.density),
                 "model_arm": [model_arm.name] * len(transfer.density),
                 "feature": np.arange(len(transfer.density), dtype=np.int32), "frac_nonzero": transfer.density}))
             if own is None:
@@ -38,7 +38,7 @@ def run_transfer(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
                 corr = log_density_correlation(own, transfer.density)
                 metrics[f"log_density_pearson_{sae_arm.name}"] = corr.pearson
                 metrics[f"log_density_excluded_{sae_arm.name}"] = corr.n_excluded
-    table = pa.table({"pair": [pair.label] * len(rows), "sae_arm": [r[0] for r in rows],
+    table = pa.table({**pair.columns(len(rows)), "sae_arm": [r[0] for r in rows],
                       "model_arm": [r[1] for r in rows], "metric": [r[2] for r in rows],
                       "value": [r[3] for r in rows]})
     return {"transfer_metrics": table, "transfer_densities": pa.concat_tables(densities)}, metrics

@@ -13,9 +13,24 @@ from core.database.schema import TOP_TOKENS, SchemaMismatch, conform
 SNAPSHOT = Path(__file__).parent / "schema_v6.json"  # read from the demo database that schema 6 built
 
 
-def test_the_generated_ddl_builds_the_tables_of_schema_6_column_for_column(tmp_path):
-    expected = json.loads(SNAPSHOT.read_text())
+def schema_7(v6: dict) -> dict:
+    """Schema 7 is schema 6 with each pair table's `pair` label column replaced by arm_a, arm_b (match_pairs
+    had both already, so it only loses `pair`)."""
+    tables = {}
+    for table, columns in v6["tables"].items():
+        names = [name for name, _ in columns]
+        if "pair" in names:
+            at = names.index("pair")
+            pair_columns = [] if "arm_a" in names else [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]]
+            columns = columns[:at] + pair_columns + columns[at + 1:]
+        tables[table] = columns
+    return {**v6, "schema_version": 7, "tables": tables}
+
+
+def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
+    expected = schema_7(json.loads(SNAPSHOT.read_text()))
     assert db.SCHEMA_VERSION == expected["schema_version"]
+    assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")
     rows = con.execute("SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c "
                        "JOIN information_schema.tables t USING (table_name) WHERE t.table_type = 'BASE TABLE' "
@@ -27,6 +42,25 @@ def test_the_generated_ddl_builds_the_tables_of_schema_6_column_for_column(tmp_p
     keys = con.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
                        "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
     assert {table: list(columns) for table, columns in keys} == expected["primary_keys"]
+    con.close()
+
+
+def test_a_pair_stage_replaces_only_its_pairs_rows_and_a_dropped_pair_leaves(tmp_path):
+    con, _ = db.open_build(tmp_path / "features.duckdb")
+
+    def hist(arm_a, arm_b, count):
+        return pa.table({"arm_a": [arm_a], "arm_b": [arm_b], "kind": ["cosine"], "low": [0.0], "high": [0.1],
+                         "count": [count]})
+
+    db.write_stage(con, ("base", "ft1"), "similarity", "k", 0.0, {"similarity_hist": hist("base", "ft1", 5)})
+    db.write_stage(con, ("base", "ft2"), "similarity", "k", 0.0, {"similarity_hist": hist("base", "ft2", 7)})
+    db.write_stage(con, ("base", "ft1"), "similarity", "k2", 0.0, {"similarity_hist": hist("base", "ft1", 6)})
+    rows = con.execute("SELECT arm_a, arm_b, count FROM similarity_hist ORDER BY arm_b").fetchall()
+    assert rows == [("base", "ft1", 6), ("base", "ft2", 7)]
+    assert db.stage_key(con, ("base", "ft1"), "similarity") == "k2"
+    db.drop_arms_except(con, ["base", "ft2"], [("base", "ft2")])
+    assert con.execute("SELECT arm_b, count FROM similarity_hist").fetchall() == [("ft2", 7)]
+    assert con.execute("SELECT arm FROM stages").fetchall() == [("base|ft2",)]
     con.close()
 
 
