@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from core.config import ActivationsConfig
-from core.loading import stop_layer_for
+from core.hook_reads import features_at_hook
 
 PRIORITY_MODULUS = 2**31 - 1  # a prime: the hash's arithmetic stays in int64 without overflow
 HIST_EDGES = 10.0 ** np.linspace(-3, 3, 49)  # 48 bins, 8 per decade; values outside go to the first / last bin
@@ -345,10 +345,8 @@ def collect_activations(model: Any, sae: Any, hook_name: str, rows: Tensor, conf
     """One pass of `model` over `rows` [n, T] (BOS first), the SAE encoding the activations at `hook_name`."""
     device = sae.W_dec.device
     accumulator = ActivationAccumulator(sae.cfg.d_sae, model.cfg.d_vocab, config, medical_token, seed, device)
-    stop = stop_layer_for(hook_name)
     for start in progress(range(0, rows.shape[0], config.batch_size)):
         batch = rows[start:start + config.batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=stop)
-        feature_acts = sae.encode(cache[hook_name][:, 1:].to(device))
+        feature_acts = features_at_hook(model, sae, hook_name, batch)
         accumulator.update(feature_acts, batch[:, 1:], torch.arange(start, start + batch.shape[0]))
     return accumulator.result(rows)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.loading import stop_layer_for
+from core.hook_reads import features_at_hook
 
 DEFAULT_THRESHOLD = 0.8
 CONSTANT_TOLERANCE = 1e-9  # n Σa² − (Σa)² below this share of n Σa² is rounding: the feature is constant
@@ -225,9 +225,7 @@ def collect_coactivations(model_a: Any, sae_a: Any, hook_a: str, model_b: Any, s
 
 def _encode(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Tensor:
     """Feature activations [B × (T − 1), d_sae] of `sae` at `hook_name`, BOS position left out."""
-    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name],
-                                    stop_at_layer=stop_layer_for(hook_name))
-    feature_acts = sae.encode(cache[hook_name][:, 1:].to(sae.W_dec.device))
+    feature_acts = features_at_hook(model, sae, hook_name, batch)
     return feature_acts.reshape(-1, feature_acts.shape[-1])
 
 

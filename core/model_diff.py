@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.loading import stop_layer_for
+from core.hook_reads import activations_at_hook, hook_losses
 from core.sae_metrics import SaeQuality, ReconstructionTotals
 
 COSINE_EDGES = np.linspace(-1.0, 1.0, 41)  # 40 bins of 0.05
@@ -93,13 +93,6 @@ class ActivationSimilarityAccumulator:
         )
 
 
-def _hook_batch(model: Any, hook_name: str, batch: Tensor) -> Tensor:
-    """Activations [B, T - 1, d_in] at `hook_name` for token rows [B, T], BOS position left out."""
-    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name],
-                                    stop_at_layer=stop_layer_for(hook_name))
-    return cache[hook_name][:, 1:]
-
-
 @torch.no_grad()
 def activation_similarity(model_a: Any, model_b: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
                           progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationSimilarity:
@@ -107,7 +100,8 @@ def activation_similarity(model_a: Any, model_b: Any, hook_name: str, rows: Tens
     accumulator = ActivationSimilarityAccumulator(rows.shape[1] - 1)
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size]
-        accumulator.update(_hook_batch(model_a, hook_name, batch), _hook_batch(model_b, hook_name, batch))
+        accumulator.update(activations_at_hook(model_a, hook_name, batch),
+                           activations_at_hook(model_b, hook_name, batch))
     return accumulator.result()
 
 
@@ -130,7 +124,7 @@ class SaeTransfer:
 @torch.no_grad()
 def activation_norms(model: Any, hook_name: str, rows: Tensor, batch_size: int = 16) -> Tensor:
     """L2 norms [n, T - 1] of the activations at `hook_name` for token rows [n, T], BOS position left out."""
-    norms = [_hook_batch(model, hook_name, rows[start:start + batch_size]).float().norm(dim=-1).cpu()
+    norms = [activations_at_hook(model, hook_name, rows[start:start + batch_size]).float().norm(dim=-1).cpu()
              for start in range(0, rows.shape[0], batch_size)]
     return torch.cat(norms)
 
@@ -150,17 +144,9 @@ def sae_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor,
     device = sae.W_dec.device
     totals = ReconstructionTotals(sae.cfg.d_sae, device)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    for start in progress(range(0, rows.shape[0], batch_size)):
-        batch = rows[start:start + batch_size].to(model.cfg.device)
-        splice = _filtered_splice(sae, keep[start:start + batch_size], totals, fired)
-        sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
-        for name, hook in (("spliced", splice), ("zero", _zero_ablate)):
-            loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
-            sums[name] += loss.sum().item()
-    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
-    quality = SaeQuality(totals.stats(), sums["clean"] / n_predicted, sums["spliced"] / n_predicted,
-                         sums["zero"] / n_predicted)
+    losses = hook_losses(model, hook_name, rows, batch_size,
+                         lambda start, stop: _filtered_splice(sae, keep[start:stop], totals, fired), progress)
+    quality = SaeQuality(totals.stats(), losses.clean, losses.spliced, losses.zero_ablation)
     n_kept = int(keep.sum())
     return SaeTransfer(quality=quality, n_positions=keep.numel(), n_outliers=keep.numel() - n_kept,
                        median_norm=median, outlier_threshold=threshold,
@@ -181,10 +167,6 @@ def _filtered_splice(sae: Any, keep: Tensor, totals: Any, fired: Tensor) -> Call
         body[mask] = x_hat.to(act.device, act.dtype)
         return out
     return splice
-
-
-def _zero_ablate(act: Tensor, hook: Any) -> Tensor:
-    return torch.zeros_like(act)
 
 
 @dataclass(frozen=True)

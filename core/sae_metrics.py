@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.loading import stop_layer_for
+from core.hook_reads import activations_at_hook, hook_losses
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,11 @@ class ReconstructionTotals:
 
 
 @torch.no_grad()
-def hook_activations(model: Any, rows: torch.Tensor, hook_name: str, batch_size: int = 32,
-                     skip_bos: bool = True) -> torch.Tensor:
-    """Activations `[n_tokens, d_in]` at `hook_name` for token rows `[n, ctx]` (BOS position skipped by default)."""
+def hook_activations(model: Any, rows: torch.Tensor, hook_name: str, batch_size: int = 32) -> torch.Tensor:
+    """Activations `[n_tokens, d_in]` (float32, CPU) at `hook_name` for token rows `[n, ctx]`, BOS left out."""
     out: list[torch.Tensor] = []
-    stop = stop_layer_for(hook_name)
     for start in range(0, rows.shape[0], batch_size):
-        batch = rows[start:start + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=[hook_name], stop_at_layer=stop)
-        acts = cache[hook_name][:, 1:] if skip_bos else cache[hook_name]
+        acts = activations_at_hook(model, hook_name, rows[start:start + batch_size])
         out.append(acts.reshape(-1, acts.shape[-1]).float().cpu())
     return torch.cat(out)
 
@@ -118,17 +114,5 @@ def sae_quality(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: 
         out[:, 1:] = x_hat.to(act.device, act.dtype)
         return out
 
-    def zero_ablate(act: Tensor, hook: Any) -> Tensor:
-        return torch.zeros_like(act)
-
-    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    n_predicted = 0
-    for start in progress(range(0, rows.shape[0], batch_size)):
-        batch = rows[start:start + batch_size].to(model.cfg.device)
-        sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
-        for name, hook in (("spliced", splice), ("zero", zero_ablate)):
-            loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
-            sums[name] += loss.sum().item()
-        n_predicted += batch.shape[0] * (batch.shape[1] - 1)
-    return SaeQuality(totals.stats(), sums["clean"] / n_predicted, sums["spliced"] / n_predicted,
-                      sums["zero"] / n_predicted)
+    losses = hook_losses(model, hook_name, rows, batch_size, lambda start, stop: splice, progress)
+    return SaeQuality(totals.stats(), losses.clean, losses.spliced, losses.zero_ablation)

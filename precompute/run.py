@@ -1,19 +1,16 @@
 """`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
 
-Stages per arm, in order: projection (top / bottom tokens of W_dec @ W_U), words (coherence, medical matches),
-activations (one pass over the corpus: densities, histograms, contexts, unigram, LLR), quality (L0, explained
-variance, CE loss spliced and zero-ablated, the median activation norm at the hook: the Steer page's scale).
-Each stage has a key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it
-reads). A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
-affects. The math lives in core/; this is orchestration.
+The stages are declared in precompute.stages (in the order they run): per arm, projection, words, activations,
+quality; then, for a two-arm study, the pair stages similarity, transfer, matching. Each stage has a key: a hash
+of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its version. A
+stage whose key is already in the database is skipped; any change recomputes exactly the stages it affects.
+The math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gc
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -24,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from tqdm.auto import tqdm
 
 from core import database as db
 from core.activations import HIST_EDGES, INTERVAL_EDGES
@@ -32,17 +28,12 @@ from core.config import ArmConfig, StudyConfig
 from core.errors import StudyInputError
 from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
 from core.vocabulary import load_study_vocabulary
-from precompute import diff, stages
+from precompute import stages
+from precompute.inputs import StudyInputs, progress_bar
+from precompute.pair import Pair
+from precompute.stage import KeyParts
 
 logger = logging.getLogger(__name__)
-STAGES = ("projection", "words", "activations", "quality")
-CROSS_STAGES = db.CROSS_STAGES  # a two-arm study also runs these, once for the pair
-# Bump when a stage's output changes. projection 2: byte tokens read <0x8F>, not "\ufffd"; activations 2:
-# interval samples per firing token, fired_tokens; quality 2 and the cross stages 2: an even sample of every
-# corpus file, not the first rows (the first file's alone), and quality's median_activation_norm; matching 2:
-# dead / rare statuses, every pair, the assignment.
-STAGE_VERSION = {"projection": 2, "words": 1, "activations": 2, "quality": 2, "similarity": 2, "transfer": 2,
-                 "matching": 2}
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
 
 
@@ -57,7 +48,7 @@ class RunReport:
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:
-    known = STAGES + CROSS_STAGES
+    known = tuple(stages.REGISTRY)
     if not text:
         return known
     names = tuple(name.strip() for name in text.split(",") if name.strip())
@@ -67,20 +58,20 @@ def parse_only(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] = STAGES + CROSS_STAGES,
+def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] | None = None,
               fresh: bool = False, show_progress: bool = True) -> RunReport:
     """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
-    only = tuple(only)
+    only = tuple(stages.REGISTRY) if only is None else tuple(only)
     target = Path(config.features_db)
-    inputs = stages.StudyInputs(config, _medical_words(config), show_progress=show_progress)
+    inputs = StudyInputs(config, _medical_words(config), show_progress=show_progress)
     con, origin = db.open_build(target, fresh=fresh)
     report = RunReport()
     try:
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
-        db.drop_arms_except(con, [arm.name for arm in config.arms] + _pair_labels(config))
-        stages_run = STAGES + (CROSS_STAGES if len(config.arms) == 2 else ())
+        db.drop_arms_except(con, [arm.name for arm in config.arms], _pairs(config))
+        stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or _pairs(config)]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
                         for position, arm in enumerate(config.arms)}
@@ -108,11 +99,12 @@ def _medical_words(config: StudyConfig) -> frozenset[str]:
     return load_study_vocabulary(Path(config.medical_vocabulary.path), Path(exclude) if exclude else None)
 
 
-def _pair_labels(config: StudyConfig) -> list[str]:
-    return [f"{config.arms[0].name}|{config.arms[1].name}"] if len(config.arms) == 2 else []
+def _pairs(config: StudyConfig) -> list[tuple[str, str]]:
+    """The pairs of arms the pair stages compare: today the two arms of a two-arm study."""
+    return [(config.arms[0].name, config.arms[1].name)] if len(config.arms) == 2 else []
 
 
-def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: ArmConfig, position: int,
+def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig, position: int,
              device: str, only: tuple[str, ...], report: RunReport) -> dict[str, str]:
     """The per-arm stages; returns the arm's weight fingerprints (the cross stages' keys use them)."""
     loaded = load_arm(arm, device)
@@ -120,103 +112,75 @@ def _run_arm(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, arm: Ar
         fingerprints = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
         keys = stage_keys(inputs.config, arm, fingerprints)
         db.write_arm(con, _arm_row(arm, loaded, position, fingerprints["model"]))
-        todo = [s for s in STAGES if s in only and db.stage_key(con, arm.name, s) != keys[s]]
-        if {"activations", "quality"} & set(todo):
+        todo = [s for s in stages.ARM_STAGES if s in only and db.stage_key(con, arm.name, s) != keys[s]]
+        if any(stages.REGISTRY[name].tokens is not None for name in todo):
             inputs.corpus_rows(loaded)  # a corpus too short fails now, not after the other stages
-        for stage in STAGES:
-            if db.stage_key(con, arm.name, stage) == keys[stage]:
-                logger.info("%s/%s: up to date, skipped", arm.name, stage)
+        for name in stages.ARM_STAGES:
+            if db.stage_key(con, arm.name, name) == keys[name]:
+                logger.info("%s/%s: up to date, skipped", arm.name, name)
                 continue
-            if stage not in only:
-                report.pending.append(f"{arm.name}/{stage}")
+            if name not in only:
+                report.pending.append(f"{arm.name}/{name}")
                 continue
+            stage = stages.REGISTRY[name]
             start = time.perf_counter()
-            tables, metrics = stages.RUNNERS[stage](con, inputs, loaded)
+            tables, metrics = stage.run(con, inputs, loaded)
             seconds = time.perf_counter() - start
             measured_on = inputs.token_set(stage)
-            db.write_stage(con, arm.name, stage, keys[stage], seconds, tables, metrics,
-                           token_set=measured_on.name if measured_on else None)
-            report.seconds.setdefault(arm.name, {})[stage] = seconds
-            logger.info("%s/%s: done in %.1f s", arm.name, stage, seconds)
+            db.write_stage(con, arm.name, name, keys[name], seconds, stage.conform(tables), metrics,
+                           token_set=measured_on.name if measured_on else None, owns=stage.table_names)
+            report.seconds.setdefault(arm.name, {})[name] = seconds
+            logger.info("%s/%s: done in %.1f s", arm.name, name, seconds)
         return fingerprints
     finally:
         del loaded
         gc.collect()
 
 
-def _run_pair(con: duckdb.DuckDBPyConnection, inputs: stages.StudyInputs, fingerprints: dict[str, dict[str, str]],
+def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints: dict[str, dict[str, str]],
               device: str, only: tuple[str, ...], report: RunReport) -> None:
     """The cross-arm stages, with both arms loaded at once (only when one of them has to run)."""
     config = inputs.config
-    label = _pair_labels(config)[0]
-    keys = {stage: _hash(fingerprints, _corpus_part(config), config.diff, config.activations.batch_size,
-                         STAGE_VERSION[stage]) for stage in CROSS_STAGES}
-    todo = [s for s in CROSS_STAGES if db.stage_key(con, label, s) != keys[s]]
+    names = _pairs(config)[0]
+    label = db.pair_label(*names)
+    parts = KeyParts(config, fingerprints=fingerprints)
+    keys = {name: stages.REGISTRY[name].key(parts) for name in stages.PAIR_STAGES}
+    todo = [s for s in stages.PAIR_STAGES if db.stage_key(con, names, s) != keys[s]]
     report.pending += [f"{label}/{s}" for s in todo if s not in only]
     todo = [s for s in todo if s in only]
     if not todo:
         return
     a, b = (load_arm(arm, device) for arm in config.arms)
-    sample = inputs.token_set("matching")  # every cross stage reads the same rows, both arms the same rows
+    sample = inputs.token_set(stages.REGISTRY[todo[0]])  # every pair stage reads the same rows
     logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
                 ", ".join(f"{source} {n} rows" for source, n in sample.sources))
-    pair = diff.Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
-                     config.diff.match_threshold, config.diff.outlier_factor,
-                     lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings)
-    for stage in todo:
+    pair = Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
+                config.diff.match_threshold, config.diff.outlier_factor,
+                lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings)
+    for name in todo:
+        stage = stages.REGISTRY[name]
         start = time.perf_counter()
-        reason = diff.skip_reason(pair, stage)
+        reason = stage.skip_reason(pair)
         if reason is not None:
-            logger.warning("%s/%s: %s", label, stage, reason)
+            logger.warning("%s/%s: %s", label, name, reason)
             tables, metrics = {}, {"skipped": 1.0}
         else:
-            tables, metrics = diff.RUNNERS[stage](con, pair)
+            tables, metrics = stage.run(con, pair)
         seconds = time.perf_counter() - start
-        db.write_stage(con, label, stage, keys[stage], seconds, tables, metrics, note=reason, token_set=sample.name)
-        report.seconds.setdefault(label, {})[stage] = seconds
-        logger.info("%s/%s: done in %.1f s", label, stage, seconds)
+        db.write_stage(con, names, name, keys[name], seconds, stage.conform(tables), metrics, note=reason,
+                       token_set=sample.name, owns=stage.table_names)
+        report.seconds.setdefault(label, {})[name] = seconds
+        logger.info("%s/%s: done in %.1f s", label, name, seconds)
 
 
 def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]) -> dict[str, str]:
-    """The key of each stage: a hash of the arm's weights, the config it reads and the files it reads."""
+    """The key of each per-arm stage, in registry order (a stage's key may chain on an earlier one's)."""
+    keys: dict[str, str] = {}
     arm_part = {"arm": dataclasses.asdict(arm), **fingerprints}
-    corpus_part = _corpus_part(config)
-    exclude = config.medical_vocabulary.exclude
-    vocabulary = [_file_stamp(config.medical_vocabulary.path), _file_stamp(exclude) if exclude else None]
-    keys = {"projection": _hash(arm_part, config.projection, STAGE_VERSION["projection"])}
-    keys["words"] = _hash(keys["projection"], config.embeddings.source, vocabulary, STAGE_VERSION["words"])
-    keys["activations"] = _hash(arm_part, corpus_part, config.activations, vocabulary, config.seed,
-                                STAGE_VERSION["activations"])
-    keys["quality"] = _hash(arm_part, corpus_part, config.activations.quality_tokens, STAGE_VERSION["quality"])
+    parts = KeyParts(config, arm=arm_part, earlier=keys)
+    for name in stages.ARM_STAGES:
+        keys[name] = stages.REGISTRY[name].key(parts)
     return keys
-
-
-def _corpus_part(config: StudyConfig) -> dict[str, Any]:
-    return {"corpus": dataclasses.asdict(config.corpus), "files": [_file_stamp(p) for p in config.corpus.paths]}
-
-
-def _hash(*parts: Any) -> str:
-    plain = [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts]
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_stamp(path: str) -> list[Any]:
-    """Content hash of a file (corpus and vocabulary files are read whole anyway)."""
-    p = Path(path)
-    if not p.is_file():
-        return [path, None]
-    stat = p.stat()
-    return [path, _content_hash(str(p), stat.st_size, stat.st_mtime_ns)]
-
-
-@functools.lru_cache(maxsize=64)
-def _content_hash(path: str, size: int, mtime_ns: int) -> str:
-    # Every arm and the pair key on the same files: hash each version of a file once per process.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _arm_row(arm: ArmConfig, loaded: LoadedArm, position: int, model_fingerprint: str) -> dict[str, Any]:
@@ -231,8 +195,3 @@ def _arm_row(arm: ArmConfig, loaded: LoadedArm, position: int, model_fingerprint
 
 def package_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES}
-
-
-def progress_bar(show: bool, desc: str, unit: str) -> Any:
-    """A wrapper for core's `progress=` arguments: a tqdm bar with counts and ETA, or nothing."""
-    return (lambda it: tqdm(it, desc=desc, unit=unit, leave=False)) if show else (lambda it: it)

@@ -27,8 +27,9 @@ from core.errors import StudyInputError
 from core.feature_ids import FeatureIdError, parse_feature_ids
 from core.loading import decoder_fingerprint, load_arm, weights_fingerprint
 from core.steering import SamplingSettings, generate_steered, semantic_similarity
-from precompute.run import _hash, progress_bar
-from precompute.stages import StudyInputs
+from core.database.schema import STEER_FEATURES, STEER_SAMPLES, conform
+from precompute.inputs import StudyInputs, progress_bar
+from precompute.stage import hash_parts
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,12 @@ def steer_eval(config: StudyConfig, which: str = "candidates", samples: int | No
         for arm in config.arms:
             loaded = load_arm(arm, device or config.device)
             features = choose_features(con, config, arm.name, which, decoder_fingerprint(loaded.sae), loaded.d_sae)
-            key = _hash(weights_fingerprint(loaded.model), weights_fingerprint(loaded.sae), config.steering,
+            key = hash_parts(weights_fingerprint(loaded.model), weights_fingerprint(loaded.sae), config.steering,
                         config.seed, features)
             start = time.perf_counter()
             tables = evaluate_arm(con, inputs, loaded, features, show_progress)
             seconds[arm.name] = time.perf_counter() - start
+            tables = {t.name: conform(t, tables[t.name], "steering") for t in (STEER_FEATURES, STEER_SAMPLES)}
             db.write_stage(con, arm.name, "steering", key, seconds[arm.name], tables)
             del loaded
             gc.collect()

@@ -90,25 +90,25 @@ def _write_pair_stages(con) -> None:
             mine = [(p[1] if arm == "base" else p[0], p[2], p[3]) for p in PAIRS if (p[0] if arm == "base" else p[1]) == f]
             best = max(mine, key=lambda m: m[1]) if mine else None
             kept = [m for m in mine if m[2]]
-            rows.append({"pair": "base|finetuned", "arm": arm, "feature": f, "match_arm": other,
+            rows.append({"arm_a": "base", "arm_b": "finetuned", "arm": arm, "feature": f, "match_arm": other,
                          "match_feature": best[0] if best else (5 if STATUS[arm][f] in ("disappear", "emerge") else None),
                          "match_corr": best[1] if best else (0.4 if STATUS[arm][f] in ("disappear", "emerge") else None),
                          "status": STATUS[arm][f], "n_fired": DIFF_FIRED[arm][f], "n_partners": len(mine),
                          "assigned_feature": kept[0][0] if kept else None,
                          "assigned_corr": kept[0][1] if kept else None})
-    pairs = pa.table({"pair": ["base|finetuned"] * len(PAIRS), "arm_a": ["base"] * len(PAIRS),
+    pairs = pa.table({"arm_a": ["base"] * len(PAIRS),
                       "feature_a": [p[0] for p in PAIRS], "arm_b": ["finetuned"] * len(PAIRS),
                       "feature_b": [p[1] for p in PAIRS], "corr": [p[2] for p in PAIRS], "assigned": [p[3] for p in PAIRS]})
-    db.write_stage(con, "base|finetuned", "matching", "k", 0.0,
+    db.write_stage(con, ("base", "finetuned"), "matching", "k", 0.0,
                    {"feature_matches": pa.Table.from_pylist(rows), "match_pairs": pairs},
                    {"threshold": 0.8, "min_firings": 10, "n_tokens": 60, "n_pairs": 4, "n_assigned": 2,
                     "assigned_corr_total": 1.85}, token_set="sample-4")
     transfer = [("base", "base", 0.25), ("base", "finetuned", 0.3), ("finetuned", "finetuned", 0.2),
                 ("finetuned", "base", 0.4)]
-    table = pa.table({"pair": ["base|finetuned"] * 8, "sae_arm": [t[0] for t in transfer for _ in (0, 1)],
+    table = pa.table({"arm_a": ["base"] * 8, "arm_b": ["finetuned"] * 8, "sae_arm": [t[0] for t in transfer for _ in (0, 1)],
                       "model_arm": [t[1] for t in transfer for _ in (0, 1)],
                       "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
-    db.write_stage(con, "base|finetuned", "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
+    db.write_stage(con, ("base", "finetuned"), "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
 
 def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
     """Feature f fires 3/4 of its times on its first top token (id 10 + f, which occurs 2x that often in the

@@ -22,7 +22,7 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - contexts of kind 'interval' are firing tokens sampled per activation interval: max_act is that token's own
   activation and max_pos / max_index its place (sae_vis's samples), not the row's maximum
 - fired_tokens: per feature, the token ids it fires on most (rank 0 = most firings), count and summed activation
-- cross-arm, keyed by `pair` ("base|finetuned"): similarity_hist, similarity_by_position, transfer_metrics,
+- cross-arm, keyed by the pair's two arms `arm_a`, `arm_b`: similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
 - features: a view joining feature_words, feature_activations and feature_matches
@@ -41,85 +41,13 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from core.database.schema import ARM_TABLES, PAIR_SEPARATOR, PAIR_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 6  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 7  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
-#    fired_tokens, interval samples per firing token
+#    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column)
 BUILDING_SUFFIX = ".building"
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS study (name VARCHAR, description VARCHAR, config_json VARCHAR,
-        config_hash VARCHAR, versions_json VARCHAR, schema_version INTEGER, hist_edges DOUBLE[],
-        interval_edges DOUBLE[], updated_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS stages (arm VARCHAR, stage VARCHAR, stage_key VARCHAR, seconds DOUBLE,
-        finished_at TIMESTAMP, note VARCHAR, token_set VARCHAR, PRIMARY KEY (arm, stage))""",
-    """CREATE TABLE IF NOT EXISTS token_sets (token_set VARCHAR, source VARCHAR, position INTEGER, n_rows INTEGER,
-        n_tokens BIGINT, PRIMARY KEY (token_set, source))""",
-    """CREATE TABLE IF NOT EXISTS arms (arm VARCHAR PRIMARY KEY, position INTEGER, model VARCHAR,
-        sae_source VARCHAR, hook_name VARCHAR, d_in INTEGER, d_sae INTEGER, d_vocab INTEGER, n_layers INTEGER,
-        device VARCHAR, model_fingerprint VARCHAR, sae_fingerprint VARCHAR, processing_json VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS top_tokens (arm VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER,
-        token_id INTEGER, token VARCHAR, value FLOAT)""",
-    """CREATE TABLE IF NOT EXISTS feature_words (arm VARCHAR, feature INTEGER, coherence DOUBLE,
-        n_valid INTEGER, med_matches INTEGER, is_candidate BOOLEAN, matched_words VARCHAR[], top_text VARCHAR,
-        top_words VARCHAR[])""",
-    """CREATE TABLE IF NOT EXISTS feature_activations (arm VARCHAR, feature INTEGER, n_fired BIGINT,
-        frac_nonzero DOUBLE, max_act FLOAT, mean_act DOUBLE, var_act DOUBLE, sum_act DOUBLE, sum_sq_act DOUBLE,
-        med_fired BIGINT, llr DOUBLE)""",
-    "CREATE TABLE IF NOT EXISTS histograms (arm VARCHAR, feature INTEGER, counts BIGINT[])",
-    """CREATE TABLE IF NOT EXISTS contexts (arm VARCHAR, feature INTEGER, kind VARCHAR, rank INTEGER,
-        interval INTEGER, interval_low DOUBLE, interval_high DOUBLE, max_act FLOAT, row_index INTEGER,
-        max_pos INTEGER, max_index INTEGER, token_ids INTEGER[], tokens VARCHAR[], acts FLOAT[])""",
-    "CREATE TABLE IF NOT EXISTS unigram (arm VARCHAR, token_id INTEGER, token VARCHAR, count BIGINT)",
-    """CREATE TABLE IF NOT EXISTS fired_tokens (arm VARCHAR, feature INTEGER, rank INTEGER, token_id INTEGER,
-        token VARCHAR, count BIGINT, sum_act DOUBLE)""",
-    "CREATE TABLE IF NOT EXISTS metrics (arm VARCHAR, stage VARCHAR, metric VARCHAR, value DOUBLE)",
-    """CREATE TABLE IF NOT EXISTS similarity_hist (pair VARCHAR, kind VARCHAR, low DOUBLE, high DOUBLE,
-        count BIGINT)""",
-    """CREATE TABLE IF NOT EXISTS similarity_by_position (pair VARCHAR, position INTEGER, mean_cosine DOUBLE,
-        mean_distance DOUBLE)""",
-    """CREATE TABLE IF NOT EXISTS transfer_metrics (pair VARCHAR, sae_arm VARCHAR, model_arm VARCHAR,
-        metric VARCHAR, value DOUBLE)""",
-    """CREATE TABLE IF NOT EXISTS transfer_densities (pair VARCHAR, sae_arm VARCHAR, model_arm VARCHAR,
-        feature INTEGER, frac_nonzero DOUBLE)""",
-    """CREATE TABLE IF NOT EXISTS feature_matches (pair VARCHAR, arm VARCHAR, feature INTEGER, match_arm VARCHAR,
-        match_feature INTEGER, match_corr FLOAT, status VARCHAR, decoder_cos FLOAT, logit_sim FLOAT,
-        n_fired BIGINT, n_partners INTEGER, assigned_feature INTEGER, assigned_corr FLOAT)""",
-    """CREATE TABLE IF NOT EXISTS match_pairs (pair VARCHAR, arm_a VARCHAR, feature_a INTEGER, arm_b VARCHAR,
-        feature_b INTEGER, corr FLOAT, assigned BOOLEAN)""",
-    """CREATE TABLE IF NOT EXISTS steer_features (arm VARCHAR, feature INTEGER, coefficient DOUBLE,
-        samples INTEGER, mean_unsteered DOUBLE, mean_steered DOUBLE, passing BOOLEAN)""",
-    """CREATE TABLE IF NOT EXISTS steer_samples (arm VARCHAR, feature INTEGER, sample INTEGER, seed INTEGER,
-        unsteered_text VARCHAR, steered_text VARCHAR, unsteered_similarity DOUBLE, steered_similarity DOUBLE)""",
-    """CREATE OR REPLACE VIEW features AS
-        SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
-               w.top_words,
-               a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
-               a.med_fired, a.llr,
-               m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,
-               m.n_partners, m.assigned_feature, m.assigned_corr
-        FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
-        LEFT JOIN feature_matches m USING (arm, feature)""",
-]
-
-# The rows each stage owns: cleared before the stage writes, so a re-run never duplicates.
-STAGE_TABLES = {
-    "projection": ("top_tokens",),
-    "words": ("feature_words",),
-    "activations": ("feature_activations", "histograms", "contexts", "unigram", "fired_tokens"),
-    "quality": (),
-    "similarity": ("similarity_hist", "similarity_by_position"),
-    "transfer": ("transfer_metrics", "transfer_densities"),
-    "matching": ("feature_matches", "match_pairs"),
-    "steering": ("steer_features", "steer_samples"),  # `precompute steer-eval`, not part of `run`
-}
-CROSS_STAGES = ("similarity", "transfer", "matching")  # their tables are keyed by `pair`, not `arm`
-ARM_TABLES = ("stages", "arms", "top_tokens", "feature_words", "feature_activations", "histograms", "contexts",
-              "unigram", "fired_tokens", "metrics", "steer_features", "steer_samples")
-PAIR_TABLES = ("similarity_hist", "similarity_by_position", "transfer_metrics", "transfer_densities",
-               "feature_matches", "match_pairs")
-
 
 def building_path(target: Path) -> Path:
     return target.with_name(target.name + BUILDING_SUFFIX)
@@ -210,35 +138,52 @@ def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, con
                      interval_edges])
 
 
-def drop_arms_except(con: duckdb.DuckDBPyConnection, keep: list[str]) -> None:
-    """Remove every row of arms (and arm pairs) that are no longer in the study; `keep` holds both kinds."""
+def pair_label(arm_a: str, arm_b: str) -> str:
+    """The name a pair's rows have in stages and metrics (its tables have arm_a, arm_b)."""
+    return f"{arm_a}{PAIR_SEPARATOR}{arm_b}"
+
+
+def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> None:
+    """Remove every row of arms and arm pairs that are no longer in the study."""
+    keep = arms + [pair_label(a, b) for a, b in pairs]
     for table in ARM_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a constant above
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a schema constant
     for table in PAIR_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, pair)", [keep])
+        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, [arm_a, arm_b])",
+                    [[list(pair) for pair in pairs]])
 
 
 def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
     _insert_frame(con, "arms", pd.DataFrame([row]), delete=("DELETE FROM arms WHERE arm = ?", [row["arm"]]))
 
 
-def stage_key(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> str | None:
-    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [arm, stage]).fetchone()
+def stage_key(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stage: str) -> str | None:
+    """The key a stage of one arm (or of a pair (arm_a, arm_b)) was last computed with, or None."""
+    label = pair_label(*arm) if isinstance(arm, tuple) else arm
+    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [label, stage]).fetchone()
     return None if row is None else row[0]
 
 
-def write_stage(con: duckdb.DuckDBPyConnection, arm: str, stage: str, key: str, seconds: float,
+def write_stage(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stage: str, key: str, seconds: float,
                 tables: dict[str, pa.Table | pd.DataFrame], metrics: dict[str, float] | None = None,
-                note: str | None = None, token_set: str | None = None) -> None:
-    """Replace one stage's rows for one arm (or, for a cross stage, one pair label) and mark it finished, in
-    one transaction (all or nothing). `token_set`: the name (in token_sets) of the tokens it measured on."""
-    unknown = set(tables) - set(STAGE_TABLES[stage])
+                note: str | None = None, token_set: str | None = None, owns: tuple[str, ...] | None = None) -> None:
+    """Replace one stage's rows for one arm (or, for a pair stage, one pair (arm_a, arm_b)) and mark it
+    finished, in one transaction (all or nothing). `owns`: every table the stage writes (cleared even when a run writes
+    none of them, as a skipped cross stage does; default: the tables given). `token_set`: the name (in
+    token_sets) of the tokens it measured on."""
+    owns = tuple(tables) if owns is None else owns
+    unknown = (set(tables) - set(owns)) | (set(owns) - set(TABLES))
     if unknown:
         raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
+    names = list(arm) if isinstance(arm, tuple) else [arm]
+    arm = pair_label(*arm) if isinstance(arm, tuple) else arm
     with _transaction(con):
-        column = "pair" if stage in CROSS_STAGES else "arm"
-        for table in STAGE_TABLES[stage]:
-            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [arm])  # table, column: constants above
+        for table in owns:
+            columns = TABLES[table].key_columns
+            if len(columns) != len(names):
+                raise ValueError(f"table {table} is keyed by {columns}, not by {names}")
+            where = " AND ".join(f"{column} = ?" for column in columns)  # table, columns: schema constants
+            con.execute(f"DELETE FROM {table} WHERE {where}", names)
         con.execute("DELETE FROM metrics WHERE arm = ? AND stage = ?", [arm, stage])
         con.execute("DELETE FROM stages WHERE arm = ? AND stage = ?", [arm, stage])
         for table, frame in tables.items():

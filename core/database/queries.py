@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from core.coherence import CANDIDATE_MIN_MATCHES
+from core.database.schema import PAIR_SEPARATOR
 
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
@@ -405,8 +406,9 @@ def transfer_densities(con: duckdb.DuckDBPyConnection, sae_arm: str) -> pd.DataF
 
 
 def pair_metrics(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """The cross stages' metrics (mean cosine, log-density correlations, counts), by name."""
-    rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE arm LIKE '%|%'").fetchall()
+    """The pair stages' metrics (mean cosine, log-density correlations, counts), by name."""
+    rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE contains(arm, ?)",
+                       [PAIR_SEPARATOR]).fetchall()
     return dict(rows)
 
 

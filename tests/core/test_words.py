@@ -111,7 +111,7 @@ def test_a_trained_sentencepiece_tokenizer_gives_words():
 
 
 def test_sentencepiece_pieces_read_as_text_with_their_leading_space():
-    from precompute.stages import vocabulary_strings
+    from core.token_text import vocabulary_strings
 
     class Pieces:  # the two calls vocabulary_strings makes of a tokenizer
         vocabulary = ["<s>", "\u2581heart", "ing", "<0x0A>", "\u2581the", "<0xC3>"]

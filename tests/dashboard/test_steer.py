@@ -162,9 +162,9 @@ def test_the_page_says_how_its_settings_differ_from_table_1(steer_study):
 def write_matches(study: Path) -> None:
     """base #4 persists as finetuned #2 (0.93); base #3's best match, finetuned #5, correlates 0.509 only."""
     with duckdb.connect(str(study / "f.duckdb")) as con:
-        con.execute("INSERT INTO feature_matches (pair, arm, feature, match_arm, match_feature, match_corr, status) "
-                    "VALUES ('base|finetuned', 'base', 4, 'finetuned', 2, 0.93, 'persist'), "
-                    "('base|finetuned', 'base', 3, 'finetuned', 5, 0.509, 'disappear')")
+        con.execute("INSERT INTO feature_matches (arm_a, arm_b, arm, feature, match_arm, match_feature, match_corr, "
+                    "status) VALUES ('base', 'finetuned', 'base', 4, 'finetuned', 2, 0.93, 'persist'), "
+                    "('base', 'finetuned', 'base', 3, 'finetuned', 5, 0.509, 'disappear')")
 
 
 def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_none(steer_study):

@@ -10,6 +10,7 @@ Planted in the base arm (d_model 32, SAE at blocks.0.hook_resid_pre, the embeddi
 The fine-tuned arm's SAE plants " lung", " bone" (axes 3 and 4) on feature 0, so each arm must read its own SAE.
 """
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from core import database as db
 from core.config import config_from_dict
 from core.corpus import load_corpus_rows
 from core.database import building_path
+from core.database.schema import SchemaMismatch
 from core.embeddings import load_embeddings
 from core.errors import StudyInputError
 from factories import build_gpt2_folder, build_sae, gpt2_tokenizer, perturb_gpt2_folder
@@ -207,13 +209,13 @@ from precompute.cli import offline_defaults
 offline_defaults()
 from core.config import config_from_dict
 from precompute import run, stages
-import json
+import dataclasses, json
 def killed(con, inputs, loaded):
     if loaded.name == "finetuned":
         os._exit(9)  # like SIGKILL: no cleanup, no finally
     return original(con, inputs, loaded)
-original = stages.RUNNERS["quality"]
-stages.RUNNERS["quality"] = killed
+original = stages.REGISTRY["quality"].run
+stages.REGISTRY["quality"] = dataclasses.replace(stages.REGISTRY["quality"], run=killed)
 run.run_study(config_from_dict(json.loads({raw!r})), show_progress=False)
 """
 
@@ -259,6 +261,21 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
                                "base|finetuned/transfer", "base|finetuned/matching"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
+
+
+def test_a_stage_that_forgets_a_column_fails_naming_it_and_publishes_nothing(study, tmp_path, monkeypatch):
+    """Before the registry, INSERT ... BY NAME filled a forgotten column with NULL and the run published."""
+    config = config_from_dict(with_changes(study["raw"], tmp_path))
+    projection = stages.REGISTRY["projection"]
+
+    def forgets_token_id(con, inputs, loaded):
+        tables, metrics = projection.run(con, inputs, loaded)
+        return {"top_tokens": tables["top_tokens"].drop_columns(["token_id"])}, metrics
+
+    monkeypatch.setitem(stages.REGISTRY, "projection", dataclasses.replace(projection, run=forgets_token_id))
+    with pytest.raises(SchemaMismatch, match="stage projection, table top_tokens: missing column token_id"):
+        run_study(config, show_progress=False)
+    assert not Path(config.features_db).exists()
 
 
 @pytest.mark.parametrize("change, message", [

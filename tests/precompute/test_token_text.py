@@ -1,7 +1,7 @@
 """The text shown for each token id: byte tokens are told apart, never all "\ufffd"."""
 
 from factories import byte_tokenizer, gpt2_tokenizer
-from precompute.stages import vocabulary_strings
+from core.token_text import vocabulary_strings
 
 
 def test_every_gpt2_token_reads_differently_and_byte_tokens_show_their_byte():

@@ -1,0 +1,169 @@
+"""Every table of the features database as an Arrow schema; the DDL is generated from these.
+
+A stage (precompute.stage.Stage) names the tables it writes by these declarations, so the columns a stage
+must produce and the columns the database holds are one list. `keyed_by` is the column whose value a stage
+run replaces: "arm" for per-arm tables, "pair" for the cross-arm ones, whose rows name both arms of the pair
+in `arm_a` and `arm_b` (never a joined string).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+PAIR_SEPARATOR = "|"  # stages and metrics name a pair's rows by its label "a|b"; the pair tables by arm_a, arm_b
+_S, _I32, _I64, _F32, _F64, _B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
+_TS = pa.timestamp("us")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: pa.Schema
+    keyed_by: str = "arm"  # the rows one stage run owns: one arm's ("arm"), one pair's ("pair"), or a column's
+    primary_key: tuple[str, ...] = ()
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return ("arm_a", "arm_b") if self.keyed_by == "pair" else (self.keyed_by,)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in (*self.key_columns, *self.primary_key) if c not in self.schema.names]
+        if missing:
+            raise ValueError(f"table {self.name}: key column(s) {missing} not in its schema")
+
+    def ddl(self) -> str:
+        columns = [f'"{f.name}" {duckdb_type(f.type)}' for f in self.schema]
+        if self.primary_key:
+            columns.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB column type of an Arrow type (the few this database uses)."""
+    if pa.types.is_list(arrow_type):
+        return duckdb_type(arrow_type.value_type) + "[]"
+    names = {_S: "VARCHAR", _I32: "INTEGER", _I64: "BIGINT", _F32: "FLOAT", _F64: "DOUBLE", _B: "BOOLEAN",
+             _TS: "TIMESTAMP"}
+    if arrow_type not in names:
+        raise ValueError(f"no DuckDB type for Arrow {arrow_type}")
+    return names[arrow_type]
+
+
+def _table(name: str, columns: list[tuple[str, pa.DataType]], keyed_by: str = "arm",
+           primary_key: tuple[str, ...] = ()) -> Table:
+    return Table(name, pa.schema(columns), keyed_by, primary_key)
+
+
+STUDY = _table("study", [("name", _S), ("description", _S), ("config_json", _S), ("config_hash", _S),
+                         ("versions_json", _S), ("schema_version", _I32), ("hist_edges", pa.list_(_F64)),
+                         ("interval_edges", pa.list_(_F64)), ("updated_at", _TS)], keyed_by="name")
+STAGES = _table("stages", [("arm", _S), ("stage", _S), ("stage_key", _S), ("seconds", _F64),
+                           ("finished_at", _TS), ("note", _S), ("token_set", _S)], primary_key=("arm", "stage"))
+TOKEN_SETS = _table("token_sets", [("token_set", _S), ("source", _S), ("position", _I32), ("n_rows", _I32),
+                                   ("n_tokens", _I64)], keyed_by="token_set", primary_key=("token_set", "source"))
+ARMS = _table("arms", [("arm", _S), ("position", _I32), ("model", _S), ("sae_source", _S), ("hook_name", _S),
+                       ("d_in", _I32), ("d_sae", _I32), ("d_vocab", _I32), ("n_layers", _I32), ("device", _S),
+                       ("model_fingerprint", _S), ("sae_fingerprint", _S), ("processing_json", _S)],
+              primary_key=("arm",))
+METRICS = _table("metrics", [("arm", _S), ("stage", _S), ("metric", _S), ("value", _F64)])
+
+TOP_TOKENS = _table("top_tokens", [("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32),
+                                   ("token_id", _I32), ("token", _S), ("value", _F32)])
+FEATURE_WORDS = _table("feature_words", [("arm", _S), ("feature", _I32), ("coherence", _F64), ("n_valid", _I32),
+                                         ("med_matches", _I32), ("is_candidate", _B), ("matched_words", pa.list_(_S)),
+                                         ("top_text", _S), ("top_words", pa.list_(_S))])
+FEATURE_ACTIVATIONS = _table("feature_activations", [
+    ("arm", _S), ("feature", _I32), ("n_fired", _I64), ("frac_nonzero", _F64), ("max_act", _F32),
+    ("mean_act", _F64), ("var_act", _F64), ("sum_act", _F64), ("sum_sq_act", _F64), ("med_fired", _I64),
+    ("llr", _F64)])
+HISTOGRAMS = _table("histograms", [("arm", _S), ("feature", _I32), ("counts", pa.list_(_I64))])
+CONTEXTS = _table("contexts", [
+    ("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32), ("interval", _I32), ("interval_low", _F64),
+    ("interval_high", _F64), ("max_act", _F32), ("row_index", _I32), ("max_pos", _I32), ("max_index", _I32),
+    ("token_ids", pa.list_(_I32)), ("tokens", pa.list_(_S)), ("acts", pa.list_(_F32))])
+UNIGRAM = _table("unigram", [("arm", _S), ("token_id", _I32), ("token", _S), ("count", _I64)])
+FIRED_TOKENS = _table("fired_tokens", [("arm", _S), ("feature", _I32), ("rank", _I32), ("token_id", _I32),
+                                       ("token", _S), ("count", _I64), ("sum_act", _F64)])
+
+_PAIR = [("arm_a", _S), ("arm_b", _S)]
+SIMILARITY_HIST = _table("similarity_hist", [*_PAIR, ("kind", _S), ("low", _F64), ("high", _F64),
+                                             ("count", _I64)], keyed_by="pair")
+SIMILARITY_BY_POSITION = _table("similarity_by_position", [*_PAIR, ("position", _I32),
+                                                           ("mean_cosine", _F64), ("mean_distance", _F64)],
+                                keyed_by="pair")
+TRANSFER_METRICS = _table("transfer_metrics", [*_PAIR, ("sae_arm", _S), ("model_arm", _S), ("metric", _S),
+                                               ("value", _F64)], keyed_by="pair")
+TRANSFER_DENSITIES = _table("transfer_densities", [*_PAIR, ("sae_arm", _S), ("model_arm", _S),
+                                                   ("feature", _I32), ("frac_nonzero", _F64)], keyed_by="pair")
+FEATURE_MATCHES = _table("feature_matches", [
+    *_PAIR, ("arm", _S), ("feature", _I32), ("match_arm", _S), ("match_feature", _I32), ("match_corr", _F32),
+    ("status", _S), ("decoder_cos", _F32), ("logit_sim", _F32), ("n_fired", _I64), ("n_partners", _I32),
+    ("assigned_feature", _I32), ("assigned_corr", _F32)], keyed_by="pair")
+MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
+                                     ("corr", _F32), ("assigned", _B)], keyed_by="pair")
+
+STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
+                                           ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B)])
+STEER_SAMPLES = _table("steer_samples", [
+    ("arm", _S), ("feature", _I32), ("sample", _I32), ("seed", _I32), ("unsteered_text", _S), ("steered_text", _S),
+    ("unsteered_similarity", _F64), ("steered_similarity", _F64)])
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
+    FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
+    FEATURE_MATCHES, MATCH_PAIRS, STEER_FEATURES, STEER_SAMPLES)}
+# Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms.
+ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
+PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")
+
+FEATURES_VIEW = """CREATE OR REPLACE VIEW features AS
+    SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
+           w.top_words,
+           a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
+           a.med_fired, a.llr,
+           m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,
+           m.n_partners, m.assigned_feature, m.assigned_corr
+    FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
+    LEFT JOIN feature_matches m USING (arm, feature)"""
+
+SCHEMA = [t.ddl() for t in TABLES.values()] + [FEATURES_VIEW]
+
+
+class SchemaMismatch(ValueError):
+    """A stage produced a table whose columns are not its declared schema."""
+
+
+def conform(table: Table, data: pa.Table, stage: str) -> pa.Table:
+    """`data` in `table`'s column order and types; a missing or extra column, or a column of another kind
+    (text for a number, a float for an integer), is an error naming the stage, table and column. Widths may
+    differ (int64 → int32, float64 → float32: the cast DuckDB's insert would do) but must fit."""
+    where = f"stage {stage}, table {table.name}"
+    missing = [name for name in table.schema.names if name not in data.column_names]
+    extra = [name for name in data.column_names if name not in table.schema.names]
+    if missing:
+        raise SchemaMismatch(f"{where}: missing column {', '.join(missing)}")
+    if extra:
+        raise SchemaMismatch(f"{where}: column {', '.join(extra)} is not in the schema")
+    columns = []
+    for field in table.schema:
+        column = data.column(field.name)
+        if not _same_kind(column.type, field.type):
+            raise SchemaMismatch(f"{where}: column {field.name} is {column.type}, the schema says {field.type}")
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise SchemaMismatch(f"{where}: column {field.name} does not fit {field.type}: {err}") from err
+    return pa.table(columns, schema=table.schema)
+
+
+def _same_kind(actual: pa.DataType, declared: pa.DataType) -> bool:
+    if actual == declared or pa.types.is_null(actual):
+        return True
+    if pa.types.is_list(actual) or pa.types.is_large_list(actual):
+        return pa.types.is_list(declared) and _same_kind(actual.value_type, declared.value_type)
+    for kind in (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_boolean):
+        if kind(declared):
+            return kind(actual) or (pa.types.is_large_string(actual) and kind is pa.types.is_string)
+    return False

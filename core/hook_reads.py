@@ -1,0 +1,65 @@
+"""Reading a model at an SAE's hook: the one place that runs a model to a hook, drops BOS and encodes, and the
+one loop that measures next-token loss clean, with a hook spliced in, and with the hook zero-ablated.
+
+Every token row starts with BOS; its activation is an outlier tens of times the others' norm, so no stage
+reads or reconstructs it (SAELens's `ignore_tokens=[bos]` on rows that hold BOS only at position 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from core.loading import stop_layer_for
+
+Hook = Callable[[Tensor, Any], Tensor]  # TransformerLens's fn(activation, hook) -> activation
+
+
+@torch.no_grad()
+def activations_at_hook(model: Any, hook_name: str, batch: Tensor) -> Tensor:
+    """Activations [B, T - 1, d_in] at `hook_name` for token rows [B, T] (BOS first, left out), on the model's
+    device; the forward pass stops after the hook's block."""
+    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name],
+                                    stop_at_layer=stop_layer_for(hook_name))
+    return cache[hook_name][:, 1:]
+
+
+@torch.no_grad()
+def features_at_hook(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Tensor:
+    """SAE feature activations [B, T - 1, d_sae] of `sae` at `hook_name` for token rows [B, T], BOS left out,
+    on the SAE's device."""
+    return sae.encode(activations_at_hook(model, hook_name, batch).to(sae.W_dec.device))
+
+
+@dataclass(frozen=True)
+class HookLosses:
+    """Mean next-token cross-entropy (nats per predicted token) over token rows."""
+
+    clean: float
+    spliced: float  # with the splice hook at the hook point
+    zero_ablation: float  # with the hook point's activations set to zero
+
+
+def _zero_ablate(act: Tensor, hook: Any) -> Tensor:
+    return torch.zeros_like(act)
+
+
+@torch.no_grad()
+def hook_losses(model: Any, hook_name: str, rows: Tensor, batch_size: int, splice_for: Callable[[int, int], Hook],
+                progress: Callable[[Iterable], Iterable] = lambda it: it) -> HookLosses:
+    """CE loss clean, spliced and zero-ablated over token rows [n, T]; `splice_for(start, stop)` gives the
+    hook for rows start:stop (so a hook can carry per-row state, such as which positions it replaces)."""
+    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    for start in progress(range(0, rows.shape[0], batch_size)):
+        batch = rows[start:start + batch_size].to(model.cfg.device)
+        sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
+        splice = splice_for(start, start + batch.shape[0])
+        for name, hook in (("spliced", splice), ("zero", _zero_ablate)):
+            loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
+            sums[name] += loss.sum().item()
+    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
+    return HookLosses(sums["clean"] / n_predicted, sums["spliced"] / n_predicted, sums["zero"] / n_predicted)

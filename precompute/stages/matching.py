@@ -1,0 +1,69 @@
+"""matching: features of the two arms matched by activation correlation on the same tokens; each feature's
+best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from core.database.schema import FEATURE_MATCHES, MATCH_PAIRS
+from core.loading import LoadedArm
+from core.match_assignment import assigned_partner, one_to_one
+from core.matching import FeatureMatches, collect_coactivations, decoder_cosine, logit_weight_similarity, match_features
+from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
+from precompute.stage import Stage, StageResult
+
+
+def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
+    a, b = pair.a, pair.b
+    coactivations = collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, pair.rows,
+                                          pair.batch_size, device=a.sae.W_dec.device,
+                                          progress=pair.progress("co-activations"))
+    matches = match_features(coactivations, pair.threshold, min_firings=pair.min_firings)
+    pairs = matches.pairs
+    kept = one_to_one(pairs.a, pairs.b, pairs.corr, a.d_sae, b.d_sae)
+    partners = pairs.partner_counts(a.d_sae, b.d_sae)
+    assigned = (assigned_partner(pairs.a, pairs.b, pairs.corr, kept, a.d_sae),
+                assigned_partner(pairs.b, pairs.a, pairs.corr, kept, b.d_sae))
+    tables = [_match_table(pair, side, matches, partners[k], assigned[k]) for k, side in enumerate("ab")]
+    match_pairs = pa.table({
+        "arm_a": [a.name] * len(kept), "feature_a": pairs.a.astype(np.int32), "arm_b": [b.name] * len(kept),
+        "feature_b": pairs.b.astype(np.int32), "corr": pairs.corr, "assigned": kept})
+    metrics = {name: float(value) for name, value in matches.counts().items()}
+    metrics.update({"threshold": pair.threshold, "n_tokens": matches.n_tokens, "min_firings": pair.min_firings,
+                    "n_pairs": len(kept), "n_assigned": int(kept.sum()),
+                    "assigned_corr_total": float(pairs.corr[kept].sum())})
+    return {"feature_matches": pa.concat_tables(tables), "match_pairs": match_pairs}, metrics
+
+
+def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.ndarray,
+                 assigned: tuple[np.ndarray, np.ndarray]) -> pa.Table:
+    """feature_matches rows of one arm: best match, status, decoder / logit similarity, partners, assignment."""
+    arm, other = (pair.a, pair.b) if side == "a" else (pair.b, pair.a)
+    match, corr = getattr(matches, f"{side}_match"), getattr(matches, f"{side}_corr")
+    own_ids = np.arange(len(match))
+    same_width = arm.sae.cfg.d_in == other.sae.cfg.d_in
+    cos = decoder_cosine(arm.sae.W_dec, other.sae.W_dec, own_ids, match) if same_width else np.full(len(match), np.nan)
+    logit = _logit_similarity(arm, other, own_ids, match) if pair.same_tokenizer() else np.full(len(match), np.nan)
+    partner, partner_corr = assigned
+    return pa.table({
+        **pair.columns(len(match)), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
+        "match_arm": [other.name] * len(match), "match_feature": pa.array(np.where(match < 0, None, match), pa.int32()),
+        "match_corr": pa.array(corr, mask=np.isnan(corr)),
+        "status": pa.array(list(getattr(matches, f"{side}_status")), pa.string()),
+        "decoder_cos": pa.array(cos, mask=np.isnan(cos)), "logit_sim": pa.array(logit, mask=np.isnan(logit)),
+        "n_fired": np.asarray(getattr(matches, f"{side}_n_fired"), np.int64),
+        "n_partners": np.asarray(n_partners, np.int32),
+        "assigned_feature": pa.array(np.where(partner < 0, None, partner), pa.int32()),
+        "assigned_corr": pa.array(partner_corr, mask=np.isnan(partner_corr))})
+
+
+def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: np.ndarray) -> np.ndarray:
+    return logit_weight_similarity(arm.sae.W_dec, arm.model.W_U, other.sae.W_dec, other.model.W_U, own, match)
+
+
+# version 2: dead / rare statuses, every pair, the assignment
+STAGE = Stage("matching", version=2, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,
+              key_parts=pair_key_parts, tokens=pair_tokens,
+              skip_reason=lambda pair: different_tokenizers(pair, "matching"))

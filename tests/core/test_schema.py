@@ -1,0 +1,92 @@
+"""The schema generated from the Arrow declarations equals the one today's databases have, and a stage's table
+with a missing, extra or wrongly typed column is refused with a message naming the stage, table and column."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from core import database as db
+from core.database.schema import TOP_TOKENS, SchemaMismatch, conform
+
+SNAPSHOT = Path(__file__).parent / "schema_v6.json"  # read from the demo database that schema 6 built
+
+
+def schema_7(v6: dict) -> dict:
+    """Schema 7 is schema 6 with each pair table's `pair` label column replaced by arm_a, arm_b (match_pairs
+    had both already, so it only loses `pair`)."""
+    tables = {}
+    for table, columns in v6["tables"].items():
+        names = [name for name, _ in columns]
+        if "pair" in names:
+            at = names.index("pair")
+            pair_columns = [] if "arm_a" in names else [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]]
+            columns = columns[:at] + pair_columns + columns[at + 1:]
+        tables[table] = columns
+    return {**v6, "schema_version": 7, "tables": tables}
+
+
+def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
+    expected = schema_7(json.loads(SNAPSHOT.read_text()))
+    assert db.SCHEMA_VERSION == expected["schema_version"]
+    assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
+    con, _ = db.open_build(tmp_path / "features.duckdb")
+    rows = con.execute("SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c "
+                       "JOIN information_schema.tables t USING (table_name) WHERE t.table_type = 'BASE TABLE' "
+                       "ORDER BY c.table_name, c.ordinal_position").fetchall()
+    built: dict[str, list[list[str]]] = {}
+    for table, column, data_type in rows:
+        built.setdefault(table, []).append([column, data_type])
+    assert built == expected["tables"]
+    keys = con.execute("SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                       "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
+    assert {table: list(columns) for table, columns in keys} == expected["primary_keys"]
+    con.close()
+
+
+def test_a_pair_stage_replaces_only_its_pairs_rows_and_a_dropped_pair_leaves(tmp_path):
+    con, _ = db.open_build(tmp_path / "features.duckdb")
+
+    def hist(arm_a, arm_b, count):
+        return pa.table({"arm_a": [arm_a], "arm_b": [arm_b], "kind": ["cosine"], "low": [0.0], "high": [0.1],
+                         "count": [count]})
+
+    db.write_stage(con, ("base", "ft1"), "similarity", "k", 0.0, {"similarity_hist": hist("base", "ft1", 5)})
+    db.write_stage(con, ("base", "ft2"), "similarity", "k", 0.0, {"similarity_hist": hist("base", "ft2", 7)})
+    db.write_stage(con, ("base", "ft1"), "similarity", "k2", 0.0, {"similarity_hist": hist("base", "ft1", 6)})
+    rows = con.execute("SELECT arm_a, arm_b, count FROM similarity_hist ORDER BY arm_b").fetchall()
+    assert rows == [("base", "ft1", 6), ("base", "ft2", 7)]
+    assert db.stage_key(con, ("base", "ft1"), "similarity") == "k2"
+    db.drop_arms_except(con, ["base", "ft2"], [("base", "ft2")])
+    assert con.execute("SELECT arm_b, count FROM similarity_hist").fetchall() == [("ft2", 7)]
+    assert con.execute("SELECT arm FROM stages").fetchall() == [("base|ft2",)]
+    con.close()
+
+
+def _top_tokens(**columns):
+    base = {"arm": ["base"], "feature": [3], "kind": ["top"], "rank": [0], "token_id": [7], "token": [" heart"],
+            "value": [2.5]}
+    base.update(columns)
+    return pa.table({name: values for name, values in base.items() if values is not None})
+
+
+def test_a_missing_column_is_refused_naming_stage_table_and_column():
+    with pytest.raises(SchemaMismatch, match="stage projection, table top_tokens: missing column token_id"):
+        conform(TOP_TOKENS, _top_tokens(token_id=None), "projection")
+
+
+def test_an_extra_column_is_refused():
+    with pytest.raises(SchemaMismatch, match="table top_tokens: column score is not in the schema"):
+        conform(TOP_TOKENS, _top_tokens(score=[1.0]), "projection")
+
+
+def test_a_column_of_another_kind_is_refused_and_widths_are_cast():
+    with pytest.raises(SchemaMismatch, match="column rank is string, the schema says int32"):
+        conform(TOP_TOKENS, _top_tokens(rank=["0"]), "projection")
+    with pytest.raises(SchemaMismatch, match="column rank does not fit int32"):
+        conform(TOP_TOKENS, _top_tokens(rank=[2**40]), "projection")
+    table = conform(TOP_TOKENS, _top_tokens(value=[2.5]).select(["value", "arm", "feature", "kind", "rank",
+                                                                 "token_id", "token"]), "projection")
+    assert table.schema == TOP_TOKENS.schema  # declared order and widths: int64 → int32, float64 → float32
+    assert table.column("value").to_pylist() == [2.5] and table.column("feature").to_pylist() == [3]
