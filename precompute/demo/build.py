@@ -121,7 +121,8 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         text = steps.prepare_text(folder / "corpus", recipe)
     # A pretrained recipe brings its own tokenizer and base model; the steps after these two are the same.
     with _step("load pretrained" if recipe.pretrained else "tokenizer", timings, bar):
-        base, tokenizer = load_pretrained(recipe.pretrained) if recipe.pretrained else (None, steps.make_tokenizer(text, recipe))
+        base, tokenizer = (load_pretrained(recipe.pretrained) if recipe.pretrained
+                           else (None, steps.make_tokenizer(text, recipe)))
         rows = steps.make_rows(text, tokenizer, recipe, config.seed)
     with _step("base model", timings, bar):
         base = base if base is not None else steps.train_base(rows, tokenizer, recipe, config.seed, device)

