@@ -198,7 +198,7 @@ class DemoRecipe:
     sae_tokens: int = 400_000
     sae_batch_tokens: int = 512
     sae_l1_warm_up_share: float = 0.15
-    sae_exclude_special_tokens: bool = False  # leave BOS / separators out of SAE training (attention-sink norms)
+    sae_exclude_special_tokens: bool = False  # leave BOS / EOS separators out of SAE training (SAELens option)
 
 
 @dataclass(frozen=True)
