@@ -133,12 +133,14 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
     with _step("perplexity", timings, bar):
         perplexity = {arm: steps.evaluate(model, rows, recipe, device)
                       for arm, model in (("base", base), ("finetuned", finetuned))}
+        logger.info("held-out perplexity (general, medical): %s", perplexity)  # seen before a long build ends
     del base, finetuned  # the SAE steps reload each arm from disk, as the study will
     saes = {}
     for arm in ARMS:
         with _step(f"SAE {arm}", timings, bar):
             saes[arm] = steps.train_and_save_sae(folder / "models" / arm, folder / "saes" / arm, rows, recipe,
                                                  config.seed, device, arm)
+            logger.info("SAE %s: %s", arm, saes[arm])
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")
     with _step("embeddings cache", timings, bar):
