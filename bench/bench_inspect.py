@@ -9,12 +9,12 @@ demo (`make demo`, or a copy in data/demo); without it the benchmark says so and
 
 import logging
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from bench.timing import interleaved_times
 from core.config import load_config
 from core.inspect import inspect_text
 from core.loading import load_arm
@@ -43,19 +43,9 @@ def _machine() -> str:
     return f"{name}, {torch.get_num_threads()} torch threads"
 
 
-def _interleaved_fastest(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for round_ in range(REPEATS + 1):
-        names = list(cases) if round_ % 2 else list(cases)[::-1]  # each goes first half the time
-        for name in names:
-            fn = cases[name]
-            start = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
+
+def _fastest(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    return {name: min(values) for name, values in interleaved_times(cases, REPEATS).items()}
 
 
 def run() -> list[dict]:
@@ -72,7 +62,7 @@ def run() -> list[dict]:
             base.model(tokens)
             finetuned.model(tokens)
 
-    seconds = _interleaved_fastest({"bare": bare_passes, "inspect": lambda: inspect_text(base, finetuned, text)})
+    seconds = _fastest({"bare": bare_passes, "inspect": lambda: inspect_text(base, finetuned, text)})
     device = f"{base.model.cfg.device} ({_machine()})"
     return [
         {"name": f"two bare forward passes, {N_TOKENS} tokens", "seconds": seconds["bare"], "device": device},

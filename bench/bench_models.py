@@ -16,11 +16,11 @@ core/models/hooked.py.
 
 import copy
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
 
+from bench.timing import interleaved_times
 from core.loading import NO_CENTRING
 from core.models import hooked_transformer_from_hf
 from core.steering import SamplingSettings, generate
@@ -56,18 +56,12 @@ def storage_bytes(module: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def _interleaved_fastest(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for round_ in range(REPEATS + 1):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
-
-
 @torch.inference_mode()
+
+def _fastest(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    return {name: min(values) for name, values in interleaved_times(cases, REPEATS).items()}
+
+
 def run() -> list[dict]:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -93,7 +87,7 @@ def run() -> list[dict]:
                                                       max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                                       pad_token_id=0),
     }
-    fastest = _interleaved_fastest(cases)
+    fastest = _fastest(cases)
     out = []
     for name, seconds in fastest.items():
         kind = name.split(":")[0]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench.timing import interleaved_times
 from core.loading import DEFAULT_PROCESSING, LoadedArm, hooked_transformer_from_hf
 from core.package_data import package_path
 from core.steering import SamplingSettings, generate_steered, steering_hook, steering_vector
@@ -49,19 +50,6 @@ def _sae(device: str) -> object:
     return sae
 
 
-def _interleaved_medians(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Median seconds per case over REPEATS rounds, the cases taking turns within a round so that a neighbour's
-    load on the shared CPU falls on all of them alike; one warm-up round first."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for round_ in range(REPEATS + 1):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def _hook_alone_seconds(vector: torch.Tensor, device: str) -> float:
     """The steering's own cost, free of the shared CPU's noise on whole generations: the hook on one new
     token's activations [1, 1, 768], NEW_TOKENS times."""
@@ -89,6 +77,11 @@ def _weight_read_floor_seconds(n_params: int, device: str) -> float:
     return statistics.median(times[1:])
 
 
+
+def _medians(cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in interleaved_times(cases, REPEATS).items()}
+
+
 def run() -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as folder:
@@ -104,7 +97,7 @@ def run() -> list[dict]:
             return hf.generate(prompt_ids, do_sample=True, temperature=1.0, top_p=0.3, max_new_tokens=NEW_TOKENS,
                                min_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
 
-    seconds = _interleaved_medians({
+    seconds = _medians({
         "transformers": bare_transformers,
         "unsteered": lambda: generate_steered(arm, {}, PROMPT, settings),
         "steered": lambda: generate_steered(arm, COEFFICIENTS, PROMPT, settings),
