@@ -33,7 +33,7 @@ with st.container(border=True):
     c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1.4, 1.6, 1.8, 1.2])  # the toggles need room for their labels
     c5.number_input("Min. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MIN)
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
-    c7.toggle("Show dead features", key=keys.FEATURES_DEAD,
+    c7.toggle("With dead", key=keys.FEATURES_DEAD,
               help="Features that never fired on the corpus: hidden unless this is on")
     c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
     sort = c9.selectbox("Sort all matching features by", list(filters.SORTS), key=keys.FEATURES_SORT,
