@@ -26,3 +26,9 @@ def page(name: str, **params) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
     at.query_params.update({key: str(value) for key, value in params.items()})
     return at.switch_page(f"views/{name}.py").run()
+
+
+def features_matched(at: AppTest) -> int:
+    """The Features page's count, as it says it: "**2,459** features match"."""
+    text = next(m.value for m in at.markdown if "features match" in m.value)
+    return int(text.split("**")[1].replace(",", ""))

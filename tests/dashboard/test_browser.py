@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
@@ -49,6 +50,20 @@ def serve(config: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+@contextmanager
+def chromium_page(height: int = 1600) -> Iterator[Any]:
+    """A page of headless Debian Chromium (Playwright drives it; never `playwright install`), closed after."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": height})
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def server(tmp_path):
     arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
@@ -61,29 +76,18 @@ def server(tmp_path):
 
 
 def test_a_feature_url_opens_its_page_in_chromium(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    with chromium_page() as page:
         page.goto(f"{server}/feature?arm=finetuned&feature=4")
         page.wait_for_selector("text=finetuned · feature 4", timeout=30_000)
         for expected in ("text=' blood'", "text=medical matches", "text=Top contexts"):  # chart, header, contexts
             page.wait_for_selector(expected, timeout=30_000)
         page.screenshot(path=str(tmp_path / "feature.png"))
-        browser.close()
     assert (tmp_path / "feature.png").stat().st_size > 10_000
 
 
 def test_back_returns_to_the_previous_feature_in_chromium(server, tmp_path):
     """Streamlit pushes a history entry when a run changes the URL; the page must then follow the URL on Back."""
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    with chromium_page() as page:
         page.goto(f"{server}/feature?arm=base&feature=1")
         page.wait_for_selector("text=base · feature 1", timeout=30_000)
         box = page.get_by_label("Feature (0 – 5)")
@@ -101,20 +105,14 @@ def test_back_returns_to_the_previous_feature_in_chromium(server, tmp_path):
         assert page.locator("[data-testid='stAlertContentError']").count() == 1
         assert page.locator("text=feature 0").count() == 0
         page.screenshot(path=str(tmp_path / "bad_link.png"))
-        browser.close()
 
 
 def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(server, tmp_path):
     """Click a choice, type a note, press Enter, click Save, with no waits: exactly that label and note are stored,
     once, and the header shows it."""
-    from playwright.sync_api import sync_playwright
-
     from core import labels as labels_db
 
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    with chromium_page() as page:
         page.goto(f"{server}/feature?arm=finetuned&feature=4")
         page.wait_for_selector("text=Save label", timeout=30_000)
         page.get_by_text("not medical", exact=True).click()
@@ -125,7 +123,6 @@ def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(se
         page.get_by_role("button", name="Save label").click()
         page.wait_for_selector("[data-testid='stMetricValue']:has-text('not medical')", timeout=30_000)
         page.screenshot(path=str(tmp_path / "label.png"))
-        browser.close()
     events = labels_db.history(tmp_path / "labels.duckdb", "tiny")
     assert events[["arm", "feature", "label", "note"]].values.tolist() == [
         ["finetuned", 4, "not_medical", "blood words, not a disease"]]
@@ -134,21 +131,15 @@ def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(se
 def test_a_shared_inspect_url_opens_its_view_in_chromium(tmp_path):
     """/inspect?text=...&token=...&feature=... on a real tiny pair: the text runs through both models at once,
     the chosen token and the feature's strips are drawn, and the page keeps the URL it was opened with."""
-    from playwright.sync_api import sync_playwright
-
     from inspect_study import TEXT, build_inspect_study
 
-    assert Path(CHROMIUM).exists(), "install Debian's chromium (make test does: see the Makefile's browser target)"
     config = build_inspect_study(tmp_path)
     query = urlencode({"text": TEXT, "token": 4, "feature": "base:0"})
-    with serve(config) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    with serve(config) as url, chromium_page(height=1800) as page:
         page.goto(f"{url}/inspect?{query}")
         for expected in ("text=Token 4: ' heart'", "text=finetuned #0", "text=Why here"):
             page.wait_for_selector(expected, timeout=60_000)
         assert page.locator("textarea").input_value() == TEXT
         assert page.url.endswith(f"/inspect?{query}")
         page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "inspect.png").stat().st_size > 10_000

@@ -7,18 +7,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_pages import page, tiny_study
+from app_pages import features_matched as matched, page, tiny_study
 from tiny_db import D_SAE
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     return tiny_study(tmp_path, monkeypatch)
-
-
-def matched(at: AppTest) -> int:
-    text = next(m.value for m in at.markdown if "features match" in m.value)
-    return int(text.split("**")[1].replace(",", ""))
 
 
 def shows_no_feature(at: AppTest) -> bool:

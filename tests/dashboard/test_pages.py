@@ -4,18 +4,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import labels as labels_db
-from app_pages import page, tiny_study
+from app_pages import features_matched as matched, page, tiny_study
 from tiny_db import FINGERPRINT, write_tiny_db
 
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     return tiny_study(tmp_path, monkeypatch)
-
-
-def matched(at: AppTest) -> int:
-    text = next(m.value for m in at.markdown if "features match" in m.value)
-    return int(text.split("**")[1].replace(",", ""))
 
 
 def test_features_filters_change_the_count_by_hand(study):
