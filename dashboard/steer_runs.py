@@ -204,8 +204,8 @@ def table1_differences(steer: SteeringConfig, coefficient: float, prompt: str,
              "temperature": (settings.temperature, steer.temperature), "top p": (settings.top_p, steer.top_p),
              "frequency penalty": (settings.freq_penalty, steer.freq_penalty), "prompt": (prompt, steer.prompt),
              "measure": (measure or steer.measure, steer.measure)}
-    return [f"{name} {here!r} (Table 1: {there!r})" if isinstance(here, str) else f"{name} {here:g} (Table 1: {there:g})"
-            for name, (here, there) in pairs.items() if here != there]
+    return [f"{name} {here!r} (Table 1: {there!r})" if isinstance(here, str)
+            else f"{name} {here:g} (Table 1: {there:g})" for name, (here, there) in pairs.items() if here != there]
 
 
 def other_arm_plan(arm: str, other_arm: str, features: list[int], rows: list[dict], coefficient: float,
