@@ -74,3 +74,10 @@ def test_an_unknown_measure_or_glove_without_embeddings_is_refused():
         meaning_scores(["a"], [" a"], [1.0], "bert")
     with pytest.raises(ValueError, match="glove measure needs the study's word embeddings"):
         meaning_scores(["a"], [" a"], [1.0], "glove")
+
+
+def test_the_config_and_the_scores_know_the_same_measures():
+    from core.config import STEERING_MEASURES
+    from core.steer_scores import MEASURES
+
+    assert tuple(MEASURES) == STEERING_MEASURES
