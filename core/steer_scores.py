@@ -33,7 +33,7 @@ MEASURES = {
     "glove": "words: cosine of the text's mean GloVe word vector and the weighted top words",
 }
 DEFAULT_MEASURE = "sentence"
-_SPECIAL_TOKEN = re.compile(r"^<\|?/?[^<>\s]*\|?>$")  # <|endoftext|>, <s>, </s>, <pad>: markup, not meaning
+_SPECIAL_TOKEN = re.compile(r"^<\|?/?[^<>\s]*\|?>$")  # <|endoftext|>, </s>, byte tokens <0x8F>: no meaning
 
 
 def check_measure(measure: str) -> str:
@@ -44,8 +44,9 @@ def check_measure(measure: str) -> str:
 
 def top_tokens_text(top_tokens: Sequence[str], top_values: Sequence[float]) -> str:
     """The feature's top tokens as one text for the sentence encoder: those the feature promotes (value > 0),
-    stripped of surrounding spaces (" heart" → "heart"; "Ġheart" as the tokenizer spells it, too), special tokens
-    and repeats (case-insensitive) left out, in the order given (rank), joined by spaces. Unweighted, as the paper."""
+    stripped of surrounding spaces (" heart" → "heart"; "Ġheart" as the tokenizer spells it, too), special and
+    byte tokens and repeats (case-insensitive) left out, in the order given (rank), joined by spaces. Unweighted,
+    as the paper's notebook."""
     words: dict[str, str] = {}
     for token, value in zip(top_tokens, top_values):
         text = token.replace("Ġ", " ").replace("▁", " ").strip()

@@ -54,8 +54,8 @@ def test_perplexity_holds_the_model_lock_so_steering_elsewhere_waits(model):
 
 
 def test_the_target_text_is_the_promoted_top_tokens_stripped_once_each_in_rank_order():
-    tokens = [" heart", "Ġkidney", "<|endoftext|>", " Heart", " liver", " blood", "  "]
-    values = [3.0, 2.5, 2.0, 1.5, 1.0, -0.5, 0.5]
+    tokens = [" heart", "Ġkidney", "<|endoftext|>", " Heart", "<0xDE>", " liver", " blood", "  "]
+    values = [3.0, 2.5, 2.0, 1.5, 1.2, 1.0, -0.5, 0.5]
     assert top_tokens_text(tokens, values) == "heart kidney liver"  # blood: value ≤ 0, not promoted
 
 
