@@ -405,7 +405,11 @@ def assert_scored_in_meaning_and_fluency(config, samples) -> None:
     top = query(config, "SELECT token, value FROM top_tokens WHERE arm = 'base' AND feature = 4 AND kind = 'top' "
                         "AND value > 0 ORDER BY rank")
     words = [t.strip() for t in top.token]  # special and byte tokens (<|endoftext|>, <0x8F>) carry no meaning
-    target = " ".join(dict.fromkeys(w for w in words if w and not (w.startswith("<") and w.endswith(">"))))
+    kept: dict[str, str] = {}
+    for word in words:
+        if word and not (word.startswith("<") and word.endswith(">")):
+            kept.setdefault(word.lower(), word)  # "The" after "the" is a repeat
+    target = " ".join(kept.values())
     for text, stored in ((row.unsteered_text, row.unsteered_similarity), (row.steered_text, row.steered_similarity)):
         assert stored == pytest.approx(sentence.similarity(text, target), abs=1e-5)
     steer = config.steering
