@@ -33,6 +33,7 @@ MEASURES = {
     "glove": "words: cosine of the text's mean GloVe word vector and the weighted top words",
 }
 DEFAULT_MEASURE = "sentence"
+_SPECIAL_IN_TEXT = re.compile(r"<\|[^<>|\s]*\|>")
 _SPECIAL_TOKEN = re.compile(r"^<\|?/?[^<>\s]*\|?>$")  # <|endoftext|>, </s>, byte tokens <0x8F>: no meaning
 
 
@@ -56,7 +57,10 @@ def top_tokens_text(top_tokens: Sequence[str], top_values: Sequence[float]) -> s
 
 
 def sentence_similarities(texts: Sequence[str], target: str) -> list[float]:
-    """Cosine of each text's sentence embedding with the target's; NaN (no score) for a blank text or target."""
+    """Cosine of each text's sentence embedding with the target's; NaN (no score) for a blank text or target.
+    Special tokens written out in a text ("<|endoftext|>", which the demo's models emit between sentences) are
+    read as spaces: the encoder would otherwise read them as seven word pieces of noise."""
+    texts = [_SPECIAL_IN_TEXT.sub(" ", text) for text in texts]
     if not target.strip():
         return [float("nan")] * len(texts)
     vectors = sentence.encode([target, *texts])

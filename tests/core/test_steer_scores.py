@@ -65,6 +65,9 @@ def test_the_sentence_measure_is_the_encoders_cosine_and_nan_when_there_is_nothi
     assert scores[0] == pytest.approx(sentence.similarity(texts[0], "hepatitis liver inflammation"), abs=1e-6)
     assert scores[0] == pytest.approx(0.56, abs=0.01) and math.isnan(scores[1]) and scores[2] < 0.2
     assert all(math.isnan(s) for s in meaning_scores(texts, [" x"], [-1.0]))  # no promoted top token
+    marked = texts[0].replace("fever and", "fever<|endoftext|>and") + "<|endoftext|>"  # as the demo's models write
+    read, blank = meaning_scores([marked, "<|endoftext|>"], [" hepatitis", " liver", " inflammation"], [3.0, 2.0, 1.0])
+    assert read == pytest.approx(scores[0], abs=1e-6) and math.isnan(blank)
     assert meaning_scores(["hepatitis liver inflammation"], [" hepatitis", " liver", " inflammation"],
                           [1.0, 1.0, 1.0])[0] == pytest.approx(1.0, abs=1e-6)  # the target itself
 
