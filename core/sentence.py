@@ -5,8 +5,9 @@ as a dependency; it is installed with --no-deps and read with plain `transformer
 it: BERT states → mean over the tokens the attention mask keeps → L2 normalisation. Texts are cut at 256 word
 pieces, the model's `max_seq_length`. So a cosine of two encodings is their dot product, in [-1, 1].
 
-One encoder per process (`sentence_encoder()`), loaded on first use (about 7 s); `encode` holds a lock, so threads
-(dashboard sessions) share it safely: the fast tokenizer's padding state is not thread-safe.
+One encoder per process (`sentence_encoder()`), loaded on first use (about 4 s); `encode` holds a lock, so threads
+(dashboard sessions) share it safely: transformers sets the fast tokenizer's truncation and padding on the shared
+Rust object at every call, which raises "Already borrowed" when two threads do it at once (transformers #47085).
 """
 
 from __future__ import annotations
