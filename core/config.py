@@ -26,6 +26,7 @@ from core.errors import StudyInputError
 
 DEVICES = ("auto", "cpu", "cuda")
 CORPUS_KINDS = ("text_files", "hf_dataset")
+STEERING_MEASURES = ("sentence", "glove")  # core.steer_scores.MEASURES says what each one computes
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class DiffConfig:
 @dataclass(frozen=True)
 class SteeringConfig:
     """The causal test (`precompute steer-eval`): the paper's settings by default (coefficient 50, temperature
-    1, top_p 0.3, frequency penalty 1, 50 new tokens); 3 seeds per feature where the paper used 1."""
+    1, top_p 0.3, frequency penalty 1, 50 new tokens); 3 seeds per feature where the paper used 1. `measure`: how a
+    text is scored against the feature's top tokens, "sentence" (a sentence encoder, in meaning) or "glove" (the
+    mean of its word vectors, the measure before issue 16)."""
 
     coefficient: float = 50.0
     prompt: str = "What topic is on your mind?"
@@ -161,8 +164,12 @@ class SteeringConfig:
     freq_penalty: float = 1.0
     max_new_tokens: int = 50
     samples: int = 3
+    measure: str = "sentence"
 
     def __post_init__(self) -> None:
+        if self.measure not in STEERING_MEASURES:
+            raise StudyInputError(f"steering.measure must be one of {', '.join(STEERING_MEASURES)}, got "
+                                  f"{self.measure!r}")
         if self.samples < 1 or self.max_new_tokens < 1:
             raise StudyInputError("steering.samples and steering.max_new_tokens must be at least 1")
         if not 0.0 < self.top_p <= 1.0 or self.temperature < 0:

@@ -133,9 +133,17 @@ def density_scatter(frame: pd.DataFrame, sae_arm: str, other_arm: str) -> go.Fig
 
 
 def dose_response(frame: pd.DataFrame) -> go.Figure:
-    """Semantic similarity of the steered output to the feature's top tokens against the coefficient."""
-    fig = px.line(frame, x="coefficient", y="similarity", markers=True,
-                  labels={"similarity": "similarity to the top tokens"})
+    """Similarity of the steered output to the feature's top tokens against the coefficient and, on a second
+    axis when the frame has it, the output's perplexity under the unsteered model: where fluency breaks."""
+    fig = go.Figure(go.Scatter(x=frame["coefficient"], y=frame["similarity"], name="similarity to the top tokens",
+                               mode="lines+markers", line=dict(color="#4C78A8")))
+    if "perplexity" in frame:
+        fig.add_trace(go.Scatter(x=frame["coefficient"], y=frame["perplexity"], name="perplexity (unsteered model)",
+                                 mode="lines+markers", line=dict(color="#F58518", dash="dot"), yaxis="y2"))
+        fig.update_layout(yaxis2=dict(title="perplexity", overlaying="y", side="right", showgrid=False,
+                                      rangemode="tozero"))  # linear from 0: a log axis of 50-400 labelled 2, 4, 7
+    fig.update_layout(xaxis_title="coefficient", yaxis_title="similarity to the top tokens",
+                      legend=dict(orientation="h", y=1.12))
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     return _compact(fig)
 

@@ -12,10 +12,12 @@ import streamlit as st
 
 from core import steering
 from core.config import SteeringConfig
+from core.steer_scores import meaning_scores, perplexity
 from dashboard import charts, data, render
 from dashboard import state_keys as keys
 
 SWEEP_POINTS = 9  # −2c … +2c
+MEASURE_NAMES = {"sentence": "in meaning (sentence encoder)", "glove": "by word vectors (GloVe mean)"}
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,9 @@ class TopTokens:
         top = frame[frame["kind"] == "top"]
         return cls(top["token"].tolist(), top["value"].astype(float).tolist(), top["token_id"].astype(int).tolist())
 
-    def similarity(self, text: str, kv: Any) -> float:
-        return steering.semantic_similarity(text, self.tokens, self.values, kv)
+    def scores(self, texts: list[str], measure: str, kv: Any) -> list[float]:
+        """Each text's closeness to these top tokens by `measure` (core.steer_scores); kv: GloVe, for "glove"."""
+        return meaning_scores(texts, self.tokens, self.values, measure, kv)
 
     def hits(self, token_ids: list[int]) -> list[float]:
         """1.0 for each new token among the top tokens (shaded), else 0.0."""
@@ -50,24 +53,31 @@ class ArmRun:
     settings: steering.SamplingSettings
     comparison: steering.SteeringComparison
     similarity: tuple[float, float]  # unsteered, steered: against this arm's own feature's top tokens
+    perplexity: tuple[float, float]  # unsteered, steered: under the unsteered model (fluency)
     hits: tuple[list[float], list[float]]
     set_change: float  # nats: log-probability of the top tokens at the next position, steered − unsteered
     note: str = ""  # how this arm's feature was chosen
+    measure: str = "sentence"  # how `similarity` was scored (core.steer_scores.MEASURES)
 
 
 def run_arm(loaded: Any, coefficients: dict[int, float], prompt: str, settings: steering.SamplingSettings,
-            top: TopTokens, kv: Any, note: str = "") -> ArmRun:
+            top: TopTokens, measure: str, kv: Any, note: str = "") -> ArmRun:
     comparison = steering.compare_steering(loaded, coefficients, prompt, settings)
     shift = steering.next_token_shift(loaded, coefficients, prompt, top.ids)
     pair = (comparison.unsteered, comparison.steered)
     return ArmRun(loaded.name, dict(coefficients), prompt, settings, comparison,
-                  tuple(top.similarity(g.text, kv) for g in pair), tuple(top.hits(g.token_ids) for g in pair),
-                  shift.set_change, note)
+                  tuple(top.scores([g.text for g in pair], measure, kv)),
+                  tuple(perplexity(loaded.model, g.prompt_ids, g.token_ids) for g in pair),
+                  tuple(top.hits(g.token_ids) for g in pair), shift.set_change, note, measure)
 
 
 def _similarity(value: float) -> str:
-    """The score in bold, or why there is none (NaN: no word of the text, or of the top tokens, is embedded)."""
-    return f"**{value:.3f}**" if value == value else "**—** (no word to score)"
+    """The score in bold, or why there is none (NaN: nothing in the text, or the top tokens, to compare)."""
+    return f"**{value:.3f}**" if value == value else "**—** (nothing to score)"
+
+
+def _perplexity(value: float) -> str:
+    return f"perplexity **{value:.3g}**" if value == value else "perplexity **—**"
 
 
 def show_arm_run(run: ArmRun) -> None:
@@ -77,13 +87,15 @@ def show_arm_run(run: ArmRun) -> None:
     st.caption(f"{run.note + ' ' if run.note else ''}Seed {made.seed}, {made.max_new_tokens} new tokens, temperature "
                f"{made.temperature:g}, top p {made.top_p:g}, frequency penalty {made.freq_penalty:g}.")
     names = ("Unsteered", f"Steered ({features}, c = {c:g})")
-    for col, name, generation, sim, hits in zip(st.columns(2), names, (run.comparison.unsteered,
-                                                run.comparison.steered), run.similarity, run.hits):
+    for col, name, generation, sim, ppl, hits in zip(st.columns(2), names, (run.comparison.unsteered,
+                                                     run.comparison.steered), run.similarity, run.perplexity,
+                                                     run.hits):
         col.markdown(f"**{run.arm} · {name}** · similarity to the top tokens {_similarity(sim)} · "
-                     f"{int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
+                     f"{_perplexity(ppl)} · {int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
         col.markdown(render.context_html([run.prompt] + generation.tokens, [0.0] + hits, 1.0), unsafe_allow_html=True)
-    st.caption(f"Log-probability of the feature's top tokens at the next position: {run.set_change:+.3f} nats "
-               "with steering.")
+    st.caption(f"Similarity {MEASURE_NAMES[run.measure]}; perplexity of each text under the unsteered model (higher: "
+               f"less fluent). Log-probability of the feature's top tokens at the next position: "
+               f"{run.set_change:+.3f} nats with steering.")
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,7 @@ class SweepPoint:
     tokens: list[str]
     hits: list[float]
     similarity: float
+    perplexity: float  # of the text under the unsteered model
 
 
 @dataclass
@@ -109,23 +122,26 @@ class Sweep:
     points: list[SweepPoint] = field(default_factory=list)
     state: str = "running"
     error: str = ""
+    measure: str = "sentence"
 
     @classmethod
     def start(cls, arm: str, features: list[int], coefficient: float, prompt: str,
-              settings: steering.SamplingSettings, top: TopTokens) -> Sweep:
+              settings: steering.SamplingSettings, top: TopTokens, measure: str = "sentence") -> Sweep:
         values = np.linspace(-2 * coefficient, 2 * coefficient, SWEEP_POINTS).tolist()
-        return cls(arm, list(features), prompt, settings, top, values)
+        return cls(arm, list(features), prompt, settings, top, values, measure=measure)
 
     def step(self, loaded: Any, kv: Any) -> None:
         """Generate the next coefficient's text; the last one marks the sweep done."""
         c = self.values[len(self.points)]
         try:
             generation = steering.generate_steered(loaded, {f: c for f in self.features}, self.prompt, self.settings)
+            similarity = self.top.scores([generation.text], self.measure, kv)[0]
+            fluency = perplexity(loaded.model, generation.prompt_ids, generation.token_ids)  # the unsteered model
         except Exception as err:  # noqa: BLE001 - a failed generation ends the sweep with its reason, kept points stay
             self.state, self.error = "failed", str(err)
             return
         self.points.append(SweepPoint(c, generation.text, generation.tokens, self.top.hits(generation.token_ids),
-                                      self.top.similarity(generation.text, kv)))
+                                      similarity, fluency))
         if len(self.points) == len(self.values):
             self.state = "done"
 
@@ -142,14 +158,17 @@ def show_sweep(sweep: Sweep) -> None:
         st.error(f"Generation failed at coefficient {sweep.values[done]:.3g}: {sweep.error}. The finished ones "
                  "are below.")
     else:
-        st.caption(f"Sweep of {what}: {total} coefficients.")
+        st.caption(f"Sweep of {what}: {total} coefficients; similarity {MEASURE_NAMES[sweep.measure]}, perplexity "
+                   "under the unsteered model.")
     if not sweep.points:
         return
-    frame = pd.DataFrame([{"coefficient": p.coefficient, "similarity": p.similarity} for p in sweep.points])
+    frame = pd.DataFrame([{"coefficient": p.coefficient, "similarity": p.similarity, "perplexity": p.perplexity}
+                          for p in sweep.points])
     st.plotly_chart(charts.dose_response(frame), key="sweep_chart")
     for point in sweep.points:
         st.markdown(f"**c = {point.coefficient:.3g}** · similarity {_similarity(point.similarity)} · "
-                    f"{int(sum(point.hits))} of {len(point.hits)} new tokens among the top tokens")
+                    f"{_perplexity(point.perplexity)} · {int(sum(point.hits))} of {len(point.hits)} new tokens "
+                    "among the top tokens")
         st.markdown(render.context_html([sweep.prompt] + point.tokens, [0.0] + point.hits, 1.0),
                     unsafe_allow_html=True)
 
@@ -178,14 +197,15 @@ def scale_caption(hook_name: str, norm: tuple[float, int] | None, W_dec: Any, ma
 
 
 def table1_differences(steer: SteeringConfig, coefficient: float, prompt: str,
-                       settings: steering.SamplingSettings) -> list[str]:
+                       settings: steering.SamplingSettings, measure: str | None = None) -> list[str]:
     """The settings of this page that differ from Table 1's (`precompute steer-eval`, the config's [steering])."""
     pairs = {"coefficient": (coefficient, steer.coefficient), "new tokens": (settings.max_new_tokens,
                                                                              steer.max_new_tokens),
              "temperature": (settings.temperature, steer.temperature), "top p": (settings.top_p, steer.top_p),
-             "frequency penalty": (settings.freq_penalty, steer.freq_penalty), "prompt": (prompt, steer.prompt)}
-    return [f"{name} {here!r} (Table 1: {there!r})" if name == "prompt" else f"{name} {here:g} (Table 1: {there:g})"
-            for name, (here, there) in pairs.items() if here != there]
+             "frequency penalty": (settings.freq_penalty, steer.freq_penalty), "prompt": (prompt, steer.prompt),
+             "measure": (measure or steer.measure, steer.measure)}
+    return [f"{name} {here!r} (Table 1: {there!r})" if isinstance(here, str)
+            else f"{name} {here:g} (Table 1: {there:g})" for name, (here, there) in pairs.items() if here != there]
 
 
 def other_arm_plan(arm: str, other_arm: str, features: list[int], rows: list[dict], coefficient: float,

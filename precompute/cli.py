@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.config import STEERING_MEASURES
 from core.errors import StudyInputError
 
 DEFAULT_CONFIG = "configs/demo.toml"
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     steer.add_argument("--features", default="candidates",
                        help="candidates (>= 2 medical matches), labelled (humans said medical) or ids: 12,40")
     steer.add_argument("--samples", type=int, default=None, help="seeds per feature (config steering.samples: 3)")
+    steer.add_argument("--measure", default=None, choices=STEERING_MEASURES,
+                       help="score texts in meaning (sentence, the default) or by word vectors (glove); "
+                            "config steering.measure")
     steer.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -166,12 +170,15 @@ def _steer_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.samples is not None and args.samples < 1:
         raise StudyInputError("--samples must be at least 1")
-    seconds = steer_eval(config, args.features, args.samples, args.device, show_progress=not args.no_progress)
+    seconds = steer_eval(config, args.features, args.samples, args.device, show_progress=not args.no_progress,
+                         measure=args.measure)
     print(f"{config.features_db}: steering results published")
     with db.connect_read_only(Path(config.features_db)) as con:
         table = db.queries.steering_table(con)
-    print("  arm        features  passing        mean steered  mean unsteered  seconds")
+    print("  arm        measure   features  passing        mean steered  mean unsteered  perplexity steered / "
+          "unsteered  seconds")
     for row in table.itertuples():
-        print(f"  {row.arm:<10} {row.features:>8}  {row.passing:>4} ({100 * row.share:>5.1f}%)  "
-              f"{row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {seconds.get(row.arm, 0):>7.0f}")
+        print(f"  {row.arm:<10} {row.measure:<8} {row.features:>8}  {row.passing:>4} ({100 * row.share:>5.1f}%)  "
+              f"{row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {row.steered_perplexity:>10.1f} / "
+              f"{row.unsteered_perplexity:<9.1f}  {seconds.get(row.arm, 0):>7.0f}")
     return 0

@@ -1,10 +1,12 @@
 """`python -m precompute steer-eval`: the paper's causal test (Table 1) as a batch, into the features database.
 
 For each chosen feature of each arm: N seeds; for each seed an unsteered and a steered generation with the
-same seed (so the only difference is the steering), each scored by `core.steering.semantic_similarity`
-against that arm's own top tokens (the authors scored the base model against the fine-tuned model's tokens).
-A feature passes when its mean steered similarity exceeds its mean unsteered similarity; a sample whose text
-has no valid word scores NaN and is left out of the means. Results are written as the `steering` stage of
+same seed (so the only difference is the steering), each scored by `core.steer_scores.meaning_scores` with the
+config's `steering.measure` (the sentence encoder by default, GloVe as an option) against that arm's own top
+tokens (the authors scored the base model against the fine-tuned model's tokens), and by its perplexity under the
+unsteered model (fluency). A feature passes when its mean steered similarity exceeds its mean unsteered
+similarity; a sample with no score (NaN: nothing to compare) is left out of the means. The measure is stored with
+every feature's row. Results are written as the `steering` stage of
 each arm, in the same build-then-rename publish as `run`; the feature set is part of the stage key.
 """
 
@@ -17,16 +19,17 @@ import time
 from pathlib import Path
 
 import duckdb
-import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from core import database as db
 from core import labels
-from core.config import StudyConfig
+from core.config import SteeringConfig, StudyConfig
 from core.errors import StudyInputError
 from core.feature_ids import FeatureIdError, parse_feature_ids
 from core.loading import decoder_fingerprint, load_arm, weights_fingerprint
-from core.steering import SamplingSettings, generate_steered, semantic_similarity
+from core.steer_scores import meaning_scores, perplexity
+from core.steering import SamplingSettings, generate_steered
 from core.database.schema import STEER_FEATURES, STEER_SAMPLES, conform
 from precompute.inputs import StudyInputs, progress_bar
 from precompute.stage import hash_parts
@@ -51,51 +54,64 @@ def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: st
         raise FeatureIdError(f"--features: {err}; or give candidates or labelled") from err
 
 
+SAMPLE_COLUMNS = ("feature", "sample", "seed", "unsteered_text", "steered_text", "unsteered_similarity",
+                  "steered_similarity", "unsteered_perplexity", "steered_perplexity")
+
+
+def evaluate_feature(loaded, feature: int, top: pd.DataFrame, steer: SteeringConfig, seed: int, kv) -> list[tuple]:
+    """One row per seed (SAMPLE_COLUMNS): the unsteered and steered texts, each scored by `steer.measure` against
+    the feature's top tokens and by its perplexity under the unsteered model."""
+    rows = []
+    for sample in range(steer.samples):
+        settings = SamplingSettings(temperature=steer.temperature, top_p=steer.top_p,
+                                    freq_penalty=steer.freq_penalty, max_new_tokens=steer.max_new_tokens,
+                                    seed=seed + sample)
+        pair = [generate_steered(loaded, coefficients, steer.prompt, settings)
+                for coefficients in ({}, {feature: steer.coefficient})]
+        texts = [g.text for g in pair]
+        sims = meaning_scores(texts, top["token"].tolist(), top["value"].tolist(), steer.measure, kv)
+        fluency = [perplexity(loaded.model, g.prompt_ids, g.token_ids) for g in pair]
+        rows.append((feature, sample, settings.seed, *texts, *sims, *fluency))
+    return rows
+
+
+def _mean(values: pd.Series) -> float:
+    """Mean without the NaN (no score) samples; NaN when every sample is NaN."""
+    return float(values.mean()) if values.notna().any() else float("nan")
+
+
 def evaluate_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded, features: list[int],
                  show_progress: bool) -> dict[str, pa.Table]:
     steer = inputs.config.steering
-    samples, per_feature = [], []
+    kv = inputs.embeddings if steer.measure == "glove" else None  # the sentence measure needs no word vectors
     top = con.execute("SELECT feature, token, value FROM top_tokens WHERE arm = ? AND kind = 'top' ORDER BY feature, "
                       "rank", [loaded.name]).df().groupby("feature")
+    rows = []
     for feature in progress_bar(show_progress, f"{loaded.name} steering", "feature")(features):
-        tokens = top.get_group(feature)
-        scores = []
-        for sample in range(steer.samples):
-            settings = SamplingSettings(temperature=steer.temperature, top_p=steer.top_p,
-                                        freq_penalty=steer.freq_penalty, max_new_tokens=steer.max_new_tokens,
-                                        seed=inputs.config.seed + sample)
-            texts = [generate_steered(loaded, coefficients, steer.prompt, settings).text
-                     for coefficients in ({}, {feature: steer.coefficient})]
-            sims = [semantic_similarity(t, tokens["token"].tolist(), tokens["value"].tolist(), inputs.embeddings)
-                    for t in texts]
-            samples.append((feature, sample, settings.seed, *texts, *sims))
-            scores.append(sims)
-        unsteered, steered = (np.nanmean([s[i] for s in scores]) if any(s[i] == s[i] for s in scores) else np.nan
-                              for i in (0, 1))
-        per_feature.append((feature, steer.samples, unsteered, steered, bool(steered > unsteered)))
-    name = [loaded.name]
-    return {
-        "steer_features": pa.table({
-            "arm": name * len(per_feature), "feature": [r[0] for r in per_feature],
-            "coefficient": [steer.coefficient] * len(per_feature), "samples": [r[1] for r in per_feature],
-            "mean_unsteered": [r[2] for r in per_feature], "mean_steered": [r[3] for r in per_feature],
-            "passing": [r[4] for r in per_feature]}),
-        "steer_samples": pa.table({
-            "arm": name * len(samples), "feature": [r[0] for r in samples], "sample": [r[1] for r in samples],
-            "seed": [r[2] for r in samples], "unsteered_text": [r[3] for r in samples],
-            "steered_text": [r[4] for r in samples], "unsteered_similarity": [r[5] for r in samples],
-            "steered_similarity": [r[6] for r in samples]}),
-    }
+        rows += evaluate_feature(loaded, feature, top.get_group(feature), steer, inputs.config.seed, kv)
+    samples = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({"unsteered_similarity": float,
+                                                                       "steered_similarity": float})
+    per_feature = samples.groupby("feature", sort=True).agg(
+        samples=("sample", "size"), mean_unsteered=("unsteered_similarity", _mean),
+        mean_steered=("steered_similarity", _mean), mean_unsteered_perplexity=("unsteered_perplexity", _mean),
+        mean_steered_perplexity=("steered_perplexity", _mean)).reset_index()
+    per_feature["passing"] = per_feature["mean_steered"] > per_feature["mean_unsteered"]  # NaN never passes
+    per_feature = per_feature.assign(arm=loaded.name, coefficient=steer.coefficient, measure=steer.measure)
+    return {"steer_features": pa.Table.from_pandas(per_feature, preserve_index=False),
+            "steer_samples": pa.Table.from_pandas(samples.assign(arm=loaded.name), preserve_index=False)}
 
 
 def steer_eval(config: StudyConfig, which: str = "candidates", samples: int | None = None,
-               device: str | None = None, show_progress: bool = True) -> dict[str, float]:
-    """Run the causal test on every arm and publish; returns the seconds per arm."""
+               device: str | None = None, show_progress: bool = True, measure: str | None = None) -> dict[str, float]:
+    """Run the causal test on every arm and publish; returns the seconds per arm. `samples` and `measure` replace
+    the config's steering.samples and steering.measure."""
     target = Path(config.features_db)
     if db.file_schema_version(target) != db.SCHEMA_VERSION:
         raise StudyInputError(f"no current features database at {target}: run `python -m precompute run` first")
     if samples is not None:
         config = dataclasses.replace(config, steering=dataclasses.replace(config.steering, samples=samples))
+    if measure is not None:
+        config = dataclasses.replace(config, steering=dataclasses.replace(config.steering, measure=measure))
     inputs = StudyInputs(config, frozenset(), show_progress=show_progress)
     con, _ = db.open_build(target)
     seconds = {}

@@ -413,14 +413,18 @@ def pair_metrics(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
 
 
 def steering_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Paper Table 1 per arm: features tested, passing (mean steered similarity > mean unsteered), share,
-    and the mean steered / unsteered similarity over features (NaN means left out)."""
+    """Paper Table 1 per arm and measure (one per arm: a run replaces the arm's rows): features tested, passing
+    (mean steered similarity > mean unsteered), share, the mean steered / unsteered similarity over features and
+    the mean steered / unsteered perplexity under the unsteered model (NaN means left out)."""
     return con.execute("""
-        SELECT arm, count(*) AS features, count(*) FILTER (WHERE passing) AS passing,
+        SELECT arm, measure, count(*) AS features, count(*) FILTER (WHERE passing) AS passing,
                count(*) FILTER (WHERE passing) / count(*) AS share,
                avg(mean_steered) FILTER (WHERE NOT isnan(mean_steered)) AS mean_steered,
-               avg(mean_unsteered) FILTER (WHERE NOT isnan(mean_unsteered)) AS mean_unsteered
-        FROM steer_features GROUP BY arm ORDER BY arm""").df()
+               avg(mean_unsteered) FILTER (WHERE NOT isnan(mean_unsteered)) AS mean_unsteered,
+               avg(mean_steered_perplexity) FILTER (WHERE NOT isnan(mean_steered_perplexity)) AS steered_perplexity,
+               avg(mean_unsteered_perplexity) FILTER (WHERE NOT isnan(mean_unsteered_perplexity))
+                   AS unsteered_perplexity
+        FROM steer_features GROUP BY arm, measure ORDER BY arm, measure""").df()
 
 
 def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -105,10 +105,15 @@ MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b
                                      ("corr", _F32), ("assigned", _B)], keyed_by="pair")
 
 STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
-                                           ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B)])
+                                           ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B),
+                                           # how the texts were scored (core.steer_scores.MEASURES) and how fluent
+                                           # they were: mean perplexity under the unsteered model
+                                           ("measure", _S), ("mean_unsteered_perplexity", _F64),
+                                           ("mean_steered_perplexity", _F64)])
 STEER_SAMPLES = _table("steer_samples", [
     ("arm", _S), ("feature", _I32), ("sample", _I32), ("seed", _I32), ("unsteered_text", _S), ("steered_text", _S),
-    ("unsteered_similarity", _F64), ("steered_similarity", _F64)])
+    ("unsteered_similarity", _F64), ("steered_similarity", _F64), ("unsteered_perplexity", _F64),
+    ("steered_perplexity", _F64)])
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,

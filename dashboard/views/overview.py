@@ -38,13 +38,23 @@ def steering_table() -> None:
         lambda a: paper.STEERING[a]["passing"] / paper.STEERING[a]["features"] if a in paper.STEERING else None)
     table1["paper steered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("steered"))
     table1["paper unsteered"] = table1["arm"].map(lambda a: paper.STEERING.get(a, {}).get("unsteered"))
-    widgets.by_arm(table1, {"features": ("features tested", "{:,}"), "passing": ("passing", "{:,}"),
-                            "share": ("share passing", "{:.1%}"), "mean_steered": ("mean steered", "{:.4f}"),
-                            "mean_unsteered": ("mean unsteered", "{:.4f}"), "paper passing": ("paper passing", "{:,}"),
-                            "paper share": ("paper share", "{:.1%}"), "paper steered": ("paper steered", "{:.4f}"),
+    widgets.by_arm(table1, {"measure": ("scored by", "{}"), "features": ("features tested", "{:,}"),
+                            "passing": ("passing", "{:,}"), "share": ("share passing", "{:.1%}"),
+                            "mean_steered": ("mean steered", "{:.4f}"),
+                            "mean_unsteered": ("mean unsteered", "{:.4f}"),
+                            "steered_perplexity": ("perplexity steered", "{:.1f}"),
+                            "unsteered_perplexity": ("perplexity unsteered", "{:.1f}"),
+                            "paper passing": ("paper passing", "{:,}"), "paper share": ("paper share", "{:.1%}"),
+                            "paper steered": ("paper steered", "{:.4f}"),
                             "paper unsteered": ("paper unsteered", "{:.4f}")})
-    st.caption("The paper scored similarity with BERT embeddings and unseeded sampling, so its similarities are "
-               "not on our scale (GloVe, same seeds); the passing share is the comparable number.")
+    from core.steer_scores import MEASURES
+
+    used = "; ".join(f"{arm}: {measure}, {MEASURES.get(measure, 'unknown')}"
+                     for arm, measure in zip(table1["arm"], table1["measure"]))
+    st.caption(f"Similarity measure ({used}). Perplexity: of each text under the unsteered model, mean over "
+               "features (higher: less fluent). The paper scored similarity with BERT embeddings and unseeded "
+               "sampling, so its similarities are not on our scale (same seeds here); the passing share is the "
+               "comparable number.")
 
 
 st.title("Overview")

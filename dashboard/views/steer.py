@@ -7,8 +7,8 @@ from core import steering
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_ids
 from dashboard import data, place
 from dashboard import state_keys as keys
-from dashboard.steer_runs import (SWEEP_POINTS, Sweep, TopTokens, other_arm_plan, run_arm, scale_caption,
-                                  show_arm_run, show_sweep, table1_differences)
+from dashboard.steer_runs import (MEASURE_NAMES, SWEEP_POINTS, Sweep, TopTokens, other_arm_plan, run_arm,
+                                  scale_caption, show_arm_run, show_sweep, table1_differences)
 
 config = data.require_database()
 st.title("Steer")
@@ -79,7 +79,13 @@ settings = steering.SamplingSettings(
     freq_penalty=k3.number_input("Frequency penalty", 0.0, 2.0, float(steer.freq_penalty), key=keys.STEER_PENALTY),
     max_new_tokens=int(k4.number_input("New tokens", 1, 200, steer.max_new_tokens, key=keys.STEER_TOKENS)),
     seed=int(k5.number_input("Seed", 0, 10**6, config.seed, key=keys.STEER_SEED)))
-differences = table1_differences(steer, coefficient, prompt, settings)
+measure = st.radio("Score the texts", list(MEASURE_NAMES), horizontal=True, key=keys.STEER_MEASURE,
+                   index=list(MEASURE_NAMES).index(steer.measure), format_func=MEASURE_NAMES.get,
+                   help="in meaning: a sentence encoder (all-MiniLM-L6-v2) compares the text with the top tokens "
+                        "joined; by word vectors: the mean GloVe vector of the text's words against the weighted "
+                        "top words (near 0.97 for any English text against function-word tokens)")
+kv = data.embeddings() if measure == "glove" else None  # only the GloVe measure needs the word vectors
+differences = table1_differences(steer, coefficient, prompt, settings, measure)
 st.caption("Table 1 (`precompute steer-eval`) uses the config's [steering] settings, seeds "
            f"{config.seed}–{config.seed + steer.samples - 1}. " + (
                "Here: " + "; ".join(differences) + "." if differences else "These are the same."))
@@ -97,13 +103,13 @@ if both:
 if st.button("Generate", type="primary", key=keys.STEER_GO):
     try:
         with st.spinner(f"Generating {arm}: unsteered and steered text with the same seed…"):
-            runs = [run_arm(loaded, {f: coefficient for f in features}, prompt, settings, top, data.embeddings())]
+            runs = [run_arm(loaded, {f: coefficient for f in features}, prompt, settings, top, measure, kv)]
         if other_coefficients is not None:
             other_top = TopTokens.of(pd.concat([data.query("feature_tokens", other_arm, f)
                                                 for f in other_coefficients]))
             with st.spinner(f"Generating {other_arm}…"):
                 runs.append(run_arm(data.loaded_arm(other_arm), other_coefficients, prompt, settings, other_top,
-                                    data.embeddings(), other_note))
+                                    measure, kv, other_note))
         st.session_state[keys.STEER_RESULT] = runs
     except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
         st.error(f"Generation failed: {err}")
@@ -115,11 +121,11 @@ sweep = st.session_state.get(keys.STEER_SWEEP_RESULT)
 s1, s2, _ = st.columns([2, 1, 3])
 if s1.button(f"Sweep the coefficient ({SWEEP_POINTS} values, −2c to +2c)", key=keys.STEER_SWEEP):
     sweep = st.session_state[keys.STEER_SWEEP_RESULT] = Sweep.start(arm, features, coefficient, prompt, settings,
-                                                                    top)
+                                                                    top, measure)
 if sweep is not None and sweep.state == "running":  # a callback: the run that follows draws no Stop button
     s2.button("Stop", key=keys.STEER_STOP, on_click=setattr, args=(sweep, "state", "stopped"))
 if sweep is not None:
     show_sweep(sweep)
     if sweep.state == "running":  # one coefficient per run: a click in between (Stop or any other) is handled
-        sweep.step(data.loaded_arm(sweep.arm), data.embeddings())
+        sweep.step(data.loaded_arm(sweep.arm), data.embeddings() if sweep.measure == "glove" else None)
         st.rerun()

@@ -36,6 +36,7 @@ def test_defaults_and_hash(tmp_path):
     assert config.features_db == "data/tiny/features.duckdb"
     assert config.labels_db == "data/tiny/labels.duckdb"
     assert config.projection.top_k == 10
+    assert config.steering.measure == "sentence"  # steering is scored in meaning unless the study says glove
     # The hash is a function of the settings only, not of where the file lies.
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -58,6 +59,8 @@ def test_defaults_and_hash(tmp_path):
         (study_toml([ARM], device="gpu"), "study.device"),
         (study_toml([ARM]) + "\n[surprise]\nx = 1\n", "surprise: unknown key"),
         (study_toml([ARM]) + "\n[diff]\nmin_firings = 0\n", "diff.min_firings must be at least 1"),
+        (study_toml([ARM]) + '\n[steering]\nmeasure = "bert"\n',
+         "steering.measure must be one of sentence, glove, got 'bert'"),
         ("[study\nname=", "not valid TOML"),
     ],
 )

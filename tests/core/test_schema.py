@@ -27,8 +27,18 @@ def schema_7(v6: dict) -> dict:
     return {**v6, "schema_version": 7, "tables": tables}
 
 
+def schema_8(v7: dict) -> dict:
+    """Schema 8 is schema 7 with steering's measure and perplexities appended to its two tables."""
+    tables = dict(v7["tables"])
+    tables["steer_features"] = tables["steer_features"] + [
+        ["measure", "VARCHAR"], ["mean_unsteered_perplexity", "DOUBLE"], ["mean_steered_perplexity", "DOUBLE"]]
+    tables["steer_samples"] = tables["steer_samples"] + [["unsteered_perplexity", "DOUBLE"],
+                                                         ["steered_perplexity", "DOUBLE"]]
+    return {**v7, "schema_version": 8, "tables": tables}
+
+
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_7(json.loads(SNAPSHOT.read_text()))
+    expected = schema_8(schema_7(json.loads(SNAPSHOT.read_text())))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")

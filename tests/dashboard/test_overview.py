@@ -129,3 +129,31 @@ def test_start_links_both_perplexity_changes_and_the_words_behind_the_candidates
     table1 = next(i for i, t in enumerate(titles) if "Table 1" in t)
     figure1 = next(i for i, t in enumerate(titles) if "Figure 1" in t)
     assert table1 < figure1
+
+
+def test_table_1_says_which_measure_scored_it_and_shows_the_perplexities(tmp_path, monkeypatch):
+    """Two features per arm, written by hand: base scored in meaning (one of two passes), finetuned by GloVe."""
+    import duckdb
+
+    from tiny_db import write_tiny_db
+
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    write_tiny_db(tmp_path / "demo" / "features.duckdb")
+    with duckdb.connect(str(tmp_path / "demo" / "features.duckdb")) as con:
+        con.execute("""INSERT INTO steer_features (arm, feature, coefficient, samples, mean_unsteered, mean_steered,
+                       passing, measure, mean_unsteered_perplexity, mean_steered_perplexity) VALUES
+                       ('base', 0, 50, 3, 0.2, 0.5, true, 'sentence', 20.0, 60.0),
+                       ('base', 1, 50, 3, 0.3, 0.1, false, 'sentence', 30.0, 100.0),
+                       ('finetuned', 0, 50, 3, 0.96, 0.97, true, 'glove', 25.0, 25.0)""")
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    table1 = next(d.value for d in at.dataframe if "measure" in d.value.columns
+                  and "scored by" in d.value["measure"].tolist()).set_index("measure")
+    assert table1.loc["scored by"].tolist() == ["sentence", "glove"]
+    assert table1.loc["share passing"].tolist() == ["50.0%", "100.0%"]
+    assert table1.loc["mean steered"].tolist() == ["0.3000", "0.9700"]  # (0.5 + 0.1) / 2
+    assert table1.loc["perplexity steered"].tolist() == ["80.0", "25.0"]  # (60 + 100) / 2
+    caption = next(c.value for c in at.caption if c.value.startswith("Similarity measure ("))
+    assert "base: sentence, meaning: cosine of the all-MiniLM-L6-v2 sentence embeddings" in caption
+    assert "finetuned: glove, words: cosine of the text's mean GloVe word vector" in caption

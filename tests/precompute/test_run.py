@@ -382,11 +382,60 @@ def test_steer_eval_writes_a_table_1_that_recomputes_by_hand_from_its_rows(study
     for arm in ("base", "finetuned"):
         assert table1.loc[arm, "passing"] == by_hand.loc[arm].passing.sum()
         assert table1.loc[arm, "mean_steered"] == pytest.approx(by_hand.loc[arm].steered_similarity.mean())
+        assert table1.loc[arm, "measure"] == "sentence"  # the default, stored with the run
+    assert_scored_in_meaning_and_fluency(config, samples)
+    steer_eval(config, "0,1,4", show_progress=False, measure="glove")  # the option: word vectors, as before
+    assert_scored_by_glove(config)
+    steer_eval(config, "0,1,4", show_progress=False)
     again = run_study(config, show_progress=False)  # a re-run of the precompute keeps the steering results
     assert again.up_to_date and len(query(config, "SELECT * FROM steer_features")) == 6
     with pytest.raises(StudyInputError, match=r"^--features: base has no feature 999 \(0–\d+\)"):
         steer_eval(config, "4,999", show_progress=False)  # an id past d_sae: a message, the published file kept
     assert len(query(config, "SELECT * FROM steer_features")) == 6
+
+
+def assert_scored_in_meaning_and_fluency(config, samples) -> None:
+    """Each stored score recomputed by hand: the sentence encoder's cosine of the text and the joined top tokens,
+    and the perplexity of the text's tokens under the unsteered model (one forward pass each, token by token)."""
+    from core import sentence
+    from core.loading import load_arm
+    from core.steering import SamplingSettings, generate_steered
+
+    row = samples[(samples.arm == "base") & (samples.feature == 4)].iloc[0]
+    top = query(config, "SELECT token, value FROM top_tokens WHERE arm = 'base' AND feature = 4 AND kind = 'top' "
+                        "AND value > 0 ORDER BY rank")
+    words = [t.strip() for t in top.token]  # special and byte tokens (<|endoftext|>, <0x8F>) carry no meaning
+    kept: dict[str, str] = {}
+    for word in words:
+        if word and not (word.startswith("<") and word.endswith(">")):
+            kept.setdefault(word.lower(), word)  # "The" after "the" is a repeat
+    target = " ".join(kept.values())
+    for text, stored in ((row.unsteered_text, row.unsteered_similarity), (row.steered_text, row.steered_similarity)):
+        assert stored == pytest.approx(sentence.similarity(text.replace("<|endoftext|>", " "), target), abs=1e-5)
+    steer = config.steering
+    loaded = load_arm(config.arm("base"), "cpu")
+    again = generate_steered(loaded, {}, steer.prompt, SamplingSettings(
+        temperature=steer.temperature, top_p=steer.top_p, freq_penalty=steer.freq_penalty,
+        max_new_tokens=steer.max_new_tokens, seed=int(row.seed)))  # the same seed: the same tokens
+    assert again.text == row.unsteered_text
+    model, ids, n_prompt = loaded.model, again.prompt_ids + again.token_ids, len(again.prompt_ids)
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).log_softmax(-1)[0]
+    nll = [-float(logprobs[i - 1, ids[i]]) for i in range(n_prompt, len(ids))]
+    assert row.unsteered_perplexity == pytest.approx(np.exp(np.mean(nll)), rel=1e-4)
+    assert row.steered_perplexity > 1.0
+
+
+def assert_scored_by_glove(config) -> None:
+    from core.steering import semantic_similarity
+
+    samples = query(config, "SELECT * FROM steer_samples WHERE arm = 'base' AND feature = 4")
+    top = query(config, "SELECT token, value FROM top_tokens WHERE arm = 'base' AND feature = 4 AND kind = 'top' "
+                        "ORDER BY rank")
+    kv = load_embeddings(config.embeddings.source, Path(config.embeddings.cache_dir))
+    by_hand = [semantic_similarity(t, top.token.tolist(), top.value.tolist(), kv) for t in samples.steered_text]
+    np.testing.assert_allclose(samples.steered_similarity, by_hand)
+    assert set(query(config, "SELECT measure FROM steer_features").measure) == {"glove"}
 
 
 def test_the_quality_stage_stores_the_median_activation_norm_at_the_hook(study):
