@@ -1,26 +1,41 @@
 """matching: features of the two arms matched by activation correlation on the same tokens; each feature's
-best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment."""
+best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment.
+
+The token pass is `shard` (any subset of the pair's rows into a CoactivationAccumulator); the accumulators of
+disjoint shards merge, and `finish` turns the merged one into the tables."""
 
 from __future__ import annotations
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
 
 from core.database.schema import FEATURE_MATCHES, MATCH_PAIRS
 from core.loading import LoadedArm
 from core.match_assignment import assigned_partner, one_to_one
-from core.matching import FeatureMatches, collect_coactivations, decoder_cosine, logit_weight_similarity, match_features
+from core.matching import (CoactivationAccumulator, FeatureMatches, collect_coactivations, decoder_cosine,
+                           logit_weight_similarity, match_features)
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
 from precompute.stage import Stage, StageResult
 
 
 def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
+    return finish(pair, shard(pair, pair.rows))
+
+
+def shard(pair: Pair, rows: torch.Tensor) -> CoactivationAccumulator:
+    """Both arms' SAE activations over token rows [m, T] of the pair's rows (BOS first), summed."""
     a, b = pair.a, pair.b
-    coactivations = collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, pair.rows,
-                                          pair.batch_size, device=a.sae.W_dec.device,
-                                          progress=pair.progress("co-activations"))
-    matches = match_features(coactivations, pair.threshold, min_firings=pair.min_firings)
+    return collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, rows, pair.batch_size,
+                                 device=a.sae.W_dec.device, progress=pair.progress("co-activations"))
+
+
+def finish(pair: Pair, coactivations: CoactivationAccumulator) -> StageResult:
+    """The tables and metrics of the co-activations over every row (one accumulator, or shards merged)."""
+    a, b = pair.a, pair.b
+    matches = match_features(coactivations.result(), pair.threshold, min_firings=pair.min_firings,
+                             device=a.sae.W_dec.device)
     pairs = matches.pairs
     kept = one_to_one(pairs.a, pairs.b, pairs.corr, a.d_sae, b.d_sae)
     partners = pairs.partner_counts(a.d_sae, b.d_sae)
