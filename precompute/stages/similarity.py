@@ -1,20 +1,34 @@
-"""similarity: cosine and distance between the two models' activations at the same hook, on the same tokens."""
+"""similarity: cosine and distance between the two models' activations at the same hook, on the same tokens.
+
+The token pass is `shard` (any subset of the pair's rows into an ActivationSimilarityAccumulator); the
+accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
 
 from __future__ import annotations
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
 
 from core.database.schema import SIMILARITY_BY_POSITION, SIMILARITY_HIST
-from core.model_diff import activation_similarity
+from core.model_diff import ActivationSimilarityAccumulator, collect_similarity
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
 from precompute.stage import Stage, StageResult
 
 
 def run_similarity(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
-    result = activation_similarity(pair.a.model, pair.b.model, pair.a.hook_name, pair.rows, pair.batch_size,
-                                   progress=pair.progress("activation similarity"))
+    return finish(pair, shard(pair, pair.rows))
+
+
+def shard(pair: Pair, rows: torch.Tensor) -> ActivationSimilarityAccumulator:
+    """Both models at arm a's hook over token rows [m, T] of the pair's rows (BOS first)."""
+    return collect_similarity(pair.a.model, pair.b.model, pair.a.hook_name, rows, pair.batch_size,
+                              progress=pair.progress("activation similarity"))
+
+
+def finish(pair: Pair, accumulator: ActivationSimilarityAccumulator) -> StageResult:
+    """The tables and metrics over every row (one accumulator, or shards merged)."""
+    result = accumulator.result()
     hist = []
     for kind, edges, counts in (("cosine", result.cosine_edges, result.cosine_hist),
                                 ("distance", result.distance_edges, result.distance_hist)):
