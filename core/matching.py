@@ -5,11 +5,12 @@ from the feature-evolution study, seed 004): a base (A) feature with no such par
 (B) feature with none *emerges*, and a matched one *persists*. A feature that never fired on the tokens compared
 is `dead` and one that fired fewer than `min_firings` times is `rare`: neither has a fate (a correlation over a
 handful of firings means little), and neither counts as another feature's partner. Every pair at or above the
-threshold is kept (`MatchPairs`): one base feature can be the partner of many fine-tuned ones. The correlation is exact (up to fp64 rounding)
-and is built only from co-activations: per feature the count, Σa and Σa², and per pair Σ a_i b_j,
-which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of size tokens ×
-d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens. fp64 because
-r = (n Σab − Σa Σb) / … cancels for features that fire on nearly every token, and fp32 sums then drift by 1e-5.
+threshold is kept (`MatchPairs`): one base feature can be the partner of many fine-tuned ones. The correlation is
+exact (up to fp64 rounding) and is built only from co-activations: per feature the count, Σa and Σa², and per
+pair Σ a_i b_j, which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of
+size tokens × d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens.
+fp64 because r = (n Σab − Σa Σb) / … cancels for features that fire on nearly every token, and fp32 sums then
+drift by 1e-5.
 The sums are mergeable (`CoactivationAccumulator`): shards of the corpus summed apart and added give the same
 Coactivations, so the pass can be split across workers.
 

@@ -1,8 +1,8 @@
 """matching: features of the two arms matched by activation correlation on the same tokens; each feature's
 best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment.
 
-The token pass is `shard` (any subset of the pair's rows into a CoactivationAccumulator); the accumulators of
-disjoint shards merge, and `finish` turns the merged one into the tables."""
+One token pass (PASSES): `shard` sums any subset of the pair's rows into a CoactivationAccumulator; the
+accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from core.match_assignment import assigned_partner, one_to_one
 from core.matching import (CoactivationAccumulator, FeatureMatches, collect_coactivations, decoder_cosine,
                            logit_weight_similarity, match_features)
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
+from precompute.pair_pass import PairPasses
 from precompute.stage import Stage, StageResult
 
 
 def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
-    return finish(pair, shard(pair, pair.rows))
+    return PASSES.run_whole(pair)
 
 
-def shard(pair: Pair, rows: torch.Tensor) -> CoactivationAccumulator:
+def shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> CoactivationAccumulator:
     """Both arms' SAE activations over token rows [m, T] of the pair's rows (BOS first), summed."""
     a, b = pair.a, pair.b
     return collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, rows, pair.batch_size,
@@ -77,6 +78,8 @@ def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.
 def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: np.ndarray) -> np.ndarray:
     return logit_weight_similarity(arm.sae.W_dec, arm.model.W_U, other.sae.W_dec, other.model.W_U, own, match)
 
+
+PASSES = PairPasses((shard,), finish)
 
 # version 2: dead / rare statuses, every pair, the assignment
 STAGE = Stage("matching", version=2, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,

@@ -1,6 +1,6 @@
 """transfer: each SAE on its own model and on the other one (quality, densities, their log correlation).
 
-Two token passes, each cut into shards of the pair's rows: `norm_shard` samples every activation norm at each
+Two token passes (PASSES), each cut into shards of the pair's rows: `norm_shard` samples every activation norm at each
 SAE's hook on each model (NormSample; merged, their medians set the outlier filter), then `transfer_shard`
 splices each SAE into each model with the positions above outlier_factor × that median left out
 (TransferAccumulator). `finish` turns the merged accumulators into the tables."""
@@ -17,14 +17,14 @@ from core.database.schema import TRANSFER_DENSITIES, TRANSFER_METRICS
 from core.loading import LoadedArm
 from core.model_diff import collect_norms, collect_transfer, log_density_correlation
 from precompute.pair import Pair, pair_key_parts, pair_tokens
+from precompute.pair_pass import PairPasses
 from precompute.stage import Stage, StageResult
 
 
 def run_transfer(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
     """Each SAE on its own model and on the other model, with the same outlier filter, and the correlation of
     its log10 feature densities on the two models."""
-    medians = norm_shard(pair, pair.rows).result()
-    return finish(pair, transfer_shard(pair, pair.rows, medians))
+    return PASSES.run_whole(pair)
 
 
 def _combinations(pair: Pair) -> list[tuple[LoadedArm, LoadedArm]]:
@@ -32,7 +32,7 @@ def _combinations(pair: Pair) -> list[tuple[LoadedArm, LoadedArm]]:
     return [(pair.a, pair.a), (pair.a, pair.b), (pair.b, pair.b), (pair.b, pair.a)]
 
 
-def norm_shard(pair: Pair, rows: torch.Tensor) -> AccumulatorMap:
+def norm_shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> AccumulatorMap:
     """NormSample by (model arm, hook) over token rows [m, T] of the pair's rows: one pass per model and hook
     (two when both SAEs read the same hook), not one per SAE and model."""
     samples = AccumulatorMap()
@@ -85,6 +85,8 @@ def _skip_reason(pair: Pair) -> str | None:
         return f"the SAEs' d_in differ ({pair.a.sae.cfg.d_in} vs {pair.b.sae.cfg.d_in}); transfer skipped"
     return None
 
+
+PASSES = PairPasses((norm_shard, transfer_shard), finish)
 
 STAGE = Stage("transfer", version=2, scope="pair", tables=(TRANSFER_METRICS, TRANSFER_DENSITIES),
               run=run_transfer, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)
