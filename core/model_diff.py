@@ -8,6 +8,9 @@
   counted, kept out of the reconstruction metrics, and left unspliced (clean) in the spliced CE loss.
 - Densities: the Pearson correlation of per-feature log10 densities of one SAE on two models.
 The BOS position is left out of everything, as in the rest of core (its norm is an outlier of its own).
+Every pass over tokens keeps its state in an accumulator (core.accumulator) that a shard of rows fills and that
+merges with the other shards'; `collect_*` is one shard's pass. Transfer takes two: NormSample (the median
+norm), then TransferAccumulator, filtered at the threshold the median over every shard sets.
 """
 
 from __future__ import annotations
