@@ -165,9 +165,9 @@ class CoactivationAccumulator:
     acts_a [n, d_sae_a] and acts_b [n, d_sae_b], dense or torch sparse, on any device. Every sum is over tokens,
     so no row index is needed: any split of the rows into shards, merged in any order, gives the single pass
     (counts exactly, float64 sums to rounding). The state is float64 / int64 numpy on the CPU. Each batch's
-    sparse product runs on `device` in `dtype` (float64, as before the state moved to the CPU: the fp32 product
-    would put 1e-7 of error into sums that Pearson then cancels); off the CPU the batch sums stay on `device`
-    and are added into the numpy state when the accumulator is merged, pickled or read (copying a 2.4 GB
+    sparse product runs on `device` in `dtype`: float64 by default, today's path (an fp32 product would put 1e-7
+    of error into sums that Pearson then cancels). Off the CPU the running sums stay on `device` in float64 and
+    are added into the numpy state when the accumulator is merged, pickled or read (copying a 2.4 GB
     cross-product to the CPU after every batch would dominate the pass)."""
 
     def __init__(self, d_sae_a: int, d_sae_b: int, device: str | torch.device = "cpu",
