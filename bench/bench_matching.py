@@ -70,7 +70,7 @@ def measure_ours() -> dict:
         generate, accumulate = generate + tock - tick, accumulate + time.perf_counter() - tock
         cpu += time.process_time() - cpu_tock
     tick, cpu_tick = time.perf_counter(), time.process_time()
-    matches = match_features(acc)
+    matches = match_features(acc.result())
     match = time.perf_counter() - tick
     cpu += time.process_time() - cpu_tick
     return {"accumulate_seconds": accumulate, "match_seconds": match, "generate_seconds": generate, "cpu_seconds": cpu,
@@ -95,7 +95,7 @@ def measure_dense() -> dict:
     acc = CoactivationAccumulator(D_A, D_B)
     for a, b in batches:
         acc.update(a, b)
-    ours = match_features(acc)
+    ours = match_features(acc.result())
     defined = torch.isfinite(b_best.values).numpy()
     return {"slice_seconds": seconds, "slice_cpu_seconds": cpu, "peak_GB": peak,
             "max_abs_diff": float(abs(ours.b_corr[defined] - b_best.values.numpy()[defined]).max()),

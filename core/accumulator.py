@@ -34,3 +34,18 @@ A = TypeVar("A", bound=Accumulator)
 def merge_all(accumulators: Iterable[A]) -> A:
     """The accumulators folded left to right into the first one (which is changed and returned)."""
     return reduce(lambda merged, other: merged.merge(other), accumulators)
+
+
+class AccumulatorMap(dict):
+    """Accumulators by key, for a pass that measures several things at once (each SAE on each model): updated
+    through its members, merged key by key (both sides need the same keys), its result the members' by key."""
+
+    def merge(self, other: AccumulatorMap) -> AccumulatorMap:
+        if self.keys() != other.keys():
+            raise ValueError(f"cannot merge accumulators of {sorted(other)} into {sorted(self)}")
+        for key, accumulator in other.items():
+            self[key].merge(accumulator)
+        return self
+
+    def result(self) -> dict:
+        return {key: accumulator.result() for key, accumulator in self.items()}

@@ -5,11 +5,14 @@ from the feature-evolution study, seed 004): a base (A) feature with no such par
 (B) feature with none *emerges*, and a matched one *persists*. A feature that never fired on the tokens compared
 is `dead` and one that fired fewer than `min_firings` times is `rare`: neither has a fate (a correlation over a
 handful of firings means little), and neither counts as another feature's partner. Every pair at or above the
-threshold is kept (`MatchPairs`): one base feature can be the partner of many fine-tuned ones. The correlation is exact (up to fp64 rounding)
-and is built only from co-activations: per feature the count, Σa and Σa², and per pair Σ a_i b_j,
-which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of size tokens ×
-d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens. fp64 because
-r = (n Σab − Σa Σb) / … cancels for features that fire on nearly every token, and fp32 sums then drift by 1e-5.
+threshold is kept (`MatchPairs`): one base feature can be the partner of many fine-tuned ones. The correlation is
+exact (up to fp64 rounding) and is built only from co-activations: per feature the count, Σa and Σa², and per
+pair Σ a_i b_j, which the sparse product Aᵀ B of each batch adds into one d_sae_a × d_sae_b matrix. Nothing of
+size tokens × d_sae is ever held: 24,576 × 12,288 features take 2.4 GB in fp64 whatever the number of tokens.
+fp64 because r = (n Σab − Σa Σb) / … cancels for features that fire on nearly every token, and fp32 sums then
+drift by 1e-5.
+The sums are mergeable (`CoactivationAccumulator`): shards of the corpus summed apart and added give the same
+Coactivations, so the pass can be split across workers.
 
 Secondary measures for given pairs: decoder cosine (same d_in) and logit-weight similarity, the cosine of
 W_dec[a] @ W_U_a and W_dec[b] @ W_U_b over a shared vocabulary, computed in chunks of pairs.
@@ -99,23 +102,107 @@ def _sparse_parts(acts: Tensor, device: torch.device, dtype: torch.dtype) -> tup
     return token.to(device), feature.to(device), values.to(device, dtype)
 
 
+@dataclass(frozen=True)
+class Coactivations:
+    """The sums Pearson needs, over `n_tokens` tokens both arms read: per feature the count of firings, Σa and
+    Σa² ([d_sae_a] for A, [d_sae_b] for B), and per pair Σ_t a_i(t) b_j(t) ([d_sae_a, d_sae_b]). float64 sums,
+    int64 counts, all numpy on the CPU."""
+
+    n_tokens: int
+    sum_a: np.ndarray
+    sum_sq_a: np.ndarray
+    n_fired_a: np.ndarray
+    sum_b: np.ndarray
+    sum_sq_b: np.ndarray
+    n_fired_b: np.ndarray
+    cross: np.ndarray
+
+    @property
+    def d_sae_a(self) -> int:
+        return len(self.sum_a)
+
+    @property
+    def d_sae_b(self) -> int:
+        return len(self.sum_b)
+
+    def correlation(self, rows: slice = slice(None)) -> np.ndarray:
+        """Pearson correlation [len(rows), d_sae_b] of A features `rows` with every B feature, NaN if undefined."""
+        return _np(_Sums(self, torch.device("cpu")).correlation_block(rows).clamp(-1, 1))  # ±1 + rounding: clamped
+
+
+class _Sums:
+    """Coactivations as float64 tensors on one device, for the blockwise correlation."""
+
+    def __init__(self, coactivations: Coactivations, device: torch.device) -> None:
+        def on(array: np.ndarray) -> Tensor:
+            return torch.from_numpy(array).to(device)  # no copy on the CPU
+
+        c = coactivations
+        self.n_tokens, self.device = c.n_tokens, device
+        self.sum_a, self.sum_sq_a, self.n_fired_a = on(c.sum_a), on(c.sum_sq_a), on(c.n_fired_a)
+        self.sum_b, self.sum_sq_b, self.n_fired_b = on(c.sum_b), on(c.sum_sq_b), on(c.n_fired_b)
+        self.cross = on(c.cross)
+
+    def correlation_block(self, rows: slice) -> Tensor:
+        """[rows, d_sae_b] fp64, unclamped (within rounding of ±1); NaN where undefined."""
+        corr = torch.addr(self.cross[rows], self.sum_a[rows], self.sum_b, beta=self.n_tokens, alpha=-1)
+        corr.mul_(self.inverse_spread(self.sum_a[rows], self.sum_sq_a[rows]).unsqueeze(1))
+        return corr.mul_(self.inverse_spread(self.sum_b, self.sum_sq_b))  # in place: one block-sized buffer
+
+    def inverse_spread(self, total: Tensor, total_sq: Tensor) -> Tensor:
+        """1 / sqrt(n Σa² − (Σa)²), NaN for a feature that never fired or is constant (no defined correlation)."""
+        var = self.n_tokens * total_sq - total**2
+        return torch.where(var > CONSTANT_TOLERANCE * self.n_tokens * total_sq, var.clamp(min=0).rsqrt(), torch.nan)
+
+
+_SUMS = ("sum_a", "sum_sq_a", "n_fired_a", "sum_b", "sum_sq_b", "n_fired_b", "cross")
+
+
 class CoactivationAccumulator:
-    """Streams batches of both arms' feature activations over the same tokens; holds the sums Pearson needs."""
+    """The Coactivations of both arms' feature activations over the tokens folded in.
+
+    A batch is the two arms' feature activations on the same n tokens (rows flattened, BOS left out):
+    acts_a [n, d_sae_a] and acts_b [n, d_sae_b], dense or torch sparse, on any device. Every sum is over tokens,
+    so no row index is needed: any split of the rows into shards, merged in any order, gives the single pass
+    (counts exactly, float64 sums to rounding). The state is float64 / int64 numpy on the CPU. Each batch's
+    sparse product runs on `device` in `dtype`: float64 by default, today's path (an fp32 product would put 1e-7
+    of error into sums that Pearson then cancels). Off the CPU the running sums stay on `device` in float64 and
+    are added into the numpy state when the accumulator is merged, pickled or read (copying a 2.4 GB
+    cross-product to the CPU after every batch would dominate the pass)."""
 
     def __init__(self, d_sae_a: int, d_sae_b: int, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float64, max_cross_bytes: float = 3e9) -> None:
-        size = d_sae_a * d_sae_b * dtype.itemsize
+        size = d_sae_a * d_sae_b * 8
         if size > max_cross_bytes:
-            raise ValueError(f"the {d_sae_a} × {d_sae_b} cross-product needs {size / 1e9:.1f} GB > max_cross_bytes="
-                             f"{max_cross_bytes / 1e9:.1f} GB; use dtype=torch.float32 or fewer features")
-        self.d_sae_a, self.d_sae_b, self.device = d_sae_a, d_sae_b, torch.device(device)
+            raise ValueError(f"the {d_sae_a} × {d_sae_b} cross-product needs {size / 1e9:.1f} GB in float64 > "
+                             f"max_cross_bytes={max_cross_bytes / 1e9:.1f} GB; compare fewer features or raise it")
+        self.d_sae_a, self.d_sae_b, self.device, self.dtype = d_sae_a, d_sae_b, torch.device(device), dtype
         self.n_tokens = 0
-        zeros = dict(dtype=torch.float64, device=self.device)
-        self.sum_a, self.sum_sq_a = torch.zeros(d_sae_a, **zeros), torch.zeros(d_sae_a, **zeros)
-        self.sum_b, self.sum_sq_b = torch.zeros(d_sae_b, **zeros), torch.zeros(d_sae_b, **zeros)
-        self.n_fired_a = torch.zeros(d_sae_a, dtype=torch.long, device=self.device)
-        self.n_fired_b = torch.zeros(d_sae_b, dtype=torch.long, device=self.device)
-        self.cross = torch.zeros(d_sae_a, d_sae_b, dtype=dtype, device=self.device)  # Σ_t a_i(t) b_j(t)
+        self.sum_a, self.sum_sq_a = np.zeros(d_sae_a), np.zeros(d_sae_a)
+        self.sum_b, self.sum_sq_b = np.zeros(d_sae_b), np.zeros(d_sae_b)
+        self.n_fired_a = np.zeros(d_sae_a, dtype=np.int64)
+        self.n_fired_b = np.zeros(d_sae_b, dtype=np.int64)
+        self.cross = np.zeros((d_sae_a, d_sae_b))  # Σ_t a_i(t) b_j(t)
+        self._on_state = self.device.type == "cpu"  # on the CPU, batches add straight into the numpy state
+        self._staged: dict[str, Tensor] | None = None
+
+    def _staging(self) -> dict[str, Tensor]:
+        """Where batches add their sums: views of the numpy state on the CPU, zeroed buffers on a GPU."""
+        if self._staged is None:
+            if self._on_state:
+                self._staged = {name: torch.from_numpy(getattr(self, name)) for name in _SUMS}
+            else:
+                self._staged = {name: torch.zeros(getattr(self, name).shape, device=self.device,
+                                                  dtype=torch.long if name.startswith("n_") else torch.float64)
+                                for name in _SUMS}
+        return self._staged
+
+    def _flush(self) -> None:
+        """Add the sums held on the device into the numpy state (nothing to do on the CPU)."""
+        if self._staged is not None and not self._on_state:
+            for name, staged in self._staged.items():
+                getattr(self, name)[...] += _np(staged)
+            self._staged = None
 
     @torch.no_grad()
     def update(self, acts_a: Tensor, acts_b: Tensor) -> None:
@@ -124,56 +211,61 @@ class CoactivationAccumulator:
         if acts_b.shape[0] != n or acts_a.shape[1] != self.d_sae_a or acts_b.shape[1] != self.d_sae_b:
             raise ValueError(f"expected [n, {self.d_sae_a}] and [n, {self.d_sae_b}] on the same tokens, "
                              f"got {list(acts_a.shape)} and {list(acts_b.shape)}")
-        token_a, feature_a, value_a = _sparse_parts(acts_a, self.device, self.cross.dtype)
-        token_b, feature_b, value_b = _sparse_parts(acts_b, self.device, self.cross.dtype)
+        token_a, feature_a, value_a = _sparse_parts(acts_a, self.device, self.dtype)
+        token_b, feature_b, value_b = _sparse_parts(acts_b, self.device, self.dtype)
+        staged = self._staging()
         self.n_tokens += n
-        for feature, value, total, total_sq, fired in (
-                (feature_a, value_a, self.sum_a, self.sum_sq_a, self.n_fired_a),
-                (feature_b, value_b, self.sum_b, self.sum_sq_b, self.n_fired_b)):
-            total.index_add_(0, feature, value.double())
-            total_sq.index_add_(0, feature, value.double() ** 2)
-            fired += torch.bincount(feature, minlength=fired.numel())
+        for side, feature, value in (("a", feature_a, value_a), ("b", feature_b, value_b)):
+            staged[f"sum_{side}"].index_add_(0, feature, value.double())
+            staged[f"sum_sq_{side}"].index_add_(0, feature, value.double() ** 2)
+            staged[f"n_fired_{side}"].add_(torch.bincount(feature, minlength=staged[f"n_fired_{side}"].numel()))
         # COO, not CSR: torch 2.13's MKL CSR × CSR product leaks ~16 MB a call on CPU (6 GB over 1M tokens).
         a_t = torch.sparse_coo_tensor(torch.stack([feature_a, token_a]), value_a, (self.d_sae_a, n),
                                       check_invariants=False).coalesce()  # explicit: silences a per-process notice
         b = torch.sparse_coo_tensor(torch.stack([token_b, feature_b]), value_b, (n, self.d_sae_b),
                                     check_invariants=False).coalesce()
-        self.cross.add_(torch.sparse.mm(a_t, b))  # sparse × sparse: only co-firing pairs are touched
+        staged["cross"].add_(torch.sparse.mm(a_t, b).double())  # sparse × sparse: only co-firing pairs are touched
 
-    def correlation(self, rows: slice = slice(None)) -> np.ndarray:
-        """Pearson correlation [len(rows), d_sae_b] of A features `rows` with every B feature, NaN if undefined."""
-        return _np(self._correlation_block(rows).clamp(-1, 1))  # rounding can step just past ±1; NaN stays
+    def merge(self, other: CoactivationAccumulator) -> CoactivationAccumulator:
+        if (other.d_sae_a, other.d_sae_b) != (self.d_sae_a, self.d_sae_b):
+            raise ValueError(f"cannot merge co-activations of {other.d_sae_a} × {other.d_sae_b} features into "
+                             f"{self.d_sae_a} × {self.d_sae_b}")
+        self._flush()
+        other._flush()
+        self.n_tokens += other.n_tokens
+        for name in _SUMS:
+            getattr(self, name)[...] += getattr(other, name)
+        return self
 
-    def _correlation_block(self, rows: slice) -> Tensor:
-        """[rows, d_sae_b] fp64, unclamped (within rounding of ±1); NaN where undefined."""
-        corr = torch.addr(self.cross[rows].double(), self.sum_a[rows], self.sum_b, beta=self.n_tokens, alpha=-1)
-        corr.mul_(self._inverse_spread(self.sum_a[rows], self.sum_sq_a[rows]).unsqueeze(1))
-        return corr.mul_(self._inverse_spread(self.sum_b, self.sum_sq_b))  # in place: one block-sized buffer
+    def result(self) -> Coactivations:
+        """The sums so far (the state's own arrays, not copies: a later update changes them)."""
+        self._flush()
+        return Coactivations(self.n_tokens, *(getattr(self, name) for name in _SUMS))
 
-    def _inverse_spread(self, total: Tensor, total_sq: Tensor) -> Tensor:
-        """1 / sqrt(n Σa² − (Σa)²), NaN for a feature that never fired or is constant (no defined correlation)."""
-        var = self.n_tokens * total_sq - total**2
-        return torch.where(var > CONSTANT_TOLERANCE * self.n_tokens * total_sq, var.clamp(min=0).rsqrt(), torch.nan)
+    def __getstate__(self) -> dict[str, Any]:
+        self._flush()
+        return {**self.__dict__, "_staged": None}  # tensors on a device do not travel; the numpy state does
 
 
 @torch.no_grad()
-def match_features(coactivations: CoactivationAccumulator, threshold: float = DEFAULT_THRESHOLD,
-                   block_rows: int = 512, min_firings: int = 1,
-                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> FeatureMatches:
+def match_features(coactivations: Coactivations, threshold: float = DEFAULT_THRESHOLD, block_rows: int = 512,
+                   min_firings: int = 1, progress: Callable[[Iterable], Iterable] = lambda it: it,
+                   device: str | torch.device = "cpu") -> FeatureMatches:
     """Best match, status and every above-threshold pair of both arms' features, from the correlation matrix a
-    block of rows at a time. Features that fired fewer than `min_firings` times are nobody's match."""
-    acc = coactivations
-    a_best = torch.full((acc.d_sae_a,), -torch.inf, dtype=torch.float64, device=acc.device)
-    a_arg = torch.full((acc.d_sae_a,), -1, dtype=torch.long, device=acc.device)
-    b_best = torch.full((acc.d_sae_b,), -torch.inf, dtype=torch.float64, device=acc.device)
-    b_arg = torch.full((acc.d_sae_b,), -1, dtype=torch.long, device=acc.device)
-    excluded_a = torch.isnan(acc._inverse_spread(acc.sum_a, acc.sum_sq_a)) | (acc.n_fired_a < min_firings)
-    excluded_b = (torch.isnan(acc._inverse_spread(acc.sum_b, acc.sum_sq_b))
-                  | (acc.n_fired_b < min_firings)).nonzero().squeeze(1)
+    block of rows at a time, on `device`. Features that fired fewer than `min_firings` times are nobody's match."""
+    sums = _Sums(coactivations, torch.device(device))
+    d_sae_a, d_sae_b = coactivations.d_sae_a, coactivations.d_sae_b
+    a_best = torch.full((d_sae_a,), -torch.inf, dtype=torch.float64, device=sums.device)
+    a_arg = torch.full((d_sae_a,), -1, dtype=torch.long, device=sums.device)
+    b_best = torch.full((d_sae_b,), -torch.inf, dtype=torch.float64, device=sums.device)
+    b_arg = torch.full((d_sae_b,), -1, dtype=torch.long, device=sums.device)
+    excluded_a = torch.isnan(sums.inverse_spread(sums.sum_a, sums.sum_sq_a)) | (sums.n_fired_a < min_firings)
+    excluded_b = (torch.isnan(sums.inverse_spread(sums.sum_b, sums.sum_sq_b))
+                  | (sums.n_fired_b < min_firings)).nonzero().squeeze(1)
     pairs = []
-    for start in progress(range(0, acc.d_sae_a, block_rows)):
-        rows = slice(start, min(start + block_rows, acc.d_sae_a))
-        corr = acc._correlation_block(rows)
+    for start in progress(range(0, d_sae_a, block_rows)):
+        rows = slice(start, min(start + block_rows, d_sae_a))
+        corr = sums.correlation_block(rows)
         corr[excluded_a[rows]] = -torch.inf  # max() would return NaN over undefined features: no match
         corr.index_fill_(1, excluded_b, -torch.inf)
         a_best[rows], a_arg[rows] = corr.max(dim=1)
@@ -184,10 +276,10 @@ def match_features(coactivations: CoactivationAccumulator, threshold: float = DE
         pairs.append((above[:, 0] + start, above[:, 1], corr[above[:, 0], above[:, 1]].clamp(-1, 1)))
     a_corr, a_match = _defined(a_best, a_arg)
     b_corr, b_match = _defined(b_best, b_arg)
-    n_fired_a, n_fired_b = _np(acc.n_fired_a), _np(acc.n_fired_b)
+    n_fired_a, n_fired_b = coactivations.n_fired_a.copy(), coactivations.n_fired_b.copy()
     pair_a, pair_b, pair_corr = (torch.cat(part) for part in zip(*pairs))
     return FeatureMatches(
-        threshold=threshold, n_tokens=acc.n_tokens,
+        threshold=threshold, n_tokens=coactivations.n_tokens,
         a_match=a_match, a_corr=a_corr, a_status=feature_status(a_corr, n_fired_a, threshold, min_firings, "disappear"),
         a_n_fired=n_fired_a,
         b_match=b_match, b_corr=b_corr, b_status=feature_status(b_corr, n_fired_b, threshold, min_firings, "emerge"),
@@ -215,7 +307,8 @@ def collect_coactivations(model_a: Any, sae_a: Any, hook_a: str, model_b: Any, s
                           progress: Callable[[Iterable], Iterable] = lambda it: it) -> CoactivationAccumulator:
     """Both arms over the same token rows [n, T] (BOS first, left out): each SAE encodes its own model's hook.
 
-    `device` holds the d_sae_a × d_sae_b cross-product (2.4 GB at the study's widths in fp64)."""
+    One shard's pass: rows are any subset of the corpus, and the accumulators of disjoint row sets merge into
+    the pass over their union. Each batch's product runs on `device` (the SAEs' device); the sums are numpy."""
     acc = CoactivationAccumulator(sae_a.cfg.d_sae, sae_b.cfg.d_sae, device, dtype)
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size]

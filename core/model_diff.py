@@ -8,6 +8,9 @@
   counted, kept out of the reconstruction metrics, and left unspliced (clean) in the spliced CE loss.
 - Densities: the Pearson correlation of per-feature log10 densities of one SAE on two models.
 The BOS position is left out of everything, as in the rest of core (its norm is an outlier of its own).
+Every pass over tokens keeps its state in an accumulator (core.accumulator) that a shard of rows fills and that
+merges with the other shards'; `collect_*` is one shard's pass. Transfer takes two: NormSample (the median
+norm), then TransferAccumulator, filtered at the threshold the median over every shard sets.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.hook_reads import activations_at_hook, hook_losses
-from core.sae_metrics import SaeQuality, ReconstructionTotals
+from core.hook_reads import HookLosses, activations_at_hook, hook_losses
+from core.sae_metrics import ReconstructionStats, SaeQuality
 
 COSINE_EDGES = np.linspace(-1.0, 1.0, 41)  # 40 bins of 0.05
 # Distances scale with the hook and the model, so fixed bins must be log-spaced: 8 per decade from 1e-3 to 1e4,
@@ -47,17 +50,20 @@ class ActivationSimilarity:
 
 
 class ActivationSimilarityAccumulator:
-    """Streams pairs of activation batches; `result()` gives the ActivationSimilarity."""
+    """Per-position cosine and distance sums and the two histograms; `result()` gives the ActivationSimilarity.
+
+    A batch is both models' activations at positions 1..P of the same rows (BOS column removed), [B, P, d_in]
+    each. Sums are kept per position within a row, not per row, so any split of the rows into shards, merged
+    in any order, gives the single pass (counts and histograms exactly, float64 sums to rounding). Each batch's
+    cosines and distances are computed on the activations' device in float64; the state is numpy on the CPU."""
 
     def __init__(self, n_positions: int) -> None:
         self.n_positions = n_positions
-        self.sum_cosine = torch.zeros(n_positions, dtype=torch.float64)
-        self.sum_distance = torch.zeros(n_positions, dtype=torch.float64)
-        self.count = torch.zeros(n_positions, dtype=torch.long)
-        self.cosine_hist = torch.zeros(len(COSINE_EDGES) - 1, dtype=torch.long)
-        self.distance_hist = torch.zeros(len(DISTANCE_EDGES) - 1, dtype=torch.long)
-        self.cosine_inner = torch.tensor(COSINE_EDGES[1:-1])
-        self.log_distance_inner = torch.log10(torch.tensor(DISTANCE_EDGES[1:-1]))
+        self.sum_cosine = np.zeros(n_positions)
+        self.sum_distance = np.zeros(n_positions)
+        self.count = np.zeros(n_positions, dtype=np.int64)
+        self.cosine_hist = np.zeros(len(COSINE_EDGES) - 1, dtype=np.int64)
+        self.distance_hist = np.zeros(len(DISTANCE_EDGES) - 1, dtype=np.int64)
 
     @torch.no_grad()
     def update(self, acts_a: Tensor, acts_b: Tensor) -> None:
@@ -65,30 +71,39 @@ class ActivationSimilarityAccumulator:
         if acts_a.shape != acts_b.shape or acts_a.shape[1] > self.n_positions:
             raise ValueError(f"expected two equal [B, ≤{self.n_positions}, d_in] batches, "
                              f"got {list(acts_a.shape)} and {list(acts_b.shape)}")
-        a, b = acts_a.double().cpu(), acts_b.double().cpu()
+        a, b = acts_a.double(), acts_b.double().to(acts_a.device)
         cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12).clamp(-1, 1)  # [B, P]
         distance = (a - b).norm(dim=-1)
         width = cosine.shape[1]
-        self.sum_cosine[:width] += cosine.sum(0)
-        self.sum_distance[:width] += distance.sum(0)
+        self.sum_cosine[:width] += _np(cosine.sum(0))
+        self.sum_distance[:width] += _np(distance.sum(0))
         self.count[:width] += cosine.shape[0]
-        self.cosine_hist += torch.bincount(torch.bucketize(cosine.flatten(), self.cosine_inner, right=True),
-                                           minlength=self.cosine_hist.numel())
+        cosine_inner = torch.tensor(COSINE_EDGES[1:-1], device=a.device)
+        log_distance_inner = torch.log10(torch.tensor(DISTANCE_EDGES[1:-1], device=a.device))
+        self.cosine_hist += _np(torch.bincount(torch.bucketize(cosine.flatten(), cosine_inner, right=True),
+                                               minlength=len(self.cosine_hist)))
         log_distance = torch.log10(distance.flatten().clamp(min=1e-300))
-        self.distance_hist += torch.bincount(torch.bucketize(log_distance, self.log_distance_inner, right=True),
-                                             minlength=self.distance_hist.numel())
+        self.distance_hist += _np(torch.bincount(torch.bucketize(log_distance, log_distance_inner, right=True),
+                                                 minlength=len(self.distance_hist)))
+
+    def merge(self, other: ActivationSimilarityAccumulator) -> ActivationSimilarityAccumulator:
+        if other.n_positions != self.n_positions:
+            raise ValueError(f"cannot merge similarity over {other.n_positions} positions into {self.n_positions}")
+        for name in ("sum_cosine", "sum_distance", "count", "cosine_hist", "distance_hist"):
+            getattr(self, name)[...] += getattr(other, name)
+        return self
 
     def result(self) -> ActivationSimilarity:
         n = int(self.count.sum())
         seen = self.count > 0
-        count = self.count.clamp(min=1).double()
+        count = np.maximum(self.count, 1)
         return ActivationSimilarity(
             n_tokens=n, mean_cosine=float(self.sum_cosine.sum() / max(n, 1)),
             mean_distance=float(self.sum_distance.sum() / max(n, 1)),
-            cosine_hist=self.cosine_hist.numpy(), distance_hist=self.distance_hist.numpy(),
-            position=np.arange(1, self.n_positions + 1)[seen.numpy()],
-            mean_cosine_by_position=(self.sum_cosine / count)[seen].numpy(),
-            mean_distance_by_position=(self.sum_distance / count)[seen].numpy(),
+            cosine_hist=self.cosine_hist.copy(), distance_hist=self.distance_hist.copy(),
+            position=np.arange(1, self.n_positions + 1)[seen],
+            mean_cosine_by_position=(self.sum_cosine / count)[seen],
+            mean_distance_by_position=(self.sum_distance / count)[seen],
             cosine_edges=COSINE_EDGES, distance_edges=DISTANCE_EDGES,
         )
 
@@ -97,12 +112,19 @@ class ActivationSimilarityAccumulator:
 def activation_similarity(model_a: Any, model_b: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
                           progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationSimilarity:
     """Both models (same tokenizer) at `hook_name` over token rows [n, T] (BOS first, left out)."""
+    return collect_similarity(model_a, model_b, hook_name, rows, batch_size, progress).result()
+
+
+@torch.no_grad()
+def collect_similarity(model_a: Any, model_b: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
+                       progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationSimilarityAccumulator:
+    """One shard's pass: the accumulator over token rows [n, T] (any subset of the corpus, BOS first)."""
     accumulator = ActivationSimilarityAccumulator(rows.shape[1] - 1)
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size]
         accumulator.update(activations_at_hook(model_a, hook_name, batch),
                            activations_at_hook(model_b, hook_name, batch))
-    return accumulator.result()
+    return accumulator
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,97 @@ def activation_norms(model: Any, hook_name: str, rows: Tensor, batch_size: int =
     return torch.cat(norms)
 
 
+class NormSample:
+    """Every activation norm a pass has seen, for their exact median (the scale of the outlier filter).
+
+    A batch is the float32 norms [B, P] of one batch of rows, BOS left out. A median does not depend on the
+    order of the values, so shards merge by concatenation; the price is 4 bytes a token (40 MB for 10M)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+
+    def update(self, norms: Tensor) -> None:
+        self.parts.append(_np(norms.float()).ravel())
+
+    def merge(self, other: NormSample) -> NormSample:
+        self.parts += other.parts
+        return self
+
+    def result(self) -> float:
+        """The lower median (torch.median's rule: the ⌊(n − 1)/2⌋-th smallest value), NaN with no values."""
+        values = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        if values.size == 0:
+            return float("nan")
+        k = (values.size - 1) // 2
+        return float(np.partition(values, k)[k])
+
+
+@torch.no_grad()
+def collect_norms(model: Any, hook_name: str, rows: Tensor, batch_size: int = 16) -> NormSample:
+    """One shard's first transfer pass: the norms at `hook_name` over token rows [n, T] (BOS first)."""
+    sample = NormSample()
+    for start in range(0, rows.shape[0], batch_size):
+        sample.update(activations_at_hook(model, hook_name, rows[start:start + batch_size]).float().norm(dim=-1))
+    return sample
+
+
+class TransferAccumulator:
+    """Sums for SaeTransfer: an SAE spliced in at its hook, positions above `outlier_threshold` left out.
+
+    A batch of rows is folded in by two calls: `update(x, feature_acts, x_hat, n_positions)` from the splice
+    hook, with the batch's kept positions (x, x_hat [n_kept, d_in]; feature_acts [n_kept, d_sae]) and its
+    number of positions (BOS left out), then `add_losses(losses, n_predicted)` with its CE losses. Every field is
+    a sum over tokens (float64, int64 counts), so shards of rows merge in any order. The threshold comes from the
+    median over every shard (NormSample), so a sharded run makes its first pass over all shards first."""
+
+    def __init__(self, d_in: int, d_sae: int, median_norm: float, outlier_threshold: float) -> None:
+        self.median_norm, self.outlier_threshold = median_norm, outlier_threshold
+        self.n_positions = self.n_kept = self.active = self.n_predicted = 0
+        self.sq_err = self.sq_norm = 0.0  # Σ‖x − x̂‖², Σ‖x‖² over kept positions
+        self.sum_x = np.zeros(d_in)
+        self.fired = np.zeros(d_sae, dtype=np.int64)  # kept positions on which each feature fired
+        self.loss_sums = np.zeros(3)  # CE clean, spliced, zero-ablated: nats summed over predicted tokens
+
+    @torch.no_grad()
+    def update(self, x: Tensor, feature_acts: Tensor, x_hat: Tensor, n_positions: int) -> None:
+        x, x_hat = x.double(), x_hat.double()
+        fired = feature_acts > 0
+        self.n_positions += n_positions
+        self.n_kept += x.shape[0]
+        self.sq_err += (x - x_hat).pow(2).sum().item()
+        self.sq_norm += x.pow(2).sum().item()
+        self.sum_x += _np(x.sum(0))
+        self.active += int(fired.sum())
+        self.fired += _np(fired.sum(0))
+
+    def add_losses(self, losses: HookLosses, n_predicted: int) -> None:
+        """One batch's mean CE losses over its n_predicted next tokens (summed back: shards weigh by tokens)."""
+        self.loss_sums += np.array([losses.clean, losses.spliced, losses.zero_ablation]) * n_predicted
+        self.n_predicted += n_predicted
+
+    def merge(self, other: TransferAccumulator) -> TransferAccumulator:
+        if (other.median_norm, other.outlier_threshold) != (self.median_norm, self.outlier_threshold):
+            raise ValueError("cannot merge transfers filtered at different thresholds: give every shard the median "
+                             "over all shards")
+        for name in ("n_positions", "n_kept", "active", "n_predicted", "sq_err", "sq_norm"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("sum_x", "fired", "loss_sums"):
+            getattr(self, name)[...] += getattr(other, name)
+        return self
+
+    def result(self) -> SaeTransfer:
+        n = self.n_kept
+        total_var = self.sq_norm - float((self.sum_x**2).sum()) / n
+        reconstruction = ReconstructionStats(
+            n_tokens=n, l0=self.active / n, explained_variance=1.0 - self.sq_err / total_var,
+            mse=self.sq_err / (n * len(self.sum_x)), dead_fraction=float((self.fired == 0).mean()))
+        clean, spliced, zero = self.loss_sums / self.n_predicted
+        return SaeTransfer(quality=SaeQuality(reconstruction, float(clean), float(spliced), float(zero)),
+                           n_positions=self.n_positions, n_outliers=self.n_positions - n,
+                           median_norm=self.median_norm, outlier_threshold=self.outlier_threshold,
+                           density=self.fired / max(n, 1))
+
+
 @torch.no_grad()
 def sae_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor,
                  outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR, batch_size: int = 16,
@@ -137,34 +250,38 @@ def sae_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor,
 
     A first pass measures activation norms for the median; `outlier_factor=None` filters nothing, and then
     every number equals `core.sae_metrics.sae_quality`."""
-    norms = activation_norms(model, hook_name, rows, batch_size)
-    median = float(norms.median())
-    threshold = float("inf") if outlier_factor is None else outlier_factor * median
-    keep = norms <= threshold  # [n, T - 1]
-    device = sae.W_dec.device
-    totals = ReconstructionTotals(sae.cfg.d_sae, device)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-    losses = hook_losses(model, hook_name, rows, batch_size,
-                         lambda start, stop: _filtered_splice(sae, keep[start:stop], totals, fired), progress)
-    quality = SaeQuality(totals.stats(), losses.clean, losses.spliced, losses.zero_ablation)
-    n_kept = int(keep.sum())
-    return SaeTransfer(quality=quality, n_positions=keep.numel(), n_outliers=keep.numel() - n_kept,
-                       median_norm=median, outlier_threshold=threshold,
-                       density=(fired.double() / max(n_kept, 1)).cpu().numpy())
+    median = collect_norms(model, hook_name, rows, batch_size).result()
+    return collect_transfer(model, sae, hook_name, rows, median, outlier_factor, batch_size, progress).result()
 
 
-def _filtered_splice(sae: Any, keep: Tensor, totals: Any, fired: Tensor) -> Callable[[Tensor, Any], Tensor]:
-    """A hook that puts the SAE's reconstruction at kept positions (keep: [B, T - 1]) and measures it there."""
+@torch.no_grad()
+def collect_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor, median_norm: float,
+                     outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR, batch_size: int = 16,
+                     progress: Callable[[Iterable], Iterable] = lambda it: it) -> TransferAccumulator:
+    """One shard's second transfer pass over token rows [n, T] (BOS first): the SAE spliced in at positions whose
+    norm is at most outlier_factor × `median_norm` (the median over every shard); None filters nothing."""
+    threshold = float("inf") if outlier_factor is None else outlier_factor * median_norm
+    accumulator = TransferAccumulator(sae.cfg.d_in, sae.cfg.d_sae, median_norm, threshold)
+    splice = _filtered_splice(sae, threshold, accumulator)
+    for start in progress(range(0, rows.shape[0], batch_size)):
+        batch = rows[start:start + batch_size]
+        losses = hook_losses(model, hook_name, batch, batch.shape[0], lambda start, stop: splice)
+        accumulator.add_losses(losses, batch.shape[0] * (batch.shape[1] - 1))
+    return accumulator
+
+
+def _filtered_splice(sae: Any, threshold: float, accumulator: TransferAccumulator) -> Callable[[Tensor, Any], Tensor]:
+    """A hook that puts the SAE's reconstruction at positions whose norm is at most `threshold` (the norms pass's
+    own measure: float32 L2 over d_in, BOS left out) and measures it there."""
     def splice(act: Tensor, hook: Any) -> Tensor:
-        mask = keep.to(act.device)
-        x = act[:, 1:][mask].to(sae.W_dec.device)  # [n_kept, d_in]
+        keep = act[:, 1:].float().norm(dim=-1) <= threshold  # [B, T - 1]
+        x = act[:, 1:][keep].to(sae.W_dec.device)  # [n_kept, d_in]
         feature_acts = sae.encode(x)
         x_hat = sae.decode(feature_acts)
-        totals.add(x, feature_acts, x_hat)
-        fired.add_((feature_acts > 0).sum(0))
+        accumulator.update(x, feature_acts, x_hat, keep.numel())
         out = act.clone()
         body = out[:, 1:]
-        body[mask] = x_hat.to(act.device, act.dtype)
+        body[keep] = x_hat.to(act.device, act.dtype)
         return out
     return splice
 
@@ -198,3 +315,7 @@ def log_density_correlation(density_a: np.ndarray, density_b: np.ndarray) -> Den
         n_features=int(both_fired.sum()), n_dead_a=int(dead_a.sum()), n_dead_b=int(dead_b.sum()),
         n_dead_both=int((dead_a & dead_b).sum()),
     )
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()

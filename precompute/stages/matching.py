@@ -1,26 +1,42 @@
 """matching: features of the two arms matched by activation correlation on the same tokens; each feature's
-best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment."""
+best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment.
+
+One token pass (PASSES): `shard` sums any subset of the pair's rows into a CoactivationAccumulator; the
+accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
 
 from __future__ import annotations
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
 
 from core.database.schema import FEATURE_MATCHES, MATCH_PAIRS
 from core.loading import LoadedArm
 from core.match_assignment import assigned_partner, one_to_one
-from core.matching import FeatureMatches, collect_coactivations, decoder_cosine, logit_weight_similarity, match_features
+from core.matching import (CoactivationAccumulator, FeatureMatches, collect_coactivations, decoder_cosine,
+                           logit_weight_similarity, match_features)
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
+from precompute.pair_pass import PairPasses
 from precompute.stage import Stage, StageResult
 
 
 def run_matching(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
+    return PASSES.run_whole(pair)
+
+
+def shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> CoactivationAccumulator:
+    """Both arms' SAE activations over token rows [m, T] of the pair's rows (BOS first), summed."""
     a, b = pair.a, pair.b
-    coactivations = collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, pair.rows,
-                                          pair.batch_size, device=a.sae.W_dec.device,
-                                          progress=pair.progress("co-activations"))
-    matches = match_features(coactivations, pair.threshold, min_firings=pair.min_firings)
+    return collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, rows, pair.batch_size,
+                                 device=a.sae.W_dec.device, progress=pair.progress("co-activations"))
+
+
+def finish(pair: Pair, coactivations: CoactivationAccumulator) -> StageResult:
+    """The tables and metrics of the co-activations over every row (one accumulator, or shards merged)."""
+    a, b = pair.a, pair.b
+    matches = match_features(coactivations.result(), pair.threshold, min_firings=pair.min_firings,
+                             device=a.sae.W_dec.device)
     pairs = matches.pairs
     kept = one_to_one(pairs.a, pairs.b, pairs.corr, a.d_sae, b.d_sae)
     partners = pairs.partner_counts(a.d_sae, b.d_sae)
@@ -62,6 +78,8 @@ def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.
 def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: np.ndarray) -> np.ndarray:
     return logit_weight_similarity(arm.sae.W_dec, arm.model.W_U, other.sae.W_dec, other.model.W_U, own, match)
 
+
+PASSES = PairPasses((shard,), finish)
 
 # version 2: dead / rare statuses, every pair, the assignment
 STAGE = Stage("matching", version=2, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,

@@ -1,20 +1,35 @@
-"""similarity: cosine and distance between the two models' activations at the same hook, on the same tokens."""
+"""similarity: cosine and distance between the two models' activations at the same hook, on the same tokens.
+
+One token pass (PASSES): `shard` folds any subset of the pair's rows into an ActivationSimilarityAccumulator;
+the accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
 
 from __future__ import annotations
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
 
 from core.database.schema import SIMILARITY_BY_POSITION, SIMILARITY_HIST
-from core.model_diff import activation_similarity
+from core.model_diff import ActivationSimilarityAccumulator, collect_similarity
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
+from precompute.pair_pass import PairPasses
 from precompute.stage import Stage, StageResult
 
 
 def run_similarity(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
-    result = activation_similarity(pair.a.model, pair.b.model, pair.a.hook_name, pair.rows, pair.batch_size,
-                                   progress=pair.progress("activation similarity"))
+    return PASSES.run_whole(pair)
+
+
+def shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> ActivationSimilarityAccumulator:
+    """Both models at arm a's hook over token rows [m, T] of the pair's rows (BOS first)."""
+    return collect_similarity(pair.a.model, pair.b.model, pair.a.hook_name, rows, pair.batch_size,
+                              progress=pair.progress("activation similarity"))
+
+
+def finish(pair: Pair, accumulator: ActivationSimilarityAccumulator) -> StageResult:
+    """The tables and metrics over every row (one accumulator, or shards merged)."""
+    result = accumulator.result()
     hist = []
     for kind, edges, counts in (("cosine", result.cosine_edges, result.cosine_hist),
                                 ("distance", result.distance_edges, result.distance_hist)):
@@ -33,6 +48,8 @@ def _skip_reason(pair: Pair) -> str | None:
         return f"the SAEs read different hooks ({pair.a.hook_name} vs {pair.b.hook_name}); similarity skipped"
     return different_tokenizers(pair, "similarity")
 
+
+PASSES = PairPasses((shard,), finish)
 
 STAGE = Stage("similarity", version=2, scope="pair", tables=(SIMILARITY_HIST, SIMILARITY_BY_POSITION),
               run=run_similarity, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)

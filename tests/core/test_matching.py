@@ -40,11 +40,11 @@ def test_sparse_correlation_equals_numpy_corrcoef_with_dead_and_constant_feature
     acc = accumulate(a, b, sparse_b=True, dtype=dtype)  # 37-token batches, B given as torch sparse
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.corrcoef(np.hstack([a.numpy(), b.numpy()]).T.astype(np.float64))[:7, 7:]
-    ours = acc.correlation()
+    ours = acc.result().correlation()
     assert np.isnan(expected[5]).all() and np.isnan(expected[6]).all() and np.isnan(expected[:, 1:3]).all()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance, equal_nan=True)
     assert ours[2, 0] == pytest.approx(1.0, abs=tolerance)
-    np.testing.assert_array_equal(acc.n_fired_a.numpy(), (a > 0).sum(0).numpy())
+    np.testing.assert_array_equal(acc.n_fired_a, (a > 0).sum(0).numpy())
     assert acc.n_tokens == 300
 
 
@@ -54,7 +54,7 @@ def test_a_known_permutation_is_recovered_and_replaced_features_emerge_and_disap
     perm = torch.randperm(d, generator=torch.Generator().manual_seed(4))
     b = 2.5 * a[:, perm]  # B feature j is A feature perm[j], rescaled: correlation 1
     b[:, replaced] = sparse_signals(5000, len(replaced), 0.05, seed=5)  # new independent features
-    matches = match_features(accumulate(a, b, batch=512), threshold=0.8, block_rows=16)
+    matches = match_features(accumulate(a, b, batch=512).result(), threshold=0.8, block_rows=16)
     kept = [j for j in range(d) if j not in replaced]
     gone = perm[replaced].numpy()
 
@@ -75,7 +75,7 @@ def test_threshold_is_inclusive_and_a_feature_that_never_fires_is_dead_not_disap
     """a = [1, 1, 0, 0], b = [1, 0, 0, 0]: cov 1/8, var 1/4 and 3/16, so r = 1/sqrt(3) = 0.577."""
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # A feature 1 never fires
     b = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
-    acc = accumulate(a, b, batch=3)
+    acc = accumulate(a, b, batch=3).result()
     at = match_features(acc, threshold=1 / np.sqrt(3) - 1e-6)
     assert at.a_corr[0] == pytest.approx(1 / np.sqrt(3), abs=1e-6)
     assert at.a_match[0] == 0 and at.a_status[0] == "persist" and at.b_status[0] == "persist"
@@ -93,7 +93,7 @@ def test_rare_features_get_their_own_status_and_are_nobodys_partner():
     a[[5, 50, 300], 0] = torch.tensor([1.0, 2.0, 0.5])
     a[:, 2] = 0  # dead
     b = torch.stack([2 * a[:, 0], a[:, 1]], dim=1)
-    acc = accumulate(a, b)
+    acc = accumulate(a, b).result()
     loose = match_features(acc, threshold=0.8, min_firings=1)
     assert loose.a_status.tolist() == ["persist", "persist", "dead"] and loose.a_corr[0] == pytest.approx(1.0)
     strict = match_features(acc, threshold=0.8, min_firings=5)
@@ -108,7 +108,7 @@ def test_a_planted_many_to_one_match_lists_every_partner():
     a = sparse_signals(3000, 6, 0.05, seed=7)
     noise = sparse_signals(3000, 3, 0.002, seed=8)
     b = torch.cat([a[:, [4]] + noise, a[:, :4]], dim=1)  # B 3..6 are A 0..3
-    matches = match_features(accumulate(a, b), threshold=0.8)
+    matches = match_features(accumulate(a, b).result(), threshold=0.8)
     assert matches.b_match[:3].tolist() == [4, 4, 4] and (matches.b_status[:3] == "persist").all()
     n_a, n_b = matches.pairs.partner_counts(6, 7)
     assert n_a.tolist() == [1, 1, 1, 1, 3, 0] and n_b.tolist() == [1] * 7
@@ -169,8 +169,8 @@ def test_collected_from_models_equals_corrcoef_of_the_encoded_activations(model)
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.corrcoef(acts.T, acts[:, ::-1].T)[:16, 16:]
     assert acc.n_tokens == 6 * 15
-    np.testing.assert_allclose(acc.correlation(), expected, rtol=0, atol=1e-10, equal_nan=True)
-    matches = match_features(acc)
+    np.testing.assert_allclose(acc.result().correlation(), expected, rtol=0, atol=1e-10, equal_nan=True)
+    matches = match_features(acc.result())
     alive = (acts > 0).any(0) & (acts.std(0) > 0)
     assert alive.sum() >= 8  # enough live features for the check to mean something
     np.testing.assert_array_equal(matches.a_match[alive], 15 - np.flatnonzero(alive))
