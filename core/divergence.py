@@ -181,8 +181,8 @@ class DivergenceAccumulator:
         ctx = self.ctx
         width = 0 if ctx["token_ids"] is None else ctx["token_ids"].shape[1]
         empty = np.zeros((0, width))
-        contexts = DivergentContexts(ctx["row"], ctx["mean_kl"],
-                                     *(empty if ctx[k] is None else ctx[k] for k in ("token_ids", "kl", "logprob_change")))
+        per_token = (empty if ctx[k] is None else ctx[k] for k in ("token_ids", "kl", "logprob_change"))
+        contexts = DivergentContexts(ctx["row"], ctx["mean_kl"], *per_token)
         return Divergence(self.n_positions, rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2],
                           rows[:, 3].astype(np.int64), contexts, n_div,
                           float(self.div_kl.min()) if n_div else float("nan"), tuple(enrichment))

@@ -75,8 +75,8 @@ def _features_table(pair: Pair, arm, k: int, result: Divergence) -> pa.Table:
 
 def _skip_reason(pair: Pair) -> str | None:
     if pair.a.model.cfg.d_vocab != pair.b.model.cfg.d_vocab:
-        return (f"the models' vocabularies differ in size ({pair.a.model.cfg.d_vocab} vs "
-                f"{pair.b.model.cfg.d_vocab}), so their next-token distributions cannot be compared (divergence skipped)")
+        return (f"the models' vocabularies differ in size ({pair.a.model.cfg.d_vocab} vs {pair.b.model.cfg.d_vocab}), "
+                "so their next-token distributions cannot be compared (divergence skipped)")
     return different_tokenizers(pair, "divergence")
 
 

@@ -38,7 +38,8 @@ def fold(accumulator, data, rows):
 def brute_force(data, n_contexts, n_divergent):
     row_ids, _, kl, _, acts = data
     by_row = sorted(range(N_ROWS), key=lambda r: (-kl[r].astype(np.float64).mean(), row_ids[r]))[:n_contexts]
-    positions = [(float(kl[r, p]), row_ids[r], p, r) for r in range(N_ROWS) for p in range(T - 1) if kl[r, p] > KL_FLOOR]
+    positions = [(float(kl[r, p]), row_ids[r], p, r) for r in range(N_ROWS) for p in range(T - 1)
+                 if kl[r, p] > KL_FLOOR]
     chosen = sorted(positions, key=lambda x: (-x[0], x[1], x[2]))[:n_divergent]
     means = []
     for a in acts:
