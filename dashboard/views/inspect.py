@@ -5,6 +5,7 @@ a text, ?row=N for corpus row N exactly as the precompute read it (the Model dif
 import pandas as pd
 import streamlit as st
 
+from core.corpus import rows_needed
 from core.errors import StudyInputError
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_id
 from core.inspect import why_here
@@ -32,12 +33,10 @@ def parse_choice(text: str, _place: dict) -> str:
 
 
 def parse_row(text: str, _place: dict) -> int:
-    """A corpus row id, checked against the corpus (the link names a row it does not have: one line)."""
-    row = int(text)
-    try:
-        data.corpus_row(row, arms[0])
-    except StudyInputError as err:
-        raise ValueError(str(err)) from err
+    """A corpus row id, checked against the corpus's size (a link to a row it does not have: one line)."""
+    row, n_rows = int(text), rows_needed(data.study_config().corpus)
+    if not 0 <= row < n_rows:
+        raise ValueError(f"the corpus has rows 0 to {n_rows - 1}")
     return row
 
 
@@ -50,7 +49,11 @@ fields = [place.Field(keys.INSPECT_ROW, "row", None, parse=parse_row),
           place.Field(keys.INSPECT_FINETUNED, "finetuned", arms[1], lambda text, _: parse_arm(text, arms))]
 place.restore_or_stop("inspect", fields)
 row = st.session_state[keys.INSPECT_ROW]
-row_ids, row_text = data.corpus_row(row, arms[0]) if row is not None else (None, None)
+try:  # read in the first arm's tokenizer, as the pair stages read the corpus
+    row_ids, row_text = data.corpus_row(row, arms[0]) if row is not None else (None, None)
+except (StudyInputError, OSError, ValueError) as err:
+    st.error(f"Corpus row {row} cannot be read: {err}")
+    st.stop()
 if row is not None and st.session_state.get(keys.INSPECT_ROW_SHOWN) != row:  # a row just opened: its text
     st.session_state[keys.INSPECT_TEXT] = row_text
     st.session_state[keys.INSPECT_ROW_SHOWN] = row

@@ -116,4 +116,4 @@ def test_a_link_to_a_row_the_corpus_does_not_have_is_one_line(inspect_study):
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params.update({"row": "8"})
     at.switch_page("views/inspect.py").run()
-    assert [e.value for e in at.error] == ["row='8' in the link: row 8: the corpus has rows 0 to 7"]
+    assert [e.value for e in at.error] == ["row='8' in the link: the corpus has rows 0 to 7"]
