@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.hook_reads import logits_and_features
+
 KL_FLOOR = 1e-6  # nats: below this a position is not divergent (identical float32 models give ~1e-8)
 
 
@@ -199,8 +201,6 @@ def corpus_divergence(arm_a, arm_b, rows: Tensor, row_ids: Iterable[int], n_cont
     """Both arms (core.loading.LoadedArm, one tokenizer) over token rows [n, T] (BOS first) whose corpus row ids
     are `row_ids`: per position KL(a ‖ b), the top `n_contexts` rows by mean KL, and each arm's features on the
     top `share` of positions by KL against the rest."""
-    from core.hook_reads import logits_and_features
-
     row_ids = np.asarray(list(row_ids), np.int64)
     n_positions = rows.shape[0] * (rows.shape[1] - 1)
     accumulator = DivergenceAccumulator(n_contexts, divergent_count(n_positions, share),
