@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import streamlit as st
 
+from core import database as db
 from dashboard import data, render
 
 KL_SHADE = "76, 120, 168"  # Inspect's KL blue
@@ -22,17 +23,17 @@ def inspect_link(row: int, token: int, arm_a: str, arm_b: str) -> str:
 def divergence_section(arm_a: str, arm_b: str, token_set_text: str) -> None:
     st.subheader("Where the models diverge")
     contexts = data.divergent_contexts(arm_a, arm_b, 20)
+    metrics = data.query("stage_metrics", db.pair_label(arm_a, arm_b), "divergence")
     if contexts is None or contexts.empty:
-        st.caption(f"No divergence results for {arm_a} → {arm_b} in this database: run `python -m precompute run "
-                   f"--config {data.config_path()}` (its divergence stage).")
+        why = "its divergence stage was skipped (see above)" if metrics.get("skipped") else (
+            f"run `python -m precompute run --config {data.config_path()}` (its divergence stage)")
+        st.caption(f"No divergence results for {arm_a} → {arm_b} in this database: {why}.")
         return
-    metrics = data.query("pair_metrics")
-    n_divergent = int(metrics.get("divergence.n_divergent", 0))
     st.markdown(
         f"Per token, KL({arm_a} ‖ {arm_b}) of the two models' next-token distributions, on {token_set_text}: mean "
-        f"**{metrics.get('divergence.mean_kl', float('nan')):.4f}** nats. The **{n_divergent:,}** most divergent "
-        f"tokens (the top {metrics.get('divergence.divergent_share', 0.01):.0%}) have KL ≥ "
-        f"**{metrics.get('divergence.divergent_threshold', float('nan')):.3f}**.")
+        f"**{metrics.get('mean_kl', float('nan')):.4f}** nats. The **{int(metrics.get('n_divergent', 0)):,}** most "
+        f"divergent tokens (the top {metrics.get('divergent_share', 0.01):.0%}) have KL ≥ "
+        f"**{metrics.get('divergent_threshold', float('nan')):.3f}**.")
     rows = data.divergence_rows(arm_a, arm_b)
     by_source = rows.assign(source=data.row_sources(rows["row_index"].tolist())).groupby("source", sort=False)
     in_top = pd.Series(data.row_sources(contexts["row_index"].tolist())).value_counts()
