@@ -127,6 +127,24 @@ def load_corpus_rows(corpus: CorpusConfig, tokenizer: Any) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def corpus_row(corpus: CorpusConfig, tokenizer: Any, row: int) -> torch.Tensor:
+    """Row `row` [context_size] of `load_corpus_rows(corpus, tokenizer)`, packing only its own source up to it
+    (what a page needs to show one stored row id without tokenising the whole corpus)."""
+    n_rows = rows_needed(corpus)
+    if not 0 <= row < n_rows:
+        raise StudyInputError(f"row {row}: the corpus has rows 0 to {n_rows - 1}")
+    paths = [None] if corpus.kind == "hf_dataset" else corpus.paths
+    start = 0
+    for path, (source, share) in zip(paths, corpus_sources(corpus)):
+        if row < start + share:
+            texts = _dataset_texts(corpus) if path is None else _file_texts(Path(path))
+            rows = pack_rows(texts, tokenizer, corpus.context_size, max_rows=row - start + 1)
+            _require(rows.shape[0], row - start + 1, corpus, f"source {source}")
+            return rows[row - start]
+        start += share
+    raise AssertionError("unreachable: the sources' rows add up to rows_needed")
+
+
 def _require(got: int, wanted: int, corpus: CorpusConfig, source: str) -> None:
     if got < wanted:
         have = got * corpus.context_size

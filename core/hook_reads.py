@@ -35,6 +35,14 @@ def features_at_hook(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Ten
     return sae.encode(activations_at_hook(model, hook_name, batch).to(sae.W_dec.device))
 
 
+@torch.no_grad()
+def logits_and_features(model: Any, sae: Any, hook_name: str, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """The whole forward pass: logits [B, T, d_vocab] for token rows [B, T] (BOS first), and `sae`'s feature
+    activations [B, T - 1, d_sae] at `hook_name`, BOS left out, on the SAE's device."""
+    logits, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name])
+    return logits, sae.encode(cache[hook_name][:, 1:].to(sae.W_dec.device))
+
+
 @dataclass(frozen=True)
 class HookLosses:
     """Mean next-token cross-entropy (nats per predicted token) over token rows."""

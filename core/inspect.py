@@ -122,12 +122,27 @@ def direct_logit_weights(arm: LoadedArm, features: Sequence[int], next_token: in
 def inspect_text(base: LoadedArm, finetuned: LoadedArm, text: str) -> Inspection:
     """Run `text` once through each arm (each under its own model lock) and compare their predictions."""
     ids, notice = text_ids(base, finetuned, text)
+    return inspect_ids(base, finetuned, ids, text, notice)
+
+
+def inspect_ids(base: LoadedArm, finetuned: LoadedArm, ids: Sequence[int], text: str | None = None,
+                notice: str | None = None) -> Inspection:
+    """`inspect_text` on token ids (BOS first) as given, e.g. a corpus row exactly as the precompute read it
+    (decoding and re-encoding a row need not give its ids back); text: what to call it (default: its tokens)."""
+    if base.model.cfg.d_vocab != finetuned.model.cfg.d_vocab:
+        raise StudyInputError(f"{base.name} and {finetuned.name} have vocabularies of different sizes, so their "
+                              "predictions cannot be compared token by token.")
+    n_ctx = min(base.model.cfg.n_ctx, finetuned.model.cfg.n_ctx)
+    if len(ids) > n_ctx:
+        ids, notice = list(ids)[:n_ctx], f"The tokens were cut to the models' context of {n_ctx} with BOS."
+    ids = list(ids)
     a, b = _read(base, ids), _read(finetuned, ids)
     kl = (a.logprobs.exp() * (a.logprobs - b.logprobs)).sum(-1).clamp_min(0.0)  # [T]
     following = torch.tensor(ids[2:], dtype=torch.long)
     positions = torch.arange(len(following))
     change = (b.logprobs[positions, following] - a.logprobs[positions, following]).tolist() + [None]
     tokens = new_token_texts(base.model.tokenizer, ids[:1], ids[1:])
+    text = "".join(tokens) if text is None else text
     return Inspection(text, ids[1:], tokens, a.readings, b.readings, kl.tolist(), change, notice)
 
 

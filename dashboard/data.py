@@ -355,40 +355,58 @@ def typical_norm(arm_name: str) -> tuple[float, int] | None:
     return metrics["median_activation_norm"], int(metrics.get("n_tokens", 0))
 
 
-# --- Inspect: the pair's persisting matches, features' top tokens, the example text, the live run ----------
-# The two reads are SQL here, not in core/database/queries.py, while issue 14 reshapes the pair columns there:
-# one typed function each, to move to the store with it.
+# --- one pair's reads (core.database.pair_queries): the divergence stage, and the model diff Inspect reads ----
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _persisting_partners(path: str, version: tuple[float, int], arm: str, other: str) -> dict[int, int]:
+@st.cache_data(show_spinner=False, max_entries=128)
+def _pair_read(name: str, path: str, version: tuple[float, int], args: tuple) -> Any:
     with _connection(path, version).cursor() as cursor:
-        rows = cursor.execute("SELECT feature, match_feature FROM feature_matches WHERE arm = ? AND match_arm = ? "
-                              "AND status = 'persist' AND match_feature IS NOT NULL", [arm, other]).fetchall()
-    return {int(f): int(m) for f, m in rows}
+        return getattr(db.pair_queries, name)(cursor, *args)
+
+
+def _read_pair(name: str, *args: Any, missing: Any = None) -> Any:
+    """pair_queries.<name>(con, *args) on this study's database, cached until a new one is published; `missing`
+    for a database built without the stage that writes the table."""
+    config = study_config()
+    try:
+        return _pair_read(name, config.features_db, features_db_version(config), args)
+    except duckdb.CatalogException:
+        return missing
 
 
 def persisting_partners(arm: str, other: str) -> dict[int, int]:
     """feature of `arm` -> its persisting match in `other` (the model diff's status 'persist', best match); empty
     when the database has no model diff for this pair. One direction: a many-to-one match differs per side."""
-    config = study_config()
-    try:
-        return _persisting_partners(config.features_db, features_db_version(config), arm, other)
-    except duckdb.CatalogException:  # a database without the model diff's tables
-        return {}
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _top_texts(path: str, version: tuple[float, int], arm: str, features: tuple[int, ...]) -> dict[int, str]:
-    with _connection(path, version).cursor() as cursor:
-        rows = cursor.execute("SELECT feature, top_text FROM feature_words WHERE arm = ? AND list_contains(?, feature)",
-                              [arm, list(features)]).fetchall()
-    return {int(f): text for f, text in rows}
+    return _read_pair("persisting_partners", arm, other, missing={})
 
 
 def top_texts(arm: str, features: list[int]) -> dict[int, str]:
     """feature -> its top tokens as one line (the words stage's top_text), for the features given."""
-    config = study_config()
-    return _top_texts(config.features_db, features_db_version(config), arm, tuple(sorted(set(features))))
+    return _read_pair("top_texts", arm, tuple(sorted(set(features))), missing={})
+
+
+def divergent_contexts(arm_a: str, arm_b: str, limit: int = 20) -> pd.DataFrame | None:
+    """pair_queries.divergent_contexts; None when the database has no divergence stage."""
+    return _read_pair("divergent_contexts", arm_a, arm_b, limit)
+
+
+def divergence_rows(arm_a: str, arm_b: str) -> pd.DataFrame | None:
+    return _read_pair("divergence_rows", arm_a, arm_b)
+
+
+def enriched_features(arm_a: str, arm_b: str, arm: str, limit: int = 20) -> pd.DataFrame | None:
+    return _read_pair("enriched_features", arm_a, arm_b, arm, limit)
+
+
+def row_sources(rows: list[int]) -> list[str]:
+    """The corpus source (file name without suffix, or the dataset) each corpus row comes from."""
+    from core.corpus import corpus_sources
+
+    ends, names, total = [], [], 0
+    for name, n in corpus_sources(study_config().corpus):
+        total += n
+        ends.append(total)
+        names.append(name)
+    return [next((name for name, end in zip(names, ends) if row < end), "?") for row in rows]
 
 
 def example_text(limit: int = 400) -> str:
@@ -407,14 +425,38 @@ def example_text(limit: int = 400) -> str:
 
 
 @st.cache_data(show_spinner="Running both models…", max_entries=32)
-def _inspect(text: str, base: str, finetuned: str, stamps: tuple) -> Any:
-    from core.inspect import inspect_text
+def _inspect(text: str, ids: tuple[int, ...] | None, base: str, finetuned: str, stamps: tuple) -> Any:
+    from core.inspect import inspect_ids, inspect_text
 
+    if ids is not None:
+        return inspect_ids(loaded_arm(base), loaded_arm(finetuned), ids, text)
     return inspect_text(loaded_arm(base), loaded_arm(finetuned), text)
 
 
-def inspect(text: str, base: str, finetuned: str) -> Any:
-    """core.inspect.inspect_text on the two arms' live models, cached per text while their files stay the same."""
-    arms = [study_config().arm(name) for name in (base, finetuned)]
-    stamps = tuple((a.model, _folder_stamp(a.model), a.sae_source, _folder_stamp(a.sae_path)) for a in arms)
-    return _inspect(text, base, finetuned, stamps)
+def _stamps(*names: str) -> tuple:
+    arms = [study_config().arm(name) for name in names]
+    return tuple((a.model, _folder_stamp(a.model), a.sae_source, _folder_stamp(a.sae_path)) for a in arms)
+
+
+def inspect(text: str, base: str, finetuned: str, ids: list[int] | None = None) -> Any:
+    """core.inspect.inspect_text on the two arms' live models (inspect_ids when the token ids are given: a corpus
+    row as the precompute read it), cached per text while their files stay the same."""
+    return _inspect(text, None if ids is None else tuple(ids), base, finetuned, _stamps(base, finetuned))
+
+
+@st.cache_data(show_spinner="Reading the corpus row…", max_entries=64)
+def _corpus_row(row: int, arm: str, corpus_key: str, stamps: tuple) -> tuple[list[int], str]:
+    from core.corpus import corpus_row
+    from core.words import new_token_texts
+
+    tokenizer = loaded_arm(arm).model.tokenizer
+    ids = corpus_row(study_config().corpus, tokenizer, row).tolist()
+    return ids, "".join(new_token_texts(tokenizer, ids[:1], ids[1:]))
+
+
+def corpus_row(row: int, arm: str) -> tuple[list[int], str]:
+    """Corpus row `row` as `arm`'s tokenizer packs it for the precompute: its token ids (BOS first) and its text
+    (BOS left out). Raises StudyInputError for a row the corpus does not have."""
+    corpus = study_config().corpus
+    files = tuple((path, _mtime(Path(path))) for path in corpus.paths)
+    return _corpus_row(int(row), arm, json.dumps([str(corpus), files]), _stamps(arm))

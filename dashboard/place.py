@@ -40,6 +40,7 @@ class Field:
     parse: Callable[[str, dict[str, Any]], Any] = lambda text, place: text
     show: Callable[[Any], str] = str
     always: bool = False  # in the URL even at its default (a feature page's URL always names the feature)
+    omit: Callable[[dict[str, Any]], bool] = lambda values: False  # left out of the URL when true of the place
 
 
 class BadLink(Exception):
@@ -101,7 +102,8 @@ def restore_or_stop(page: str, fields: Sequence[Field]) -> None:
 
 def query(fields: Sequence[Field], values: dict[str, Any]) -> dict[str, str]:
     """The URL's query for a place: fields at their default left out unless `always`."""
-    return {f.param: f.show(values[f.key]) for f in fields if f.always or values[f.key] != f.default}
+    return {f.param: f.show(values[f.key]) for f in fields
+            if (f.always or values[f.key] != f.default) and not f.omit(values)}
 
 
 def remember(page: str, fields: Sequence[Field]) -> None:

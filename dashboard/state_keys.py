@@ -71,3 +71,5 @@ INSPECT_TOKEN = "inspect_token"  # index of the chosen token (BOS left out)
 INSPECT_FEATURE = "inspect_feature"  # "arm:feature" whose activation shades both strips, or "" for none
 INSPECT_BASE = "inspect_base"
 INSPECT_FINETUNED = "inspect_finetuned"
+INSPECT_ROW = "inspect_row"  # the corpus row whose tokens are inspected, or None for a typed text
+INSPECT_ROW_SHOWN = "inspect_row_shown"  # the row whose text the box was last filled with

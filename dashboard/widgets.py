@@ -100,13 +100,15 @@ def _partners_line(row: dict, arm: str, feature: int, shown: int = 12) -> None:
 
 def contexts_block(contexts, scale: float, limit: int | None = None, inspect: tuple[str, int] | None = None) -> None:
     """Contexts as shaded text, strongest first; scale = the activation drawn fully opaque. inspect: (arm, feature)
-    whose contexts these are: each gets a link that opens it in Inspect, that feature shading, its max token chosen."""
+    whose contexts these are: each gets a link that opens its corpus row in Inspect, that feature shading, its max
+    token chosen."""
     if contexts.empty:
         st.caption("It never fired on the corpus.")
         return
     for ctx in contexts.head(limit).itertuples() if limit else contexts.itertuples():
+        row = {"row": int(ctx.row_index), "token": int(ctx.max_pos) - 1}  # the whole row, its max token chosen
         link = None if inspect is None else ("Inspect ↗", "inspect?" + urlencode(
-            {"text": "".join(ctx.tokens), "token": int(ctx.max_index), "feature": f"{inspect[0]}:{inspect[1]}"}))
+            {**row, "feature": f"{inspect[0]}:{inspect[1]}"}))
         st.markdown(render.context_html(ctx.tokens, ctx.acts, scale, ctx.max_index, label=f"{ctx.max_act:.3f}",
                                         link=link), unsafe_allow_html=True)
 

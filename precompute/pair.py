@@ -27,6 +27,7 @@ class Pair:
     outlier_factor: float
     progress: Callable[[str], Callable]
     min_firings: int = 1  # fewer firings on these tokens: the feature is rare and has no fate
+    row_ids: tuple[int, ...] = ()  # the corpus row of each of `rows` (the token set's rows); () reads 0, 1, ...
 
     @property
     def names(self) -> tuple[str, str]:

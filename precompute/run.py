@@ -1,9 +1,10 @@
 """`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
 
 The stages are declared in precompute.stages (in the order they run): per arm, projection, words, activations,
-quality; then, for a two-arm study, the pair stages similarity, transfer, matching. Each stage has a key: a hash
-of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its version. A
-stage whose key is already in the database is skipped; any change recomputes exactly the stages it affects.
+quality; then, for a two-arm study, the pair stages similarity, transfer, matching, divergence. Each stage has a
+key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its
+version. A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
+affects.
 The math lives in core/; this is orchestration.
 """
 
@@ -156,7 +157,8 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints:
                 ", ".join(f"{source} {n} rows" for source, n in sample.sources))
     pair = Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
-                lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings)
+                lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
+                sample.rows)
     for name in todo:
         stage = stages.REGISTRY[name]
         start = time.perf_counter()

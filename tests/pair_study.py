@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from core.config import load_config
-from factories import build_gpt2_folder, build_sae, byte_tokenizer
+from factories import build_gpt2_folder, build_sae, byte_tokenizer, perturb_gpt2_folder
 from precompute.run import run_study
 
 D_SAE = 24
@@ -16,10 +16,13 @@ CONTEXT = 32
 CORPUS_ROWS = 24
 
 
-def build_pair_study(root: Path, diff_tokens: int, quality_tokens: int = CONTEXT * CORPUS_ROWS):
-    """Build and precompute the study under `root`; returns its StudyConfig (config file: root / study.toml)."""
+def build_pair_study(root: Path, diff_tokens: int, quality_tokens: int = CONTEXT * CORPUS_ROWS,
+                     finetuned_noise: float = 0.0):
+    """Build and precompute the study under `root`; returns its StudyConfig (config file: root / study.toml).
+    finetuned_noise > 0: arm B reads a copy of the model with every weight moved by that much seeded noise."""
     tokenizer = byte_tokenizer(("the heart and the kidney beat", "a pulmonary artery and a vein"))
     model = build_gpt2_folder(root / "model", tokenizer)
+    model_b = perturb_gpt2_folder(model, root / "model_b", finetuned_noise) if finetuned_noise else model
     sae = build_sae(d_in=32, d_sae=D_SAE, hook_name="blocks.1.hook_resid_pre")
     with torch.no_grad():
         sae.b_enc.zero_()
@@ -48,7 +51,7 @@ sae_path = "{root / 'sae_a'}"
 
 [[arms]]
 name = "finetuned"
-model = "{model}"
+model = "{model_b}"
 sae_path = "{root / 'sae_b'}"
 
 [corpus]
@@ -74,5 +77,6 @@ tokens = {diff_tokens}
 """)
     config = load_config(str(root / "study.toml"))
     report = run_study(config, show_progress=False)
-    assert report.published and sorted(report.seconds["base|finetuned"]) == ["matching", "similarity", "transfer"]
+    assert report.published
+    assert sorted(report.seconds["base|finetuned"]) == ["divergence", "matching", "similarity", "transfer"]
     return config

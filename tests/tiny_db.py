@@ -25,6 +25,10 @@ STATUS = {"base": ["persist", "dead", "disappear", "rare", "persist", "disappear
           "finetuned": ["persist", "persist", "persist", "persist", "dead", "emerge"]}
 PAIRS = [(0, 0, 0.95, True), (0, 2, 0.85, False), (0, 3, 0.82, False), (4, 1, 0.9, True)]  # base, ft, corr, kept
 DIFF_FIRED = {"base": [40, 0, 30, 3, 25, 12], "finetuned": [40, 25, 38, 37, 0, 20]}
+# The divergence stage: rows 3 (most divergent, peak at token 5) and 0 of the corpus, 15 tokens each; base feature 2
+# and finetuned feature 5 live on the divergent tokens (the others never fire there).
+DIVERGENT_ROWS = [(3, 0.2, 5), (0, 0.05, 2)]  # corpus row, mean KL, token of the max KL
+ENRICHED = {"base": (2, 3.0, 0.5), "finetuned": (5, 2.0, 0.0)}  # feature, mean there, mean elsewhere
 
 
 def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) -> Path:
@@ -109,6 +113,29 @@ def _write_pair_stages(con) -> None:
                       "model_arm": [t[1] for t in transfer for _ in (0, 1)],
                       "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
     db.write_stage(con, ("base", "finetuned"), "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
+    _write_divergence(con)
+
+
+def _write_divergence(con) -> None:
+    pair = {"arm_a": "base", "arm_b": "finetuned"}
+    kl = [[0.01] * 15 for _ in DIVERGENT_ROWS]
+    for k, (_, mean, peak) in enumerate(DIVERGENT_ROWS):
+        kl[k][peak] = mean * 15 - 0.01 * 14  # the row's mean is `mean`
+    contexts = pa.Table.from_pylist([
+        {**pair, "rank": k, "row_index": row, "mean_kl": mean, "max_kl": kl[k][peak], "max_index": peak,
+         "token_ids": list(range(15)), "tokens": [f" t{i}" for i in range(15)], "kl": kl[k],
+         "logprob_change": [-0.1] * 14 + [None]} for k, (row, mean, peak) in enumerate(DIVERGENT_ROWS)])
+    rows = pa.Table.from_pylist([{**pair, "row_index": row, "mean_kl": mean, "max_kl": kl[k][peak], "max_index": peak}
+                                 for k, (row, mean, peak) in enumerate(sorted(DIVERGENT_ROWS))])
+    features = pa.Table.from_pylist([
+        {**pair, "arm": arm, "feature": f, "mean_divergent": there if f == ENRICHED[arm][0] else 0.0,
+         "mean_elsewhere": elsewhere if f == ENRICHED[arm][0] else 0.1,
+         "fired_divergent": 4 if f == ENRICHED[arm][0] else 0, "fired_elsewhere": 10}
+        for arm, (_, there, elsewhere) in ENRICHED.items() for f in range(D_SAE)])
+    db.write_stage(con, ("base", "finetuned"), "divergence", "k", 0.0,
+                   {"divergence_rows": rows, "divergence_contexts": contexts, "divergence_features": features},
+                   {"n_tokens": 30, "mean_kl": 0.125, "n_divergent": 1, "divergent_threshold": 2.86,
+                    "divergent_share": 0.01}, token_set="sample-4")
 
 def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
     """Feature f fires 3/4 of its times on its first top token (id 10 + f, which occurs 2x that often in the

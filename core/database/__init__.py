@@ -44,10 +44,11 @@ import pyarrow as pa
 from core.database.schema import ARM_TABLES, PAIR_SEPARATOR, PAIR_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 8  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 9  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
 #    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column);
 # 8: steering records its measure (steer_features.measure) and perplexities (mean_*_perplexity, *_perplexity)
+# 9: divergence_rows, divergence_contexts, divergence_features (where the pair's predictions part)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:
@@ -239,3 +240,4 @@ def read_metrics(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 from core.database import queries  # noqa: E402,F401  (the dashboard's reads)
+from core.database import pair_queries  # noqa: E402,F401  (one pair's reads)

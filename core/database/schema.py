@@ -103,6 +103,17 @@ FEATURE_MATCHES = _table("feature_matches", [
     ("assigned_feature", _I32), ("assigned_corr", _F32)], keyed_by="pair")
 MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
                                      ("corr", _F32), ("assigned", _B)], keyed_by="pair")
+# divergence: every row of the pair's token set (mean / max KL(a ‖ b) and the max's BOS-less token index), the top
+# rows by mean KL with every token, and each arm's features on the most divergent tokens against elsewhere.
+DIVERGENCE_ROWS = _table("divergence_rows", [*_PAIR, ("row_index", _I32), ("mean_kl", _F64), ("max_kl", _F64),
+                                             ("max_index", _I32)], keyed_by="pair")
+DIVERGENCE_CONTEXTS = _table("divergence_contexts", [
+    *_PAIR, ("rank", _I32), ("row_index", _I32), ("mean_kl", _F64), ("max_kl", _F64), ("max_index", _I32),
+    ("token_ids", pa.list_(_I32)), ("tokens", pa.list_(_S)), ("kl", pa.list_(_F32)),
+    ("logprob_change", pa.list_(_F32))], keyed_by="pair")
+DIVERGENCE_FEATURES = _table("divergence_features", [
+    *_PAIR, ("arm", _S), ("feature", _I32), ("mean_divergent", _F64), ("mean_elsewhere", _F64),
+    ("fired_divergent", _I64), ("fired_elsewhere", _I64)], keyed_by="pair")
 
 STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
                                            ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B),
@@ -118,7 +129,8 @@ STEER_SAMPLES = _table("steer_samples", [
 TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
-    FEATURE_MATCHES, MATCH_PAIRS, STEER_FEATURES, STEER_SAMPLES)}
+    FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, STEER_FEATURES,
+    STEER_SAMPLES)}
 # Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms.
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
 PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")

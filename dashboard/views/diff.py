@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import charts, data
+from dashboard.divergence import divergence_section
 from dashboard import state_keys as keys
 
 config = data.require_database()
@@ -87,6 +88,9 @@ if not counts.empty:
                                 "match_corr": st.column_config.NumberColumn("best corr.", format="%.3f"),
                                 "n_partners": "partners", "partners": "partners ≥ threshold",
                                 "assigned_feature": "one-to-one partner"})
+
+divergence_section(config.arms[0].name, config.arms[1].name,
+                   data.token_set_text(measured_on.get(f"{pair}/divergence")))
 
 hist = data.query("similarity_hist")
 if not hist.empty:

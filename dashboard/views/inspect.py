@@ -1,9 +1,11 @@
 """Inspect: your own text through both models, token by token: the features active on each token, and where the
-fine-tuned model's next-token predictions part from the base model's. Its URL (?text=...) opens a view directly."""
+fine-tuned model's next-token predictions part from the base model's. Its URL opens a view directly: ?text=... for
+a text, ?row=N for corpus row N exactly as the precompute read it (the Model diff and Feature pages link so)."""
 
 import pandas as pd
 import streamlit as st
 
+from core.corpus import rows_needed
 from core.errors import StudyInputError
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_id
 from core.inspect import why_here
@@ -30,12 +32,31 @@ def parse_choice(text: str, _place: dict) -> str:
     return f"{arm}:{parse_feature_id(feature, arm, widths[arm])}"
 
 
-fields = [place.Field(keys.INSPECT_TEXT, "text", data.example_text(), always=True),
+def parse_row(text: str, _place: dict) -> int:
+    """A corpus row id, checked against the corpus's size (a link to a row it does not have: one line)."""
+    row, n_rows = int(text), rows_needed(data.study_config().corpus)
+    if not 0 <= row < n_rows:
+        raise ValueError(f"the corpus has rows 0 to {n_rows - 1}")
+    return row
+
+
+fields = [place.Field(keys.INSPECT_ROW, "row", None, parse=parse_row),
+          place.Field(keys.INSPECT_TEXT, "text", data.example_text(), always=True,
+                      omit=lambda values: values[keys.INSPECT_ROW] is not None),  # a row names its text
           place.Field(keys.INSPECT_TOKEN, "token", None, parse=lambda text, _: int(text)),
           place.Field(keys.INSPECT_FEATURE, "feature", "", parse=parse_choice),
           place.Field(keys.INSPECT_BASE, "base", arms[0], lambda text, _: parse_arm(text, arms)),
           place.Field(keys.INSPECT_FINETUNED, "finetuned", arms[1], lambda text, _: parse_arm(text, arms))]
 place.restore_or_stop("inspect", fields)
+row = st.session_state[keys.INSPECT_ROW]
+try:  # read in the first arm's tokenizer, as the pair stages read the corpus
+    row_ids, row_text = data.corpus_row(row, arms[0]) if row is not None else (None, None)
+except (StudyInputError, OSError, ValueError) as err:
+    st.error(f"Corpus row {row} cannot be read: {err}")
+    st.stop()
+if row is not None and st.session_state.get(keys.INSPECT_ROW_SHOWN) != row:  # a row just opened: its text
+    st.session_state[keys.INSPECT_TEXT] = row_text
+    st.session_state[keys.INSPECT_ROW_SHOWN] = row
 
 with st.form("inspect_form", border=False):
     text = st.text_area("Text", key=keys.INSPECT_TEXT, height=110,
@@ -45,6 +66,8 @@ with st.form("inspect_form", border=False):
     finetuned = c2.selectbox("Fine-tuned arm", arms, key=keys.INSPECT_FINETUNED)
     if c3.form_submit_button("Run", key=keys.INSPECT_RUN, type="primary"):
         st.session_state[keys.INSPECT_TOKEN] = None  # a new run starts at its most divergent token
+if row is not None and text != row_text:  # the row's text was edited: it is a text of its own now
+    row = row_ids = st.session_state[keys.INSPECT_ROW] = st.session_state[keys.INSPECT_ROW_SHOWN] = None
 for arm in dict.fromkeys((base, finetuned)):
     try:
         problem = data.sae_mismatch(arm)
@@ -54,11 +77,13 @@ for arm in dict.fromkeys((base, finetuned)):
     if problem is not None:
         st.warning(problem)
 try:
-    result = data.inspect(text, base, finetuned)
+    result = data.inspect(text, base, finetuned, ids=row_ids)
 except StudyInputError as err:
     place.remember("inspect", fields)
     st.error(str(err))
     st.stop()
+if row is not None:
+    st.caption(f"Corpus row {row} ({data.row_sources([row])[0]}), its tokens exactly as the precompute read them.")
 if result.notice:
     st.info(result.notice)
 n = len(result.tokens)

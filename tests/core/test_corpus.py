@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.config import CorpusConfig
-from core.corpus import corpus_sources, load_corpus_rows, pack_rows, rows_needed, token_set
+from core.corpus import corpus_row, corpus_sources, load_corpus_rows, pack_rows, rows_needed, token_set
 from core.errors import StudyInputError
 from factories import byte_tokenizer
 
@@ -34,6 +34,10 @@ def test_each_file_gives_an_equal_share_of_rows(tmp_path):
     first_b = tokenizer("a pulmonary artery", add_special_tokens=False)["input_ids"][0]
     assert rows[0, 1] == first_a and rows[5, 1] == first_b  # 5 rows from a.txt, then 4 from b.txt
     assert torch.equal(rows, load_corpus_rows(corpus, tokenizer))
+    for row in range(9):  # one row alone, as a shared Inspect link reads it: the same ids
+        assert torch.equal(corpus_row(corpus, tokenizer, row), rows[row])
+    with pytest.raises(StudyInputError, match="row 9: the corpus has rows 0 to 8"):
+        corpus_row(corpus, tokenizer, 9)
 
 
 def test_a_token_sample_keeps_every_files_share_spread_over_the_file():

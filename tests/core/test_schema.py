@@ -37,8 +37,23 @@ def schema_8(v7: dict) -> dict:
     return {**v7, "schema_version": 8, "tables": tables}
 
 
+def schema_9(v8: dict) -> dict:
+    """Schema 9 is schema 8 and the divergence stage's three pair tables."""
+    pair = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]]
+    added = {
+        "divergence_rows": [*pair, ["row_index", "INTEGER"], ["mean_kl", "DOUBLE"], ["max_kl", "DOUBLE"],
+                            ["max_index", "INTEGER"]],
+        "divergence_contexts": [*pair, ["rank", "INTEGER"], ["row_index", "INTEGER"], ["mean_kl", "DOUBLE"],
+                                ["max_kl", "DOUBLE"], ["max_index", "INTEGER"], ["token_ids", "INTEGER[]"],
+                                ["tokens", "VARCHAR[]"], ["kl", "FLOAT[]"], ["logprob_change", "FLOAT[]"]],
+        "divergence_features": [*pair, ["arm", "VARCHAR"], ["feature", "INTEGER"], ["mean_divergent", "DOUBLE"],
+                                ["mean_elsewhere", "DOUBLE"], ["fired_divergent", "BIGINT"],
+                                ["fired_elsewhere", "BIGINT"]]}
+    return {**v8, "schema_version": 9, "tables": {**v8["tables"], **added}}
+
+
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_8(schema_7(json.loads(SNAPSHOT.read_text())))
+    expected = schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text()))))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")

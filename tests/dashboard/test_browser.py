@@ -47,7 +47,11 @@ def serve(config: Path) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a run mid forward pass on a loaded machine can outlast SIGTERM's grace
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextmanager
@@ -143,3 +147,33 @@ def test_a_shared_inspect_url_opens_its_view_in_chromium(tmp_path):
         assert page.url.endswith(f"/inspect?{query}")
         page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
     assert (tmp_path / "inspect.png").stat().st_size > 10_000
+
+
+def test_a_divergent_row_opens_in_inspect_by_its_row_id_in_chromium(tmp_path):
+    """The Model diff page's top divergent row (tiny_db: corpus row 3, peak at token 5) is a link; clicking it opens
+    /inspect?row=3&... on that row's tokens, and that URL, opened afresh, shows the same view."""
+    from core.config import load_config
+    from core.corpus import corpus_row
+    from core.loading import load_arm
+    from core.words import new_token_texts
+    from inspect_study import build_inspect_study
+
+    config = build_inspect_study(tmp_path)
+    study = load_config(str(config))
+    tokenizer = load_arm(study.arms[0], "cpu").model.tokenizer
+    ids = corpus_row(study.corpus, tokenizer, 3).tolist()
+    row_text = "".join(new_token_texts(tokenizer, ids[:1], ids[1:]))
+    with serve(config) as url, chromium_page(height=1800) as page:
+        page.goto(f"{url}/diff")
+        page.locator("a", has_text="Inspect ↗").first.click()
+        for expected in ("text=Corpus row 3 (corpus)", "text=Token 5:", "text=Why here"):
+            page.wait_for_selector(expected, timeout=60_000)
+        assert page.locator("textarea").input_value() == row_text
+        shared = page.url
+        assert "row=3" in shared and "token=5" in shared and "text=" not in shared
+        page.goto(shared)
+        page.wait_for_selector("text=Corpus row 3 (corpus)", timeout=60_000)
+        page.wait_for_selector("text=Token 5:", timeout=60_000)
+        assert page.locator("textarea").input_value() == row_text
+        page.screenshot(path=str(tmp_path / "inspect_row.png"), full_page=True)
+    assert (tmp_path / "inspect_row.png").stat().st_size > 10_000

@@ -109,3 +109,23 @@ def test_the_label_queue_skips_features_dead_or_rare_on_the_diffs_tokens(study):
     assert at.subheader[0].value == "base · feature 0"  # base 1 has most matches but is dead on the diff's tokens
     assert any(m.value == "0 / 2 candidates" for m in at.metric)
     assert "model diff's tokens to have a fate): base 1, finetuned 1." in text(at)
+
+
+def test_the_most_divergent_rows_open_inspect_and_enriched_features_their_page(study):
+    """tiny_db's divergence: row 3 (mean KL 0.2, peak at token 5) before row 0; base 2 and finetuned 5 live there."""
+    at = page("diff")
+    assert not at.exception
+    strips = [m.value for m in at.markdown if "Inspect ↗" in m.value]
+    assert [s.split("#")[1].split(" · ")[1] for s in strips] == ["row 3 (corpus)", "row 0 (corpus)"]
+    assert 'href="inspect?row=3&amp;token=5&amp;base=base&amp;finetuned=finetuned"' in strips[0]
+    underlined = [part for part in strips[0].split("<span") if "text-decoration: underline" in part]
+    assert len(underlined) == 1 and "&nbsp;t5<" in underlined[0]  # the peak token, shaded fully
+    assert "rgba(76, 120, 168, 1.00)" in underlined[0]
+    assert "The **1** most divergent tokens (the top 1%) have KL ≥ **2.860**" in text(at)
+    enriched_tables = [d.value for d in at.dataframe if "mean_divergent" in d.value.columns]
+    for (arm, feature), enriched in zip((("base", 2), ("finetuned", 5)), enriched_tables, strict=True):
+        assert enriched["feature"].tolist() == [feature]  # the others never fired there
+        assert enriched["open"].iloc[0] == f"/feature?arm={arm}&feature={feature}"
+    sources = table(at, "of the top 2 rows")
+    assert sources[["source", "rows", "of the top 2 rows"]].values.tolist() == [["corpus", 2, 2]]
+

@@ -7,6 +7,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_pages import APP, page, tiny_study
+from core.config import load_config
+from core.corpus import load_corpus_rows
+from core.inspect import inspect_ids
+from core.loading import load_arm
+from core.words import new_token_texts
 from inspect_study import ALWAYS, TEXT, build_inspect_study
 from tiny_db import D_SAE
 
@@ -77,4 +82,38 @@ def test_each_top_context_on_a_feature_page_links_to_inspect(tmp_path, monkeypat
     tiny_study(tmp_path, monkeypatch)
     at = page("feature", arm="finetuned", feature=4)
     links = [re.search(r'href="([^"]*)"', m.value).group(1) for m in at.markdown if "Inspect ↗" in m.value]
-    assert links and links[0] == "inspect?text=The+blood+beats&amp;token=1&amp;feature=finetuned%3A4"
+    assert links and links[0] == "inspect?row=0&amp;token=1&amp;feature=finetuned%3A4"  # its corpus row, max token
+
+
+def test_the_model_diffs_most_divergent_row_opens_in_inspect_on_that_row(inspect_study):
+    """The diff page links its top row (tiny_db: corpus row 3, peak at token 5); Inspect opens on exactly that
+    row's ids, the URL names the row, not its text, and editing the text makes it a text of its own."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("views/diff.py").run()
+    link = next(re.search(r'href="([^"]*)"', m.value).group(1) for m in at.markdown if "Inspect ↗" in m.value)
+    params = dict(part.split("=") for part in link.split("?")[1].split("&amp;"))
+    assert params == {"row": "3", "token": "5", "base": "base", "finetuned": "finetuned"}
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(params)
+    at.switch_page("views/inspect.py").run()
+    assert not at.exception and not at.error
+    config = load_config(str(inspect_study / "study.toml"))
+    base, finetuned = (load_arm(arm, "cpu") for arm in config.arms)
+    ids = load_corpus_rows(config.corpus, base.model.tokenizer)[3].tolist()
+    row_text = "".join(new_token_texts(base.model.tokenizer, ids[:1], ids[1:]))
+    assert at.text_area(key="inspect_text").value == row_text and at.selectbox(key="inspect_token").value == 5
+    expected = inspect_ids(base, finetuned, ids)
+    shown = [float(re.search(r"KL ([0-9.]+)", t).group(1)) for t in at.selectbox(key="inspect_token").options]
+    assert shown == pytest.approx([round(k, 3) for k in expected.kl], abs=1e-3) and len(shown) == 31
+    assert "Corpus row 3 (corpus)" in "\n".join(c.value for c in at.caption)
+    assert at.query_params["row"] == "3" and "text" not in at.query_params
+    at.text_area(key="inspect_text").set_value(TEXT)
+    at.button(key="inspect_run").click().run()
+    assert at.query_params["text"] == TEXT and "row" not in at.query_params
+
+
+def test_a_link_to_a_row_the_corpus_does_not_have_is_one_line(inspect_study):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"row": "8"})
+    at.switch_page("views/inspect.py").run()
+    assert [e.value for e in at.error] == ["row='8' in the link: the corpus has rows 0 to 7"]

@@ -73,3 +73,14 @@ def test_transfer_onto_the_same_model_reproduces_the_own_numbers(pair_study):
         other = table[(table.sae_arm == sae_arm) & (table.model_arm != sae_arm)].set_index("metric").value
         for metric in ("l0", "explained_variance", "ce_loss_spliced", "ce_loss_recovered"):
             assert other[metric] == pytest.approx(own[metric], rel=1e-6)
+
+
+def test_a_model_against_itself_diverges_nowhere_and_enriches_nothing(pair_study):
+    rows = query(pair_study, "SELECT max_kl FROM divergence_rows")
+    assert len(rows) == 12 and (rows.max_kl == 0.0).all()
+    features = query(pair_study, "SELECT arm, mean_divergent, fired_divergent, mean_elsewhere FROM divergence_features")
+    assert len(features) == 2 * D_SAE
+    assert features.mean_divergent.isna().all() and (features.fired_divergent == 0).all()
+    assert features.mean_elsewhere.notna().all()
+    metrics = query(pair_study, "SELECT metric, value FROM metrics WHERE stage = 'divergence'")
+    assert dict(zip(metrics.metric, metrics.value))["n_divergent"] == 0

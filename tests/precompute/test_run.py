@@ -236,7 +236,7 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
     # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
     # the cross stages (they come after the arms and read the corpus too).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "finetuned": ["quality"], "base|finetuned": ["matching", "similarity", "transfer"]}
+        "finetuned": ["quality"], "base|finetuned": ["divergence", "matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 30 * 31
 
@@ -258,7 +258,7 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     assert not partial.published and not Path(config.features_db).exists()
     assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
                                "finetuned/activations", "finetuned/quality", "base|finetuned/similarity",
-                               "base|finetuned/transfer", "base|finetuned/matching"]
+                               "base|finetuned/transfer", "base|finetuned/matching", "base|finetuned/divergence"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
 

@@ -1,0 +1,215 @@
+"""Where two models' next-token predictions part, over a corpus sample: per position KL(p_a ‖ p_b) and the change
+in log-probability of the token that follows, and the SAE features that live on the most divergent tokens.
+
+Positions are those Inspect shows (core.inspect): row position 0 is BOS and left out; token i (BOS-less) is row
+position i + 1, and its next-token distribution is the model's after reading positions 0..i + 1, so its KL concerns
+the token at row position i + 2 (the row's last token has a KL but no following token: its Δ log p is NaN).
+
+What is kept, with memory bounded by the sample's rows, never by rows × positions × vocabulary:
+- per row: mean KL, max KL and where it peaks (one small record per row; 10M tokens are ~80k rows of 128);
+- the top `n_contexts` rows by mean KL, with every token's KL and Δ log p (a running top-N);
+- the divergent tokens: the top `divergent_share` of all positions by KL (a running top-K with each position's
+  firing features, sparse), never a position whose KL is below KL_FLOOR (float noise: a model against an
+  identical copy has no divergent tokens, so no enrichment);
+- per feature of each arm: summed activation and firing count over every position, so "elsewhere" is the total
+  minus the divergent tokens' part.
+Ties rank by (corpus row, position), lower first, so any split of the rows into batches or shards gives the
+same top sets (`merge`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core.hook_reads import logits_and_features
+
+KL_FLOOR = 1e-6  # nats: below this a position is not divergent (identical float32 models give ~1e-8)
+
+
+def next_token_divergence(logits_a: Tensor, logits_b: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """KL(p_a ‖ p_b) [B, T - 1] of the next-token distributions after each BOS-less position, in nats (clamped at 0),
+    and log p_b − log p_a of the token that follows [B, T - 1] (NaN on the last position). logits [B, T, d_vocab],
+    tokens [B, T] with BOS first."""
+    log_a = logits_a[:, 1:].float().log_softmax(-1)
+    log_b = logits_b[:, 1:].float().log_softmax(-1)
+    kl = (log_a.exp() * (log_a - log_b)).sum(-1).clamp_min(0.0)
+    following = tokens[:, 2:].to(log_a.device)[..., None]
+    change = (log_b[:, :-1].gather(-1, following) - log_a[:, :-1].gather(-1, following))[..., 0]
+    return kl, torch.cat([change, torch.full_like(change[:, :1], float("nan"))], dim=1)
+
+
+@dataclass(frozen=True)
+class DivergentContexts:
+    """The top rows by mean KL, best first. Arrays [n] or [n, T - 1] over BOS-less positions; token_ids [n, T - 1]."""
+
+    row: np.ndarray  # int64 corpus row
+    mean_kl: np.ndarray
+    token_ids: np.ndarray
+    kl: np.ndarray  # float32
+    logprob_change: np.ndarray  # float32, NaN on the last position
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """One arm's features on the divergent tokens against every other position (float64 / int64, [d_sae])."""
+
+    mean_divergent: np.ndarray  # mean activation over the divergent tokens (NaN when there are none)
+    mean_elsewhere: np.ndarray
+    fired_divergent: np.ndarray
+    fired_elsewhere: np.ndarray
+
+
+@dataclass(frozen=True)
+class Divergence:
+    n_positions: int
+    row: np.ndarray  # int64 [n_rows], ascending: every row of the sample
+    row_mean_kl: np.ndarray
+    row_max_kl: np.ndarray
+    row_max_index: np.ndarray  # int64: BOS-less token index of the row's max KL
+    contexts: DivergentContexts
+    n_divergent: int  # tokens in the divergent set (≤ ceil(share × positions); fewer when few pass KL_FLOOR)
+    divergent_threshold: float  # the smallest KL in that set (NaN when empty)
+    enrichment: tuple[Enrichment, Enrichment]  # arm a's SAE on model a, arm b's on model b
+
+    @property
+    def mean_kl(self) -> float:
+        return float(self.row_mean_kl.mean()) if len(self.row) else float("nan")
+
+
+def _top(order_keys: tuple[np.ndarray, ...], k: int) -> np.ndarray:
+    """Indices of the k best under np.lexsort's keys (last key primary), best first."""
+    return np.lexsort(order_keys)[:k]
+
+
+class DivergenceAccumulator:
+    """Running state of the pass (core.accumulator.Accumulator): update per batch, merge shards, result."""
+
+    def __init__(self, n_contexts: int, n_divergent: int, d_sae: tuple[int, int]) -> None:
+        self.n_contexts, self.n_divergent, self.d_sae = n_contexts, n_divergent, d_sae
+        self.rows: list[np.ndarray] = []  # per batch: [B, 4] (row, mean, max, argmax) as float64
+        self.ctx = {"row": np.zeros(0, np.int64), "mean_kl": np.zeros(0), "token_ids": None, "kl": None,
+                    "logprob_change": None}
+        # divergent candidates: key (kl, row, pos) and their firings as (owner, arm, feature, act) entries
+        self.div_kl, self.div_row, self.div_pos = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.entries = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)) for _ in range(2)]
+        self.sum_act = [np.zeros(d) for d in d_sae]
+        self.fired = [np.zeros(d, np.int64) for d in d_sae]
+        self.n_positions = 0
+
+    @torch.no_grad()
+    def update(self, row: np.ndarray, tokens: Tensor, kl: Tensor, change: Tensor, acts_a: Tensor,
+               acts_b: Tensor) -> None:
+        """row [B] corpus rows; tokens [B, T] (BOS first); kl, change [B, T - 1]; acts_a, acts_b [B, T - 1, d_sae]."""
+        row = np.asarray(row, np.int64)
+        kl_np = kl.double().cpu().numpy()
+        self.n_positions += kl_np.size
+        self.rows.append(np.stack([row, kl_np.mean(1), kl_np.max(1), kl_np.argmax(1)], 1))
+        self._offer_contexts(row, tokens[:, 1:].cpu().numpy(), kl_np, change.float().cpu().numpy())
+        for arm, acts in enumerate((acts_a, acts_b)):
+            self.sum_act[arm] += acts.sum((0, 1), dtype=torch.float64).cpu().numpy()
+            self.fired[arm] += (acts > 0).sum((0, 1)).cpu().numpy()
+        b, p = np.nonzero(kl_np > KL_FLOOR)
+        keep = _top((p, row[b], -kl_np[b, p]), self.n_divergent)  # the batch's own best first: bounded work
+        b, p = b[keep], p[keep]
+        firings = []
+        for acts in (acts_a, acts_b):
+            index = torch.as_tensor(b, device=acts.device), torch.as_tensor(p, device=acts.device)
+            sel = acts[index].float().cpu()  # [n, d_sae]
+            owner, feature = torch.nonzero(sel > 0, as_tuple=True)
+            firings.append((owner.numpy(), feature.numpy(), sel[owner, feature].double().numpy()))
+        self._offer_divergent(kl_np[b, p], row[b], p.astype(np.int64), firings)
+
+    def _offer_contexts(self, row, token_ids, kl, change) -> None:
+        ctx = self.ctx
+        if ctx["token_ids"] is None:
+            ctx.update(token_ids=token_ids[:0], kl=kl[:0].astype(np.float32), logprob_change=change[:0])
+        merged = {"row": np.concatenate([ctx["row"], row]), "mean_kl": np.concatenate([ctx["mean_kl"], kl.mean(1)]),
+                  "token_ids": np.concatenate([ctx["token_ids"], token_ids]),
+                  "kl": np.concatenate([ctx["kl"], kl.astype(np.float32)]),
+                  "logprob_change": np.concatenate([ctx["logprob_change"], change])}
+        keep = _top((merged["row"], -merged["mean_kl"]), self.n_contexts)
+        self.ctx = {name: values[keep] for name, values in merged.items()}
+
+    def _offer_divergent(self, kl, row, pos, firings) -> None:
+        n_old = len(self.div_kl)
+        all_kl = np.concatenate([self.div_kl, kl])
+        all_row, all_pos = np.concatenate([self.div_row, row]), np.concatenate([self.div_pos, pos])
+        keep = _top((all_pos, all_row, -all_kl), self.n_divergent)
+        new_index = np.full(len(all_kl), -1, np.int64)
+        new_index[keep] = np.arange(len(keep))
+        for arm in range(2):
+            old, new = self.entries[arm], firings[arm]
+            owner = np.concatenate([old[0], new[0] + n_old])
+            feature, act = np.concatenate([old[1], new[1]]), np.concatenate([old[2], new[2]])
+            kept = new_index[owner] >= 0
+            self.entries[arm] = (new_index[owner[kept]], feature[kept], act[kept])
+        self.div_kl, self.div_row, self.div_pos = all_kl[keep], all_row[keep], all_pos[keep]
+
+    def merge(self, other: Self) -> Self:
+        """Fold another accumulator (other rows) in; the result is that of one pass over both."""
+        self.rows += other.rows
+        self.n_positions += other.n_positions
+        for arm in range(2):
+            self.sum_act[arm] += other.sum_act[arm]
+            self.fired[arm] += other.fired[arm]
+        if other.ctx["token_ids"] is not None:
+            self._offer_contexts(other.ctx["row"], other.ctx["token_ids"], other.ctx["kl"].astype(np.float64),
+                                 other.ctx["logprob_change"])
+            self.ctx["kl"] = self.ctx["kl"].astype(np.float32)
+        self._offer_divergent(other.div_kl, other.div_row, other.div_pos, other.entries)
+        return self
+
+    def result(self) -> Divergence:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 4))
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        n_div = len(self.div_kl)
+        enrichment = []
+        for arm in range(2):
+            owner, feature, act = self.entries[arm]
+            sum_div = np.bincount(feature, weights=act, minlength=self.d_sae[arm])
+            fired_div = np.bincount(feature, minlength=self.d_sae[arm]).astype(np.int64)
+            n_else = self.n_positions - n_div
+            enrichment.append(Enrichment(
+                mean_divergent=sum_div / n_div if n_div else np.full(self.d_sae[arm], np.nan),
+                mean_elsewhere=(self.sum_act[arm] - sum_div) / n_else if n_else else np.full(self.d_sae[arm], np.nan),
+                fired_divergent=fired_div, fired_elsewhere=self.fired[arm] - fired_div))
+        ctx = self.ctx
+        width = 0 if ctx["token_ids"] is None else ctx["token_ids"].shape[1]
+        empty = np.zeros((0, width))
+        per_token = (empty if ctx[k] is None else ctx[k] for k in ("token_ids", "kl", "logprob_change"))
+        contexts = DivergentContexts(ctx["row"], ctx["mean_kl"], *per_token)
+        return Divergence(self.n_positions, rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2],
+                          rows[:, 3].astype(np.int64), contexts, n_div,
+                          float(self.div_kl.min()) if n_div else float("nan"), tuple(enrichment))
+
+
+def divergent_count(n_positions: int, share: float) -> int:
+    """Size of the divergent set: the top `share` of n_positions, rounded up (at least one position)."""
+    return max(1, math.ceil(share * n_positions))
+
+
+@torch.no_grad()
+def corpus_divergence(arm_a, arm_b, rows: Tensor, row_ids: Iterable[int], n_contexts: int, share: float,
+                      rows_per_batch: int, progress: Callable[[Iterable], Iterable] = lambda it: it) -> Divergence:
+    """Both arms (core.loading.LoadedArm, one tokenizer) over token rows [n, T] (BOS first) whose corpus row ids
+    are `row_ids`: per position KL(a ‖ b), the top `n_contexts` rows by mean KL, and each arm's features on the
+    top `share` of positions by KL against the rest."""
+    row_ids = np.asarray(list(row_ids), np.int64)
+    n_positions = rows.shape[0] * (rows.shape[1] - 1)
+    accumulator = DivergenceAccumulator(n_contexts, divergent_count(n_positions, share),
+                                        (arm_a.sae.cfg.d_sae, arm_b.sae.cfg.d_sae))
+    for start in progress(range(0, rows.shape[0], rows_per_batch)):
+        batch = rows[start:start + rows_per_batch]
+        logits_a, acts_a = logits_and_features(arm_a.model, arm_a.sae, arm_a.hook_name, batch)
+        logits_b, acts_b = logits_and_features(arm_b.model, arm_b.sae, arm_b.hook_name, batch)
+        kl, change = next_token_divergence(logits_a, logits_b.to(logits_a.device), batch)
+        del logits_a, logits_b
+        accumulator.update(row_ids[start:start + rows_per_batch], batch, kl, change, acts_a, acts_b)
+    return accumulator.result()

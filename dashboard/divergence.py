@@ -1,0 +1,76 @@
+"""The Model diff page's "where the models diverge": the corpus rows where the pair's next-token predictions part
+most (each opens in Inspect on its row) and the features most active on the most divergent tokens (each opens its
+Feature page). The divergence precompute stage wrote them (core.divergence)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pandas as pd
+import streamlit as st
+
+from core import database as db
+from dashboard import data, render
+
+KL_SHADE = "76, 120, 168"  # Inspect's KL blue
+BEFORE, AFTER = 30, 10  # tokens shown around a row's most divergent one (Inspect shows the whole row)
+
+
+def inspect_link(row: int, token: int, arm_a: str, arm_b: str) -> str:
+    return "inspect?" + urlencode({"row": int(row), "token": int(token), "base": arm_a, "finetuned": arm_b})
+
+
+def divergence_section(arm_a: str, arm_b: str, token_set_text: str) -> None:
+    st.subheader("Where the models diverge")
+    contexts = data.divergent_contexts(arm_a, arm_b, 20)
+    metrics = data.query("stage_metrics", db.pair_label(arm_a, arm_b), "divergence")
+    if contexts is None or contexts.empty:
+        why = "its divergence stage was skipped (see above)" if metrics.get("skipped") else (
+            f"run `python -m precompute run --config {data.config_path()}` (its divergence stage)")
+        st.caption(f"No divergence results for {arm_a} → {arm_b} in this database: {why}.")
+        return
+    st.markdown(
+        f"Per token, KL({arm_a} ‖ {arm_b}) of the two models' next-token distributions, on {token_set_text}: mean "
+        f"**{metrics.get('mean_kl', float('nan')):.4f}** nats. The **{int(metrics.get('n_divergent', 0)):,}** most "
+        f"divergent tokens (the top {metrics.get('divergent_share', 0.01):.0%}) have KL ≥ "
+        f"**{metrics.get('divergent_threshold', float('nan')):.3f}**.")
+    rows = data.divergence_rows(arm_a, arm_b)
+    by_source = rows.assign(source=data.row_sources(rows["row_index"].tolist())).groupby("source", sort=False)
+    in_top = pd.Series(data.row_sources(contexts["row_index"].tolist())).value_counts()
+    sources = pd.DataFrame({"rows": by_source.size(), "mean KL": by_source["mean_kl"].mean(),
+                            f"of the top {len(contexts)} rows": in_top.reindex(by_source.size().index).fillna(0)})
+    st.dataframe(sources.astype({f"of the top {len(contexts)} rows": int}).rename_axis("source").reset_index(),
+                 hide_index=True, key="divergence_sources",
+                 column_config={"mean KL": st.column_config.NumberColumn(format="%.4f")})
+    st.markdown(f"**Most divergent rows** (mean KL over the row; tokens shaded by KL, the most divergent "
+                f"underlined, {BEFORE} before and {AFTER} after it; Inspect opens the whole row)")
+    scale = float(contexts["max_kl"].max())
+    sources = data.row_sources(contexts["row_index"].tolist())
+    for ctx, source in zip(contexts.itertuples(), sources):
+        start = max(0, ctx.max_index - BEFORE)
+        stop = ctx.max_index + AFTER + 1
+        label = f"#{ctx.rank + 1} · row {ctx.row_index} ({source}) · mean KL {ctx.mean_kl:.3f}"
+        link = ("Inspect ↗", inspect_link(ctx.row_index, ctx.max_index, arm_a, arm_b))
+        st.markdown(render.context_html(list(ctx.tokens[start:stop]), list(ctx.kl[start:stop]), scale,
+                                        ctx.max_index - start, label=label, shade=KL_SHADE, link=link),
+                    unsafe_allow_html=True)
+    enriched_features(arm_a, arm_b)
+
+
+def enriched_features(arm_a: str, arm_b: str) -> None:
+    st.markdown("**Features that live where the models diverge**: mean activation on the most divergent tokens "
+                "against every other token (largest difference first; at least 3 firings there)")
+    for column, arm in zip(st.columns(2), (arm_a, arm_b)):
+        table = data.enriched_features(arm_a, arm_b, arm, 15)
+        column.markdown(f"*{arm}*")
+        if table is None or table.empty:
+            column.caption("No feature fired on the divergent tokens.")
+            continue
+        table.insert(0, "open", [f"/feature?arm={arm}&feature={f}" for f in table["feature"]])
+        column.dataframe(table, hide_index=True, width="stretch", key=f"divergence_features_{arm}",
+                         column_config={"open": st.column_config.LinkColumn("", display_text="open"),
+                                        "mean_divergent": st.column_config.NumberColumn("mean there", format="%.3f"),
+                                        "mean_elsewhere": st.column_config.NumberColumn("elsewhere", format="%.3f"),
+                                        "ratio": st.column_config.NumberColumn("×", format="%.1f"),
+                                        "fired_divergent": "firings there", "fired_elsewhere": "elsewhere",
+                                        "top_text": "top tokens"})
