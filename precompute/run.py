@@ -4,7 +4,8 @@ The stages are declared in precompute.stages (in the order they run): per arm, p
 quality; then, for a two-arm study, the pair stages similarity, transfer, matching. Each stage has a key: a hash
 of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its version. A
 stage whose key is already in the database is skipped; any change recomputes exactly the stages it affects.
-The math lives in core/; this is orchestration.
+An executor (precompute.executors) computes each arm stage's result: here, or in shards on Ray workers; the
+writes and the publish are the same either way. The math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
