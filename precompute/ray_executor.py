@@ -25,6 +25,7 @@ from core.accumulator import merge_all
 from core.config import ArmConfig
 from core.errors import StudyInputError
 from core.loading import load_arm, weights_fingerprint
+from precompute import stages
 from precompute.shards import ShardStore, default_shard_rows, shard_ranges
 from precompute.stage import Stage, StageResult
 
@@ -54,8 +55,6 @@ class ArmWorker:
     def run_shard(self, stage: str, context: Any, rows: torch.Tensor, row_ids: torch.Tensor,
                   shard: tuple[int, int]) -> tuple[tuple[int, int], Any, float]:
         """The shard's accumulator (on the CPU, to be pickled) and the seconds it took."""
-        from precompute import stages
-
         start = time.perf_counter()
         accumulator = stages.REGISTRY[stage].sharded.shard(self.loaded, context, rows, row_ids).to("cpu")
         return shard, accumulator, time.perf_counter() - start
@@ -76,14 +75,16 @@ class RayExecutor:
                                       "with `ray start --head`, or leave --ray-address out for a local one") from None
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
-        self.workers = workers or self.gpus or max(int(resources.get("CPU", 1)), 1)
+        slots = self.gpus or max(int(resources.get("CPU", 1)), 1)
+        if workers and workers > slots:  # an actor without a free slot would wait forever, and its shards with it
+            logger.warning("--ray-workers %d: the cluster has %d %s; using %d", workers, slots,
+                           "GPUs" if self.gpus else "CPUs", slots)
+        self.workers = min(workers or slots, slots)
         self.shard_rows = shard_rows
         self.shard_counts: dict[str, dict[str, int]] = {}  # "arm/stage" -> shards, reused, run
         self.shard_seconds: list[tuple[int, float]] = []  # (rows, seconds on its worker) per shard run
         self._arm: tuple[ArmConfig, dict[str, str]] | None = None
         self._actors: list[Any] = []
-        from precompute import stages
-
         on_driver = [name for name, stage in stages.REGISTRY.items() if stage.sharded is None]
         logger.info("ray executor: %d worker(s), each with %s; on the driver (no accumulator yet): %s", self.workers,
                     "one GPU" if self.gpus else "one CPU and one thread", ", ".join(on_driver))
