@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
 
 from core.config import load_config
