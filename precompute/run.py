@@ -33,6 +33,7 @@ from precompute import stages
 from precompute.executors import LocalExecutor
 from precompute.inputs import StudyInputs, progress_bar
 from precompute.pair import Pair
+from precompute.shards import discard_all
 from precompute.stage import KeyParts
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
     target = Path(config.features_db)
     inputs = StudyInputs(config, _medical_words(config), show_progress=show_progress)
     con, origin = db.open_build(target, fresh=fresh)
+    if fresh:
+        discard_all(target)
     report = RunReport()
     try:
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),

@@ -66,3 +66,8 @@ class ShardStore:
         for empty in (self.root, self.root.parent):
             if empty.is_dir() and not any(empty.iterdir()):
                 empty.rmdir()
+
+
+def discard_all(features_db: str | Path) -> None:
+    """Every saved shard of the study (`run --fresh` recomputes them too)."""
+    shutil.rmtree(Path(str(features_db) + SHARDS_SUFFIX), ignore_errors=True)

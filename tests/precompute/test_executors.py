@@ -45,3 +45,11 @@ def test_a_stages_shards_are_saved_by_key_and_range_and_discarded_once_written(t
     older.save((0, 8), {})
     store.discard()
     assert not (tmp_path / "f.duckdb.shards").exists()
+
+
+def test_fresh_discards_every_saved_shard(tmp_path):
+    from precompute.shards import ShardStore, discard_all
+
+    ShardStore(tmp_path / "f.duckdb", "base", "quality", "ef" * 32).save((0, 8), {})
+    discard_all(tmp_path / "f.duckdb")
+    assert not (tmp_path / "f.duckdb.shards").exists()
