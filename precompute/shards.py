@@ -19,7 +19,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 SHARDS_SUFFIX = ".shards"
-TOKENS_PER_SHARD = 32_768  # the least a shard holds by default: its accumulator (~9 KB a feature) is then small
+TOKENS_PER_SHARD = 32_768  # the least a shard holds by default: its accumulator (~8.5 KB a feature) is then small
 MAX_SHARDS = 64  # by default a pass is cut into at most this many shards (more only with --shard-rows)
 
 
