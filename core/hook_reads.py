@@ -61,6 +61,16 @@ def hook_losses(model: Any, hook_name: str, rows: Tensor, batch_size: int, splic
                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> HookLosses:
     """CE loss clean, spliced and zero-ablated over token rows [n, T]; `splice_for(start, stop)` gives the
     hook for rows start:stop (so a hook can carry per-row state, such as which positions it replaces)."""
+    sums = hook_loss_sums(model, hook_name, rows, batch_size, splice_for, progress)
+    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
+    return HookLosses(sums["clean"] / n_predicted, sums["spliced"] / n_predicted, sums["zero"] / n_predicted)
+
+
+@torch.no_grad()
+def hook_loss_sums(model: Any, hook_name: str, rows: Tensor, batch_size: int, splice_for: Callable[[int, int], Hook],
+                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, float]:
+    """Summed CE loss (nats) "clean", "spliced", "zero" over the n × (T - 1) predicted tokens of rows [n, T]: sums,
+    so that shards of the rows add up."""
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size].to(model.cfg.device)
@@ -69,5 +79,4 @@ def hook_losses(model: Any, hook_name: str, rows: Tensor, batch_size: int, splic
         for name, hook in (("spliced", splice), ("zero", _zero_ablate)):
             loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
             sums[name] += loss.sum().item()
-    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
-    return HookLosses(sums["clean"] / n_predicted, sums["spliced"] / n_predicted, sums["zero"] / n_predicted)
+    return sums

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.hook_reads import activations_at_hook, hook_losses
+from core.hook_reads import activations_at_hook, hook_loss_sums
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,24 @@ class ReconstructionTotals:
         self.active += (feature_acts > 0).sum().item()
         self.fired |= (feature_acts > 0).any(0)
 
+    def merge(self, other: ReconstructionTotals) -> ReconstructionTotals:
+        """Fold in the totals of other tokens; returns self."""
+        self.n += other.n
+        self.sq_err += other.sq_err
+        self.sq_norm += other.sq_norm
+        self.active += other.active
+        if other.sum_x is not None:
+            other_sum = other.sum_x.to(self.fired.device)
+            self.sum_x = other_sum if self.sum_x is None else self.sum_x + other_sum
+        self.fired |= other.fired.to(self.fired.device)
+        self.width = self.width or other.width
+        return self
+
+    def to(self, device: str | torch.device) -> ReconstructionTotals:
+        self.fired = self.fired.to(device)
+        self.sum_x = None if self.sum_x is None else self.sum_x.to(device)
+        return self
+
     def stats(self) -> ReconstructionStats:
         total_var = self.sq_norm - self.sum_x.pow(2).sum().item() / self.n
         return ReconstructionStats(
@@ -97,22 +115,70 @@ def reconstruction_stats(sae: Any, activations: torch.Tensor, batch_size: int = 
     return totals.stats()
 
 
+class QualityAccumulator:
+    """The quality pass's mergeable state: reconstruction totals, summed CE losses (float64 sums and token
+    counts) and every token's activation norm at the hook (kept whole: a median does not merge from parts)."""
+
+    def __init__(self, d_sae: int, device: str | torch.device = "cpu") -> None:
+        self.reconstruction = ReconstructionTotals(d_sae, torch.device(device))
+        self.loss_sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+        self.n_predicted = 0
+        self.norms: list[Tensor] = []  # [n_tokens] float32 per batch, CPU
+
+    def update(self, x: Tensor, feature_acts: Tensor, x_hat: Tensor) -> None:
+        """x, x_hat: [n, d_in]; feature_acts: [n, d_sae] (BOS positions left out)."""
+        self.reconstruction.add(x, feature_acts, x_hat)
+        self.norms.append(x.float().norm(dim=-1).cpu())
+
+    def add_losses(self, sums: dict[str, float], n_predicted: int) -> None:
+        for name, value in sums.items():
+            self.loss_sums[name] += value
+        self.n_predicted += n_predicted
+
+    def merge(self, other: QualityAccumulator) -> QualityAccumulator:
+        self.reconstruction.merge(other.reconstruction)
+        self.add_losses(other.loss_sums, other.n_predicted)
+        self.norms += other.norms
+        return self
+
+    def to(self, device: str | torch.device) -> QualityAccumulator:
+        self.reconstruction.to(device)
+        return self
+
+    def result(self) -> SaeQuality:
+        n = self.n_predicted
+        return SaeQuality(self.reconstruction.stats(), self.loss_sums["clean"] / n, self.loss_sums["spliced"] / n,
+                          self.loss_sums["zero"] / n)
+
+    def median_norm(self) -> float:
+        """The median (the lower one of an even count, as torch.median) activation norm at the hook."""
+        return float(torch.cat(self.norms).median())
+
+
 @torch.no_grad()
-def sae_quality(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
-                progress: Callable[[Iterable], Iterable] = lambda it: it) -> SaeQuality:
-    """Reconstruction stats and CE loss clean / SAE spliced / hook zero-ablated over token rows [n, T]."""
+def quality_pass(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
+                 progress: Callable[[Iterable], Iterable] = lambda it: it) -> QualityAccumulator:
+    """The accumulator of reconstruction, CE loss clean / SAE spliced / hook zero-ablated and activation norms
+    over token rows [n, T] (one shard of a token set, or all of it)."""
     device = sae.W_dec.device
-    totals = ReconstructionTotals(sae.cfg.d_sae, device)
+    accumulator = QualityAccumulator(sae.cfg.d_sae, device)
 
     def splice(act: Tensor, hook: Any) -> Tensor:
         x = act[:, 1:].to(device)
         feature_acts = sae.encode(x)
         x_hat = sae.decode(feature_acts)
-        totals.add(x.reshape(-1, x.shape[-1]), feature_acts.reshape(-1, feature_acts.shape[-1]),
-                   x_hat.reshape(-1, x.shape[-1]))
+        accumulator.update(x.reshape(-1, x.shape[-1]), feature_acts.reshape(-1, feature_acts.shape[-1]),
+                           x_hat.reshape(-1, x.shape[-1]))
         out = act.clone()
         out[:, 1:] = x_hat.to(act.device, act.dtype)
         return out
 
-    losses = hook_losses(model, hook_name, rows, batch_size, lambda start, stop: splice, progress)
-    return SaeQuality(totals.stats(), losses.clean, losses.spliced, losses.zero_ablation)
+    sums = hook_loss_sums(model, hook_name, rows, batch_size, lambda start, stop: splice, progress)
+    accumulator.add_losses(sums, rows.shape[0] * (rows.shape[1] - 1))
+    return accumulator
+
+
+def sae_quality(model: Any, sae: Any, hook_name: str, rows: Tensor, batch_size: int = 16,
+                progress: Callable[[Iterable], Iterable] = lambda it: it) -> SaeQuality:
+    """Reconstruction stats and CE loss clean / SAE spliced / hook zero-ablated over token rows [n, T]."""
+    return quality_pass(model, sae, hook_name, rows, batch_size, progress).result()

@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="run only these stages (projection, words, activations, quality); publishes once all are done")
     run.add_argument("--fresh", action="store_true", help="recompute every stage (labels are never touched)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local: every stage here (default); ray: arm stages' token passes in shards on Ray workers")
+    run.add_argument("--ray-address", default=None, metavar="auto|ray://HOST:10001",
+                     help="the Ray cluster to use (default: start a local instance on this machine)")
+    run.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="workers (actors) per arm (default: the cluster's GPUs, else its CPUs)")
+    run.add_argument("--shard-rows", type=int, default=None, metavar="N",
+                     help="corpus rows per shard, rounded up to whole batches (default: >= 32k tokens, <= 64 shards)")
 
     steer = sub.add_parser("steer-eval", help="the paper's causal test (Table 1): steer each feature, score, store")
     steer.add_argument("--config", default=DEFAULT_CONFIG)
@@ -143,13 +151,18 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from core.config import load_config
+    from precompute.executors import make_executor
     from precompute.run import parse_only, run_study
     from precompute.summary import summary_lines
 
-    config = load_config(args.config)
-    only = parse_only(args.only)
+    executor = make_executor(args.executor, args.ray_address, args.ray_workers, args.shard_rows)
     start = time.perf_counter()
-    report = run_study(config, device=args.device, only=only, fresh=args.fresh, show_progress=not args.no_progress)
+    try:
+        config = load_config(args.config)
+        report = run_study(config, device=args.device, only=parse_only(args.only), fresh=args.fresh,
+                           show_progress=not args.no_progress, executor=executor)
+    finally:
+        executor.close()
     elapsed = time.perf_counter() - start
     if report.pending:
         print(f"Stages done; not published yet: {', '.join(report.pending)} still to run "
@@ -159,6 +172,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{config.features_db}: {state}  [{elapsed:.0f} s]")
     for line in summary_lines(config, report):
         print(line)
+    for name, counts in report.shards.items():
+        print(f"  {name}: {counts['shards']} shards on Ray, {counts['reused']} reused from an earlier run")
     return 0
 
 

@@ -4,8 +4,8 @@ The stages are declared in precompute.stages (in the order they run): per arm, p
 quality; then, for a two-arm study, the pair stages similarity, transfer, matching, divergence. Each stage has a
 key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its
 version. A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
-affects.
-The math lives in core/; this is orchestration.
+affects. An executor (precompute.executors) computes each arm stage's result: here, or in shards on Ray workers;
+the writes and the publish are the same either way. The math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from core.errors import StudyInputError
 from core.loading import LoadedArm, decoder_fingerprint, load_arm, weights_fingerprint
 from core.vocabulary import load_study_vocabulary
 from precompute import stages
+from precompute.executors import LocalExecutor
 from precompute.inputs import StudyInputs, progress_bar
 from precompute.pair import Pair
+from precompute.shards import discard_all
 from precompute.stage import KeyParts
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class RunReport:
     up_to_date: bool = False
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # "arm/stage" left undone (--only)
+    shards: dict[str, dict[str, int]] = field(default_factory=dict)  # ray executor: "arm/stage" -> shards, reused, run
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:
@@ -60,12 +63,16 @@ def parse_only(text: str | None) -> tuple[str, ...]:
 
 
 def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] | None = None,
-              fresh: bool = False, show_progress: bool = True) -> RunReport:
-    """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending."""
+              fresh: bool = False, show_progress: bool = True, executor: Any = None) -> RunReport:
+    """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending.
+    `executor`: where arm stages run (precompute.executors; default: here, `LocalExecutor`)."""
     only = tuple(stages.REGISTRY) if only is None else tuple(only)
+    executor = LocalExecutor() if executor is None else executor
     target = Path(config.features_db)
     inputs = StudyInputs(config, _medical_words(config), show_progress=show_progress)
     con, origin = db.open_build(target, fresh=fresh)
+    if fresh:
+        discard_all(target)
     report = RunReport()
     try:
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
@@ -74,13 +81,16 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         db.drop_arms_except(con, [arm.name for arm in config.arms], _pairs(config))
         stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or _pairs(config)]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
-        fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
+        fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report,
+                                           executor)
                         for position, arm in enumerate(config.arms)}
         if len(config.arms) == 2:
             _run_pair(con, inputs, fingerprints, device or config.device, only, report)
     except BaseException:
         con.close()  # the build file keeps every finished stage for the next run
         raise
+    finally:
+        report.shards = dict(executor.shard_counts)
     if report.pending:
         con.close()
         logger.warning("not published: %s still to run; run without --only to finish", ", ".join(report.pending))
@@ -106,7 +116,7 @@ def _pairs(config: StudyConfig) -> list[tuple[str, str]]:
 
 
 def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig, position: int,
-             device: str, only: tuple[str, ...], report: RunReport) -> dict[str, str]:
+             device: str, only: tuple[str, ...], report: RunReport, executor: Any) -> dict[str, str]:
     """The per-arm stages; returns the arm's weight fingerprints (the cross stages' keys use them)."""
     loaded = load_arm(arm, device)
     try:
@@ -116,26 +126,32 @@ def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig
         todo = [s for s in stages.ARM_STAGES if s in only and db.stage_key(con, arm.name, s) != keys[s]]
         if any(stages.REGISTRY[name].tokens is not None for name in todo):
             inputs.corpus_rows(loaded)  # a corpus too short fails now, not after the other stages
-        for name in stages.ARM_STAGES:
-            if db.stage_key(con, arm.name, name) == keys[name]:
-                logger.info("%s/%s: up to date, skipped", arm.name, name)
-                continue
-            if name not in only:
-                report.pending.append(f"{arm.name}/{name}")
-                continue
-            stage = stages.REGISTRY[name]
-            start = time.perf_counter()
-            tables, metrics = stage.run(con, inputs, loaded)
-            seconds = time.perf_counter() - start
-            measured_on = inputs.token_set(stage)
-            db.write_stage(con, arm.name, name, keys[name], seconds, stage.conform(tables), metrics,
-                           token_set=measured_on.name if measured_on else None, owns=stage.table_names)
-            report.seconds.setdefault(arm.name, {})[name] = seconds
-            logger.info("%s/%s: done in %.1f s", arm.name, name, seconds)
+        with executor.arm(arm, fingerprints, device):
+            for name in stages.ARM_STAGES:
+                if db.stage_key(con, arm.name, name) == keys[name]:
+                    logger.info("%s/%s: up to date, skipped", arm.name, name)
+                    continue
+                if name not in only:
+                    report.pending.append(f"{arm.name}/{name}")
+                    continue
+                _run_arm_stage(con, inputs, loaded, stages.REGISTRY[name], keys[name], report, executor)
         return fingerprints
     finally:
         del loaded
         gc.collect()
+
+
+def _run_arm_stage(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm, stage: Any, key: str,
+                   report: RunReport, executor: Any) -> None:
+    start = time.perf_counter()
+    tables, metrics = executor.run_stage(stage, con, inputs, loaded, key)
+    seconds = time.perf_counter() - start
+    measured_on = inputs.token_set(stage)
+    db.write_stage(con, loaded.name, stage.name, key, seconds, stage.conform(tables), metrics,
+                   token_set=measured_on.name if measured_on else None, owns=stage.table_names)
+    executor.stage_written(inputs.config.features_db, loaded.name, stage, key)
+    report.seconds.setdefault(loaded.name, {})[stage.name] = seconds
+    logger.info("%s/%s: done in %.1f s", loaded.name, stage.name, seconds)
 
 
 def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints: dict[str, dict[str, str]],

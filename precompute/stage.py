@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import torch
 
 from core.config import StudyConfig
 from core.database.schema import Table, conform
@@ -47,6 +48,27 @@ class KeyParts:
 
 
 @dataclass(frozen=True)
+class ShardedPass:
+    """An arm stage's token pass cut into shards of rows, each run anywhere into an accumulator
+    (core.accumulator): what the Ray executor spreads over workers. `rows` and `context` run on the driver;
+    `shard` on a worker that holds the loaded arm; `finish` on the driver, over the merged accumulator."""
+
+    name: str  # the stage's, for progress bars and logs
+    rows: Callable[[Any, Any], Any]  # (StudyInputs, LoadedArm) -> token rows [n, T] the pass reads, BOS first
+    context: Callable[[Any, Any], Any]  # (StudyInputs, LoadedArm) -> what a worker needs besides the arm (picklable)
+    shard: Callable[..., Any]  # (LoadedArm, context, rows [m, T], row_ids [m], progress) -> accumulator
+    finish: Callable[[Any, Any, Any], StageResult]  # (StudyInputs, LoadedArm, merged accumulator) -> tables, metrics
+    batch_size: Callable[[StudyConfig], int] = lambda config: config.activations.batch_size  # shards are multiples
+
+    def run_whole(self, con: Any, inputs: Any, loaded: Any) -> StageResult:
+        """The pass over every row in one accumulator, here (the local executor: today's behaviour)."""
+        rows = self.rows(inputs, loaded)
+        progress = inputs.progress(f"{loaded.name} {self.name}", "batch")
+        accumulator = self.shard(loaded, self.context(inputs, loaded), rows, torch.arange(rows.shape[0]), progress)
+        return self.finish(inputs, loaded, accumulator)
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     version: int  # bump when the stage's output changes: every database recomputes it
@@ -56,6 +78,7 @@ class Stage:
     key_parts: Callable[[KeyParts], tuple]  # what its key hashes, besides its version
     tokens: Callable[[StudyConfig], int] | None = None  # size of the token set it reads (0: the whole corpus)
     skip_reason: Callable[[Any], str | None] = lambda _: None  # pair stages: why this pair cannot run it
+    sharded: ShardedPass | None = None  # arm stages whose token pass merges from shards (the Ray executor's)
 
     def __post_init__(self) -> None:
         if self.scope not in ("arm", "pair"):

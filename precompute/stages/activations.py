@@ -3,25 +3,48 @@ the tokens each feature fires on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import duckdb
 import numpy as np
 import pyarrow as pa
+import torch
 
-from core.activations import INTERVAL_EDGES, ActivationSummary, ContextSet, FiredTokens, collect_activations, medical_llr
+from core.activations import (INTERVAL_EDGES, ActivationAccumulator, ActivationSummary, ContextSet, FiredTokens,
+                              activation_pass, medical_llr)
+from core.config import ActivationsConfig
 from core.database.schema import CONTEXTS, FEATURE_ACTIVATIONS, FIRED_TOKENS, HISTOGRAMS, UNIGRAM
 from core.loading import LoadedArm
 from core.token_text import medical_token_mask
 from precompute.inputs import StudyInputs
-from precompute.stage import Stage, StageResult
+from precompute.stage import ShardedPass, Stage, StageResult
 
 
-def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:
+@dataclass(frozen=True)
+class PassContext:
+    """What a worker needs besides the loaded arm: the pass's settings and the medical tokens of its tokenizer."""
+
+    config: ActivationsConfig
+    medical_token: torch.Tensor  # [d_vocab] bool
+    seed: int
+
+
+def _context(inputs: StudyInputs, loaded: LoadedArm) -> PassContext:
+    raw, _ = inputs.token_strings(loaded)
+    return PassContext(inputs.config.activations, medical_token_mask(raw, inputs.medical_words), inputs.config.seed)
+
+
+def _shard(loaded: LoadedArm, context: PassContext, rows: torch.Tensor, row_ids: torch.Tensor,
+           progress: Callable = lambda it: it) -> ActivationAccumulator:
+    return activation_pass(loaded.model, loaded.sae, loaded.hook_name, rows, row_ids, context.config,
+                           context.medical_token, seed=context.seed, progress=progress)
+
+
+def _finish(inputs: StudyInputs, loaded: LoadedArm, accumulator: ActivationAccumulator) -> StageResult:
     config = inputs.config
-    rows = inputs.corpus_rows(loaded)
-    raw, text = inputs.token_strings(loaded)
-    summary = collect_activations(loaded.model, loaded.sae, loaded.hook_name, rows, config.activations,
-                                  medical_token_mask(raw, inputs.medical_words), seed=config.seed,
-                                  progress=inputs.progress(f"{loaded.name} activations", "batch"))
+    summary = accumulator.result(inputs.corpus_rows(loaded))
+    _, text = inputs.token_strings(loaded)
     name = loaded.name
     tables = {
         "feature_activations": _feature_activation_table(name, summary),
@@ -40,6 +63,14 @@ def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded:
                "l0_corpus": summary.n_fired.sum() / summary.n_tokens, "dead_features": n_dead,
                "dead_fraction": n_dead / loaded.d_sae}
     return tables, metrics
+
+
+SHARDED = ShardedPass("activations", rows=lambda inputs, loaded: inputs.corpus_rows(loaded), context=_context,
+                      shard=_shard, finish=_finish)
+
+
+def run_activations(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: LoadedArm) -> StageResult:
+    return SHARDED.run_whole(con, inputs, loaded)
 
 
 def _feature_activation_table(arm: str, summary: ActivationSummary) -> pa.Table:
@@ -110,4 +141,4 @@ def _fired_tokens_table(arm: str, fired: FiredTokens, text: np.ndarray) -> pa.Ta
 STAGE = Stage("activations", version=2, scope="arm",
               tables=(FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM, FIRED_TOKENS), run=run_activations,
               key_parts=lambda p: (p.arm, p.corpus, p.config.activations, p.vocabulary, p.config.seed),
-              tokens=lambda config: 0)
+              tokens=lambda config: 0, sharded=SHARDED)

@@ -1,0 +1,167 @@
+"""The Ray executor: each arm stage with a sharded pass (precompute.stage.ShardedPass) is cut into shards of
+rows; one actor per worker loads the arm once (one GPU each where the cluster has GPUs, else one CPU and one
+thread each) and returns each shard's accumulator; the driver saves it (precompute.shards), merges them in
+row order and hands the result to `run`, which writes and publishes as for the local executor. Stages without
+a sharded pass run on the driver. A worker that dies is restarted and its shard retried by Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from core.accumulator import merge_all
+from core.config import ArmConfig
+from core.errors import StudyInputError
+from core.loading import load_arm, weights_fingerprint
+from precompute import stages
+from precompute.shards import ShardStore, default_shard_rows, shard_ranges
+from precompute.stage import Stage, StageResult
+
+logger = logging.getLogger(__name__)
+IN_FLIGHT = 2  # shards queued per worker, so the next one is there when one finishes
+MAX_RESTARTS = 3  # a dead worker's actor is restarted (reloading its arm) this many times
+MAX_TASK_RETRIES = 3  # and the shard it held is run again
+WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE", "TOKENIZERS_PARALLELISM", "HF_HOME")
+PACKAGES = [str(Path(__file__).resolve().parents[1] / name) for name in ("core", "precompute")]
+
+
+class ArmWorker:
+    """A Ray actor: one arm loaded once, then shards of that arm's passes."""
+
+    def __init__(self, arm: ArmConfig, fingerprints: dict[str, str], device: str, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.loaded = load_arm(arm, device, verify=False)  # the driver verified these weights against transformers
+        found = {"model": weights_fingerprint(self.loaded.model), "sae": weights_fingerprint(self.loaded.sae)}
+        if found != fingerprints:
+            raise RuntimeError(f"arm {arm.name} loads other weights on {socket.gethostname()} than on the driver: "
+                               "every node needs the same model and SAE files at the same paths")
+
+    def ready(self) -> bool:
+        return True
+
+    def run_shard(self, stage: str, context: Any, rows: torch.Tensor, row_ids: torch.Tensor,
+                  shard: tuple[int, int]) -> tuple[tuple[int, int], Any, float]:
+        """The shard's accumulator (on the CPU, to be pickled) and the seconds it took."""
+        start = time.perf_counter()
+        accumulator = stages.REGISTRY[stage].sharded.shard(self.loaded, context, rows, row_ids).to("cpu")
+        return shard, accumulator, time.perf_counter() - start
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, workers: int | None = None, shard_rows: int | None = None) -> None:
+        self.started = not ray.is_initialized()
+        if self.started:
+            env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
+            # A local instance's workers import this checkout; a cluster's get its packages shipped.
+            runtime_env = {"env_vars": env} | ({"py_modules": PACKAGES} if address else {})
+            try:
+                ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            except ConnectionError as err:
+                raise StudyInputError(f"--ray-address {address}: no Ray cluster answers there ({err}); start one "
+                                      "with `ray start --head`, or leave --ray-address out for a local one") from None
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        slots = self.gpus or max(int(resources.get("CPU", 1)), 1)
+        if workers and workers > slots:  # an actor without a free slot would wait forever, and its shards with it
+            logger.warning("--ray-workers %d: the cluster has %d %s; using %d", workers, slots,
+                           "GPUs" if self.gpus else "CPUs", slots)
+        self.workers = min(workers or slots, slots)
+        self.shard_rows = shard_rows
+        self.shard_counts: dict[str, dict[str, int]] = {}  # "arm/stage" -> shards, reused, run
+        self.shard_seconds: list[tuple[int, float]] = []  # (rows, seconds on its worker) per shard run
+        self._arm: tuple[ArmConfig, dict[str, str]] | None = None
+        self._actors: list[Any] = []
+        on_driver = [name for name, stage in stages.REGISTRY.items() if stage.sharded is None]
+        logger.info("ray executor: %d worker(s), each with %s; on the driver (no accumulator yet): %s", self.workers,
+                    "one GPU" if self.gpus else "one CPU and one thread", ", ".join(on_driver))
+
+    @contextmanager
+    def arm(self, arm: ArmConfig, fingerprints: dict[str, str], device: str) -> Iterator[None]:
+        """The workers of one arm: started with its first sharded stage, stopped after its last."""
+        self._arm = (arm, fingerprints)
+        try:
+            yield
+        finally:
+            for actor in self._actors:
+                ray.kill(actor)
+            self._arm, self._actors = None, []
+
+    def run_stage(self, stage: Stage, con: Any, inputs: Any, loaded: Any, key: str) -> StageResult:
+        if stage.sharded is None:
+            logger.info("%s/%s: no accumulator yet, so it runs on the driver", loaded.name, stage.name)
+            return stage.run(con, inputs, loaded)
+        sharded = stage.sharded
+        rows = sharded.rows(inputs, loaded)
+        batch_size = sharded.batch_size(inputs.config)
+        size = (math.ceil(self.shard_rows / batch_size) * batch_size if self.shard_rows
+                else default_shard_rows(rows.shape[0], rows.shape[1] - 1, batch_size))
+        shards = shard_ranges(rows.shape[0], size)
+        store = ShardStore(inputs.config.features_db, loaded.name, stage.name, key)
+        saved = store.finished(shards)
+        missing = [shard for shard in shards if shard not in saved]
+        logger.info("%s/%s: %d shard(s) of %d rows; %d saved by an earlier run, %d to run on %d worker(s)",
+                    loaded.name, stage.name, len(shards), size, len(saved), len(missing), self.workers)
+        if missing:
+            self._run_shards(stage.name, sharded.context(inputs, loaded), rows, missing, store,
+                             inputs.progress(f"{loaded.name} {stage.name}", "shard"))
+        self.shard_counts[f"{loaded.name}/{stage.name}"] = {"shards": len(shards), "reused": len(saved),
+                                                            "run": len(missing)}
+        merged = merge_all(store.load(shard) for shard in shards)  # in row order, one shard in memory at a time
+        return sharded.finish(inputs, loaded, merged)
+
+    def _run_shards(self, stage: str, context: Any, rows: torch.Tensor, missing: list[tuple[int, int]],
+                    store: ShardStore, progress: Any) -> None:
+        """Each worker keeps IN_FLIGHT shards queued; each result is saved as soon as it comes back."""
+        actors = self._workers()
+        context_ref = ray.put(context)
+        queue, in_flight = deque(missing), {}
+
+        def submit(actor: Any) -> None:
+            start, stop = queue.popleft()
+            # clone: a slice would pickle the whole corpus tensor underneath it
+            ref = actor.run_shard.remote(stage, context_ref, rows[start:stop].clone(), torch.arange(start, stop),
+                                         (start, stop))
+            in_flight[ref] = actor
+
+        for actor in actors * IN_FLIGHT:
+            if queue:
+                submit(actor)
+        for _ in progress(range(len(missing))):
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(ref)
+            shard, accumulator, seconds = ray.get(ref)
+            store.save(shard, accumulator)
+            self.shard_seconds.append((shard[1] - shard[0], seconds))
+            if queue:
+                submit(actor)
+
+    def _workers(self) -> list[Any]:
+        if not self._actors:
+            arm, fingerprints = self._arm
+            resources = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
+            worker = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, **resources)(ArmWorker)
+            device, threads = ("cuda", None) if self.gpus else ("cpu", 1)
+            self._actors = [worker.remote(arm, fingerprints, device, threads) for _ in range(self.workers)]
+        return self._actors
+
+    def stage_written(self, features_db: str, arm: str, stage: Stage, key: str) -> None:
+        if stage.sharded is not None:
+            ShardStore(features_db, arm, stage.name, key).discard()
+
+    def close(self) -> None:
+        if self.started:
+            ray.shutdown()
