@@ -187,7 +187,7 @@ def test_a_second_run_recomputes_nothing_and_fresh_recomputes_everything(study, 
     assert not building_path(Path(config.features_db)).exists()
     fresh = run_study(config, fresh=True, show_progress=False)
     assert fresh.published and {arm: len(s) for arm, s in fresh.seconds.items()} == {
-        "base": 4, "finetuned": 4, "base|finetuned": 3}
+        "base": 4, "finetuned": 4, ("base", "finetuned"): 3}
 
 
 def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
@@ -236,7 +236,7 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
     # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
     # the cross stages (they come after the arms and read the corpus too).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "finetuned": ["quality"], "base|finetuned": ["matching", "similarity", "transfer"]}
+        "finetuned": ["quality"], ("base", "finetuned"): ["matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 30 * 31
 
