@@ -205,9 +205,10 @@ def write_stage(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stag
         for table, frame in tables.items():
             _insert_frame(con, table, frame)
         if metrics:
-            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+            con.executemany("INSERT INTO metrics (arm, arm_a, arm_b, stage, metric, value) VALUES (?, ?, ?, ?, ?, ?)",
                             [[*owner, stage, name, float(value)] for name, value in metrics.items()])
-        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?)",
+        con.execute("INSERT INTO stages (arm, arm_a, arm_b, stage, stage_key, seconds, finished_at, note, token_set) "
+                    "VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?)",
                     [*owner, stage, key, seconds, note, token_set])
 
 

@@ -147,11 +147,18 @@ def similarity_by_position(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.Dat
 
 
 def transfer_table(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.DataFrame:
-    """One row per (SAE, model) of the pair: L0, explained variance, CE clean / spliced / delta / recovered, dead,
-    outliers."""
-    return con.execute("""
-        PIVOT (SELECT sae_arm, model_arm, metric, value FROM transfer_metrics WHERE arm_a = ? AND arm_b = ?)
-        ON metric USING first(value) ORDER BY sae_arm <> ?, model_arm <> sae_arm""", [*pair, pair[0]]).df()
+    """One row per (SAE, model) of the pair, arm_a's SAE first, each SAE on its own model first: L0, explained
+    variance, CE clean / spliced / delta / recovered, dead, outliers (one column per metric, by name)."""
+    long = con.execute("SELECT sae_arm, model_arm, metric, value FROM transfer_metrics WHERE arm_a = ? AND arm_b = ?",
+                       list(pair)).df()
+    if long.empty:
+        return pd.DataFrame(columns=["sae_arm", "model_arm"])
+    # pandas, not PIVOT: DuckDB's PIVOT takes no parameters in its source
+    wide = long.pivot_table(index=["sae_arm", "model_arm"], columns="metric", values="value", aggfunc="first")
+    wide = wide.reset_index().rename_axis(columns=None)
+    order = sorted(range(len(wide)), key=lambda i: (wide["sae_arm"][i] != pair[0],
+                                                    wide["model_arm"][i] != wide["sae_arm"][i]))
+    return wide.iloc[order].reset_index(drop=True)
 
 
 def transfer_densities(con: duckdb.DuckDBPyConnection, pair: Pair, sae_arm: str) -> pd.DataFrame:
