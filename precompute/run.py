@@ -73,8 +73,8 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
         pairs = [pair.names for pair in config.pairs]
-        db.drop_arms_except(con, [arm.name for arm in config.arms], pairs)
-        db.write_pairs(con, pairs)
+        # an arm or pair left out of the config changes the database even when no stage has to run
+        dropped = db.drop_arms_except(con, [arm.name for arm in config.arms], pairs) + db.write_pairs(con, pairs)
         stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or pairs]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report)
@@ -88,7 +88,7 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         con.close()
         logger.warning("not published: %s still to run; run without --only to finish", ", ".join(report.pending))
         return report
-    if origin == "copied" and not report.seconds:
+    if origin == "copied" and not report.seconds and not dropped:
         con.close()
         db.discard_build(target)
         report.up_to_date = True

@@ -143,22 +143,29 @@ def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, con
                      interval_edges])
 
 
-def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> None:
-    """Remove every row of arms and arm pairs that are no longer in the study."""
+def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> int:
+    """Remove every row of arms and arm pairs that are no longer in the study; returns how many rows went."""
+    removed = 0
     with _transaction(con):
         for table in ARM_TABLES:  # a pair's rows in stages and metrics have arm NULL: left to the loop below
-            con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [arms])  # table: a schema constant
+            removed += con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)",  # table: a constant
+                                   [arms]).fetchone()[0]
         for table in PAIR_ROW_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE arm_a IS NOT NULL AND NOT list_contains(?, [arm_a, arm_b])",
-                        [[list(pair) for pair in pairs]])
+            removed += con.execute(f"DELETE FROM {table} WHERE arm_a IS NOT NULL "
+                                   "AND NOT list_contains(?, [arm_a, arm_b])", [[list(pair) for pair in pairs]]).fetchone()[0]
+    return removed
 
 
-def write_pairs(con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]]) -> None:
-    """Replace the table of the study's pairs (arm_a, arm_b) with these, in the config's order."""
+def write_pairs(con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]]) -> bool:
+    """Replace the table of the study's pairs (arm_a, arm_b) with these, in the config's order; True when that
+    changed it."""
+    if con.execute("SELECT arm_a, arm_b FROM pairs ORDER BY position").fetchall() == list(pairs):
+        return False
     with _transaction(con):
         con.execute("DELETE FROM pairs")
         if pairs:
             con.executemany("INSERT INTO pairs VALUES (?, ?, ?)", [[a, b, i] for i, (a, b) in enumerate(pairs)])
+    return True
 
 
 def _owner(arm: str | tuple[str, str]) -> list[str | None]:

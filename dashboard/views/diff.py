@@ -67,8 +67,8 @@ if not counts.empty:
                      column_config={"n_partners": "partners", "assigned_feature": "one-to-one partner",
                                     "assigned_corr": st.column_config.NumberColumn("its corr.", format="%.3f")})
     c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button("Matching as CSV", data.matching_export(pair, "csv"), f"matching-{arm_a}-{arm_b}.csv", "text/csv",
-                       key=keys.DIFF_EXPORT_CSV)
+    c1.download_button("Matching as CSV", data.matching_export(pair, "csv"), f"matching-{arm_a}-{arm_b}.csv",
+                       "text/csv", key=keys.DIFF_EXPORT_CSV)
     c2.download_button("Matching as Parquet", data.matching_export(pair, "parquet"),
                        f"matching-{arm_a}-{arm_b}.parquet",
                        "application/vnd.apache.parquet", key=keys.DIFF_EXPORT_PARQUET)
