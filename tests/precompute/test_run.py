@@ -257,8 +257,8 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     partial = run_study(config, only=("projection",), show_progress=False)
     assert not partial.published and not Path(config.features_db).exists()
     assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
-                               "finetuned/activations", "finetuned/quality", "base|finetuned/similarity",
-                               "base|finetuned/transfer", "base|finetuned/matching"]
+                               "finetuned/activations", "finetuned/quality", "base→finetuned/similarity",
+                               "base→finetuned/transfer", "base→finetuned/matching"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
 
