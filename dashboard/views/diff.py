@@ -16,8 +16,9 @@ if not pairs:
     st.stop()
 fields = [place.pair_field(keys.DIFF_PAIR, pairs)]
 place.restore_or_stop("diff", fields)  # a link to a pair the study does not declare: one line
-pair = st.selectbox("Pair", pairs, format_func=lambda p: f"{p[0]} → {p[1]}", key=keys.DIFF_PAIR,
-                    help="The study's declared pairs (`[[pairs]]`): the first arm is the earlier model.")
+pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: f"{p[0]} → {p[1]}", key=keys.DIFF_PAIR,
+                                       help="The study's declared pairs (`[[pairs]]`): the first arm is the earlier "
+                                            "model.")
 place.remember("diff", fields)
 arm_a, arm_b = pair
 counts = data.query("diff_counts", pair)
