@@ -1,6 +1,7 @@
 """Study configuration: a TOML file read into frozen dataclasses, checked field by field.
 
-A study names its arms (a model and its SAE each), the token corpus, the word embeddings, the medical
+A study names its arms (a model and its SAE each), the pairs of arms its cross-arm stages compare (`[[pairs]]`;
+by default every other arm against the first), the token corpus, the word embeddings, the medical
 vocabulary and where results go. The hook and the SAE width are never configured here: they come from the
 SAE's own config when it is loaded. Relative paths are resolved against the working directory (run commands
 from the repository root, as `make` does).
@@ -59,6 +60,18 @@ class ArmConfig:
     def sae_source(self) -> str:
         """Human-readable SAE reference, for logs and the dashboard."""
         return self.sae_path if self.sae_path is not None else f"{self.sae_release}/{self.sae_id}"
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """Two arms the pair stages compare (`[[pairs]]`): `a` the earlier model (the base), `b` the later one."""
+
+    a: str
+    b: str
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.a, self.b
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ class ActivationsConfig:
 
 @dataclass(frozen=True)
 class DiffConfig:
-    """The cross-arm stages of a two-arm study: activation similarity, SAE transfer, feature matching."""
+    """The cross-arm stages of each declared pair: activation similarity, SAE transfer, feature matching."""
 
     match_threshold: float = 0.8  # two features are the same when their activations correlate at least this much
     outlier_factor: float = 10.0  # positions whose activation norm exceeds this × the median are left out
@@ -234,6 +247,7 @@ class StudyConfig:
     description: str = ""
     demo: DemoConfig | None = None
     source_path: str = ""  # the file this was read from ("" when built in code)
+    pairs: tuple[PairConfig, ...] = ()  # () means every other arm against the first (filled in below)
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "_").isidentifier():
@@ -245,6 +259,9 @@ class StudyConfig:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names):
             raise StudyInputError(f"arms: arm names must be unique (got {names})")
+        if not self.pairs:
+            object.__setattr__(self, "pairs", tuple(PairConfig(names[0], name) for name in names[1:]))
+        _check_pairs(self.pairs, names)
         # Default output paths follow data/<study>/, set here because they depend on the name.
         if not self.features_db:
             object.__setattr__(self, "features_db", f"data/{self.name}/features.duckdb")
@@ -262,6 +279,10 @@ class StudyConfig:
                 return arm
         raise StudyInputError(f"no arm named {name!r}; the study has {[a.name for a in self.arms]}")
 
+    def pairs_of(self, arm: str) -> tuple[PairConfig, ...]:
+        """The declared pairs `arm` is in, in declaration order."""
+        return tuple(pair for pair in self.pairs if arm in pair.names)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-value form (JSON-ready); `source_path` is left out so the hash does not depend on location."""
         data = dataclasses.asdict(self)
@@ -272,6 +293,23 @@ class StudyConfig:
         """sha256 of the canonical JSON form: same settings, same hash (used to skip finished stages)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_pairs(pairs: tuple[PairConfig, ...], arms: list[str]) -> None:
+    """Each pair names two different arms of the study, and no two pairs compare the same arms."""
+    seen: dict[frozenset[str], int] = {}
+    for i, pair in enumerate(pairs):
+        for side, name in (("a", pair.a), ("b", pair.b)):
+            if name not in arms:
+                raise StudyInputError(f"pairs[{i}].{side}: no arm named {name!r}; the arms are {', '.join(arms)}")
+        if pair.a == pair.b:
+            raise StudyInputError(f"pairs[{i}]: arm {pair.a!r} is paired with itself; a pair compares two "
+                                  "different arms")
+        both = frozenset(pair.names)
+        if both in seen:
+            raise StudyInputError(f"pairs[{i}]: {pair.a} and {pair.b} are already compared by pairs[{seen[both]}]; "
+                                  "declare each pair once")
+        seen[both] = i
 
 
 def load_config(path: str | Path) -> StudyConfig:
@@ -287,14 +325,15 @@ def load_config(path: str | Path) -> StudyConfig:
 
 
 def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
-    """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [demo]."""
+    """Build a StudyConfig from the parsed TOML layout: [study], [corpus], ..., [[arms]], optional [[pairs]] and
+    [demo]."""
     raw = dict(raw)
-    _reject_unknown(raw, {"study", "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations",
-                          "diff", "steering", "demo"}, "")
+    _reject_unknown(raw, {"study", "arms", "pairs", "corpus", "embeddings", "medical_vocabulary", "projection",
+                          "activations", "diff", "steering", "demo"}, "")
     study = dict(_table(raw, "study", required=True))
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
         "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "steering", "demo",
-        "source_path"}
+        "source_path", "pairs"}
     _reject_unknown(study, study_fields, "study")
     if "name" not in study:
         _missing("study.name")
@@ -302,8 +341,12 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
     if not isinstance(arms_raw, list) or not arms_raw:
         raise StudyInputError("arms: missing; add one [[arms]] table per model (name, model, sae_path or sae_release+sae_id)")
     arms = tuple(_build(ArmConfig, arm, f"arms[{i}]") for i, arm in enumerate(arms_raw))
+    pairs_raw = raw.get("pairs", [])
+    if not isinstance(pairs_raw, list):
+        raise StudyInputError('pairs: expected [[pairs]] tables (a = "base", b = "finetuned"), one per pair')
     return StudyConfig(
         arms=arms,
+        pairs=tuple(_build(PairConfig, pair, f"pairs[{i}]") for i, pair in enumerate(pairs_raw)),
         corpus=_build(CorpusConfig, _table(raw, "corpus", required=True), "corpus"),
         embeddings=_build(EmbeddingsConfig, _table(raw, "embeddings", required=True), "embeddings"),
         medical_vocabulary=_build(VocabularyConfig, _table(raw, "medical_vocabulary", required=True), "medical_vocabulary"),

@@ -103,9 +103,9 @@ def token_set_text(name: str | None, detail: bool = False) -> str:
     return describe_token_set(query("token_sets"), name, detail)
 
 
-def matching_export(fmt: str) -> bytes:
-    """The whole matching (`queries.matching_export`) as CSV (partner lists joined by ";") or Parquet."""
-    frame = query("matching_export")
+def matching_export(pair: tuple[str, str], fmt: str) -> bytes:
+    """One pair's whole matching (`queries.matching_export`) as CSV (partner lists joined by ";") or Parquet."""
+    frame = query("matching_export", pair)
     if fmt == "parquet":
         return frame.to_parquet(index=False)
     flat = frame.assign(**{c: frame[c].map(lambda xs: ";".join(f"{x:.4g}" if isinstance(x, float) else str(x)

@@ -9,7 +9,6 @@ from urllib.parse import urlencode
 import pandas as pd
 import streamlit as st
 
-from core import database as db
 from dashboard import data, render
 
 KL_SHADE = "76, 120, 168"  # Inspect's KL blue
@@ -20,10 +19,10 @@ def inspect_link(row: int, token: int, arm_a: str, arm_b: str) -> str:
     return "inspect?" + urlencode({"row": int(row), "token": int(token), "base": arm_a, "finetuned": arm_b})
 
 
-def divergence_section(arm_a: str, arm_b: str, token_set_text: str) -> None:
+def divergence_section(arm_a: str, arm_b: str, token_set_text: str, metrics: dict[str, float]) -> None:
+    """`metrics`: the pair's divergence stage metrics by name (mean_kl, n_divergent, ..., skipped)."""
     st.subheader("Where the models diverge")
     contexts = data.divergent_contexts(arm_a, arm_b, 20)
-    metrics = data.query("stage_metrics", db.pair_label(arm_a, arm_b), "divergence")
     if contexts is None or contexts.empty:
         why = "its divergence stage was skipped (see above)" if metrics.get("skipped") else (
             f"run `python -m precompute run --config {data.config_path()}` (its divergence stage)")

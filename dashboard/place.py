@@ -56,6 +56,22 @@ def feature_fields(arm_key: str, feature_key: str, widths: dict[str, int], defau
                   parse=lambda text, place: parse_feature_id(text, place[arm_key], widths[place[arm_key]]))]
 
 
+def pair_field(key: str, pairs: list[tuple[str, str]], param: str = "pair") -> Field:
+    """One of the study's declared pairs, as `base-finetuned` in the URL (arm names hold no '-'); the first is the
+    default."""
+    def parse(text: str, place: dict[str, Any]) -> tuple[str, str]:
+        pair = tuple(text.split("-", 1))
+        if pair not in pairs:
+            raise ValueError(f"no such pair; the study's pairs are {', '.join(map(show_pair, pairs))}")
+        return pair  # type: ignore[return-value]
+
+    return Field(key, param, pairs[0], parse, show_pair)
+
+
+def show_pair(pair: tuple[str, str]) -> str:
+    return "-".join(pair)
+
+
 def _url(fields: Sequence[Field]) -> dict[str, str]:
     return {f.param: st.query_params[f.param] for f in fields if f.param in st.query_params}
 

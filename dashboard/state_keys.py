@@ -59,6 +59,7 @@ STEER_RESULT = "steer_result"  # the last Generate's runs, kept across reruns
 STEER_SWEEP_RESULT = "steer_sweep_result"  # the last sweep (running, done, stopped or failed) and its texts
 
 # Model diff page
+DIFF_PAIR = "diff_pair"  # (arm_a, arm_b): one of the study's declared pairs
 DIFF_STATUS = "diff_status_choice"
 DIFF_SORT = "diff_sort"
 DIFF_EXPORT_CSV = "diff_export_csv"

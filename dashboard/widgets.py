@@ -50,43 +50,50 @@ def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> 
             col.metric(name, value, help=f"on {measured_on}" if name in ACTIVATION_NUMBERS else None)
     if row.get("matched_words") is not None and len(row["matched_words"]):
         st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
-    diff_line(row, arm, feature)
+    diff_line(arm, feature)
 
 
-def diff_line(row: dict, arm: str, feature: int) -> None:
-    """Its fate through fine-tuning, on the diff's tokens: the matched feature in the other arm (a link to
-    compare) and every other partner at or above the threshold, emerged / disappeared with its best
-    sub-threshold correlation, or no fate at all when it was dead or too rare there."""
-    status = row.get("diff_status")
-    if status is None or status != status:
-        return
-    fired = row.get("diff_n_fired")
+def diff_line(arm: str, feature: int) -> None:
+    """Its fate in each declared pair it is in, on that pair's tokens (a feature of an arm in two pairs has two):
+    the matched feature in the other arm (a link to compare) and every other partner at or above the threshold,
+    emerged / disappeared with its best sub-threshold correlation, or no fate at all when it was dead or too rare
+    there. With more than one pair, each line names its pair."""
+    fates = data.query("feature_fates", arm, feature)
+    for fate in fates.to_dict("records"):
+        pair = (fate["arm_a"], fate["arm_b"])
+        _fate_line(fate, pair, arm, feature, f"{pair[0]} → {pair[1]} · " if len(fates) > 1 else "")
+
+
+def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix: str) -> None:
+    status, fired = fate["status"], fate.get("n_fired")
     fired = int(fired) if fired is not None and fired == fired else 0
     if status in ("dead", "rare"):
-        min_firings = int(data.query("pair_metrics").get("matching.min_firings", 1))
-        st.caption("**dead on the diff's tokens**: it never fired on them, so it has no fate (persist, emerge or "
-                   "disappear)" if status == "dead" else
-                   f"**too rare on the diff's tokens** to match: it fired {fired:,} times there, fewer than "
-                   f"{min_firings} (`diff.min_firings`), so it has no fate (persist, emerge or disappear)")
+        min_firings = int(data.query("pair_metrics", pair).get("matching.min_firings", 1))
+        st.caption(prefix + ("**dead on the diff's tokens**: it never fired on them, so it has no fate (persist, "
+                             "emerge or disappear)" if status == "dead" else
+                             f"**too rare on the diff's tokens** to match: it fired {fired:,} times there, fewer "
+                             f"than {min_firings} (`diff.min_firings`), so it has no fate (persist, emerge or "
+                             "disappear)"))
         return
-    match, corr = row.get("match_feature"), row.get("match_corr")
+    match, corr, other = fate.get("match_feature"), fate.get("match_corr"), fate["match_arm"]
     has_match = match is not None and match == match
     corr_text = f"{corr:.3f}" if corr is not None and corr == corr else "—"
     if status == "persist" and has_match:
         st.page_link("views/compare.py", icon=":material/compare_arrows:",
-                     label=f"persists: {row['match_arm']} feature {int(match)} (correlation {corr_text}) — compare",
+                     label=f"{prefix}persists: {other} feature {int(match)} (correlation {corr_text}) — compare",
                      query_params={"left_arm": arm, "left_feature": str(feature),
-                                   "right_arm": row["match_arm"], "right_feature": str(int(match))})
-        _partners_line(row, arm, feature)
+                                   "right_arm": other, "right_feature": str(int(match))})
+        _partners_line(arm, feature, other)
     else:
-        verb = "emerged in fine-tuning" if status == "emerge" else "disappeared in fine-tuning"
-        best = f"; its best match is {row['match_arm']} feature {int(match)} at {corr_text}" if has_match else ""
-        st.caption(f"**{verb}**{best}")
+        verb = "emerged" if status == "emerge" else "disappeared"
+        when = "in fine-tuning" if not prefix else f"between {pair[0]} and {pair[1]}"
+        best = f"; its best match is {other} feature {int(match)} at {corr_text}" if has_match else ""
+        st.caption(f"{prefix}**{verb} {when}**{best}")
 
 
-def _partners_line(row: dict, arm: str, feature: int, shown: int = 12) -> None:
+def _partners_line(arm: str, feature: int, other: str, shown: int = 12) -> None:
     """How many features of the other arm match this one at or above the threshold, and which."""
-    partners = data.query("feature_partners", arm, feature)
+    partners = data.query("feature_partners", arm, feature, other)
     if partners.empty:
         return
     assigned = partners[partners["assigned"]]
@@ -94,8 +101,7 @@ def _partners_line(row: dict, arm: str, feature: int, shown: int = 12) -> None:
                   else "no one-to-one partner (each of its partners is assigned to a better match)")
     listed = ", ".join(f"{int(p.partner)} ({p.corr:.3f})" for p in partners.head(shown).itertuples())
     more = f", … {len(partners) - shown} more" if len(partners) > shown else ""
-    st.caption(f"{len(partners)} partner(s) in {partners['partner_arm'].iloc[0]} at or above the threshold: "
-               f"{listed}{more}; {one_to_one}")
+    st.caption(f"{len(partners)} partner(s) in {other} at or above the threshold: {listed}{more}; {one_to_one}")
 
 
 def contexts_block(contexts, scale: float, limit: int | None = None, inspect: tuple[str, int] | None = None) -> None:

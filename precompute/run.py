@@ -1,11 +1,13 @@
 """`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
 
 The stages are declared in precompute.stages (in the order they run): per arm, projection, words, activations,
-quality; then, for a two-arm study, the pair stages similarity, transfer, matching, divergence. Each stage has a
-key: a hash of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its
-version. A stage whose key is already in the database is skipped; any change recomputes exactly the stages it
-affects. An executor (precompute.executors) computes each arm stage's result: here, or in shards on Ray workers;
-the writes and the publish are the same either way. The math lives in core/; this is orchestration.
+quality; then, for each pair the config declares (`[[pairs]]`, default every other arm against the first), the
+pair stages similarity, transfer, matching, divergence, with the pair's two arms loaded (never more than two at a
+time). Each stage has a key: a hash of everything it reads (the arm's weights, or the pair's two arms' weights,
+the config fields it uses, the files it reads) and its version. A stage whose key is already in the database is
+skipped; any change recomputes exactly the stages it affects. An executor (precompute.executors) computes each
+arm stage's result: here, or in shards on Ray workers; the writes and the publish are the same either way. The
+math lives in core/; this is orchestration.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class RunReport:
 
     published: bool = False
     up_to_date: bool = False
-    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)  # "arm/stage" left undone (--only)
+    seconds: dict[str | tuple[str, str], dict[str, float]] = field(default_factory=dict)  # by arm or (arm_a, arm_b)
+    pending: list[str] = field(default_factory=list)  # "arm/stage" or "arm_a→arm_b/stage" left undone (--only)
     shards: dict[str, dict[str, int]] = field(default_factory=dict)  # ray executor: "arm/stage" -> shards, reused, run
 
 
@@ -78,14 +80,16 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
-        db.drop_arms_except(con, [arm.name for arm in config.arms], _pairs(config))
-        stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or _pairs(config)]
+        pairs = [pair.names for pair in config.pairs]
+        # an arm or pair left out of the config changes the database even when no stage has to run
+        dropped = db.drop_arms_except(con, [arm.name for arm in config.arms], pairs) + db.write_pairs(con, pairs)
+        stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or pairs]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report,
                                            executor)
                         for position, arm in enumerate(config.arms)}
-        if len(config.arms) == 2:
-            _run_pair(con, inputs, fingerprints, device or config.device, only, report)
+        for names in pairs:
+            _run_pair(con, inputs, names, fingerprints, device or config.device, only, report)
     except BaseException:
         con.close()  # the build file keeps every finished stage for the next run
         raise
@@ -95,7 +99,7 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         con.close()
         logger.warning("not published: %s still to run; run without --only to finish", ", ".join(report.pending))
         return report
-    if origin == "copied" and not report.seconds:
+    if origin == "copied" and not report.seconds and not dropped:
         con.close()
         db.discard_build(target)
         report.up_to_date = True
@@ -110,9 +114,9 @@ def _medical_words(config: StudyConfig) -> frozenset[str]:
     return load_study_vocabulary(Path(config.medical_vocabulary.path), Path(exclude) if exclude else None)
 
 
-def _pairs(config: StudyConfig) -> list[tuple[str, str]]:
-    """The pairs of arms the pair stages compare: today the two arms of a two-arm study."""
-    return [(config.arms[0].name, config.arms[1].name)] if len(config.arms) == 2 else []
+def pair_name(names: tuple[str, str]) -> str:
+    """A pair in logs and messages ("base→finetuned"); the database names it by arm_a, arm_b."""
+    return "→".join(names)
 
 
 def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig, position: int,
@@ -154,41 +158,58 @@ def _run_arm_stage(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: 
     logger.info("%s/%s: done in %.1f s", loaded.name, stage.name, seconds)
 
 
-def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints: dict[str, dict[str, str]],
-              device: str, only: tuple[str, ...], report: RunReport) -> None:
-    """The cross-arm stages, with both arms loaded at once (only when one of them has to run)."""
+def pair_keys(config: StudyConfig, names: tuple[str, str], fingerprints: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The key of each pair stage for one pair: it hashes the weights of the pair's two arms only, so a change
+    to a third arm leaves this pair's results standing."""
+    parts = KeyParts(config, fingerprints={name: fingerprints[name] for name in names})
+    return {name: stages.REGISTRY[name].key(parts) for name in stages.PAIR_STAGES}
+
+
+def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[str, str],
+              fingerprints: dict[str, dict[str, str]], device: str, only: tuple[str, ...], report: RunReport) -> None:
+    """One pair's cross-arm stages, with its two arms loaded at once (only when one of them has to run)."""
     config = inputs.config
-    names = _pairs(config)[0]
-    label = db.pair_label(*names)
-    parts = KeyParts(config, fingerprints=fingerprints)
-    keys = {name: stages.REGISTRY[name].key(parts) for name in stages.PAIR_STAGES}
+    label = pair_name(names)
+    keys = pair_keys(config, names, fingerprints)
     todo = [s for s in stages.PAIR_STAGES if db.stage_key(con, names, s) != keys[s]]
     report.pending += [f"{label}/{s}" for s in todo if s not in only]
     todo = [s for s in todo if s in only]
     if not todo:
+        logger.info("%s: up to date, skipped", label)
         return
-    a, b = (load_arm(arm, device) for arm in config.arms)
     sample = inputs.token_set(stages.REGISTRY[todo[0]])  # every pair stage reads the same rows
     logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
                 ", ".join(f"{source} {n} rows" for source, n in sample.sources))
+    a, b = (load_arm(config.arm(name), device) for name in names)
     pair = Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
                 sample.rows)
-    for name in todo:
-        stage = stages.REGISTRY[name]
-        start = time.perf_counter()
-        reason = stage.skip_reason(pair)
-        if reason is not None:
-            logger.warning("%s/%s: %s", label, name, reason)
-            tables, metrics = {}, {"skipped": 1.0}
-        else:
-            tables, metrics = stage.run(con, pair)
-        seconds = time.perf_counter() - start
-        db.write_stage(con, names, name, keys[name], seconds, stage.conform(tables), metrics, note=reason,
-                       token_set=sample.name, owns=stage.table_names)
-        report.seconds.setdefault(label, {})[name] = seconds
-        logger.info("%s/%s: done in %.1f s", label, name, seconds)
+    try:
+        for name in todo:
+            seconds = _run_pair_stage(con, pair, name, keys[name], sample.name)
+            report.seconds.setdefault(names, {})[name] = seconds
+    finally:
+        del a, b, pair  # the next pair loads its own two arms
+        gc.collect()
+
+
+def _run_pair_stage(con: duckdb.DuckDBPyConnection, pair: Pair, name: str, key: str, token_set: str) -> float:
+    """One pair stage (or its skip, with the reason as its note) written for the pair; returns its seconds."""
+    label = pair_name(pair.names)
+    stage = stages.REGISTRY[name]
+    start = time.perf_counter()
+    reason = stage.skip_reason(pair)
+    if reason is not None:
+        logger.warning("%s/%s: %s", label, name, reason)
+        tables, metrics = {}, {"skipped": 1.0}
+    else:
+        tables, metrics = stage.run(con, pair)
+    seconds = time.perf_counter() - start
+    db.write_stage(con, pair.names, name, key, seconds, stage.conform(tables), metrics, note=reason,
+                   token_set=token_set, owns=stage.table_names)
+    logger.info("%s/%s: done in %.1f s", label, name, seconds)
+    return seconds
 
 
 def stage_keys(config: StudyConfig, arm: ArmConfig, fingerprints: dict[str, str]) -> dict[str, str]:

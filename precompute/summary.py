@@ -17,9 +17,8 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     with db.connect_read_only(Path(config.features_db)) as con:
         summary = db.queries.arm_summary(con).set_index("arm")
         metrics = db.read_metrics(con)
-        diff_counts = db.queries.diff_counts(con)
-        pair = db.queries.pair_metrics(con)
-    value = {(r.arm, r.metric): r.value for r in metrics.itertuples()}
+        pairs = db.queries.pair_summary(con)
+    value = {(r.arm, r.metric): r.value for r in metrics.itertuples() if isinstance(r.arm, str)}
     rows = [COLUMNS]
     for arm in (a.name for a in config.arms):
         s = summary.loc[arm]
@@ -33,13 +32,23 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    if len(diff_counts):
+    for pair in pairs:
+        lines += _pair_lines(pair["pair"], pair["counts"], pair["metrics"])
+    return lines
+
+
+def _pair_lines(names: tuple[str, str], counts: object, metrics: dict[str, float]) -> list[str]:
+    """One pair's fate counts and mean activation cosine, each line naming the pair."""
+    lines = []
+    if len(counts):
         fates = "; ".join(f"{r.arm} {r.status} {r.features:,}" + (f" ({100 * r.share:.0f}%)" if r.share == r.share
                                                                      and r.share is not None else "")
-                          for r in diff_counts.itertuples())
-        lines.append(f"  model diff on {int(pair.get('matching.n_tokens', 0)):,} tokens: {fates}")
-    if "similarity.mean_cosine" in pair:
-        lines.append(f"  activation similarity at the hook: mean cosine {pair['similarity.mean_cosine']:.3f}")
+                          for r in counts.itertuples())
+        lines.append(f"  model diff {names[0]} → {names[1]} on {int(metrics.get('matching.n_tokens', 0)):,} tokens: "
+                     f"{fates}")
+    if "similarity.mean_cosine" in metrics:
+        lines.append(f"  activation similarity {names[0]} → {names[1]} at the hook: mean cosine "
+                     f"{metrics['similarity.mean_cosine']:.3f}")
     return lines
 
 

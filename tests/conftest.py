@@ -24,3 +24,14 @@ def seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def three_arm_study(tmp_path_factory):
+    """tests/pair_study.py's three-arm study, run once with the pairs base → ft2 and base → finetuned (in that
+    order): (StudyConfig, RunReport). Tests that change it work on a copy."""
+    from pair_study import build_three_arm_study
+    from precompute.run import run_study
+
+    config = build_three_arm_study(tmp_path_factory.mktemp("three"), [("base", "ft2"), ("base", "finetuned")])
+    return config, run_study(config, show_progress=False)

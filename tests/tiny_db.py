@@ -41,6 +41,7 @@ def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) ->
                            "processing_json": "{}"})
         _write_arm_stages(con, arm)
     if pair:
+        db.write_pairs(con, [("base", "finetuned")])
         _write_pair_stages(con)
     db.publish(con, path)
     return path

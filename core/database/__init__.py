@@ -9,8 +9,9 @@ transaction per finished stage, and renames it over the target only when every s
 
 Tables (one row per arm × feature where it says feature; names follow SAELens / Neuronpedia):
 - study: the config and its hash, package versions, schema version, histogram edges (one row)
-- stages: per arm and stage, the key of the inputs it was computed from (same key → skipped on re-run) and the
-  token set it measured on (NULL for stages that read no tokens)
+- stages: per arm (or pair of arms: arm_a, arm_b) and stage, the key of the inputs it was computed from (same
+  key → skipped on re-run) and the token set it measured on (NULL for stages that read no tokens)
+- pairs: the pairs of arms the study compares (arm_a, arm_b), in the config's order
 - token_sets: per token set ("corpus", "sample-<rows>") and corpus source (file), its rows and tokens (BOS left
   out): every number measured on tokens names one of these
 - arms: model, SAE source, hook_name, d_in, d_sae, d_vocab, weight fingerprints
@@ -18,14 +19,16 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - feature_words: coherence, n_valid, med_matches, is_candidate, matched_words, and the top tokens as text
   (top_text) and as normalised words (top_words) so the dashboard filters without scanning top_tokens
 - feature_activations: n_fired, frac_nonzero, max_act, mean_act / var_act (of non-zero activations), LLR
-- histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm, stage, metric, value)
+- histograms, contexts ('top' by activation, 'interval' samples), unigram, metrics (arm or arm_a, arm_b; stage,
+  metric, value)
 - contexts of kind 'interval' are firing tokens sampled per activation interval: max_act is that token's own
   activation and max_pos / max_index its place (sae_vis's samples), not the row's maximum
 - fired_tokens: per feature, the token ids it fires on most (rank 0 = most firings), count and summed activation
 - cross-arm, keyed by the pair's two arms `arm_a`, `arm_b`: similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
-- features: a view joining feature_words, feature_activations and feature_matches
+- features: a view joining feature_words, feature_activations and feature_matches (the arm's first pair's), one
+  row per arm and feature
 """
 
 from __future__ import annotations
@@ -41,14 +44,16 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from core.database.schema import ARM_TABLES, PAIR_SEPARATOR, PAIR_TABLES, SCHEMA, TABLES
+from core.database.schema import ARM_TABLES, PAIR_ROW_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 9  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 10  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
 #    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column);
 # 8: steering records its measure (steer_features.measure) and perplexities (mean_*_perplexity, *_perplexity)
 # 9: divergence_rows, divergence_contexts, divergence_features (where the pair's predictions part)
+# 10: any number of pairs: table pairs, stages / metrics name a pair by arm_a, arm_b (no "a|b"), the view one row
+#     per feature (its arm's first pair's fate)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:
@@ -140,19 +145,38 @@ def write_study(con: duckdb.DuckDBPyConnection, name: str, description: str, con
                      interval_edges])
 
 
-def pair_label(arm_a: str, arm_b: str) -> str:
-    """The name a pair's rows have in stages and metrics (its tables have arm_a, arm_b)."""
-    return f"{arm_a}{PAIR_SEPARATOR}{arm_b}"
+def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> int:
+    """Remove every row of arms and arm pairs that are no longer in the study; returns how many rows went."""
+    removed = 0
+    with _transaction(con):
+        for table in ARM_TABLES:  # a pair's rows in stages and metrics have arm NULL: left to the loop below
+            removed += con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)",  # table: a constant
+                                   [arms]).fetchone()[0]
+        for table in PAIR_ROW_TABLES:
+            removed += con.execute(f"DELETE FROM {table} WHERE arm_a IS NOT NULL "
+                                   "AND NOT list_contains(?, [arm_a, arm_b])", [[list(pair) for pair in pairs]]).fetchone()[0]
+    return removed
 
 
-def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: list[tuple[str, str]]) -> None:
-    """Remove every row of arms and arm pairs that are no longer in the study."""
-    keep = arms + [pair_label(a, b) for a, b in pairs]
-    for table in ARM_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, arm)", [keep])  # table: a schema constant
-    for table in PAIR_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE NOT list_contains(?, [arm_a, arm_b])",
-                    [[list(pair) for pair in pairs]])
+def write_pairs(con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]]) -> bool:
+    """Replace the table of the study's pairs (arm_a, arm_b) with these, in the config's order; True when that
+    changed it."""
+    if con.execute("SELECT arm_a, arm_b FROM pairs ORDER BY position").fetchall() == list(pairs):
+        return False
+    with _transaction(con):
+        con.execute("DELETE FROM pairs")
+        if pairs:
+            con.executemany("INSERT INTO pairs VALUES (?, ?, ?)", [[a, b, i] for i, (a, b) in enumerate(pairs)])
+    return True
+
+
+def _owner(arm: str | tuple[str, str]) -> list[str | None]:
+    """The arm, arm_a, arm_b columns of a stage's rows in stages and metrics: an arm's, or a pair's."""
+    return [None, *arm] if isinstance(arm, tuple) else [arm, None, None]
+
+
+# Matches the stages / metrics rows of one owner (_owner's three values): a constant.
+_OWNED_BY = "arm IS NOT DISTINCT FROM ? AND arm_a IS NOT DISTINCT FROM ? AND arm_b IS NOT DISTINCT FROM ?"
 
 
 def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
@@ -161,8 +185,7 @@ def write_arm(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
 
 def stage_key(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stage: str) -> str | None:
     """The key a stage of one arm (or of a pair (arm_a, arm_b)) was last computed with, or None."""
-    label = pair_label(*arm) if isinstance(arm, tuple) else arm
-    row = con.execute("SELECT stage_key FROM stages WHERE arm = ? AND stage = ?", [label, stage]).fetchone()
+    row = con.execute(f"SELECT stage_key FROM stages WHERE {_OWNED_BY} AND stage = ?", [*_owner(arm), stage]).fetchone()
     return None if row is None else row[0]
 
 
@@ -178,7 +201,7 @@ def write_stage(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stag
     if unknown:
         raise ValueError(f"stage {stage} does not own tables {sorted(unknown)}")
     names = list(arm) if isinstance(arm, tuple) else [arm]
-    arm = pair_label(*arm) if isinstance(arm, tuple) else arm
+    owner = _owner(arm)
     with _transaction(con):
         for table in owns:
             columns = TABLES[table].key_columns
@@ -186,14 +209,16 @@ def write_stage(con: duckdb.DuckDBPyConnection, arm: str | tuple[str, str], stag
                 raise ValueError(f"table {table} is keyed by {columns}, not by {names}")
             where = " AND ".join(f"{column} = ?" for column in columns)  # table, columns: schema constants
             con.execute(f"DELETE FROM {table} WHERE {where}", names)
-        con.execute("DELETE FROM metrics WHERE arm = ? AND stage = ?", [arm, stage])
-        con.execute("DELETE FROM stages WHERE arm = ? AND stage = ?", [arm, stage])
+        con.execute(f"DELETE FROM metrics WHERE {_OWNED_BY} AND stage = ?", [*owner, stage])
+        con.execute(f"DELETE FROM stages WHERE {_OWNED_BY} AND stage = ?", [*owner, stage])
         for table, frame in tables.items():
             _insert_frame(con, table, frame)
         if metrics:
-            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)",
-                            [[arm, stage, name, float(value)] for name, value in metrics.items()])
-        con.execute("INSERT INTO stages VALUES (?, ?, ?, ?, now(), ?, ?)", [arm, stage, key, seconds, note, token_set])
+            con.executemany("INSERT INTO metrics (arm, arm_a, arm_b, stage, metric, value) VALUES (?, ?, ?, ?, ?, ?)",
+                            [[*owner, stage, name, float(value)] for name, value in metrics.items()])
+        con.execute("INSERT INTO stages (arm, arm_a, arm_b, stage, stage_key, seconds, finished_at, note, token_set) "
+                    "VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?)",
+                    [*owner, stage, key, seconds, note, token_set])
 
 
 def write_token_sets(con: duckdb.DuckDBPyConnection, token_sets: list[Any]) -> None:
@@ -236,7 +261,9 @@ def read_top_tokens(con: duckdb.DuckDBPyConnection, arm: str, kind: str = "top")
 
 
 def read_metrics(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT arm, stage, metric, value FROM metrics ORDER BY arm, stage, metric").df()
+    """Every metric: arm (NULL for a pair stage's), arm_a, arm_b (a pair stage's), stage, metric, value."""
+    return con.execute("SELECT arm, arm_a, arm_b, stage, metric, value FROM metrics "
+                       "ORDER BY arm, arm_a, arm_b, stage, metric").df()
 
 
 from core.database import queries  # noqa: E402,F401  (the dashboard's reads)

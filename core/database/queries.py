@@ -13,7 +13,11 @@ import duckdb
 import pandas as pd
 
 from core.coherence import CANDIDATE_MIN_MATCHES
-from core.database.schema import PAIR_SEPARATOR
+# The model diff's reads, one pair at a time, live in diff_queries; pages reach every read through this module.
+from core.database.diff_queries import (  # noqa: F401
+    DIFF_SORTABLE, diff_counts, diff_features, diff_notes, feature_fates, feature_partners, many_to_one,
+    match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, similarity_by_position,
+    similarity_hist, transfer_densities, transfer_table)
 
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
@@ -282,133 +286,15 @@ def candidate_activation_moments(con: duckdb.DuckDBPyConnection) -> pd.DataFrame
         FROM features WHERE is_candidate AND n_fired > 0 GROUP BY arm ORDER BY arm""").df()
 
 
-# --- model diff (the cross-arm stages) -----------------------------------------------------------------
-
-def diff_notes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Cross stages that were skipped, and why (e.g. the arms' tokenizers differ)."""
-    return con.execute("SELECT arm AS pair, stage, note FROM stages WHERE note IS NOT NULL ORDER BY stage").df()
-
-
-def diff_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """arm, status, features, share. Shares of persist / emerge / disappear are of the arm's features that have
-    a fate (neither dead nor rare on the diff's tokens); dead and rare have no share (NULL)."""
-    return con.execute(f"""
-        SELECT arm, status, count(*) AS features,
-               CASE WHEN status IN ('dead', 'rare') THEN NULL
-                    ELSE count(*) / sum(count(*)) FILTER (WHERE status NOT IN ('dead', 'rare'))
-                                   OVER (PARTITION BY arm) END AS share
-        FROM feature_matches GROUP BY arm, status ORDER BY arm, {_STATUS_ORDER}""").df()
-
-
-_STATUS_ORDER = "list_position(['persist', 'emerge', 'disappear', 'rare', 'dead'], status)"  # a constant
-
-
-def match_correlations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """arm, feature, match_corr (the best match's correlation) of every feature with a fate."""
-    return con.execute("SELECT arm, feature, match_corr FROM feature_matches "
-                       "WHERE match_corr IS NOT NULL AND status NOT IN ('dead', 'rare')").df()
-
-
-def diff_features(con: duckdb.DuckDBPyConnection, status: str, sort: str = "frac_nonzero",
-                  descending: bool = True, limit: int = 200) -> pd.DataFrame:
-    """Features of one status with their density, coherence, matches, top tokens, best (sub-threshold) match,
-    how many partners they have at or above the threshold (the strongest listed) and their one-to-one partner."""
-    if sort not in SORTABLE + ("n_partners",):
-        raise ValueError(f"sort must be one of {SORTABLE + ('n_partners',)}")
-    order = f"{sort} {'DESC' if descending else 'ASC'} NULLS LAST, arm, feature"  # sort: whitelisted
-    return con.execute(f"""
-        SELECT arm, feature, top_text AS top_tokens, frac_nonzero, diff_n_fired, coherence, med_matches,
-               is_candidate, match_arm, match_feature, match_corr, n_partners, p.partners, assigned_feature,
-               assigned_corr
-        FROM features LEFT JOIN ({_PARTNER_LISTS}) p USING (arm, feature)
-        WHERE diff_status = ? ORDER BY {order} LIMIT ?""", [status, limit]).df()
-
-
-# Per feature of either arm: its partners at or above the threshold as text, strongest first (a constant).
-_PARTNER_LISTS = """
-    SELECT arm, feature, string_agg(partner || ' (' || printf('%.3f', corr) || ')', ', '
-                                    ORDER BY corr DESC, partner) AS partners
-    FROM (SELECT arm_a AS arm, feature_a AS feature, feature_b AS partner, corr FROM match_pairs
-          UNION ALL SELECT arm_b, feature_b, feature_a, corr FROM match_pairs)
-    GROUP BY arm, feature"""
-
-
-def feature_partners(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
-    """partner_arm, partner, corr, assigned: every feature of the other arm that correlates with this one at or
-    above the threshold, strongest first."""
-    return con.execute("""
-        SELECT partner_arm, partner, corr, assigned FROM (
-            SELECT arm_a AS arm, feature_a AS feature, arm_b AS partner_arm, feature_b AS partner, corr, assigned
-            FROM match_pairs
-            UNION ALL SELECT arm_b, feature_b, arm_a, feature_a, corr, assigned FROM match_pairs)
-        WHERE arm = ? AND feature = ? ORDER BY corr DESC, partner""", [arm, int(feature)]).df()
-
-
-def many_to_one(con: duckdb.DuckDBPyConnection, limit: int = 50) -> pd.DataFrame:
-    """Features with more than one partner at or above the threshold, most partners first."""
-    return con.execute("""
-        SELECT arm, feature, n_partners, top_text AS top_tokens, assigned_feature, assigned_corr
-        FROM features WHERE n_partners > 1 ORDER BY n_partners DESC, arm, feature LIMIT ?""", [limit]).df()
-
-
-def matching_export(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """The whole matching, one row per feature of both arms: status, firings on the diff's tokens, best match,
-    every partner at or above the threshold (lists, strongest first) and the one-to-one partner."""
-    return con.execute("""
-        WITH both_sides AS (
-            SELECT arm_a AS arm, feature_a AS feature, feature_b AS partner, corr FROM match_pairs
-            UNION ALL SELECT arm_b, feature_b, feature_a, corr FROM match_pairs),
-        lists AS (SELECT arm, feature, list(partner ORDER BY corr DESC, partner) AS partners,
-                         list(corr ORDER BY corr DESC, partner) AS partner_corrs FROM both_sides GROUP BY arm, feature)
-        SELECT m.arm, m.feature, m.status, m.n_fired AS n_fired_diff_tokens, m.match_arm AS other_arm,
-               m.match_feature AS best_match, m.match_corr AS best_corr, m.n_partners,
-               coalesce(l.partners, []) AS partners, coalesce(l.partner_corrs, []) AS partner_corrs,
-               m.assigned_feature AS one_to_one_match, m.assigned_corr AS one_to_one_corr,
-               m.decoder_cos, m.logit_sim
-        FROM feature_matches m LEFT JOIN lists l USING (arm, feature)
-        ORDER BY list_position((SELECT list(arm ORDER BY position) FROM arms), m.arm), m.feature""").df()
-
-
 def token_sets(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """token_set, source, n_rows, n_tokens: what each token set is made of, source by source (corpus order)."""
     return con.execute("SELECT token_set, source, n_rows, n_tokens FROM token_sets ORDER BY token_set, position").df()
 
 
 def stage_token_sets(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """"arm/stage" (or "pair/stage") -> the token set the stage measured on."""
-    rows = con.execute("SELECT arm || '/' || stage, token_set FROM stages WHERE token_set IS NOT NULL").fetchall()
-    return dict(rows)
-
-
-def similarity_hist(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT kind, low, high, count FROM similarity_hist ORDER BY kind, low").df()
-
-
-def similarity_by_position(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT position, mean_cosine, mean_distance FROM similarity_by_position "
-                       "ORDER BY position").df()
-
-
-def transfer_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """One row per (SAE, model): L0, explained variance, CE clean / spliced / delta / recovered, dead, outliers."""
-    return con.execute("""
-        PIVOT (SELECT sae_arm, model_arm, metric, value FROM transfer_metrics)
-        ON metric USING first(value) ORDER BY sae_arm, model_arm""").df()
-
-
-def transfer_densities(con: duckdb.DuckDBPyConnection, sae_arm: str) -> pd.DataFrame:
-    """feature, density on the SAE's own model, density on the other model (the scatter of seed 002)."""
-    return con.execute("""
-        SELECT own.feature, own.frac_nonzero AS own_density, other.frac_nonzero AS other_density
-        FROM transfer_densities own JOIN transfer_densities other
-          ON own.feature = other.feature AND other.sae_arm = own.sae_arm AND other.model_arm <> own.model_arm
-        WHERE own.sae_arm = ? AND own.model_arm = own.sae_arm ORDER BY own.feature""", [sae_arm]).df()
-
-
-def pair_metrics(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """The pair stages' metrics (mean cosine, log-density correlations, counts), by name."""
-    rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE contains(arm, ?)",
-                       [PAIR_SEPARATOR]).fetchall()
+    """"arm/stage" -> the token set the arm's stage measured on (a pair's: `pair_token_sets`)."""
+    rows = con.execute("SELECT arm || '/' || stage, token_set FROM stages "
+                       "WHERE arm IS NOT NULL AND token_set IS NOT NULL").fetchall()
     return dict(rows)
 
 

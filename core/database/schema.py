@@ -3,7 +3,8 @@
 A stage (precompute.stage.Stage) names the tables it writes by these declarations, so the columns a stage
 must produce and the columns the database holds are one list. `keyed_by` is the column whose value a stage
 run replaces: "arm" for per-arm tables, "pair" for the cross-arm ones, whose rows name both arms of the pair
-in `arm_a` and `arm_b` (never a joined string).
+in `arm_a` and `arm_b` (never a joined string). `stages` and `metrics` hold both kinds of row: an arm stage's
+names its `arm` (arm_a, arm_b NULL), a pair stage's its `arm_a`, `arm_b` (arm NULL).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-PAIR_SEPARATOR = "|"  # stages and metrics name a pair's rows by its label "a|b"; the pair tables by arm_a, arm_b
 _S, _I32, _I64, _F32, _F64, _B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
 _TS = pa.timestamp("us")
 
@@ -59,15 +59,18 @@ def _table(name: str, columns: list[tuple[str, pa.DataType]], keyed_by: str = "a
 STUDY = _table("study", [("name", _S), ("description", _S), ("config_json", _S), ("config_hash", _S),
                          ("versions_json", _S), ("schema_version", _I32), ("hist_edges", pa.list_(_F64)),
                          ("interval_edges", pa.list_(_F64)), ("updated_at", _TS)], keyed_by="name")
-STAGES = _table("stages", [("arm", _S), ("stage", _S), ("stage_key", _S), ("seconds", _F64),
-                           ("finished_at", _TS), ("note", _S), ("token_set", _S)], primary_key=("arm", "stage"))
+_PAIR = [("arm_a", _S), ("arm_b", _S)]
+STAGES = _table("stages", [("arm", _S), *_PAIR, ("stage", _S), ("stage_key", _S), ("seconds", _F64),
+                           ("finished_at", _TS), ("note", _S), ("token_set", _S)])
 TOKEN_SETS = _table("token_sets", [("token_set", _S), ("source", _S), ("position", _I32), ("n_rows", _I32),
                                    ("n_tokens", _I64)], keyed_by="token_set", primary_key=("token_set", "source"))
 ARMS = _table("arms", [("arm", _S), ("position", _I32), ("model", _S), ("sae_source", _S), ("hook_name", _S),
                        ("d_in", _I32), ("d_sae", _I32), ("d_vocab", _I32), ("n_layers", _I32), ("device", _S),
                        ("model_fingerprint", _S), ("sae_fingerprint", _S), ("processing_json", _S)],
               primary_key=("arm",))
-METRICS = _table("metrics", [("arm", _S), ("stage", _S), ("metric", _S), ("value", _F64)])
+METRICS = _table("metrics", [("arm", _S), *_PAIR, ("stage", _S), ("metric", _S), ("value", _F64)])
+# The study's declared pairs in config order: the features view shows each arm's fate in its first pair.
+PAIRS = _table("pairs", [*_PAIR, ("position", _I32)], keyed_by="position", primary_key=("arm_a", "arm_b"))
 
 TOP_TOKENS = _table("top_tokens", [("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32),
                                    ("token_id", _I32), ("token", _S), ("value", _F32)])
@@ -87,7 +90,6 @@ UNIGRAM = _table("unigram", [("arm", _S), ("token_id", _I32), ("token", _S), ("c
 FIRED_TOKENS = _table("fired_tokens", [("arm", _S), ("feature", _I32), ("rank", _I32), ("token_id", _I32),
                                        ("token", _S), ("count", _I64), ("sum_act", _F64)])
 
-_PAIR = [("arm_a", _S), ("arm_b", _S)]
 SIMILARITY_HIST = _table("similarity_hist", [*_PAIR, ("kind", _S), ("low", _F64), ("high", _F64),
                                              ("count", _I64)], keyed_by="pair")
 SIMILARITY_BY_POSITION = _table("similarity_by_position", [*_PAIR, ("position", _I32),
@@ -127,15 +129,23 @@ STEER_SAMPLES = _table("steer_samples", [
     ("steered_perplexity", _F64)])
 
 TABLES: dict[str, Table] = {t.name: t for t in (
-    STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
+    STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
     FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, STEER_FEATURES,
     STEER_SAMPLES)}
-# Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms.
+# Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms (removed when
+# the pair does; `stages` and `metrics` are in both: their pair rows have arm NULL, their arm rows arm_a NULL).
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
 PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")
+PAIR_ROW_TABLES = tuple(name for name, t in TABLES.items() if "arm_a" in t.schema.names and name != "pairs")
 
+# One row per arm and feature however many pairs there are: the fate columns are those of the arm's first
+# declared pair (`pairs.position`); the Feature page and the Model diff page read every pair's from feature_matches.
 FEATURES_VIEW = """CREATE OR REPLACE VIEW features AS
+    WITH first_pair AS (
+        SELECT arm, arg_min(arm_a, position) AS arm_a, arg_min(arm_b, position) AS arm_b
+        FROM (SELECT arm_a AS arm, arm_a, arm_b, position FROM pairs
+              UNION ALL SELECT arm_b, arm_a, arm_b, position FROM pairs) GROUP BY arm)
     SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
            w.top_words,
            a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
@@ -143,7 +153,7 @@ FEATURES_VIEW = """CREATE OR REPLACE VIEW features AS
            m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,
            m.n_partners, m.assigned_feature, m.assigned_corr
     FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
-    LEFT JOIN feature_matches m USING (arm, feature)"""
+    LEFT JOIN (SELECT m.* FROM feature_matches m JOIN first_pair USING (arm, arm_a, arm_b)) m USING (arm, feature)"""
 
 SCHEMA = [t.ddl() for t in TABLES.values()] + [FEATURES_VIEW]
 

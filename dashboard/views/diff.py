@@ -1,38 +1,47 @@
-"""Model diff: which features persist, emerge or disappear through fine-tuning, and how far each SAE transfers."""
+"""Model diff: which features persist, emerge or disappear between the two arms of a declared pair (base →
+fine-tune, checkpoint → checkpoint), and how far each SAE transfers. The pair is chosen here and kept in the URL."""
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, data, place
 from dashboard.divergence import divergence_section
 from dashboard import state_keys as keys
 
 config = data.require_database()
 st.title("Model diff")
-if len(config.arms) != 2:
-    st.info("The model diff compares the two arms of a two-arm study; this study has "
-            f"{len(config.arms)} arm(s).")
+pairs = data.query("pairs")
+if not pairs:
+    st.info(f"This database compares no pair of arms: the study has {len(config.arms)} arm(s), and its pairs "
+            "(`[[pairs]]` in the config; by default every other arm against the first) need two. Add an arm and "
+            f"run `python -m precompute run --config {data.config_path()}`.")
     st.stop()
-counts = data.query("diff_counts")
-notes = data.query("diff_notes")
+fields = [place.pair_field(keys.DIFF_PAIR, pairs)]
+place.restore_or_stop("diff", fields)  # a link to a pair the study does not declare: one line
+pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: f"{p[0]} → {p[1]}", key=keys.DIFF_PAIR,
+                                       help="The study's declared pairs (`[[pairs]]`): the first arm is the earlier "
+                                            "model.")
+place.remember("diff", fields)
+arm_a, arm_b = pair
+counts = data.query("diff_counts", pair)
+notes = data.query("diff_notes", pair)
 for note in notes.itertuples():
     st.warning(f"**{note.stage}** was skipped: {note.note}")
 if counts.empty and notes.empty:
-    st.info(f"No model-diff results in this database yet: run `python -m precompute run --config "
-            f"{data.config_path()}` (its similarity, transfer and matching stages).")
+    st.info(f"No model-diff results for {arm_a} → {arm_b} in this database yet: run `python -m precompute run "
+            f"--config {data.config_path()}` (its similarity, transfer and matching stages).")
     st.stop()
 
-metrics = data.query("pair_metrics")
-measured_on = data.query("stage_token_sets")
-pair = f"{config.arms[0].name}|{config.arms[1].name}"
-diff_set = measured_on.get(f"{pair}/matching") or measured_on.get(f"{pair}/transfer")
-corpus_set = measured_on.get(f"{config.arms[0].name}/activations")
+metrics = data.query("pair_metrics", pair)
+measured_on = data.query("pair_token_sets", pair)
+diff_set = measured_on.get("matching") or measured_on.get("transfer")
+corpus_set = data.query("stage_token_sets").get(f"{arm_a}/activations")
 st.markdown(f"**Tokens compared** (both models, the same rows): {data.token_set_text(diff_set, detail=True)}.")
 
 threshold = metrics.get("matching.threshold", config.diff.match_threshold)
 min_firings = int(metrics.get("matching.min_firings", config.diff.min_firings))
 if not counts.empty:
     st.markdown(f"Two features are **the same** when their activations over these tokens correlate at least "
-                f"**{threshold:g}**: a base feature without such a match *disappears*, a fine-tuned one *emerges*, "
+                f"**{threshold:g}**: a {arm_a} feature without such a match *disappears*, a {arm_b} one *emerges*, "
                 f"matched ones *persist*. A feature that never fired on these tokens is **dead**, one that fired "
                 f"fewer than **{min_firings}** times (`diff.min_firings`) is **rare**: neither has a fate, and both "
                 "are left out of the shares, the tables of emerged and disappeared features and the Label queue.")
@@ -40,12 +49,12 @@ if not counts.empty:
     st.dataframe(table.reset_index(), hide_index=True, key="diff_count_table")
     left, right = st.columns(2)
     left.plotly_chart(charts.diff_status_bars(counts[counts["share"].notna()]), key="diff_status")
-    right.plotly_chart(charts.match_correlation_histogram(data.query("match_correlations"), threshold),
+    right.plotly_chart(charts.match_correlation_histogram(data.query("match_correlations", pair), threshold),
                        key="match_corr")
 
     st.subheader("Best match and one-to-one")
-    persisting = data.query("diff_features", "persist", "frac_nonzero", True, 100_000)
-    for arm, other in ((config.arms[1].name, config.arms[0].name), (config.arms[0].name, config.arms[1].name)):
+    persisting = data.query("diff_features", pair, "persist", "frac_nonzero", True, 100_000)
+    for arm, other in ((arm_b, arm_a), (arm_a, arm_b)):
         group = persisting[persisting["arm"] == arm]
         st.markdown(f"- Best-match view: **{len(group):,}** persisting {arm} features match "
                     f"**{group['match_feature'].nunique():,}** distinct {other} features.")
@@ -53,16 +62,17 @@ if not counts.empty:
                 f"{int(metrics.get('matching.n_pairs', 0)):,} pairs at or above {threshold:g}): "
                 f"**{int(metrics.get('matching.n_assigned', 0)):,}** pairs, total correlation "
                 f"{metrics.get('matching.assigned_corr_total', 0):,.1f}.")
-    many = data.query("many_to_one")
+    many = data.query("many_to_one", pair)
     if not many.empty:
         st.markdown("**Many-to-one**: features that are the partner of several features of the other arm")
         st.dataframe(many, hide_index=True, width="stretch", key="many_to_one",
                      column_config={"n_partners": "partners", "assigned_feature": "one-to-one partner",
                                     "assigned_corr": st.column_config.NumberColumn("its corr.", format="%.3f")})
     c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button("Matching as CSV", data.matching_export("csv"), "matching.csv", "text/csv",
-                       key=keys.DIFF_EXPORT_CSV)
-    c2.download_button("Matching as Parquet", data.matching_export("parquet"), "matching.parquet",
+    c1.download_button("Matching as CSV", data.matching_export(pair, "csv"), f"matching-{arm_a}-{arm_b}.csv",
+                       "text/csv", key=keys.DIFF_EXPORT_CSV)
+    c2.download_button("Matching as Parquet", data.matching_export(pair, "parquet"),
+                       f"matching-{arm_a}-{arm_b}.parquet",
                        "application/vnd.apache.parquet", key=keys.DIFF_EXPORT_PARQUET)
 
     st.subheader("Features by fate")
@@ -71,7 +81,7 @@ if not counts.empty:
     sort_names = {"frac_nonzero": "density (corpus) ↓", "coherence": "coherence ↓", "med_matches": "medical matches ↓",
                   "n_partners": "partners ↓"}
     sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
-    table = data.query("diff_features", status, sort, True, 200)
+    table = data.query("diff_features", pair, status, sort, True, 200)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
                          compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={int(mf)}"
                                   if mf == mf and mf is not None else None
@@ -89,31 +99,33 @@ if not counts.empty:
                                 "n_partners": "partners", "partners": "partners ≥ threshold",
                                 "assigned_feature": "one-to-one partner"})
 
-divergence_section(config.arms[0].name, config.arms[1].name,
-                   data.token_set_text(measured_on.get(f"{pair}/divergence")))
+divergence_section(arm_a, arm_b, data.token_set_text(measured_on.get("divergence")),
+                   {name.removeprefix("divergence."): value for name, value in metrics.items()
+                    if name.startswith("divergence.")})
 
-hist = data.query("similarity_hist")
+hist = data.query("similarity_hist", pair)
 if not hist.empty:
     st.subheader("Activation similarity at the hook")
     st.markdown(f"Same tokens through both models: mean per-token cosine **{metrics.get('similarity.mean_cosine', 0):.3f}**, "
                 f"mean Euclidean distance **{metrics.get('similarity.mean_distance', 0):.3g}** "
-                f"(on {data.token_set_text(measured_on.get(f'{pair}/similarity'))}).")
+                f"(on {data.token_set_text(measured_on.get('similarity'))}).")
     c1, c2, c3 = st.columns(3)
     c1.plotly_chart(charts.similarity_histogram(hist, "cosine"), key="sim_cos")
     c2.plotly_chart(charts.similarity_histogram(hist, "distance"), key="sim_dist")
-    c3.plotly_chart(charts.similarity_by_position(data.query("similarity_by_position")), key="sim_pos")
+    c3.plotly_chart(charts.similarity_by_position(data.query("similarity_by_position", pair)), key="sim_pos")
 
 st.subheader("Feature densities")
-overview = data.arm_overview(config).set_index("arm")
+overview = data.arm_overview(config).set_index("arm").loc[list(pair)]
 st.caption(f"Share of tokens on which each feature fires, per arm, on {data.token_set_text(corpus_set)}; dead "
            "features (never fired there): " + ", ".join(f"{arm} {int(row.dead):,} ({row.dead_fraction:.1%})"
                                                          for arm, row in overview.iterrows()) + ".")
-st.plotly_chart(charts.log_density_histogram(data.query("log_densities")), key="log_density")
+densities = data.query("log_densities")
+st.plotly_chart(charts.log_density_histogram(densities[densities["arm"].isin(pair)]), key="log_density")
 
-transfer = data.query("transfer_table")
+transfer = data.query("transfer_table", pair)
 if not transfer.empty:
     st.subheader("SAE transfer")
-    st.caption(f"Each SAE on its own model and on the other one, on {data.token_set_text(measured_on.get(f'{pair}/transfer'))}"
+    st.caption(f"Each SAE on its own model and on the other one, on {data.token_set_text(measured_on.get('transfer'))}"
                f"; positions whose activation norm exceeds {config.diff.outlier_factor:g}× the median are left out "
                "of the reconstruction numbers. The Overview's numbers are the quality stage's, on the token set it "
                "names.")
@@ -122,11 +134,10 @@ if not transfer.empty:
                                 if c not in ("sae_arm", "model_arm", "n_outliers", "n_tokens", "dead_fraction")}
                  | {"dead_fraction": st.column_config.NumberColumn("dead (these tokens)", format="percent"),
                     "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
-    arms = [arm.name for arm in config.arms]
-    for col, sae_arm in zip(st.columns(2), arms):
-        other = arms[1] if sae_arm == arms[0] else arms[0]
+    for col, sae_arm in zip(st.columns(2), pair):
+        other = arm_b if sae_arm == arm_a else arm_a
         pearson = metrics.get(f"transfer.log_density_pearson_{sae_arm}")
         col.markdown(f"**SAE {sae_arm}: feature densities on {sae_arm} vs {other}** — Pearson r of log10 "
                      f"densities {pearson:.3f}" if pearson is not None else f"**SAE {sae_arm}**")
-        col.plotly_chart(charts.density_scatter(data.query("transfer_densities", sae_arm), sae_arm, other),
+        col.plotly_chart(charts.density_scatter(data.query("transfer_densities", pair, sae_arm), sae_arm, other),
                          key=f"density_{sae_arm}")

@@ -90,7 +90,10 @@ st.caption("Table 1 (`precompute steer-eval`) uses the config's [steering] setti
            f"{config.seed}–{config.seed + steer.samples - 1}. " + (
                "Here: " + "; ".join(differences) + "." if differences else "These are the same."))
 
-other_arm = next((a for a in arms if a != arm), None)
+# The other arm of `arm`'s first declared pair: the pair whose matches the features view (`rows`) carries.
+first_pair = next((p for p in data.query("pairs") if arm in p), None)
+other_arm = (next(a for a in first_pair if a != arm) if first_pair
+             else next((a for a in arms if a != arm), None))
 both = other_arm is not None and st.toggle(f"Both models: also steer {other_arm} with its matching feature",
                                            key=keys.STEER_BOTH)
 other_coefficients, other_note = None, ""

@@ -10,6 +10,11 @@ from factories import study_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM = {"name": "base", "model": "m", "sae_path": "s"}
+THREE_ARMS = [ARM, {**ARM, "name": "ft1"}, {**ARM, "name": "ft2"}]
+
+
+def pairs_toml(*pairs: tuple[str, str]) -> str:
+    return "".join(f'\n[[pairs]]\na = "{a}"\nb = "{b}"\n' for a, b in pairs)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -62,6 +67,11 @@ def test_defaults_and_hash(tmp_path):
         (study_toml([ARM]) + '\n[steering]\nmeasure = "bert"\n',
          "steering.measure must be one of sentence, glove, got 'bert'"),
         ("[study\nname=", "not valid TOML"),
+        (study_toml(THREE_ARMS) + pairs_toml(("base", "ft3")), "pairs[0].b: no arm named 'ft3'; the arms are base, ft1"),
+        (study_toml(THREE_ARMS) + pairs_toml(("base", "ft1"), ("ft2", "ft2")), "pairs[1]: arm 'ft2' is paired with"),
+        (study_toml(THREE_ARMS) + pairs_toml(("base", "ft1"), ("ft1", "base")), "already compared by pairs[0]"),
+        (study_toml(THREE_ARMS) + '\n[[pairs]]\na = "base"\nbee = "ft1"\n', "pairs[0].bee: unknown key"),
+        (study_toml(THREE_ARMS) + '\n[[pairs]]\na = "base"\n', "pairs[0].b: required field is missing"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, text, field):
@@ -69,6 +79,15 @@ def test_bad_config_names_the_field(tmp_path, text, field):
         load_config(write(tmp_path, text))
     assert field in str(err.value)
     assert "\n" not in str(err.value)  # one line
+
+
+def test_pairs_default_to_every_other_arm_against_the_first(tmp_path):
+    config = load_config(write(tmp_path, study_toml(THREE_ARMS)))
+    assert [pair.names for pair in config.pairs] == [("base", "ft1"), ("base", "ft2")]
+    assert load_config(write(tmp_path, study_toml([ARM]))).pairs == ()  # one arm: nothing to compare
+    chain = load_config(write(tmp_path, study_toml(THREE_ARMS) + pairs_toml(("base", "ft1"), ("ft1", "ft2"))))
+    assert [pair.names for pair in chain.pairs] == [("base", "ft1"), ("ft1", "ft2")]
+    assert [pair.names for pair in chain.pairs_of("ft1")] == [("base", "ft1"), ("ft1", "ft2")]
 
 
 def test_missing_file():

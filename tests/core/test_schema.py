@@ -52,8 +52,22 @@ def schema_9(v8: dict) -> dict:
     return {**v8, "schema_version": 9, "tables": {**v8["tables"], **added}}
 
 
+def schema_10(v9: dict) -> dict:
+    """Schema 10 is schema 9 with arm_a, arm_b after `arm` in stages and metrics (a pair stage's rows; stages loses
+    its primary key, whose `arm` is NULL there) and the table of declared pairs."""
+    tables = {}
+    for table, columns in v9["tables"].items():
+        if table in ("stages", "metrics"):
+            columns = columns[:1] + [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]] + columns[1:]
+        tables[table] = columns
+    tables["pairs"] = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["position", "INTEGER"]]
+    keys = {table: key for table, key in v9["primary_keys"].items() if table != "stages"}
+    return {**v9, "schema_version": 10, "tables": dict(sorted(tables.items())),
+            "primary_keys": {**keys, "pairs": ["arm_a", "arm_b"]}}
+
+
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text()))))
+    expected = schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text())))))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")
@@ -83,9 +97,14 @@ def test_a_pair_stage_replaces_only_its_pairs_rows_and_a_dropped_pair_leaves(tmp
     rows = con.execute("SELECT arm_a, arm_b, count FROM similarity_hist ORDER BY arm_b").fetchall()
     assert rows == [("base", "ft1", 6), ("base", "ft2", 7)]
     assert db.stage_key(con, ("base", "ft1"), "similarity") == "k2"
+    db.write_stage(con, "ft1", "quality", "q", 0.0, {}, {"l0": 3.0})
+    db.write_stage(con, "base", "quality", "q", 0.0, {}, {"l0": 4.0})
+    assert db.stage_key(con, "base", "similarity") is None  # an arm's stage is not its pair's
     db.drop_arms_except(con, ["base", "ft2"], [("base", "ft2")])
     assert con.execute("SELECT arm_b, count FROM similarity_hist").fetchall() == [("ft2", 7)]
-    assert con.execute("SELECT arm FROM stages").fetchall() == [("base|ft2",)]
+    assert con.execute("SELECT arm, arm_a, arm_b, stage FROM stages ORDER BY stage").fetchall() == [
+        ("base", None, None, "quality"), (None, "base", "ft2", "similarity")]
+    assert con.execute("SELECT arm, value FROM metrics").fetchall() == [("base", 4.0)]
     con.close()
 
 

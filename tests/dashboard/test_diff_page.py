@@ -42,7 +42,7 @@ def test_dead_and_rare_features_have_no_share_and_no_place_in_the_fate_tables(st
     from core import database as db
 
     with db.connect_read_only(study / "features.duckdb") as con:
-        shares = db.queries.diff_counts(con).set_index(["arm", "status"])["share"]
+        shares = db.queries.diff_counts(con, ("base", "finetuned")).set_index(["arm", "status"])["share"]
     assert shares["base", "persist"] == shares["base", "disappear"] == 0.5  # of 4 with a fate, not of 6
     assert shares["finetuned", "persist"] == pytest.approx(0.8) and pd.isna(shares["base", "dead"])
     emerged = table(at, "open")
@@ -68,8 +68,8 @@ def test_the_matching_exports_as_csv_and_parquet(study, monkeypatch):
     from dashboard import data
 
     monkeypatch.setattr(data, "query", lambda name, *args: _query(study, name, *args))
-    csv = pd.read_csv(io.BytesIO(data.matching_export("csv")))
-    parquet = pd.read_parquet(io.BytesIO(data.matching_export("parquet")))
+    csv = pd.read_csv(io.BytesIO(data.matching_export(("base", "finetuned"), "csv")))
+    parquet = pd.read_parquet(io.BytesIO(data.matching_export(("base", "finetuned"), "parquet")))
     assert len(csv) == len(parquet) == 12
     row = parquet[(parquet.arm == "base") & (parquet.feature == 0)].iloc[0]
     assert list(row.partners) == [0, 2, 3] and row.n_partners == 3 and row.one_to_one_match == 0

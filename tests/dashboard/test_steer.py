@@ -35,7 +35,7 @@ def steer_study(tmp_path, monkeypatch):
     write_tiny_db(tmp_path / "f.duckdb")
     with duckdb.connect(str(tmp_path / "f.duckdb")) as con:  # the SAE the database was computed with, and its norm
         con.execute("UPDATE arms SET sae_fingerprint = ?", [decoder_fingerprint(sae)])
-        con.execute("INSERT INTO metrics VALUES ('base', 'quality', 'median_activation_norm', 3.25), "
+        con.execute("INSERT INTO metrics (arm, stage, metric, value) VALUES ('base', 'quality', 'median_activation_norm', 3.25), "
                     "('base', 'quality', 'n_tokens', 1234)")
     return tmp_path
 
@@ -165,6 +165,7 @@ def write_matches(study: Path) -> None:
         con.execute("INSERT INTO feature_matches (arm_a, arm_b, arm, feature, match_arm, match_feature, match_corr, "
                     "status) VALUES ('base', 'finetuned', 'base', 4, 'finetuned', 2, 0.93, 'persist'), "
                     "('base', 'finetuned', 'base', 3, 'finetuned', 5, 0.509, 'disappear')")
+        con.execute("INSERT INTO pairs VALUES ('base', 'finetuned', 0)")  # the study's one declared pair
 
 
 def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_none(steer_study):

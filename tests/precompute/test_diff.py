@@ -45,7 +45,8 @@ def test_matching_recovers_a_known_permutation(pair_study):
 
 
 def test_a_model_with_itself_has_cosine_one_and_distance_zero(pair_study):
-    metrics = query(pair_study, "SELECT metric, value FROM metrics WHERE arm = 'base|finetuned' AND stage = 'similarity'")
+    metrics = query(pair_study, "SELECT metric, value FROM metrics "
+                                "WHERE arm_a = 'base' AND arm_b = 'finetuned' AND stage = 'similarity'")
     values = dict(zip(metrics.metric, metrics.value))
     assert values["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert values["mean_distance"] == pytest.approx(0.0, abs=1e-4)
@@ -59,9 +60,9 @@ def test_the_diff_reads_an_even_sample_of_every_file_and_names_it(pair_study):
     assert sample[["source", "n_rows", "n_tokens"]].values.tolist() == [["general", 6, 6 * 31], ["medical", 6, 6 * 31]]
     corpus = sets[sets.token_set == "corpus"]
     assert corpus.n_rows.tolist() == [12, 12]
-    measured = query(pair_study, "SELECT arm, stage, token_set FROM stages ORDER BY arm, stage")
-    on = dict(zip(measured.arm + "/" + measured.stage, measured.token_set))
-    assert on["base|finetuned/matching"] == on["base|finetuned/transfer"] == on["base|finetuned/similarity"] == "sample-12"
+    measured = query(pair_study, "SELECT coalesce(arm, arm_a || '→' || arm_b) AS owner, stage, token_set FROM stages")
+    on = dict(zip(measured.owner + "/" + measured.stage, measured.token_set))
+    assert on["base→finetuned/matching"] == on["base→finetuned/transfer"] == on["base→finetuned/similarity"] == "sample-12"
     assert on["base/activations"] == on["base/quality"] == "corpus"
     assert on["base/projection"] != on["base/projection"]  # NaN: the projection reads no tokens
 

@@ -187,7 +187,7 @@ def test_a_second_run_recomputes_nothing_and_fresh_recomputes_everything(study, 
     assert not building_path(Path(config.features_db)).exists()
     fresh = run_study(config, fresh=True, show_progress=False)
     assert fresh.published and {arm: len(s) for arm, s in fresh.seconds.items()} == {
-        "base": 4, "finetuned": 4, "base|finetuned": 3}
+        "base": 4, "finetuned": 4, ("base", "finetuned"): 3}
 
 
 def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
@@ -236,7 +236,7 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
     # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
     # the cross stages (they come after the arms and read the corpus too).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "finetuned": ["quality"], "base|finetuned": ["divergence", "matching", "similarity", "transfer"]}
+        "finetuned": ["quality"], ("base", "finetuned"): ["divergence", "matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 30 * 31
 
@@ -257,8 +257,8 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     partial = run_study(config, only=("projection",), show_progress=False)
     assert not partial.published and not Path(config.features_db).exists()
     assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
-                               "finetuned/activations", "finetuned/quality", "base|finetuned/similarity",
-                               "base|finetuned/transfer", "base|finetuned/matching", "base|finetuned/divergence"]
+                               "finetuned/activations", "finetuned/quality", "base→finetuned/similarity",
+                               "base→finetuned/transfer", "base→finetuned/matching", "base→finetuned/divergence"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
 
