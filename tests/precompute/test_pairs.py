@@ -29,7 +29,7 @@ def test_each_declared_pair_runs_and_its_rows_name_its_two_arms(three_arm_study)
     config, report = three_arm_study
     assert report.published
     assert {key: sorted(s) for key, s in report.seconds.items() if isinstance(key, tuple)} == {
-        pair: ["matching", "similarity", "transfer"] for pair in PAIRS}
+        pair: ["divergence", "matching", "similarity", "transfer"] for pair in PAIRS}
     assert query(config, "SELECT arm_a, arm_b FROM pairs ORDER BY position") == PAIRS
     for table in PAIR_TABLES:
         assert sorted(query(config, f"SELECT DISTINCT arm_a, arm_b FROM {table}")) == sorted(PAIRS), table
@@ -40,7 +40,7 @@ def test_each_declared_pair_runs_and_its_rows_name_its_two_arms(three_arm_study)
                      ("base", "ft2", "base", "ft2", D_SAE), ("base", "ft2", "ft2", "base", D_SAE)]
     stages = query(config, "SELECT arm, arm_a, arm_b, count(*) FROM stages GROUP BY ALL ORDER BY ALL")
     assert stages == [("base", None, None, 4), ("finetuned", None, None, 4), ("ft2", None, None, 4),
-                      (None, "base", "finetuned", 3), (None, "base", "ft2", 3)]
+                      (None, "base", "finetuned", 4), (None, "base", "ft2", 4)]
     assert query(config, "SELECT count(*) FROM metrics WHERE arm IS NULL AND arm_a IS NULL") == [(0,)]
 
 
