@@ -427,3 +427,14 @@ def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """arm, log10 density of every feature that fired (dead features counted apart, in `dead`)."""
     return con.execute("""
         SELECT arm, log10(frac_nonzero) AS log10_density FROM features WHERE frac_nonzero > 0""").df()
+
+
+def features_to_explain(con: duckdb.DuckDBPyConnection, arm: str, which: str) -> list[int]:
+    """Features of `arm` for `precompute explain`: "candidates" (>= 2 medical matches), "emerged" (the model
+    diff's `emerge`), or "all"; dead features (never fired on the corpus: no context to explain) left out."""
+    where = {"candidates": "w.is_candidate", "emerged": "m.status = 'emerge'", "all": "TRUE"}[which]
+    matches = "LEFT JOIN feature_matches m USING (arm, feature)" if which == "emerged" else ""
+    rows = con.execute(f"""SELECT a.feature FROM feature_activations a LEFT JOIN feature_words w USING (arm, feature)
+                           {matches} WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""",
+                       [arm]).fetchall()
+    return [int(r[0]) for r in rows]
