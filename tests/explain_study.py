@@ -20,18 +20,21 @@ WORD = " heart"
 TEXT = ("the heart and the kidney beat, a pulmonary artery and a vein\n"
         "a vein, a pulmonary artery: the kidney and the heart beat\n"
         "the artery and the vein of the kidney\n")
+QUIET = "a vein and an artery of the kidney\n"
 
 
 def _plant(model, sae, tokenizer, text: str) -> None:
-    """Set feature PLANTED's encoder to separate the " heart" positions of `text` from all others."""
-    ids = tokenizer(text)["input_ids"]
-    ids = torch.tensor(ids[:len(ids) // 31 * 31]).reshape(-1, 31)  # rows of the model's 32 positions with BOS
+    """Set feature PLANTED's encoder to separate " heart" from every other token of `text` at every position: at
+    the first block's resid_pre the residual is a function of (token, position) only, so rows of one token
+    repeated cover every case a corpus of that text can hold."""
+    vocab = torch.tensor(sorted({*tokenizer(text)["input_ids"], tokenizer.eos_token_id}))
+    rows = vocab[:, None].repeat(1, model.cfg.n_ctx)
+    rows[:, 0] = tokenizer.bos_token_id
+    resid = activations_at_hook(model, HOOK, rows) - sae.b_dec  # [n_tokens, n_ctx - 1, d_in], BOS left out
     (heart,) = tokenizer(WORD)["input_ids"]
-    rows = torch.cat([torch.full((len(ids), 1), tokenizer.bos_token_id), ids], dim=1)
-    resid = activations_at_hook(model, HOOK, rows).reshape(-1, sae.cfg.d_in) - sae.b_dec  # BOS left out
-    is_heart = ids.reshape(-1) == heart
-    direction = resid[is_heart].mean(0)
-    projections = resid @ direction
+    is_heart = vocab == heart
+    direction = resid[is_heart].mean((0, 1))
+    projections = resid @ direction  # [n_tokens, n_ctx - 1]
     low, high = projections[~is_heart].max(), projections[is_heart].min()
     assert high > low, "the planted feature cannot separate ' heart' in this tiny model"
     with torch.no_grad():
@@ -40,18 +43,29 @@ def _plant(model, sae, tokenizer, text: str) -> None:
         sae.b_enc[PLANTED] = -(low + high) / 2 * scale
 
 
+def _quiet_positions(folder: Path) -> Path:
+    """The model with its position embeddings scaled by 0.05: at the first block the token then decides."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(0.05)
+    model.save_pretrained(str(folder))
+    return folder
+
+
 def build_explain_study(root: Path) -> Path:
     """Model, planted SAE, corpus and features database under `root`; returns the config's path."""
     tokenizer = byte_tokenizer((TEXT,))
-    folder = build_gpt2_folder(root / "model", tokenizer)
+    folder = _quiet_positions(build_gpt2_folder(root / "model", tokenizer))
     sae = build_sae(d_in=32, d_sae=D_SAE, hook_name=HOOK)
     with torch.no_grad():
         sae.b_dec.zero_()
     hf, hf_tokenizer = load_hf_model(str(folder))
     model = hooked_transformer_from_hf(hf, hf_tokenizer, processing_for(sae), "cpu")
-    _plant(model, sae, hf_tokenizer, TEXT * 4)
+    _plant(model, sae, hf_tokenizer, TEXT + QUIET)
     sae.save_model(str(root / "sae"))
-    (root / "corpus.txt").write_text(TEXT * 40)
+    (root / "corpus.txt").write_text((TEXT + QUIET * 4) * 20)  # windows without " heart" to hold out
     (root / "words.txt").write_text("heart\nkidney\n")
     config = root / "study.toml"
     config.write_text(study_toml([{"name": "base", "model": str(folder), "sae_path": str(root / "sae")}],
