@@ -1,7 +1,8 @@
 """What the explainer sees and what is held out for scoring, from a feature's stored contexts, and random
 non-firing contexts read live from the corpus.
 
-Shown: the first `top_contexts` top contexts and every other interval sample (up to `samples`). Held out
+Shown: the first `top_contexts` top contexts (fewer for a rare feature: at least half of them, so some are
+left to hold out) and every other interval sample (up to `samples`). Held out
 (never shown): the remaining top contexts and interval samples, alternately, up to `held_out` of them: the
 activating contexts; and `held_out` windows of the corpus where the feature never fires: the non-activating
 ones. Stored windows are the activation stage's (BOS left out, trimmed at the row's ends), with their real
@@ -10,6 +11,7 @@ per-token activations; a non-firing window's activations are all zero by constru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, zip_longest
@@ -39,10 +41,12 @@ def split_evidence(top: Sequence[Context], samples: Sequence[Context], logit_tok
                    non_activating: Sequence[Context], top_contexts: int, n_samples: int,
                    held_out: int) -> ExplainInputs:
     """Shown vs held-out contexts (top strongest first, samples strongest interval first)."""
+    # A rare feature has few top contexts: keep up to `held_out` of them, but show at least half.
+    n_shown = min(top_contexts, max(math.ceil(len(top) / 2), len(top) - held_out))
     shown_samples, kept_samples = list(samples[0::2]), list(samples[1::2])
-    rest = [c for c in chain.from_iterable(zip_longest(top[top_contexts:], kept_samples + shown_samples[n_samples:]))
+    rest = [c for c in chain.from_iterable(zip_longest(top[n_shown:], kept_samples + shown_samples[n_samples:]))
             if c is not None and c.max_act > 0]
-    evidence = FeatureEvidence(tuple(top[:top_contexts]), tuple(shown_samples[:n_samples]), tuple(logit_tokens))
+    evidence = FeatureEvidence(tuple(top[:n_shown]), tuple(shown_samples[:n_samples]), tuple(logit_tokens))
     return ExplainInputs(evidence, tuple(rest[:held_out]), tuple(non_activating[:held_out]))
 
 

@@ -104,7 +104,8 @@ def explanation_messages(evidence: FeatureEvidence) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": explanation_user_text(evidence)}]
 
 
-_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:feature\s+)?(?:explanation|answer|phrase|detects?)\s*[:\-]\s*", re.I)
+_PREFIX = re.compile(r"^\s*(?:(?:the\s+)?(?:explanation|answer|phrase)\s*[:\-]|(?:the\s+|this\s+)?feature\s+"
+                     r"(?:detects|fires on|responds to)\s*:?)\s*", re.I)
 
 
 def parse_explanation(reply: str) -> str:

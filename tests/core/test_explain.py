@@ -34,6 +34,7 @@ def test_the_prompt_is_a_pure_function_of_the_evidence():
     ("\n\n  - \"mentions of the heart\"", "mentions of the heart"),
     ("1. <<heart>> tokens", "heart tokens"),
     ("The feature detects: body organs", "body organs"),
+    ("This feature fires on words about the heart.", "words about the heart."),
     ("   \n", ""),
 ])
 def test_parse_explanation(reply, expected):
@@ -97,3 +98,9 @@ def test_non_firing_windows_are_those_where_the_feature_is_zero():
     assert sorted(windows.non_firing(1, 10, seed=0)) == [1, 2, 3]
     assert len(windows.non_firing(1, 2, seed=0)) == 2
     assert windows.context(3, ["a", "b", "c", "d", "e"]) == Context(("e",), (0.0,))
+
+
+def test_a_rare_feature_keeps_some_top_contexts_for_scoring():
+    top = [Context((f" t{i}",), (6.0 - i,)) for i in range(6)]
+    split = split_evidence(top, [], [], [], top_contexts=8, n_samples=2, held_out=5)
+    assert len(split.evidence.top) == 3 and len(split.activating) == 3  # half shown, half held out
