@@ -189,6 +189,7 @@ def _steer_eval(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from core.config import load_config
+    from core.explanations import ExplanationWriteError
     from precompute.explain.backends import BackendError
     from precompute.explain.run import explain_study
 
@@ -197,7 +198,7 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         report = explain_study(config, args.features, args.backend, args.limit, args.device,
                                show_progress=not args.no_progress)
-    except BackendError as err:  # what was finished before it is kept
+    except (BackendError, ExplanationWriteError) as err:  # what was finished before it is kept
         print(f"error: {err} (explanations finished so far are kept; run again to go on)", file=sys.stderr)
         return 1
     print(f"{config.explanations_db}: explainer {report.explainer}  [{time.perf_counter() - start:.0f} s]")

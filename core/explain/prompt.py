@@ -72,7 +72,8 @@ def marked_text(context: Context, max_act: float) -> str:
 
 
 def _firing_tokens(context: Context, max_act: float) -> str:
-    pairs = [(token.strip() or repr(token), scale_0_10(act, max_act)) for token, act in zip(context.tokens, context.acts)]
+    pairs = [(token.strip() or repr(token), scale_0_10(act, max_act))
+             for token, act in zip(context.tokens, context.acts)]
     return ", ".join(f"{token} ({value})" for token, value in pairs if value > 0)
 
 

@@ -139,7 +139,7 @@ def backend_for(config: ExplainConfig, backend: str | None = None, device: str =
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise StudyInputError(f"explain.api_key_env names {config.api_key_env}, which is not set: export "
-                                      f"{config.api_key_env}=... (or set api_key_env = \"\" for a server without a key)")
+                                      f"{config.api_key_env}=... (or api_key_env = \"\" for a server without a key)")
         return OpenAIChat(config.base_url, config.model, key, config.concurrency, config.timeout_s, config.max_retries)
     from precompute.explain.local import LocalChat
 
@@ -148,4 +148,5 @@ def backend_for(config: ExplainConfig, backend: str | None = None, device: str =
 
 def model_label(model: str) -> str:
     """A short, stable name of a model reference for the explainer column (a file's name, not its path)."""
-    return Path(model.partition(":")[2] or model).name if ":" in model and not Path(model).exists() else Path(model).name
+    module, sep, file = model.partition(":")
+    return Path(file if sep and module.isidentifier() and not Path(model).exists() else model).name

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+from tqdm.auto import tqdm
 
 from core import database as db
 from core import explanations, labels
@@ -27,7 +28,7 @@ from core.explain.scoring import score_explanation
 from core.feature_ids import FeatureIdError, parse_feature_ids
 from core.loading import LoadedArm, decoder_fingerprint, load_arm
 from precompute.explain.backends import ChatBackend, backend_for
-from precompute.inputs import StudyInputs, progress_bar
+from precompute.inputs import StudyInputs
 
 logger = logging.getLogger(__name__)
 CHOICES = ("candidates", "emerged", "labelled", "all")
@@ -80,7 +81,8 @@ def explain_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loa
     token_text = inputs.token_strings(loaded)[1]
     saved = empty = 0
     chunk = max(1, getattr(chat, "concurrency", 1))
-    bar = progress_bar(show_progress, f"{loaded.name} explain", "feature")(range(len(features)))
+    bar = tqdm(total=len(features), desc=f"{loaded.name} explain", unit="feature", leave=False,
+               disable=not show_progress)
     for start in range(0, len(features), chunk):
         part = features[start:start + chunk]
         held = [explain_inputs(con, config, loaded.name, f, windows, token_text) for f in part]
@@ -97,10 +99,8 @@ def explain_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loa
                 loaded.name, feature, fingerprint, text, chat.name, PROMPT_VERSION, scores.simulation,
                 scores.detection, scores.n_tokens, scores.n_activating, scores.n_non_activating))
             saved += 1
-        if hasattr(bar, "update"):
-            bar.update(len(part))
-    if hasattr(bar, "close"):
-        bar.close()
+        bar.update(len(part))
+    bar.close()
     return saved, empty
 
 

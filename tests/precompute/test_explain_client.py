@@ -82,3 +82,18 @@ def test_yes_probability_from_logprobs_or_from_the_text():
     assert fake.requests[0]["logprobs"] is True and fake.requests[0]["max_tokens"] == 1
     assert answer_probability("No.", None) == 0.0 and answer_probability("yes", []) == 1.0
     assert answer_probability("maybe", None) == 0.5
+
+
+def test_a_key_in_the_config_file_is_refused(tmp_path):
+    from core.config import load_config
+    from factories import study_toml
+
+    config = tmp_path / "study.toml"
+    arms = [{"name": "base", "model": "m", "sae_path": "s"}]
+    config.write_text(study_toml(arms) + '\n[explain]\nbackend = "openai"\napi_key = "sk-secret"\n')
+    with pytest.raises(StudyInputError, match="explain.api_key: never put a key in the config; set "
+                                              "explain.api_key_env"):
+        load_config(config)
+    config.write_text(study_toml(arms) + '\n[explain]\nbackend = "ollama"\n')
+    with pytest.raises(StudyInputError, match="explain.backend: expected one of local, openai"):
+        load_config(config)

@@ -60,7 +60,8 @@ def test_the_planted_feature_is_explained_and_scored_from_its_real_activations(s
     # feature 1 fires on most tokens, not on " heart" alone: the same explanation explains it far worse, and
     # with no corpus window where it is quiet there is nothing to detect it against (NaN, never a made-up 0.5)
     feature_1 = shown.loc[1]
-    assert feature_1["simulation"] < 0.5 and feature_1["n_non_activating"] == 0 and feature_1["detection"] != feature_1["detection"]
+    assert feature_1["simulation"] < 0.5 and feature_1["n_non_activating"] == 0
+    assert feature_1["detection"] != feature_1["detection"]
 
 
 class Interrupted(BaseException):
