@@ -76,6 +76,8 @@ def explain_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loa
                 features: list[int], fingerprint: str, show_progress: bool) -> tuple[int, int]:
     """Explain, score and save each feature; returns (saved, empty replies)."""
     config = inputs.config
+    if not features:
+        return 0, 0
     windows = corpus_windows(loaded.model, loaded.sae, loaded.hook_name, inputs.corpus_rows(loaded), WINDOWS,
                              config.activations.window_before + config.activations.window_after + 1, config.seed)
     token_text = inputs.token_strings(loaded)[1]
