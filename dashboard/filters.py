@@ -67,6 +67,7 @@ def fields(arms: list[str]) -> list[place.Field]:
         place.Field(keys.FEATURES_COHERENCE, "coherence", (-1.0, 1.0), _coherence, lambda r: f"{r[0]:g}..{r[1]:g}"),
         place.Field(keys.FEATURES_MIN_MATCHES, "min_matches", 0, _whole(0, 50)),
         place.Field(keys.FEATURES_WORD, "word", ""),
+        place.Field(keys.FEATURES_EXPLANATION, "explained", ""),
         place.Field(keys.FEATURES_DENSITY_MIN, "density_min", 0.0, _fraction, lambda x: f"{x:g}"),
         place.Field(keys.FEATURES_DENSITY_MAX, "density_max", 1.0, _fraction, lambda x: f"{x:g}"),
         place.Field(keys.FEATURES_LABEL_STATUS, "label", "any", _one_of(LABEL_STATUSES)),
@@ -88,7 +89,7 @@ def feature_filter(values: dict[str, Any], arms: list[str]) -> FeatureFilter:
         density_min=values[keys.FEATURES_DENSITY_MIN] or None,
         density_max=None if values[keys.FEATURES_DENSITY_MAX] >= 1.0 else values[keys.FEATURES_DENSITY_MAX],
         label_status=values[keys.FEATURES_LABEL_STATUS], word=values[keys.FEATURES_WORD].strip(),
-        live_only=not values[keys.FEATURES_DEAD])
+        live_only=not values[keys.FEATURES_DEAD], explanation=values[keys.FEATURES_EXPLANATION].strip())
 
 
 def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
@@ -103,6 +104,8 @@ def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
         out[f"medical matches ≥ {flt.min_matches}"] = dataclasses.replace(flt, min_matches=0)
     if flt.word:
         out[f"top tokens include {flt.word!r}"] = dataclasses.replace(flt, word="")
+    if flt.explanation:
+        out[f"explanation mentions {flt.explanation!r}"] = dataclasses.replace(flt, explanation="")
     if flt.density_min is not None or flt.density_max is not None:
         out[f"density {flt.density_min or 0:g} to {1 if flt.density_max is None else flt.density_max:g}"] = \
             dataclasses.replace(flt, density_min=None, density_max=None)

@@ -119,12 +119,29 @@ def contexts_block(contexts, scale: float, limit: int | None = None, inspect: tu
                                         link=link), unsafe_allow_html=True)
 
 
+def explanation_block(arm: str, feature: int) -> None:
+    """The feature's explanation in words and its scores, or how to make one."""
+    found = data.feature_explanation(arm, feature)
+    if found is None:
+        st.caption(f"No explanation yet: `{data.explain_command(str(feature))}`")
+        return
+    simulation, detection = found["simulation"], found["detection"]
+    st.markdown(f"**Explanation:** {found['explanation']}")
+    st.caption(f"simulation r **{_number(simulation, 2)}** · detection **{_number(detection, 2)}** (balanced "
+               f"accuracy, 0.5 chance) on {int(found['n_activating'])} activating + {int(found['n_non_activating'])} "
+               f"quiet held-out contexts · {found['explainer']}, prompt v{int(found['prompt_version'])}",
+               help="Simulation: Pearson r of the activations the judge predicts from the explanation against the "
+                    "real ones, token by token (Bills et al. 2023). Detection: does the judge tell the contexts "
+                    "where the feature fires from those where it does not.")
+
+
 def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "", narrow: bool = False) -> None:
     """Everything about one feature; x_range / y_max share axes between two panels; narrow: stacked."""
     row = data.query("feature_row", arm, feature)
     if row is None:
         st.error(f"Arm {arm!r} has no feature {feature}.")
         return
+    explanation_block(arm, feature)
     feature_header(row, arm, feature, compact=narrow)
     left, right = (st.container(), st.container()) if narrow else st.columns(2)
     left.markdown("**Logit weights** (top and bottom tokens of W_dec @ W_U)")

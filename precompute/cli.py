@@ -1,4 +1,4 @@
-"""Command line of the precompute: `build-demo`, `check`, `run`.
+"""Command line of the precompute: `build-demo`, `check`, `run`, `steer-eval`, `explain`.
 
 User mistakes (`StudyInputError`) print one line and exit with code 2; nothing is written.
 """
@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="score texts in meaning (sentence, the default) or by word vectors (glove); "
                             "config steering.measure")
     steer.add_argument("--no-progress", action="store_true")
+
+    explain = sub.add_parser("explain", help="explain features in words with an LLM, scored; kept apart from re-runs")
+    explain.add_argument("--config", default=DEFAULT_CONFIG)
+    explain.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    explain.add_argument("--features", default="candidates",
+                         help="candidates, emerged, labelled, all (every feature that fired) or ids: 12,40")
+    explain.add_argument("--backend", default=None, choices=("local", "openai"), help="config explain.backend (local)")
+    explain.add_argument("--limit", type=int, default=None, help="at most N new explanations per arm")
+    explain.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every save/load at INFO
     offline_defaults()
     try:
-        return {"build-demo": _build_demo, "check": _check, "run": _run, "steer-eval": _steer_eval}[args.command](args)
+        return {"build-demo": _build_demo, "check": _check, "run": _run, "steer-eval": _steer_eval,
+                "explain": _explain}[args.command](args)
     except StudyInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -196,4 +206,25 @@ def _steer_eval(args: argparse.Namespace) -> int:
         print(f"  {row.arm:<10} {row.measure:<8} {row.features:>8}  {row.passing:>4} ({100 * row.share:>5.1f}%)  "
               f"{row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {row.steered_perplexity:>10.1f} / "
               f"{row.unsteered_perplexity:<9.1f}  {seconds.get(row.arm, 0):>7.0f}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.explanations import ExplanationWriteError
+    from precompute.explain.backends import BackendError
+    from precompute.explain.run import explain_study
+
+    config = load_config(args.config)
+    start = time.perf_counter()
+    try:
+        report = explain_study(config, args.features, args.backend, args.limit, args.device,
+                               show_progress=not args.no_progress)
+    except (BackendError, ExplanationWriteError) as err:  # what was finished before it is kept
+        print(f"error: {err} (explanations finished so far are kept; run again to go on)", file=sys.stderr)
+        return 1
+    print(f"{config.explanations_db}: explainer {report.explainer}  [{time.perf_counter() - start:.0f} s]")
+    for arm, count in report.explained.items():
+        print(f"  {arm:<10} {count:>5} explained  {report.skipped.get(arm, 0):>5} already there  "
+              f"{report.empty.get(arm, 0):>3} empty replies")
     return 0

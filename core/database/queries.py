@@ -38,6 +38,7 @@ class FeatureFilter:
     label_status: str = "any"
     word: str = ""  # a word among the top tokens (the valid-word rule: case and leading space ignored), e.g. "heart"
     live_only: bool = False  # leave out dead features (never fired on the corpus: nothing to read in them)
+    explanation: str = ""  # words searched in the features' explanations (scored by core.explain.search)
 
     def __post_init__(self) -> None:
         if self.label_status not in LABEL_STATUSES:
@@ -52,29 +53,32 @@ _WHERE = """
     AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
                ELSE l.label = ? END
     AND (? = '' OR list_contains(f.top_words, lower(trim(?))))
-    AND (NOT ? OR coalesce(f.n_fired, 0) > 0)"""
+    AND (NOT ? OR coalesce(f.n_fired, 0) > 0)
+    AND (? = '' OR coalesce(e.match, 0) > 0)"""
 
 
 def _where_params(flt: FeatureFilter) -> list[Any]:
     return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
             flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
-            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only]
+            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only, flt.explanation]
 
 
 def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
                   sort: str = "coherence", descending: bool = True, limit: int = 50,
-                  offset: int = 0) -> tuple[pd.DataFrame, int]:
-    """One page of the filtered, sorted feature table (with each feature's top tokens) and the total count."""
+                  offset: int = 0, explanations: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+    """One page of the filtered, sorted feature table (with each feature's top tokens and explanation) and the
+    total count. explanations: arm, feature, explanation, simulation, detection, match (core.explanations)."""
     if sort not in SORTABLE:
         raise ValueError(f"sort must be one of {SORTABLE}")
-    with _with_labels(con, labels):
-        source = "features f LEFT JOIN current_labels l USING (arm, feature)"
+    with _with_labels(con, labels, explanations):
+        source = _SOURCE
         # sort: whitelisted; ties (many, on whole-number columns) go to the more coherent feature
         order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.coherence DESC NULLS LAST, f.arm, f.feature"
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
             SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
-                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, l.label, count(*) OVER () AS total
+                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, l.label, e.explanation,
+                   e.simulation, e.detection, count(*) OVER () AS total
             FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?""",
                            _where_params(flt) + [limit, offset]).df()
         if len(page):
@@ -85,22 +89,34 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
     return page, int(total)
 
 
-def features_count(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None) -> int:
+def features_count(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
+                   explanations: pd.DataFrame | None = None) -> int:
     """How many features pass the filter (the Features page asks it of each filter left out, to say which one
     emptied the table)."""
-    with _with_labels(con, labels):
-        return int(con.execute(f"""SELECT count(*) FROM features f LEFT JOIN current_labels l USING (arm, feature)
-                                   WHERE {_WHERE}""", _where_params(flt)).fetchall()[0][0])
+    with _with_labels(con, labels, explanations):
+        return int(con.execute(f"SELECT count(*) FROM {_SOURCE} WHERE {_WHERE}", _where_params(flt)).fetchall()[0][0])
+
+
+_SOURCE = ("features f LEFT JOIN current_labels l USING (arm, feature) "
+           "LEFT JOIN current_explanations e USING (arm, feature)")
+_EMPTY_EXPLANATIONS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
+                                    "explanation": pd.Series(dtype=str), "simulation": pd.Series(dtype=float),
+                                    "detection": pd.Series(dtype=float), "match": pd.Series(dtype=float)})
 
 
 @contextmanager
-def _with_labels(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None) -> Iterator[None]:
-    """Current labels visible to the query as the table `current_labels` (arm, feature, label)."""
+def _with_labels(con: duckdb.DuckDBPyConnection, labels: pd.DataFrame | None,
+                 explanations: pd.DataFrame | None = None) -> Iterator[None]:
+    """Current labels and explanations visible to the query as the tables `current_labels` (arm, feature, label)
+    and `current_explanations` (arm, feature, explanation, simulation, detection, match)."""
     con.register("current_labels", _labels_frame(labels))
+    con.register("current_explanations", _EMPTY_EXPLANATIONS if explanations is None or explanations.empty else
+                 explanations[list(_EMPTY_EXPLANATIONS.columns)].astype({"feature": "int32"}))
     try:
         yield
     finally:
         con.unregister("current_labels")
+        con.unregister("current_explanations")
 
 
 def _labels_frame(labels: pd.DataFrame | None) -> pd.DataFrame:
@@ -317,3 +333,14 @@ def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """arm, log10 density of every feature that fired (dead features counted apart, in `dead`)."""
     return con.execute("""
         SELECT arm, log10(frac_nonzero) AS log10_density FROM features WHERE frac_nonzero > 0""").df()
+
+
+def features_to_explain(con: duckdb.DuckDBPyConnection, arm: str, which: str) -> list[int]:
+    """Features of `arm` for `precompute explain`: "candidates" (>= 2 medical matches), "emerged" (the model
+    diff's `emerge`), or "all"; dead features (never fired on the corpus: no context to explain) left out."""
+    where = {"candidates": "w.is_candidate", "emerged": "m.status = 'emerge'", "all": "TRUE"}[which]
+    matches = "LEFT JOIN feature_matches m USING (arm, feature)" if which == "emerged" else ""
+    rows = con.execute(f"""SELECT a.feature FROM feature_activations a LEFT JOIN feature_words w USING (arm, feature)
+                           {matches} WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""",
+                       [arm]).fetchall()
+    return [int(r[0]) for r in rows]

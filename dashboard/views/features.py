@@ -23,13 +23,15 @@ def reset_filters() -> None:
 
 
 with st.container(border=True):
-    c1, c2, c3, c4 = st.columns([2, 2, 1, 2])
+    c1, c2, c3, c4, c11 = st.columns([2, 2, 1, 2, 2])
     c1.multiselect("Arms", arms, key=keys.FEATURES_ARMS)
     c2.slider("Coherence", -1.0, 1.0, step=0.05, key=keys.FEATURES_COHERENCE,
               help="Paper eq. 1 over the top tokens; features with fewer than 2 valid words have none "
                    "and are hidden when the range is narrowed")
     c3.number_input("Min. medical matches", 0, 50, key=keys.FEATURES_MIN_MATCHES)
     c4.text_input("Top tokens include the word", key=keys.FEATURES_WORD, placeholder="e.g. heart")
+    c11.text_input("Explanation mentions", key=keys.FEATURES_EXPLANATION, placeholder="e.g. blood vessels",
+                   help="Words searched in the features' explanations (`python -m precompute explain`)")
     c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1.4, 1.6, 1.8, 1.2])  # the toggles need room for their labels
     c5.number_input("Min. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MIN)
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
@@ -45,33 +47,40 @@ values = {field.key: st.session_state[field.key] for field in fields}
 flt = filters.feature_filter(values, arms)
 page_size = values[keys.FEATURES_PAGE_SIZE]
 labels = data.current_labels()
+explained = data.searched_explanations(flt.explanation)
 page = values[keys.FEATURES_PAGE]
 column = filters.SORTS[sort]
-rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size)
+rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size,
+                          explained)
 n_pages = max(1, math.ceil(total / page_size))
 if page > n_pages:  # the filter shrank the table under the page the user was on
     page = n_pages
-    rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size)
+    rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size,
+                          explained)
 st.session_state[keys.FEATURES_PAGE] = page
 
 if total == 0:
-    st.warning(filters.why_empty(flt, arms, lambda f: data.query("features_count", f, labels)))
+    st.warning(filters.why_empty(flt, arms, lambda f: data.query("features_count", f, labels, explained)))
     st.button("Reset filters", key=keys.FEATURES_RESET, on_click=reset_filters)
 else:
-    dead = data.query("features_count", dataclasses.replace(flt, live_only=False), labels) - total \
+    dead = data.query("features_count", dataclasses.replace(flt, live_only=False), labels, explained) - total \
         if flt.live_only else 0
     st.markdown(f"**{total:,}** features match" + (f" ({dead:,} dead features hidden)." if dead else "."))
 arrow = " ↓" if descending else " ↑"
 titles = {name: name + (arrow if name == sort else "") for name in filters.SORTS}
 rows = rows.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(rows["arm"], rows["feature"])])
 st.dataframe(
-    rows[["open", "arm", "feature", "top_tokens", "coherence", "med_matches", "frac_nonzero", "max_act", "label",
-          "matched_words", "llr"]],
+    rows[["open", "arm", "feature", "top_tokens", "explanation", "simulation", "coherence", "med_matches",
+          "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
     hide_index=True, width="stretch", key="features_table",
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
         "feature": st.column_config.NumberColumn(titles["feature id"]),
         "top_tokens": st.column_config.TextColumn("top tokens (W_dec @ W_U)", width="large"),
+        "explanation": st.column_config.TextColumn("explanation", width="large"),
+        "simulation": st.column_config.NumberColumn("sim. r", format="%.2f",
+                                                    help="how well the explanation predicts the activations "
+                                                         "(Pearson r on held-out contexts)"),
         "coherence": st.column_config.NumberColumn(titles["coherence"], format="%.3f"),
         "med_matches": st.column_config.NumberColumn(titles["medical matches"]),
         "frac_nonzero": st.column_config.NumberColumn(titles["density"], format="%.2e",

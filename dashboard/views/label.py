@@ -39,6 +39,7 @@ else:
         st.subheader(f"{arm} · feature {feature}")
         st.page_link("views/feature.py", label="Open its page", query_params={"arm": arm, "feature": str(feature)})
         widgets.feature_header(candidate, arm, feature)
+        widgets.explanation_block(arm, feature)  # read before the contexts
         tokens = data.query("feature_tokens", arm, feature)
         st.markdown("**Top tokens:** " + " · ".join(repr(t) for t in tokens[tokens["kind"] == "top"]["token"]))
         widgets.contexts_block(data.query("feature_contexts", arm, feature, "top"),

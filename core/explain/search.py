@@ -1,0 +1,36 @@
+"""Searching features by their explanations: a scorer gives each explanation a match score for a query (0: no
+match), and the Features page keeps those above 0. Words now; a meaning scorer (a sentence encoder's cosine,
+thresholded) has the same signature and plugs in as `scorer`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Scorer = Callable[[str, Sequence[str]], np.ndarray]  # (query, explanations) -> score per explanation, >= 0
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words_of(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def word_scores(query: str, explanations: Sequence[str]) -> np.ndarray:
+    """Share of the query's words found as whole words (or word starts: "cardi" finds "cardiac") in each
+    explanation, counted only when every word is found: 1.0 or 0.0, case and punctuation ignored."""
+    wanted = words_of(query)
+    if not wanted:
+        return np.ones(len(explanations))
+    scores = np.zeros(len(explanations))
+    for i, text in enumerate(explanations):
+        have = words_of(text or "")
+        if all(any(word.startswith(w) for word in have) for w in wanted):
+            scores[i] = 1.0
+    return scores
+
+
+def match_scores(query: str, explanations: Sequence[str], scorer: Scorer = word_scores) -> np.ndarray:
+    """Each explanation's match score for `query` under `scorer` (words by default)."""
+    return np.asarray(scorer(query, list(explanations)), dtype=np.float64)
