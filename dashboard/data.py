@@ -234,14 +234,20 @@ def feature_explanation(arm: str, feature: int) -> dict[str, Any] | None:
     return None if match.empty else match.iloc[0].to_dict()
 
 
-def searched_explanations(text: str) -> pd.DataFrame:
-    """Current explanations with a `match` column for the Features search (core.explain.search: words now; a
-    meaning scorer plugs in there)."""
-    from core.explain.search import match_scores
+def searched_explanations(text: str, by_meaning: bool = False) -> pd.DataFrame:
+    """Current explanations with a `match` column for the Features search (core.explain.search): whole words, or
+    meaning (the offline sentence encoder's cosine, kept at or above MEANING_THRESHOLD)."""
+    from core.explain.search import match_scores, meaning_scorer, word_scores
 
     frame = current_explanations()
-    return frame.assign(match=match_scores(text, frame["explanation"].tolist()) if text.strip() and len(frame)
-                        else 1.0)
+    if not text.strip() or not len(frame):
+        return frame.assign(match=1.0)
+    if by_meaning:
+        from core.sentence import rank_by_meaning
+        scorer = meaning_scorer(rank_by_meaning)
+    else:
+        scorer = word_scores
+    return frame.assign(match=match_scores(text, frame["explanation"].tolist(), scorer))
 
 
 def explain_command(features: str = "candidates") -> str:

@@ -68,6 +68,8 @@ def fields(arms: list[str]) -> list[place.Field]:
         place.Field(keys.FEATURES_MIN_MATCHES, "min_matches", 0, _whole(0, 50)),
         place.Field(keys.FEATURES_WORD, "word", ""),
         place.Field(keys.FEATURES_EXPLANATION, "explained", ""),
+        place.Field(keys.FEATURES_BY_MEANING, "match", False, _one_of({"meaning": True, "words": False}),
+                    lambda meaning: "meaning" if meaning else "words"),
         place.Field(keys.FEATURES_DENSITY_MIN, "density_min", 0.0, _fraction, lambda x: f"{x:g}"),
         place.Field(keys.FEATURES_DENSITY_MAX, "density_max", 1.0, _fraction, lambda x: f"{x:g}"),
         place.Field(keys.FEATURES_LABEL_STATUS, "label", "any", _one_of(LABEL_STATUSES)),

@@ -11,6 +11,7 @@ FEATURES_DENSITY_MAX = "features_density_max"
 FEATURES_LABEL_STATUS = "features_label_status"
 FEATURES_WORD = "features_word"
 FEATURES_EXPLANATION = "features_explanation"  # words searched in the features' explanations
+FEATURES_BY_MEANING = "features_by_meaning"  # the explanation search matches meaning, not words
 FEATURES_DEAD = "features_dead"
 FEATURES_RESET = "features_reset"
 FEATURES_SORT = "features_sort"

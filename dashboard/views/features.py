@@ -32,6 +32,8 @@ with st.container(border=True):
     c4.text_input("Top tokens include the word", key=keys.FEATURES_WORD, placeholder="e.g. heart")
     c11.text_input("Explanation mentions", key=keys.FEATURES_EXPLANATION, placeholder="e.g. blood vessels",
                    help="Words searched in the features' explanations (`python -m precompute explain`)")
+    c11.toggle("By meaning", key=keys.FEATURES_BY_MEANING,
+               help="Match explanations by meaning (all-MiniLM-L6-v2 cosine ≥ 0.4, offline) instead of by words")
     c5, c6, c7, c8, c9, c10 = st.columns([1, 1, 1.4, 1.6, 1.8, 1.2])  # the toggles need room for their labels
     c5.number_input("Min. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MIN)
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
@@ -47,7 +49,7 @@ values = {field.key: st.session_state[field.key] for field in fields}
 flt = filters.feature_filter(values, arms)
 page_size = values[keys.FEATURES_PAGE_SIZE]
 labels = data.current_labels()
-explained = data.searched_explanations(flt.explanation)
+explained = data.searched_explanations(flt.explanation, values[keys.FEATURES_BY_MEANING])
 page = values[keys.FEATURES_PAGE]
 column = filters.SORTS[sort]
 rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size,

@@ -104,3 +104,13 @@ def test_a_rare_feature_keeps_some_top_contexts_for_scoring():
     top = [Context((f" t{i}",), (6.0 - i,)) for i in range(6)]
     split = split_evidence(top, [], [], [], top_contexts=8, n_samples=2, held_out=5)
     assert len(split.evidence.top) == 3 and len(split.activating) == 3  # half shown, half held out
+
+
+def test_the_meaning_scorer_keeps_cosines_at_or_above_the_threshold_and_zeroes_the_rest():
+    from core.explain.search import MEANING_THRESHOLD, meaning_scorer
+
+    cosines = {"arteries and veins": 0.62, "dates and numbers": 0.05, "the heart": 0.4}
+    scorer = meaning_scorer(lambda query, texts: np.array([cosines[t] for t in texts]))
+    scores = scorer("blood vessels", list(cosines))
+    assert MEANING_THRESHOLD == 0.4 and scores.tolist() == [0.62, 0.0, 0.4]
+    assert scorer("", list(cosines)).tolist() == [1.0, 1.0, 1.0]  # no query: everything matches, as with words

@@ -70,3 +70,13 @@ def test_features_searches_explanations_and_shows_them_as_a_column(study):
     assert sorted(zip(table["arm"], table["feature"])) == [("base", 0), ("finetuned", 4)]
     at.text_input(key="features_explanation").set_value("walking").run()
     assert "explanation mentions 'walking'" in at.warning[0].value  # the old SAE's explanation is not searched
+
+
+def test_features_searches_explanations_by_meaning(study):
+    # "cardiac" is in none of the texts: by words nothing matches; by meaning the two heart explanations do
+    at = page("features", dead="shown", explained="cardiac")
+    assert "explanation mentions 'cardiac'" in at.warning[0].value
+    at = page("features", dead="shown", explained="cardiac", match="meaning")
+    assert not at.exception
+    table = features_table(at)
+    assert sorted(zip(table["arm"], table["feature"])) == [("base", 0), ("finetuned", 4)]
