@@ -3,6 +3,8 @@ steps, on a tiny random Llama saved here: base arm saved as given, fine-tuned ar
 SAEs at the recipe's hook, the quality floor reported (and its misses named), the study config loads."""
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,39 @@ def test_each_recipe_name_is_a_shipped_config_with_a_recipe():
     assert cli._parser().parse_args(["build-demo", "--recipe", "smollm2"]).recipe == "smollm2"
     with pytest.raises(SystemExit):  # one or the other: a recipe names its config
         cli._parser().parse_args(["build-demo", "--recipe", "smollm2", "--config", "configs/demo.toml"])
+
+
+def test_manifest_lists_only_the_fields_a_pretrained_recipe_uses(built):
+    out, manifest, _ = built
+    assert manifest["recipe"]["pretrained"] and "finetune_lr" in manifest["recipe"]
+    assert not {"vocab_size", "n_layer", "n_embd", "n_head", "base_tokens", "base_lr"} & set(manifest["recipe"])
+    assert manifest["rows"]["base"] == 0  # nothing is packed for training a base that is given
+
+
+def test_sae_metadata_names_the_study_arm(built):
+    out, _, _ = built
+    for arm in ("base", "finetuned"):
+        config = json.loads((out / "saes" / arm / "cfg.json").read_text())
+        assert config["metadata"]["model_name"] == f"smollm2-{arm}"
+
+
+def test_a_recipe_that_changes_only_the_sae_keeps_the_models(built, tmp_path):
+    """Same model fields and seed: the arms are linked in unchanged, only the SAEs retrain; a model field retrains."""
+    out, manifest, config = built
+    again = tmp_path / "smollm2"
+    shutil.copytree(out, again)
+    weights = {arm: (again / "models" / arm / "model.safetensors").read_bytes() for arm in ("base", "finetuned")}
+    recipe = dataclasses.replace(config.demo.recipe, d_sae=32, sae_l1_coefficient=1.0)
+    rebuilt = demo_build.build_demo(dataclasses.replace(config, demo=DemoConfig(recipe=recipe, fast=recipe)), again)
+    kept = rebuilt.manifest
+    assert "fine-tune" not in kept["timings_s"] and kept["timings_s"]["keep models"] > 0
+    assert kept["reused"]["timings_s"]["fine-tune"] == manifest["timings_s"]["fine-tune"]
+    assert kept["perplexity"] == manifest["perplexity"] and kept["models_key"] == manifest["models_key"]
+    assert all((again / "models" / arm / "model.safetensors").read_bytes() == weights[arm] for arm in weights)
+    assert kept["saes"]["base"]["d_sae"] == 32 and kept["recipe_hash"] != manifest["recipe_hash"]
+    retuned = dataclasses.replace(recipe, finetune_lr=recipe.finetune_lr / 2)
+    retrained = demo_build.build_demo(dataclasses.replace(config, demo=DemoConfig(recipe=retuned, fast=retuned)),
+                                      again).manifest
+    assert retrained["timings_s"]["fine-tune"] > 0 and "reused" not in retrained
+    assert retrained["models_key"] != manifest["models_key"]
+    assert (again / "models" / "finetuned" / "model.safetensors").read_bytes() != weights["finetuned"]
