@@ -154,7 +154,7 @@ def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe
 
     with _step("keep models", timings, bar):
         logger.info("keeping the base and fine-tuned arms of the build in %s (models key %s)", out,
-                    earlier["models_key"])
+                    reuse.earlier_models_key(earlier))
         reuse.link_models(out, folder)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "models" / "base"))
         rows = steps.make_rows(text, tokenizer, recipe, config.seed)

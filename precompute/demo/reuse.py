@@ -15,11 +15,12 @@ from typing import Any
 from core.config import DemoRecipe
 
 # Sizes and steps of a base model trained here: a pretrained recipe brings its own, so they are not its fields.
-FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_tokens", "base_lr")
+# (`base_tokens` stays one: it also sets where the fine-tune's general rows start, apart from the SAE's.)
+FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
 # What the two arms and their held-out perplexities depend on; the other fields only shape the SAEs.
 MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
                 "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
-MODELS_VERSION = 2  # bump when the model steps change (2: a pretrained recipe packs no base-training rows)
+MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
 
 
@@ -33,15 +34,26 @@ def used_recipe(recipe: DemoRecipe) -> dict[str, Any]:
 
 def models_key(recipe: DemoRecipe, seed: int) -> str:
     """Changes exactly when the base / fine-tuned arms of a build would."""
-    used = used_recipe(recipe)
-    text = json.dumps({"models": {k: used[k] for k in MODEL_FIELDS if k in used}, "seed": seed,
-                       "version": MODELS_VERSION}, sort_keys=True)
+    return _key(used_recipe(recipe), seed, MODELS_VERSION)
+
+
+def _key(fields: dict[str, Any], seed: int, version: int) -> str:
+    skip = FROM_SCRATCH_FIELDS if fields.get("pretrained") else ()
+    models = {k: fields.get(k) for k in MODEL_FIELDS if k not in skip}
+    text = json.dumps({"models": models, "seed": seed, "version": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def earlier_models_key(manifest: dict[str, Any]) -> str | None:
+    """The models key of an earlier build; builds from before keys were recorded had the model steps of version 1."""
+    if "models_key" in manifest or "recipe" not in manifest:
+        return manifest.get("models_key")
+    return _key(manifest["recipe"], manifest.get("seed", 0), version=1)
 
 
 def reusable(out: Path, manifest: dict[str, Any], key: str) -> bool:
     """Whether `out` holds a complete earlier build whose arms are the ones this recipe would train."""
-    return manifest.get("models_key") == key and all(
+    return earlier_models_key(manifest) == key and all(
         (out / "models" / arm / "config.json").is_file() for arm in ("base", "finetuned"))
 
 

@@ -61,7 +61,9 @@ def make_tokenizer(data: TextData, recipe: DemoRecipe) -> Any:
 def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> dict[str, torch.Tensor]:
     """Token rows [n, n_positions] for each use: base training, fine-tuning, SAE training, evaluation."""
     ctx = recipe.n_positions
-    n_base = 0 if recipe.pretrained else recipe.base_tokens // ctx  # a pretrained base is not trained here
+    # A pretrained recipe trains no base on these rows; they still keep its fine-tune's general rows apart from
+    # the SAE's, which start at the same first row.
+    n_base = recipe.base_tokens // ctx
     n_ft = recipe.finetune_tokens // ctx
     n_ft_general = int(n_ft * recipe.finetune_general_share)
     n_eval = max(1, recipe.eval_tokens // ctx)

@@ -14,7 +14,7 @@ from core.config import DemoConfig, load_config
 from core.loading import load_arm
 from precompute import cli
 from precompute.demo import build as demo_build
-from precompute.demo import pretrained, steps
+from precompute.demo import pretrained, reuse, steps
 from precompute.demo.text import iter_medical_texts
 from precompute.demo.tokenizer import train_tokenizer
 
@@ -132,8 +132,7 @@ def test_each_recipe_name_is_a_shipped_config_with_a_recipe():
 def test_manifest_lists_only_the_fields_a_pretrained_recipe_uses(built):
     out, manifest, _ = built
     assert manifest["recipe"]["pretrained"] and "finetune_lr" in manifest["recipe"]
-    assert not {"vocab_size", "n_layer", "n_embd", "n_head", "base_tokens", "base_lr"} & set(manifest["recipe"])
-    assert manifest["rows"]["base"] == 0  # nothing is packed for training a base that is given
+    assert not {"vocab_size", "n_layer", "n_embd", "n_head", "base_lr"} & set(manifest["recipe"])
 
 
 def test_sae_metadata_names_the_study_arm(built):
@@ -163,3 +162,15 @@ def test_a_recipe_that_changes_only_the_sae_keeps_the_models(built, tmp_path):
     assert retrained["timings_s"]["fine-tune"] > 0 and "reused" not in retrained
     assert retrained["models_key"] != manifest["models_key"]
     assert (again / "models" / "finetuned" / "model.safetensors").read_bytes() != weights["finetuned"]
+
+
+def test_a_build_from_before_models_keys_is_recognised_by_its_recipe():
+    """Manifests written before the key (data/smollm2 of the first SmolLM2 build) list every recipe field."""
+    recipe = load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe
+    old = {"seed": 0, "recipe": dataclasses.asdict(recipe)}  # from-scratch fields included, as they were then
+    assert reuse.earlier_models_key(old) == reuse.models_key(recipe, 0)
+    assert reuse.earlier_models_key({**old, "seed": 1}) != reuse.models_key(recipe, 0)
+    moved = {**old, "recipe": {**old["recipe"], "finetune_tokens": 8192}}
+    assert reuse.earlier_models_key(moved) != reuse.models_key(recipe, 0)
+    sae_only = dataclasses.replace(recipe, sae_l1_coefficient=1.0, d_sae=4608)
+    assert reuse.models_key(sae_only, 0) == reuse.models_key(recipe, 0)
