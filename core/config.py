@@ -251,6 +251,7 @@ class DemoRecipe:
     sae_tokens: int = 400_000
     sae_batch_tokens: int = 512
     sae_l1_warm_up_share: float = 0.15
+    sae_lr_decay_share: float = 0.0  # over the last share of SAE steps the learning rate falls linearly to 0
     sae_exclude_special_tokens: bool = False  # leave BOS / EOS separators out of SAE training (SAELens option)
 
 

@@ -137,6 +137,10 @@ def _print_floor_and_budget(manifest: dict) -> None:
         slowest = sorted(manifest["timings_s"].items(), key=lambda item: -item[1])[:3]
         print(f"  build time {manifest['total_s']:.0f} s on {cpu['model']} ({cpu['torch_threads']} torch threads, "
               f"device {manifest['device']}); slowest: " + ", ".join(f"{k} {v:.0f} s" for k, v in slowest))
+    if "reused" in manifest:  # the arms came from an earlier build: say what a build from nothing costs
+        kept = sum(manifest["reused"]["timings_s"].values())
+        print(f"  models kept from the earlier build (its model steps took {kept:.0f} s; from nothing "
+              f"~{manifest['total_s'] + kept:.0f} s)")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -3,6 +3,9 @@
 Steps: text → tokenizer → base LM (general English) → fine-tuned copy (medical) → held-out perplexities →
 one SAELens SAE per arm at the recipe's hook → medical vocabulary → GloVe cache → manifest + study config.
 
+When `out` already holds a build whose arms this recipe would train again (same model fields and seed), they are
+kept and only the SAE and later steps run (precompute/demo/reuse.py); `--force` rebuilds everything.
+
 Everything is built in a scratch folder beside `out` and moved in piece by piece only when every step
 succeeded, so a failed or interrupted build leaves the previous demo intact. Files that are not the build's
 (the features and labels databases) are never touched.
@@ -29,6 +32,7 @@ from tqdm.auto import tqdm
 from core.config import DemoRecipe, StudyConfig
 from core.errors import StudyInputError
 from precompute.demo import steps
+from precompute.demo import reuse
 from precompute.demo.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -47,7 +51,7 @@ class BuildResult:
 
 
 def recipe_hash(recipe: DemoRecipe, seed: int) -> str:
-    text = json.dumps({"recipe": dataclasses.asdict(recipe), "seed": seed, "build_version": BUILD_VERSION},
+    text = json.dumps({"recipe": reuse.used_recipe(recipe), "seed": seed, "build_version": BUILD_VERSION},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -66,8 +70,9 @@ def build_demo(config: StudyConfig, out: Path, fast: bool = False, force: bool =
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
+    keep_models = not force and reuse.reusable(out, existing, reuse.models_key(recipe, config.seed))
     try:
-        manifest = _build_into(scratch, config, recipe, fast, device)
+        manifest = _build_into(scratch, config, recipe, fast, device, existing if keep_models else None, out)
         manifest["recipe_hash"] = wanted
         _write_study_toml(scratch / "study.toml", config, out)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -105,20 +110,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: bool, device: str) -> dict[str, Any]:
+def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: bool, device: str,
+                earlier: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+    """Run the steps into `folder`; `earlier` is the manifest of the build in `out` whose arms are kept, if any."""
     timings: dict[str, float] = {}
     _seed_everything(config.seed)
     with tqdm(total=len(STEPS), desc="build-demo", unit="step") as bar:
-        manifest = _run_steps(folder, config, recipe, device, timings, bar)
+        manifest = _run_steps(folder, config, recipe, device, timings, bar, earlier, out)
+    reused = {"timings_s": reuse.model_step_timings(earlier)} if earlier is not None else {}
     return {"study": config.name, "fast": fast, "seed": config.seed, "device": device,
-            "recipe": dataclasses.asdict(recipe), "versions": steps.package_versions(), **manifest,
-            "timings_s": timings, "total_s": round(sum(timings.values()), 1), "cpu": steps.machine()}
+            "recipe": reuse.used_recipe(recipe), "models_key": reuse.models_key(recipe, config.seed),
+            "versions": steps.package_versions(), **manifest, "timings_s": timings,
+            "total_s": round(sum(timings.values()), 1), **({"reused": reused} if reused else {}),
+            "cpu": steps.machine()}
 
 
-def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
-               bar: Any) -> dict[str, Any]:
-    with _step("text", timings, bar):
-        text = steps.prepare_text(folder / "corpus", recipe)
+def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe, device: str,
+                 timings: dict[str, float], bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
+    """Train (or load) the base arm, fine-tune it, measure both: (tokenizer, rows, perplexity)."""
     # A pretrained recipe brings its own tokenizer and base model; the steps after these two are the same.
     with _step("load pretrained" if recipe.pretrained else "tokenizer", timings, bar):
         base, tokenizer = (load_pretrained(recipe.pretrained) if recipe.pretrained
@@ -134,12 +143,38 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         perplexity = {arm: steps.evaluate(model, rows, recipe, device)
                       for arm, model in (("base", base), ("finetuned", finetuned))}
         logger.info("held-out perplexity (general, medical): %s", perplexity)  # seen before a long build ends
-    del base, finetuned  # the SAE steps reload each arm from disk, as the study will
+    return tokenizer, rows, perplexity
+
+
+def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe,
+                 earlier: dict[str, Any], out: Path, timings: dict[str, float],
+                 bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
+    """The arms of the earlier build in `out`, linked in unchanged: (tokenizer, rows, perplexity)."""
+    from transformers import AutoTokenizer
+
+    with _step("keep models", timings, bar):
+        logger.info("keeping the base and fine-tuned arms of the build in %s (models key %s)", out,
+                    reuse.earlier_models_key(earlier))
+        reuse.link_models(out, folder)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "models" / "base"))
+        rows = steps.make_rows(text, tokenizer, recipe, config.seed)
+    bar.update(3)  # base model, fine-tune and perplexity were done by the earlier build
+    return tokenizer, rows, earlier["perplexity"]
+
+
+def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
+               bar: Any, earlier: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+    with _step("text", timings, bar):
+        text = steps.prepare_text(folder / "corpus", recipe)
+    if earlier is None:
+        tokenizer, rows, perplexity = _model_steps(folder, text, config, recipe, device, timings, bar)
+    else:
+        tokenizer, rows, perplexity = _kept_models(folder, text, config, recipe, earlier, out, timings, bar)
     saes = {}
     for arm in ARMS:
         with _step(f"SAE {arm}", timings, bar):
             saes[arm] = steps.train_and_save_sae(folder / "models" / arm, folder / "saes" / arm, rows, recipe,
-                                                 config.seed, device, arm)
+                                                 config.seed, device, arm, model_name=f"{config.name}-{arm}")
             logger.info("SAE %s: %s", arm, saes[arm])
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")

@@ -55,6 +55,7 @@ def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, dev
             n_batches_for_norm_estimate=10,
             lr=recipe.sae_lr,
             lr_warm_up_steps=max(1, n_steps // 20),
+            lr_decay_steps=int(recipe.sae_lr_decay_share * n_steps),
             model_from_pretrained_kwargs=dict(TRAINING_PROCESSING),
             device=device,
             seed=seed,

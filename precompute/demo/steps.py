@@ -61,6 +61,8 @@ def make_tokenizer(data: TextData, recipe: DemoRecipe) -> Any:
 def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> dict[str, torch.Tensor]:
     """Token rows [n, n_positions] for each use: base training, fine-tuning, SAE training, evaluation."""
     ctx = recipe.n_positions
+    # A pretrained recipe trains no base on these rows; they still keep its fine-tune's general rows apart from
+    # the SAE's, which start at the same first row.
     n_base = recipe.base_tokens // ctx
     n_ft = recipe.finetune_tokens // ctx
     n_ft_general = int(n_ft * recipe.finetune_general_share)
@@ -128,15 +130,16 @@ def quality_floor(perplexity: dict[str, dict[str, float]], saes: dict[str, dict[
 
 
 def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Tensor], recipe: DemoRecipe,
-                       seed: int, device: str, arm: str) -> dict[str, Any]:
-    """Load the saved model as the study will (transformers → processed HookedTransformer), train the SAE,
-    save it, reload it with SAE.load_from_disk and report its quality on held-out text of both domains."""
+                       seed: int, device: str, arm: str, model_name: str) -> dict[str, Any]:
+    """Load the saved model as the study will (transformers → processed HookedTransformer), train the SAE
+    (`model_name` goes into its metadata), save it, reload it with SAE.load_from_disk and report its quality on
+    held-out text of both domains."""
     from sae_lens import SAE
 
     hf_model, tokenizer = load_hf_model(str(model_dir), arm)
     model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), device)
     torch.manual_seed(seed)
-    sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=f"demo-{arm}")
+    sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=model_name)
     sae.save_model(str(sae_dir))
     reloaded = SAE.load_from_disk(str(sae_dir), device=device)
     heldout = torch.cat([rows["eval_general"], rows["eval_medical"]])

@@ -3,6 +3,8 @@ steps, on a tiny random Llama saved here: base arm saved as given, fine-tuned ar
 SAEs at the recipe's hook, the quality floor reported (and its misses named), the study config loads."""
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from core.config import DemoConfig, load_config
 from core.loading import load_arm
 from precompute import cli
 from precompute.demo import build as demo_build
-from precompute.demo import pretrained, steps
+from precompute.demo import pretrained, reuse, steps
 from precompute.demo.text import iter_medical_texts
 from precompute.demo.tokenizer import train_tokenizer
 
@@ -125,3 +127,50 @@ def test_each_recipe_name_is_a_shipped_config_with_a_recipe():
     assert cli._parser().parse_args(["build-demo", "--recipe", "smollm2"]).recipe == "smollm2"
     with pytest.raises(SystemExit):  # one or the other: a recipe names its config
         cli._parser().parse_args(["build-demo", "--recipe", "smollm2", "--config", "configs/demo.toml"])
+
+
+def test_manifest_lists_only_the_fields_a_pretrained_recipe_uses(built):
+    out, manifest, _ = built
+    assert manifest["recipe"]["pretrained"] and "finetune_lr" in manifest["recipe"]
+    assert not {"vocab_size", "n_layer", "n_embd", "n_head", "base_lr"} & set(manifest["recipe"])
+
+
+def test_sae_metadata_names_the_study_arm(built):
+    out, _, _ = built
+    for arm in ("base", "finetuned"):
+        config = json.loads((out / "saes" / arm / "cfg.json").read_text())
+        assert config["metadata"]["model_name"] == f"smollm2-{arm}"
+
+
+def test_a_recipe_that_changes_only_the_sae_keeps_the_models(built, tmp_path):
+    """Same model fields and seed: the arms are linked in unchanged, only the SAEs retrain; a model field retrains."""
+    out, manifest, config = built
+    again = tmp_path / "smollm2"
+    shutil.copytree(out, again)
+    weights = {arm: (again / "models" / arm / "model.safetensors").read_bytes() for arm in ("base", "finetuned")}
+    recipe = dataclasses.replace(config.demo.recipe, d_sae=32, sae_l1_coefficient=1.0)
+    rebuilt = demo_build.build_demo(dataclasses.replace(config, demo=DemoConfig(recipe=recipe, fast=recipe)), again)
+    kept = rebuilt.manifest
+    assert "fine-tune" not in kept["timings_s"] and kept["timings_s"]["keep models"] > 0
+    assert kept["reused"]["timings_s"]["fine-tune"] == manifest["timings_s"]["fine-tune"]
+    assert kept["perplexity"] == manifest["perplexity"] and kept["models_key"] == manifest["models_key"]
+    assert all((again / "models" / arm / "model.safetensors").read_bytes() == weights[arm] for arm in weights)
+    assert kept["saes"]["base"]["d_sae"] == 32 and kept["recipe_hash"] != manifest["recipe_hash"]
+    retuned = dataclasses.replace(recipe, finetune_lr=recipe.finetune_lr / 2)
+    retrained = demo_build.build_demo(dataclasses.replace(config, demo=DemoConfig(recipe=retuned, fast=retuned)),
+                                      again).manifest
+    assert retrained["timings_s"]["fine-tune"] > 0 and "reused" not in retrained
+    assert retrained["models_key"] != manifest["models_key"]
+    assert (again / "models" / "finetuned" / "model.safetensors").read_bytes() != weights["finetuned"]
+
+
+def test_a_build_from_before_models_keys_is_recognised_by_its_recipe():
+    """Manifests written before the key (data/smollm2 of the first SmolLM2 build) list every recipe field."""
+    recipe = load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe
+    old = {"seed": 0, "recipe": dataclasses.asdict(recipe)}  # from-scratch fields included, as they were then
+    assert reuse.earlier_models_key(old) == reuse.models_key(recipe, 0)
+    assert reuse.earlier_models_key({**old, "seed": 1}) != reuse.models_key(recipe, 0)
+    moved = {**old, "recipe": {**old["recipe"], "finetune_tokens": 8192}}
+    assert reuse.earlier_models_key(moved) != reuse.models_key(recipe, 0)
+    sae_only = dataclasses.replace(recipe, sae_l1_coefficient=1.0, d_sae=4608)
+    assert reuse.models_key(sae_only, 0) == reuse.models_key(recipe, 0)

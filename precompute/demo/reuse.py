@@ -1,0 +1,70 @@
+"""Keeping the models of an earlier build: a recipe change that touches only the SAE (or the vocabulary) reuses the
+base and fine-tuned arms and their perplexities, which are most of a real model's build time (the SmolLM2
+recipe: load, fine-tune and perplexity ~13 of its ~29 minutes under load)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from core.config import DemoRecipe
+
+# Sizes and steps of a base model trained here: a pretrained recipe brings its own, so they are not its fields.
+# (`base_tokens` stays one: it also sets where the fine-tune's general rows start, apart from the SAE's.)
+FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
+# What the two arms and their held-out perplexities depend on; the other fields only shape the SAEs.
+MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
+                "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
+MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
+MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
+
+
+def used_recipe(recipe: DemoRecipe) -> dict[str, Any]:
+    """The recipe's fields that this build uses (a pretrained recipe drops the from-scratch sizes)."""
+    fields = dataclasses.asdict(recipe)
+    if recipe.pretrained:
+        fields = {k: v for k, v in fields.items() if k not in FROM_SCRATCH_FIELDS}
+    return fields
+
+
+def models_key(recipe: DemoRecipe, seed: int) -> str:
+    """Changes exactly when the base / fine-tuned arms of a build would."""
+    return _key(used_recipe(recipe), seed, MODELS_VERSION)
+
+
+def _key(fields: dict[str, Any], seed: int, version: int) -> str:
+    skip = FROM_SCRATCH_FIELDS if fields.get("pretrained") else ()
+    models = {k: fields.get(k) for k in MODEL_FIELDS if k not in skip}
+    text = json.dumps({"models": models, "seed": seed, "version": version}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def earlier_models_key(manifest: dict[str, Any]) -> str | None:
+    """The models key of an earlier build; builds from before keys were recorded had the model steps of version 1."""
+    if "models_key" in manifest or "recipe" not in manifest:
+        return manifest.get("models_key")
+    return _key(manifest["recipe"], manifest.get("seed", 0), version=1)
+
+
+def reusable(out: Path, manifest: dict[str, Any], key: str) -> bool:
+    """Whether `out` holds a complete earlier build whose arms are the ones this recipe would train."""
+    return earlier_models_key(manifest) == key and all(
+        (out / "models" / arm / "config.json").is_file() for arm in ("base", "finetuned"))
+
+
+def link_models(out: Path, folder: Path) -> None:
+    """The earlier build's model folders into the scratch build, as hard links (no copy of ~1 GB; publishing
+    replaces the old folder, the linked files live on)."""
+    shutil.copytree(out / "models", folder / "models", copy_function=os.link)
+
+
+def model_step_timings(manifest: dict[str, Any]) -> dict[str, float]:
+    """Seconds the model steps took in the build that trained the arms (carried through builds that reused them)."""
+    earlier = dict(manifest.get("reused", {}).get("timings_s", {}))
+    earlier.update({k: v for k, v in manifest.get("timings_s", {}).items() if k in MODEL_STEPS})
+    return earlier
