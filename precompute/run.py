@@ -1,7 +1,8 @@
 """`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
 
 The stages are declared in precompute.stages (in the order they run): per arm, projection, words, activations,
-quality; then, for a two-arm study, the pair stages similarity, transfer, matching. Each stage has a key: a hash
+quality, neighbours; then, for a two-arm study, the pair stages similarity, transfer, matching,
+cross_neighbours, map. Each stage has a key: a hash
 of everything it reads (the arm's weights, the config fields it uses, the files it reads) and its version. A
 stage whose key is already in the database is skipped; any change recomputes exactly the stages it affects.
 The math lives in core/; this is orchestration.
@@ -151,10 +152,12 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints:
     if not todo:
         return
     a, b = (load_arm(arm, device) for arm in config.arms)
-    sample = inputs.token_set(stages.REGISTRY[todo[0]])  # every pair stage reads the same rows
-    logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
-                ", ".join(f"{source} {n} rows" for source, n in sample.sources))
-    pair = Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
+    reading = [s for s in todo if stages.REGISTRY[s].tokens is not None]  # decoder-only stages read no tokens
+    sample = inputs.token_set(stages.REGISTRY[reading[0]]) if reading else None  # all of them read the same rows
+    if sample is not None:
+        logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
+                    ", ".join(f"{source} {n} rows" for source, n in sample.sources))
+    pair = Pair(a, b, None if sample is None else sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings)
     for name in todo:
@@ -168,7 +171,7 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, fingerprints:
             tables, metrics = stage.run(con, pair)
         seconds = time.perf_counter() - start
         db.write_stage(con, names, name, keys[name], seconds, stage.conform(tables), metrics, note=reason,
-                       token_set=sample.name, owns=stage.table_names)
+                       token_set=sample.name if stage.tokens is not None else None, owns=stage.table_names)
         report.seconds.setdefault(label, {})[name] = seconds
         logger.info("%s/%s: done in %.1f s", label, name, seconds)
 

@@ -74,5 +74,6 @@ tokens = {diff_tokens}
 """)
     config = load_config(str(root / "study.toml"))
     report = run_study(config, show_progress=False)
-    assert report.published and sorted(report.seconds["base|finetuned"]) == ["matching", "similarity", "transfer"]
+    assert report.published and sorted(report.seconds["base|finetuned"]) == [
+        "cross_neighbours", "map", "matching", "similarity", "transfer"]
     return config

@@ -25,6 +25,9 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - cross-arm, keyed by the pair's two arms `arm_a`, `arm_b`: similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
+- feature_neighbours (per arm) and cross_neighbours (per pair): each feature's nearest features by decoder
+  cosine in its own SAE and in the other arm's, rank 0 = nearest; feature_map: one UMAP layout (x, y) of both
+  arms' decoder directions together
 - features: a view joining feature_words, feature_activations and feature_matches
 """
 
@@ -44,9 +47,10 @@ import pyarrow as pa
 from core.database.schema import ARM_TABLES, PAIR_SEPARATOR, PAIR_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 7  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 8  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
-#    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column)
+#    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column);
+#    8: feature_neighbours, cross_neighbours (nearest features by decoder cosine), feature_map (UMAP x, y)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:

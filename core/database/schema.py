@@ -103,6 +103,15 @@ FEATURE_MATCHES = _table("feature_matches", [
     ("assigned_feature", _I32), ("assigned_corr", _F32)], keyed_by="pair")
 MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
                                      ("corr", _F32), ("assigned", _B)], keyed_by="pair")
+# Nearest features by decoder cosine (rank 0 = nearest): in the feature's own SAE, and in the other arm's.
+FEATURE_NEIGHBOURS = _table("feature_neighbours", [("arm", _S), ("feature", _I32), ("rank", _I32),
+                                                   ("neighbour", _I32), ("cosine", _F32)])
+CROSS_NEIGHBOURS = _table("cross_neighbours", [*_PAIR, ("arm", _S), ("feature", _I32), ("rank", _I32),
+                                               ("neighbour_arm", _S), ("neighbour", _I32), ("cosine", _F32)],
+                          keyed_by="pair")
+# One 2-D layout (UMAP) of both arms' decoder directions together: a point per (arm, feature).
+FEATURE_MAP = _table("feature_map", [*_PAIR, ("arm", _S), ("feature", _I32), ("x", _F32), ("y", _F32)],
+                     keyed_by="pair")
 
 STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
                                            ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B)])
@@ -113,7 +122,8 @@ STEER_SAMPLES = _table("steer_samples", [
 TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
-    FEATURE_MATCHES, MATCH_PAIRS, STEER_FEATURES, STEER_SAMPLES)}
+    FEATURE_MATCHES, MATCH_PAIRS, STEER_FEATURES, STEER_SAMPLES,
+    FEATURE_NEIGHBOURS, CROSS_NEIGHBOURS, FEATURE_MAP)}
 # Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms.
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
 PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")

@@ -27,8 +27,18 @@ def schema_7(v6: dict) -> dict:
     return {**v6, "schema_version": 7, "tables": tables}
 
 
+def schema_8(v7: dict) -> dict:
+    """Schema 8 adds the nearest-feature tables and the feature map."""
+    pair, v, i, f = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]], "VARCHAR", "INTEGER", "FLOAT"
+    new = {"feature_neighbours": [["arm", v], ["feature", i], ["rank", i], ["neighbour", i], ["cosine", f]],
+           "cross_neighbours": [*pair, ["arm", v], ["feature", i], ["rank", i], ["neighbour_arm", v],
+                                ["neighbour", i], ["cosine", f]],
+           "feature_map": [*pair, ["arm", v], ["feature", i], ["x", f], ["y", f]]}
+    return {**v7, "schema_version": 8, "tables": {**v7["tables"], **new}}
+
+
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_7(json.loads(SNAPSHOT.read_text()))
+    expected = schema_8(schema_7(json.loads(SNAPSHOT.read_text())))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")
