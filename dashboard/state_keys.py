@@ -70,3 +70,7 @@ INSPECT_TOKEN = "inspect_token"  # index of the chosen token (BOS left out)
 INSPECT_FEATURE = "inspect_feature"  # "arm:feature" whose activation shades both strips, or "" for none
 INSPECT_BASE = "inspect_base"
 INSPECT_FINETUNED = "inspect_finetuned"
+
+# Map page
+MAP_COLOUR = "map_colour"
+MAP_CHART = "map_chart"  # the plotly chart's selection event (a click picks a feature)

@@ -36,8 +36,10 @@ def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) ->
                            "n_layers": 1, "device": "cpu", "model_fingerprint": "m", "sae_fingerprint": FINGERPRINT[arm],
                            "processing_json": "{}"})
         _write_arm_stages(con, arm)
+        _write_neighbours(con, arm)
     if pair:
         _write_pair_stages(con)
+        _write_cross_neighbours_and_map(con)
     db.publish(con, path)
     return path
 
@@ -109,6 +111,32 @@ def _write_pair_stages(con) -> None:
                       "model_arm": [t[1] for t in transfer for _ in (0, 1)],
                       "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
     db.write_stage(con, ("base", "finetuned"), "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
+
+def _write_neighbours(con, arm: str) -> None:
+    """Feature f's nearest in its own SAE: f + 1 (cosine 0.9), then f + 2 (cosine 0.5), modulo D_SAE."""
+    rows = [(f, rank, (f + 1 + rank) % D_SAE, cos) for f in range(D_SAE) for rank, cos in enumerate((0.9, 0.5))]
+    table = pa.table({"arm": [arm] * len(rows), **_columns(rows, ("feature", "rank", "neighbour", "cosine"))})
+    db.write_stage(con, arm, "neighbours", "k", 0.0, {"feature_neighbours": table})
+
+
+def _write_cross_neighbours_and_map(con) -> None:
+    """Across arms, feature f's nearest is the other arm's f (cosine 0.99), then f + 1 (0.3). The map puts base's f
+    at (f, 0) and finetuned's f at (f, 1)."""
+    pair = ("base", "finetuned")
+    rows = [(arm, f, rank, other, (f + rank) % D_SAE, cos) for arm, other in (pair, pair[::-1])
+            for f in range(D_SAE) for rank, cos in enumerate((0.99, 0.3))]
+    names = ("arm", "feature", "rank", "neighbour_arm", "neighbour", "cosine")
+    cross = pa.table({"arm_a": ["base"] * len(rows), "arm_b": ["finetuned"] * len(rows), **_columns(rows, names)})
+    db.write_stage(con, pair, "cross_neighbours", "k", 0.0, {"cross_neighbours": cross})
+    points = [(arm, f, float(f), float(y)) for y, arm in enumerate(pair) for f in range(D_SAE)]
+    layout = pa.table({"arm_a": ["base"] * len(points), "arm_b": ["finetuned"] * len(points),
+                       **_columns(points, ("arm", "feature", "x", "y"))})
+    db.write_stage(con, pair, "map", "k", 0.0, {"feature_map": layout})
+
+
+def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list]:
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
 
 def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
     """Feature f fires 3/4 of its times on its first top token (id 10 + f, which occurs 2x that often in the

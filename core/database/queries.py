@@ -427,3 +427,7 @@ def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """arm, log10 density of every feature that fired (dead features counted apart, in `dead`)."""
     return con.execute("""
         SELECT arm, log10(frac_nonzero) AS log10_density FROM features WHERE frac_nonzero > 0""").df()
+
+
+from core.database.neighbour_queries import (  # noqa: E402,F401  (read through data.query by name)
+    correlated_features, cross_neighbours, decoder_stage_notes, feature_map, own_neighbours)
