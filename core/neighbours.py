@@ -9,8 +9,8 @@ product.
 
 Order and ties: neighbours are ranked by cosine descending, equal cosines by feature id ascending; a feature
 is never its own neighbour. The result is exact: the same ids, in the same order, as sorting each row of the full
-product (up to fp32 rounding of a dot product) (a row whose tie runs past the kept candidates is re-ranked on its whole row). A decoder row of
-norm zero has cosine 0 with every row.
+product, up to fp32 rounding of a dot product (a row whose tie runs past the kept candidates is re-ranked on its
+whole row). A decoder row of norm zero has cosine 0 with every row.
 """
 
 from __future__ import annotations
