@@ -170,11 +170,16 @@ MAP_CATEGORY_COLORS = {"persist": "#4C78A8", "emerge": "#F58518", "disappear": "
                        **ARM_COLORS}
 
 
+MAP_WEBGL_ABOVE = 5_000  # points: SVG draws a few thousand well and needs no WebGL; more need WebGL to stay fluid
+
+
 def feature_map(points: pd.DataFrame, colour: str) -> go.Figure:
-    """The feature map: one WebGL point per (arm, feature) at (x, y), coloured by the column `colour` (categories,
-    or a colour scale for a numeric column: coherence), hover text from `hover`. customdata [arm, feature] lets a
-    click name its feature. points: arm, feature, x, y, hover, colour."""
+    """The feature map: one point per (arm, feature) at (x, y), coloured by the column `colour` (categories, or a
+    colour scale for a numeric column: coherence), hover text from `hover`. customdata [arm, feature] lets a click
+    name its feature. points: arm, feature, x, y, hover, colour."""
     fig = go.Figure()
+    webgl = len(points) > MAP_WEBGL_ABOVE
+    scatter, size = (go.Scattergl, 4) if webgl else (go.Scatter, 7)
     numeric = pd.api.types.is_numeric_dtype(points[colour]) and not pd.api.types.is_bool_dtype(points[colour])
     groups = ([("no value", points[points[colour].isna()]), (colour, points[points[colour].notna()])] if numeric
               else list(points.groupby(colour, sort=True)))
@@ -182,9 +187,9 @@ def feature_map(points: pd.DataFrame, colour: str) -> go.Figure:
         if group.empty:
             continue
         scaled = numeric and name == colour
-        marker = (dict(size=4, color=group[colour], colorscale="Viridis", colorbar=dict(title=colour, thickness=12))
-                  if scaled else dict(size=4, color=MAP_CATEGORY_COLORS.get(str(name), None)))
-        fig.add_trace(go.Scattergl(x=group["x"], y=group["y"], mode="markers", name=str(name), marker=marker,
+        marker = (dict(size=size, color=group[colour], colorscale="Viridis", colorbar=dict(title=colour, thickness=12))
+                  if scaled else dict(size=size, color=MAP_CATEGORY_COLORS.get(str(name), None)))
+        fig.add_trace(scatter(x=group["x"], y=group["y"], mode="markers", name=str(name), marker=marker,
                                    customdata=group[["arm", "feature"]].to_numpy(dtype=object),
                                    hovertext=group["hover"], hovertemplate="%{hovertext}<extra></extra>"))
     fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour,
