@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -26,6 +28,10 @@ def run_map(con: duckdb.DuckDBPyConnection, pair: Pair, settings: MapSettings = 
     return {"feature_map": table}, {"n_points": n, "n_neighbors": settings.n_neighbors, "seed": settings.seed}
 
 
+def _umap_version() -> str:
+    return importlib.metadata.version("umap-learn")  # another umap-learn may lay the same graph out otherwise
+
+
 STAGE = Stage("map", version=1, scope="pair", tables=(FEATURE_MAP,), run=run_map,
-              key_parts=lambda p: (p.fingerprints, SETTINGS),
+              key_parts=lambda p: (p.fingerprints, SETTINGS, _umap_version()),
               skip_reason=lambda pair: different_widths(pair, "map"))
