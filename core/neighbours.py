@@ -42,8 +42,9 @@ def unit_rows(W: Tensor) -> Tensor:
 def decoder_neighbours(W_dec: Tensor, W_other: Tensor | None = None, k: int = 10,
                        chunk_size: int = CHUNK) -> Neighbours:
     """The k nearest rows by cosine. W_dec [d_sae, d_in]; W_other [d_sae_other, d_in] or None for W_dec itself
-    (then a row is not its own neighbour). Runs on W_dec's device; peak extra memory ≈ the unit-norm copies of
-    the inputs + 2 × chunk_size × (chunk_size + k + TIE_MARGIN) × 4 bytes per running candidate list."""
+    (then a row is not its own neighbour). Runs on W_dec's device. Peak extra memory ≈ the unit-norm copies of
+    the inputs (d_sae × d_in × 4 bytes each: 75 MB at gpt2-small) + two chunk_size² fp32 blocks (32 MB at 2048)
+    + the running candidates (d_sae × (k + TIE_MARGIN) × 12 bytes)."""
     own = W_other is None
     queries = unit_rows(W_dec)
     keys = queries if own else unit_rows(W_other).to(queries.device)
@@ -78,8 +79,9 @@ class _Candidates:
         values, ids = _order_by_value_then_id(self.values, self.ids)
         # A value outside the candidates is ≤ the last candidate: equal to the k-th, it might belong before it.
         for row in torch.nonzero(values[:, k - 1] <= values[:, -1]).flatten().tolist():
-            order = torch.sort(-full_row(row), stable=True).indices[:k]  # ties by id ascending
-            values[row, :k], ids[row, :k] = full_row(row)[order], order
+            cosines = full_row(row)
+            order = torch.sort(-cosines, stable=True).indices[:k]  # ties by id ascending
+            values[row, :k], ids[row, :k] = cosines[order], order
         return values[:, :k], ids[:, :k]
 
 
