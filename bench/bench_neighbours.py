@@ -2,10 +2,11 @@
 
 Reference timed in the same run: (a) the plain fp32 matmul of the same shapes, U @ U.T (24,576², 2.4 GB), the
 floor for an exact fp32 answer that does not use the symmetry. Targets (issue 16): own SAE ≤ 1.0× (a), extra
-memory ≤ 1 GB. Ours, within one SAE, multiplies each symmetric block once (half the multiply-adds), so it can
-beat the floor; across two SAEs (no symmetry) the whole product is needed and the ratio is ≈ 1 + the top-k cost.
-Within one SAE the diagonal blocks are whole, so the multiply-adds are (c + 1) / 2c of the product for c chunks
-(7/12 at 24,576 rows in chunks of 4,096). Memory: peak RSS over the call above the RSS before it (Linux; tracemalloc does not see torch's allocations).
+memory ≤ 1 GB. Ours, within one SAE, multiplies each symmetric block once, so it can beat the floor: the
+multiply-adds are (c + 1) / 2c of the product for c chunks (7/12 at 24,576 rows in chunks of 4,096: the diagonal
+blocks are whole); across two SAEs (no symmetry) the whole product is needed and the ratio is ≈ 1 + the top-k
+cost. Memory: peak RSS over the call above the RSS before it (Linux; tracemalloc does not see torch's
+allocations).
 Times are medians of interleaved rounds (bench.timing) with their CPU seconds, since the 2 cores are shared.
 """
 

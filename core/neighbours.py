@@ -2,9 +2,10 @@
 another arm's when both read the same residual basis, as a fine-tune does).
 
 At gpt2-small scale the full similarity matrix is d_sae × d_sae = 24,576² (2.4 GB in fp32), so it is computed in
-blocks of chunk × chunk rows, keeping each block's top candidates per row and ranking them once at the end. Within one SAE the matrix is symmetric: each pair of row chunks is multiplied once and serves both
-(its transpose ranks the second chunk's rows), so the own-SAE search does half the multiply-adds of the plain
-product.
+blocks of chunk × chunk rows, keeping each block's top candidates per row and ranking them once at the end.
+Within one SAE the matrix is symmetric: each pair of row chunks is multiplied once and serves both (its
+transpose ranks the second chunk's rows), so the own-SAE search does about half the multiply-adds of the plain
+product ((c + 1) / 2c for c chunks: the diagonal blocks are multiplied whole).
 
 Order and ties: neighbours are ranked by cosine descending, equal cosines by feature id ascending; a feature
 is never its own neighbour. The result is exact: the same ids, in the same order, as sorting each row of the full
@@ -92,8 +93,9 @@ def _order_by_value_then_id(values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor
 
 
 def _search(queries: Tensor, keys: Tensor, own: bool, k: int, chunk: int) -> tuple[Tensor, Tensor]:
-    """Top k (values, ids) of each row of queries [n, d] @ keys.T [d, N], block by block (chunk × chunk). own: keys is queries; block (i, j), j ≥ i, is multiplied once and ranks chunk i's rows
-    against chunk j and (transposed) chunk j's rows against chunk i; a row against itself is excluded."""
+    """Top k (values, ids) of each row of queries [n, d] @ keys.T [d, N], block by block (chunk × chunk).
+    own: keys is queries; block (i, j), j ≥ i, is multiplied once and ranks chunk i's rows against chunk j and
+    (transposed) chunk j's rows against chunk i; a row against itself is excluded."""
     n, N = queries.shape[0], keys.shape[0]
     key_starts = range(0, N, chunk)
     found = _Candidates(n, min(k + TIE_MARGIN, N - 1 if own else N), len(key_starts), queries.device)

@@ -40,7 +40,8 @@ def run_cross_neighbours(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageRes
 def _rank_columns(found: Neighbours) -> dict[str, np.ndarray]:
     d_sae, k = found.ids.shape
     return {"feature": np.repeat(np.arange(d_sae, dtype=np.int32), k),
-            "rank": np.tile(np.arange(k, dtype=np.int32), d_sae), "neighbour": found.ids.ravel().astype(np.int32), "cosine": found.cosine.ravel()}
+            "rank": np.tile(np.arange(k, dtype=np.int32), d_sae),
+            "neighbour": found.ids.ravel().astype(np.int32), "cosine": found.cosine.ravel()}
 
 
 def _mean_nearest(found: Neighbours) -> float:
