@@ -256,9 +256,10 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     config = config_from_dict(with_changes(study["raw"], tmp_path))
     partial = run_study(config, only=("projection",), show_progress=False)
     assert not partial.published and not Path(config.features_db).exists()
-    assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
-                               "finetuned/activations", "finetuned/quality", "base|finetuned/similarity",
-                               "base|finetuned/transfer", "base|finetuned/matching"]
+    assert partial.pending == ["base/words", "base/activations", "base/quality", "base/neighbours",
+                               "finetuned/words", "finetuned/activations", "finetuned/quality",
+                               "finetuned/neighbours", "base|finetuned/similarity", "base|finetuned/transfer",
+                               "base|finetuned/matching", "base|finetuned/cross_neighbours", "base|finetuned/map"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
 
