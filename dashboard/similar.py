@@ -51,8 +51,8 @@ def _table(rows: pd.DataFrame, id_column: str, numbers: dict[str, str], key: str
         return
     table = pd.DataFrame({"feature": rows[id_column].astype(int),
                           **{label: rows[column] for column, label in numbers.items()},
-                          "top tokens": rows["top_tokens"],
-                          "open": [feature_link(a, f) for a, f in zip(rows["arm"], rows[id_column])]})
+                          "open": [feature_link(a, f) for a, f in zip(rows["arm"], rows[id_column])],
+                          "top tokens": rows["top_tokens"]})  # the link before the tokens: a third of a page is narrow
     config = {label: st.column_config.NumberColumn(label, format="%.3f", width="small") for label in numbers.values()}
     config["open"] = st.column_config.LinkColumn("", display_text="open", width="small")
     config["feature"] = st.column_config.NumberColumn("feature", format="%d", width="small")
