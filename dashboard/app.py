@@ -20,5 +20,6 @@ pages = [
     st.Page(str(PAGES / "inspect.py"), title="Inspect", icon=":material/manage_search:", url_path="inspect"),
     st.Page(str(PAGES / "steer.py"), title="Steer", icon=":material/tune:", url_path="steer"),
     st.Page(str(PAGES / "diff.py"), title="Model diff", icon=":material/difference:", url_path="diff"),
+    st.Page(str(PAGES / "map.py"), title="Map", icon=":material/scatter_plot:", url_path="map"),
 ]
 st.navigation(pages).run()

@@ -170,3 +170,37 @@ def token_divergence(frame: pd.DataFrame, chosen: int | None = None) -> go.Figur
     fig.update_xaxes(type="category", tickangle=-60, categoryorder="array", categoryarray=labels)
     fig.update_layout(legend=dict(orientation="h", y=1.12))
     return _compact(fig, 300)
+
+
+MAP_CATEGORY_COLORS = {"persist": "#4C78A8", "emerge": "#F58518", "disappear": "#E45756", "rare": "#B279A2",
+                       "dead": "#BAB0AC", "no fate": "#D3D3D3", "candidate": "#E45756", "not a candidate": "#BAB0AC",
+                       "medical": "#E45756", "not_medical": "#4C78A8", "unsure": "#EECA3B", "unlabelled": "#D3D3D3",
+                       **ARM_COLORS}
+
+
+MAP_WEBGL_ABOVE = 5_000  # points: SVG draws a few thousand well and needs no WebGL; more need WebGL to stay fluid
+
+
+def feature_map(points: pd.DataFrame, colour: str) -> go.Figure:
+    """The feature map: one point per (arm, feature) at (x, y), coloured by the column `colour` (categories, or a
+    colour scale for a numeric column: coherence), hover text from `hover`. customdata [arm, feature] lets a click
+    name its feature. points: arm, feature, x, y, hover, colour."""
+    fig = go.Figure()
+    webgl = len(points) > MAP_WEBGL_ABOVE
+    scatter, size = (go.Scattergl, 4) if webgl else (go.Scatter, 7)
+    numeric = pd.api.types.is_numeric_dtype(points[colour]) and not pd.api.types.is_bool_dtype(points[colour])
+    groups = ([("no value", points[points[colour].isna()]), (colour, points[points[colour].notna()])] if numeric
+              else list(points.groupby(colour, sort=True)))
+    for name, group in groups:
+        if group.empty:
+            continue
+        scaled = numeric and name == colour
+        marker = (dict(size=size, color=group[colour], colorscale="Viridis", colorbar=dict(title=colour, thickness=12))
+                  if scaled else dict(size=size, color=MAP_CATEGORY_COLORS.get(str(name), None)))
+        fig.add_trace(scatter(x=group["x"], y=group["y"], mode="markers", name=str(name), marker=marker,
+                                   customdata=group[["arm", "feature"]].to_numpy(dtype=object),
+                                   hovertext=group["hover"], hovertemplate="%{hovertext}<extra></extra>"))
+    fig.update_layout(height=640, margin=dict(l=10, r=10, t=30, b=10), legend_title_text=colour,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), clickmode="event+select",
+                      dragmode="pan")
+    return fig

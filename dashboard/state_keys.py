@@ -76,3 +76,8 @@ INSPECT_BASE = "inspect_base"
 INSPECT_FINETUNED = "inspect_finetuned"
 INSPECT_ROW = "inspect_row"  # the corpus row whose tokens are inspected, or None for a typed text
 INSPECT_ROW_SHOWN = "inspect_row_shown"  # the row whose text the box was last filled with
+
+# Map page
+MAP_COLOUR = "map_colour"
+MAP_PAIR = "map_pair"  # the declared pair whose two arms the map lays out
+MAP_CHART = "map_chart"  # the plotly chart's selection event (a click picks a feature)

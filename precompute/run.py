@@ -1,8 +1,8 @@
 """`python -m precompute run`: every stage for every arm of a study, into one DuckDB file published atomically.
 
 The stages are declared in precompute.stages (in the order they run): per arm, projection, words, activations,
-quality; then, for each pair the config declares (`[[pairs]]`, default every other arm against the first), the
-pair stages similarity, transfer, matching, divergence, with the pair's two arms loaded (never more than two at a
+quality, neighbours; then, for each pair the config declares (`[[pairs]]`, default every other arm against the first), the
+pair stages similarity, transfer, matching, divergence, cross_neighbours, map, with the pair's two arms loaded (never more than two at a
 time). Each stage has a key: a hash of everything it reads (the arm's weights, or the pair's two arms' weights,
 the config fields it uses, the files it reads) and its version. A stage whose key is already in the database is
 skipped; any change recomputes exactly the stages it affects. An executor (precompute.executors) computes each
@@ -177,24 +177,27 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
     if not todo:
         logger.info("%s: up to date, skipped", label)
         return
-    sample = inputs.token_set(stages.REGISTRY[todo[0]])  # every pair stage reads the same rows
-    logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
-                ", ".join(f"{source} {n} rows" for source, n in sample.sources))
+    reading = [s for s in todo if stages.REGISTRY[s].tokens is not None]  # decoder-only stages read no tokens
+    sample = inputs.token_set(stages.REGISTRY[reading[0]]) if reading else None  # all of them read the same rows
+    if sample is not None:
+        logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
+                    ", ".join(f"{source} {n} rows" for source, n in sample.sources))
     a, b = (load_arm(config.arm(name), device) for name in names)
-    pair = Pair(a, b, sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
+    pair = Pair(a, b, None if sample is None else sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
-                sample.rows)
+                () if sample is None else sample.rows)
     try:
         for name in todo:
-            seconds = _run_pair_stage(con, pair, name, keys[name], sample.name)
+            token_set = sample.name if stages.REGISTRY[name].tokens is not None else None
+            seconds = _run_pair_stage(con, pair, name, keys[name], token_set)
             report.seconds.setdefault(names, {})[name] = seconds
     finally:
         del a, b, pair  # the next pair loads its own two arms
         gc.collect()
 
 
-def _run_pair_stage(con: duckdb.DuckDBPyConnection, pair: Pair, name: str, key: str, token_set: str) -> float:
+def _run_pair_stage(con: duckdb.DuckDBPyConnection, pair: Pair, name: str, key: str, token_set: str | None) -> float:
     """One pair stage (or its skip, with the reason as its note) written for the pair; returns its seconds."""
     label = pair_name(pair.names)
     stage = stages.REGISTRY[name]

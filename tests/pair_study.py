@@ -31,7 +31,8 @@ def build_pair_study(root: Path, diff_tokens: int, quality_tokens: int = CONTEXT
     config = _write_config(root, arms, [], diff_tokens, quality_tokens)
     report = run_study(config, show_progress=False)
     assert report.published
-    assert sorted(report.seconds[("base", "finetuned")]) == ["divergence", "matching", "similarity", "transfer"]
+    assert sorted(report.seconds[("base", "finetuned")]) == [
+        "cross_neighbours", "divergence", "map", "matching", "similarity", "transfer"]
     return config
 
 

@@ -40,9 +40,11 @@ def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) ->
                            "n_layers": 1, "device": "cpu", "model_fingerprint": "m", "sae_fingerprint": FINGERPRINT[arm],
                            "processing_json": "{}"})
         _write_arm_stages(con, arm)
+        _write_neighbours(con, arm)
     if pair:
         db.write_pairs(con, [("base", "finetuned")])
         _write_pair_stages(con)
+        _write_cross_neighbours_and_map(con)
     db.publish(con, path)
     return path
 
@@ -137,6 +139,32 @@ def _write_divergence(con) -> None:
                    {"divergence_rows": rows, "divergence_contexts": contexts, "divergence_features": features},
                    {"n_tokens": 30, "mean_kl": 0.125, "n_divergent": 1, "divergent_threshold": 2.86,
                     "divergent_share": 0.01}, token_set="sample-4")
+
+def _write_neighbours(con, arm: str) -> None:
+    """Feature f's nearest in its own SAE: f + 1 (cosine 0.9), then f + 2 (cosine 0.5), modulo D_SAE."""
+    rows = [(f, rank, (f + 1 + rank) % D_SAE, cos) for f in range(D_SAE) for rank, cos in enumerate((0.9, 0.5))]
+    table = pa.table({"arm": [arm] * len(rows), **_columns(rows, ("feature", "rank", "neighbour", "cosine"))})
+    db.write_stage(con, arm, "neighbours", "k", 0.0, {"feature_neighbours": table})
+
+
+def _write_cross_neighbours_and_map(con) -> None:
+    """Across arms, feature f's nearest is the other arm's f (cosine 0.99), then f + 1 (0.3). The map puts base's f
+    at (f, 0) and finetuned's f at (f, 1)."""
+    pair = ("base", "finetuned")
+    rows = [(arm, f, rank, other, (f + rank) % D_SAE, cos) for arm, other in (pair, pair[::-1])
+            for f in range(D_SAE) for rank, cos in enumerate((0.99, 0.3))]
+    names = ("arm", "feature", "rank", "neighbour_arm", "neighbour", "cosine")
+    cross = pa.table({"arm_a": ["base"] * len(rows), "arm_b": ["finetuned"] * len(rows), **_columns(rows, names)})
+    db.write_stage(con, pair, "cross_neighbours", "k", 0.0, {"cross_neighbours": cross})
+    points = [(arm, f, float(f), float(y)) for y, arm in enumerate(pair) for f in range(D_SAE)]
+    layout = pa.table({"arm_a": ["base"] * len(points), "arm_b": ["finetuned"] * len(points),
+                       **_columns(points, ("arm", "feature", "x", "y"))})
+    db.write_stage(con, pair, "map", "k", 0.0, {"feature_map": layout})
+
+
+def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list]:
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
 
 def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
     """Feature f fires 3/4 of its times on its first top token (id 10 + f, which occurs 2x that often in the

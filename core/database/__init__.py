@@ -27,6 +27,9 @@ Tables (one row per arm × feature where it says feature; names follow SAELens /
 - cross-arm, keyed by the pair's two arms `arm_a`, `arm_b`: similarity_hist, similarity_by_position, transfer_metrics,
   transfer_densities, feature_matches (best match, correlation, status persist / emerge / disappear / dead /
   rare, partner count, one-to-one partner), match_pairs (every pair at or above the threshold)
+- feature_neighbours (per arm) and cross_neighbours (per pair): each feature's nearest features by decoder
+  cosine in its own SAE and in the other arm's, rank 0 = nearest; feature_map: one UMAP layout (x, y) of both
+  arms' decoder directions together
 - features: a view joining feature_words, feature_activations and feature_matches (the arm's first pair's), one
   row per arm and feature
 """
@@ -47,13 +50,14 @@ import pyarrow as pa
 from core.database.schema import ARM_TABLES, PAIR_ROW_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 10  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 11  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
 #    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column);
 # 8: steering records its measure (steer_features.measure) and perplexities (mean_*_perplexity, *_perplexity)
 # 9: divergence_rows, divergence_contexts, divergence_features (where the pair's predictions part)
 # 10: any number of pairs: table pairs, stages / metrics name a pair by arm_a, arm_b (no "a|b"), the view one row
 #     per feature (its arm's first pair's fate)
+# 11: feature_neighbours, cross_neighbours (nearest features by decoder cosine), feature_map (UMAP x, y)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:

@@ -344,3 +344,7 @@ def features_to_explain(con: duckdb.DuckDBPyConnection, arm: str, which: str) ->
                            {matches} WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""",
                        [arm]).fetchall()
     return [int(r[0]) for r in rows]
+
+
+from core.database.neighbour_queries import (  # noqa: E402,F401  (read through data.query by name)
+    correlated_features, cross_neighbours, decoder_stage_notes, feature_map, own_neighbours)

@@ -116,6 +116,15 @@ DIVERGENCE_CONTEXTS = _table("divergence_contexts", [
 DIVERGENCE_FEATURES = _table("divergence_features", [
     *_PAIR, ("arm", _S), ("feature", _I32), ("mean_divergent", _F64), ("mean_elsewhere", _F64),
     ("fired_divergent", _I64), ("fired_elsewhere", _I64)], keyed_by="pair")
+# Nearest features by decoder cosine (rank 0 = nearest): in the feature's own SAE, and in the other arm's.
+FEATURE_NEIGHBOURS = _table("feature_neighbours", [("arm", _S), ("feature", _I32), ("rank", _I32),
+                                                   ("neighbour", _I32), ("cosine", _F32)])
+CROSS_NEIGHBOURS = _table("cross_neighbours", [*_PAIR, ("arm", _S), ("feature", _I32), ("rank", _I32),
+                                               ("neighbour_arm", _S), ("neighbour", _I32), ("cosine", _F32)],
+                          keyed_by="pair")
+# One 2-D layout (UMAP) of both arms' decoder directions together: a point per (arm, feature).
+FEATURE_MAP = _table("feature_map", [*_PAIR, ("arm", _S), ("feature", _I32), ("x", _F32), ("y", _F32)],
+                     keyed_by="pair")
 
 STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coefficient", _F64), ("samples", _I32),
                                            ("mean_unsteered", _F64), ("mean_steered", _F64), ("passing", _B),
@@ -132,7 +141,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
     FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, STEER_FEATURES,
-    STEER_SAMPLES)}
+    STEER_SAMPLES, FEATURE_NEIGHBOURS, CROSS_NEIGHBOURS, FEATURE_MAP)}
 # Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms (removed when
 # the pair does; `stages` and `metrics` are in both: their pair rows have arm NULL, their arm rows arm_a NULL).
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")

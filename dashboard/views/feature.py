@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import data, place, widgets
+from dashboard import data, place, similar, widgets
 from dashboard import state_keys as keys
 
 config = data.require_database()
@@ -27,6 +27,7 @@ links[1].page_link("views/steer.py", label="Steer with it", icon=":material/tune
                    query_params={"arm": arm, "feature": str(feature)})
 links[2].page_link("views/features.py", label="All features", icon=":material/table_rows:")
 widgets.feature_panel(arm, feature)
+similar.similar_features(arm, feature)
 with st.container(border=True):
     st.markdown("**Label this feature**")
     if widgets.label_form(arm, feature):

@@ -66,8 +66,19 @@ def schema_10(v9: dict) -> dict:
             "primary_keys": {**keys, "pairs": ["arm_a", "arm_b"]}}
 
 
+def schema_11(v10: dict) -> dict:
+    """Schema 11 adds the nearest-feature tables and the feature map."""
+    pair, v, i, f = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]], "VARCHAR", "INTEGER", "FLOAT"
+    new = {"feature_neighbours": [["arm", v], ["feature", i], ["rank", i], ["neighbour", i], ["cosine", f]],
+           "cross_neighbours": [*pair, ["arm", v], ["feature", i], ["rank", i], ["neighbour_arm", v],
+                                ["neighbour", i], ["cosine", f]],
+           "feature_map": [*pair, ["arm", v], ["feature", i], ["x", f], ["y", f]]}
+    return {**v10, "schema_version": 11, "tables": {**v10["tables"], **new}}
+
+
+
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text())))))
+    expected = schema_11(schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text()))))))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")

@@ -177,3 +177,21 @@ def test_a_divergent_row_opens_in_inspect_by_its_row_id_in_chromium(tmp_path):
         assert page.locator("textarea").input_value() == row_text
         page.screenshot(path=str(tmp_path / "inspect_row.png"), full_page=True)
     assert (tmp_path / "inspect_row.png").stat().st_size > 10_000
+
+
+def test_clicking_a_point_of_the_map_opens_its_feature_in_chromium(tmp_path):
+    """The tiny map puts finetuned's feature f at (f, 1); a real click on finetuned 3 opens its Feature page."""
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "finetuned")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    write_tiny_db(tmp_path / "features.duckdb", pair=True)
+    with serve(config) as url, chromium_page(height=1000) as page:
+        page.goto(f"{url}/map")
+        finetuned = page.locator("g.trace.scatter").nth(1)  # traces by arm: base, finetuned
+        finetuned.locator("path.point").nth(3).wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "map.png"))
+        finetuned.locator("path.point").nth(3).click(force=True)
+        page.wait_for_selector("text=finetuned · feature 3", timeout=30_000)
+        page.wait_for_url("**/feature?arm=finetuned&feature=3", timeout=10_000)
+        page.screenshot(path=str(tmp_path / "after_click.png"))

@@ -173,7 +173,7 @@ def test_every_table_has_every_feature_of_both_arms_once(study):
     counts = query(config, "SELECT kind, count(*) AS n FROM top_tokens GROUP BY kind ORDER BY kind")
     assert counts.n.tolist() == [2 * 16 * 3, 2 * 16 * 3]
     stages_done = query(config, "SELECT arm, stage FROM stages ORDER BY arm, stage")
-    assert len(stages_done) == 2 * 4 + 3  # four per arm, three for the pair
+    assert len(stages_done) == 2 * 5 + 5  # five per arm, five for the pair
     quality = query(config, "SELECT metric, value FROM metrics WHERE arm = 'base' AND stage = 'quality'")
     values = dict(zip(quality.metric, quality.value))
     assert values["n_tokens"] == 10 * 31 and values["ce_loss_zero_ablation"] > 0
@@ -187,7 +187,7 @@ def test_a_second_run_recomputes_nothing_and_fresh_recomputes_everything(study, 
     assert not building_path(Path(config.features_db)).exists()
     fresh = run_study(config, fresh=True, show_progress=False)
     assert fresh.published and {arm: len(s) for arm, s in fresh.seconds.items()} == {
-        "base": 4, "finetuned": 4, ("base", "finetuned"): 3}
+        "base": 5, "finetuned": 5, ("base", "finetuned"): 6}
 
 
 def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
@@ -234,7 +234,7 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
                  ).value[0] == 40 * 31
     report = run_study(config_from_dict(raw), show_progress=False)
     # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
-    # the cross stages (they come after the arms and read the corpus too).
+    # the cross stages that read the corpus (they come after the arms; the decoder-only ones are up to date).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
         "finetuned": ["quality"], ("base", "finetuned"): ["divergence", "matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
@@ -256,9 +256,11 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     config = config_from_dict(with_changes(study["raw"], tmp_path))
     partial = run_study(config, only=("projection",), show_progress=False)
     assert not partial.published and not Path(config.features_db).exists()
-    assert partial.pending == ["base/words", "base/activations", "base/quality", "finetuned/words",
-                               "finetuned/activations", "finetuned/quality", "base→finetuned/similarity",
-                               "base→finetuned/transfer", "base→finetuned/matching", "base→finetuned/divergence"]
+    assert partial.pending == ["base/words", "base/activations", "base/quality", "base/neighbours",
+                               "finetuned/words", "finetuned/activations", "finetuned/quality",
+                               "finetuned/neighbours", "base→finetuned/similarity", "base→finetuned/transfer",
+                               "base→finetuned/matching", "base→finetuned/divergence",
+                               "base→finetuned/cross_neighbours", "base→finetuned/map"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
 

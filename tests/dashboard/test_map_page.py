@@ -1,0 +1,91 @@
+"""The Map page and the Feature page's similar features, on the hand-written database (tiny_db, pair=True):
+base's feature f sits at (f, 0) and finetuned's at (f, 1); f's nearest is f + 1 in its own SAE and f in the other."""
+
+import base64
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.proto.WidgetStates_pb2 import WidgetStates
+from streamlit.testing.v1 import AppTest
+
+from app_pages import page, tiny_study
+from dashboard import state_keys as keys
+from dashboard.feature_map import picked_feature
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    return tiny_study(tmp_path, monkeypatch, pair=True)
+
+
+def values(array) -> list:
+    """A plotly figure's array as a list (plotly 6+ writes numeric arrays as {"dtype", "bdata": base64})."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def click(at: AppTest, arm: str, feature: int) -> AppTest:
+    """What the browser sends when a point is clicked: the chart's selection event (a widget value AppTest has no
+    setter for), with the point's customdata [arm, feature], beside every other widget's current value."""
+    chart = at.get("plotly_chart")[0].proto
+    states = WidgetStates()
+    states.CopyFrom(at._tree.get_widget_states())
+    event = {"selection": {"points": [{"curve_number": 0, "point_index": feature, "x": float(feature), "y": 0.0,
+                                       "customdata": [arm, feature]}],
+                           "point_indices": [feature], "box": [], "lasso": []}}
+    states.widgets.add(id=chart.id, string_value=json.dumps(event))
+    return at._run(states)
+
+
+def test_the_map_draws_every_feature_of_both_arms_at_its_place(study):
+    at = page("map")
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = {t["name"]: t for t in spec["data"]}
+    assert set(traces) == {"base", "finetuned"}  # coloured by arm at first
+    assert values(traces["finetuned"]["y"]) == [1.0] * 6
+    assert values(traces["base"]["x"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert traces["base"]["customdata"][4] == ["base", 4]
+    assert traces["base"]["hovertext"][0].startswith("<b>base · 0</b> (persist)<br>")
+
+
+def test_colouring_by_fate_splits_the_points_by_their_status(study):
+    at = page("map")
+    at.segmented_control(key=keys.MAP_COLOUR).set_value("fate").run()
+    traces = {t["name"]: len(values(t["x"])) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert traces == {"dead": 2, "disappear": 2, "emerge": 1, "persist": 6, "rare": 1}
+
+
+def test_clicking_a_point_opens_its_feature(study):
+    at = click(page("map"), "finetuned", 3)
+    assert not at.exception
+    assert at.title[0].value == "finetuned · feature 3"
+    assert at.query_params["arm"] == "finetuned" and at.query_params["feature"] == "3"
+
+
+def test_the_feature_page_lists_similar_features_with_links(study):
+    at = page("feature", arm="base", feature=4)
+    assert not at.exception
+    frames = [d.value for d in at.dataframe if "open" in d.value.columns and "top tokens" in d.value.columns]
+    own, cross, correlated = frames
+    assert own["feature"].tolist() == [5, 0] and own["cosine"].tolist() == pytest.approx([0.9, 0.5])
+    assert own["open"].tolist() == ["/feature?arm=base&feature=5", "/feature?arm=base&feature=0"]
+    assert cross["feature"].tolist() == [4, 5] and cross["open"][0] == "/feature?arm=finetuned&feature=4"
+    assert pd.isna(cross["act. corr"]).all()  # base 4 correlates with finetuned 1, not with its nearest 4 or 5
+    assert correlated["feature"].tolist() == [1] and correlated["act. corr"][0] == pytest.approx(0.9)
+    captions = " ".join(c.value for c in at.caption)
+    assert "same residual basis" in captions
+
+
+def test_the_cross_correlation_shows_beside_the_cosine_where_the_matching_kept_the_pair(study):
+    at = page("feature", arm="base", feature=0)
+    cross = [d.value for d in at.dataframe if "act. corr" in d.value.columns][0]
+    assert cross["feature"].tolist() == [0, 1] and cross["act. corr"][0] == pytest.approx(0.95)
+
+
+def test_a_selection_names_its_feature_from_the_customdata():
+    assert picked_feature({"selection": {"points": [{"customdata": ["base", 7]}]}}) == ("base", 7)
+    assert picked_feature({"selection": {"points": []}}) is None and picked_feature(None) is None
