@@ -15,6 +15,7 @@ from core.config import ArmConfig, PairConfig
 from core.database.schema import PAIR_TABLES
 from pair_study import D_SAE, PERMUTATION, PLANTED
 from precompute.run import run_study
+from precompute.stages import ARM_STAGES, PAIR_STAGES
 
 PAIRS = [("base", "ft2"), ("base", "finetuned")]
 INVERSE = np.argsort(PERMUTATION)  # A's feature i is B's feature INVERSE[i]
@@ -29,7 +30,7 @@ def test_each_declared_pair_runs_and_its_rows_name_its_two_arms(three_arm_study)
     config, report = three_arm_study
     assert report.published
     assert {key: sorted(s) for key, s in report.seconds.items() if isinstance(key, tuple)} == {
-        pair: ["divergence", "matching", "similarity", "transfer"] for pair in PAIRS}
+        pair: sorted(PAIR_STAGES) for pair in PAIRS}
     assert query(config, "SELECT arm_a, arm_b FROM pairs ORDER BY position") == PAIRS
     for table in PAIR_TABLES:
         assert sorted(query(config, f"SELECT DISTINCT arm_a, arm_b FROM {table}")) == sorted(PAIRS), table
@@ -39,8 +40,9 @@ def test_each_declared_pair_runs_and_its_rows_name_its_two_arms(three_arm_study)
     assert sides == [("base", "finetuned", "base", "finetuned", D_SAE), ("base", "finetuned", "finetuned", "base", D_SAE),
                      ("base", "ft2", "base", "ft2", D_SAE), ("base", "ft2", "ft2", "base", D_SAE)]
     stages = query(config, "SELECT arm, arm_a, arm_b, count(*) FROM stages GROUP BY ALL ORDER BY ALL")
-    assert stages == [("base", None, None, 4), ("finetuned", None, None, 4), ("ft2", None, None, 4),
-                      (None, "base", "finetuned", 4), (None, "base", "ft2", 4)]
+    n_arm, n_pair = len(ARM_STAGES), len(PAIR_STAGES)
+    assert stages == [("base", None, None, n_arm), ("finetuned", None, None, n_arm), ("ft2", None, None, n_arm),
+                      (None, "base", "finetuned", n_pair), (None, "base", "ft2", n_pair)]
     assert query(config, "SELECT count(*) FROM metrics WHERE arm IS NULL AND arm_a IS NULL") == [(0,)]
 
 

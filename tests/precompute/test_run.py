@@ -173,7 +173,7 @@ def test_every_table_has_every_feature_of_both_arms_once(study):
     counts = query(config, "SELECT kind, count(*) AS n FROM top_tokens GROUP BY kind ORDER BY kind")
     assert counts.n.tolist() == [2 * 16 * 3, 2 * 16 * 3]
     stages_done = query(config, "SELECT arm, stage FROM stages ORDER BY arm, stage")
-    assert len(stages_done) == 2 * 5 + 5  # five per arm, five for the pair
+    assert len(stages_done) == 2 * 5 + 6  # five per arm, six for the pair
     quality = query(config, "SELECT metric, value FROM metrics WHERE arm = 'base' AND stage = 'quality'")
     values = dict(zip(quality.metric, quality.value))
     assert values["n_tokens"] == 10 * 31 and values["ce_loss_zero_ablation"] > 0
