@@ -13,15 +13,13 @@ another process holds the file.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-from core.labels import _LOCK, _open_with_retry
+from core.labels import side_database
 
 SCHEMA = [
     "CREATE SEQUENCE IF NOT EXISTS explanation_id",
@@ -52,20 +50,8 @@ class Explanation:
     n_non_activating: int = 0
 
 
-@contextmanager
-def _connect(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-    path = Path(path)
-    with _LOCK:
-        if write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # Nothing explained yet: read from an empty in-memory database rather than create the file.
-        con = _open_with_retry(str(path)) if write or path.exists() else duckdb.connect()
-        try:
-            for statement in SCHEMA:
-                con.execute(statement)
-            yield con
-        finally:
-            con.close()
+def _connect(path: Path, write: bool):
+    return side_database(path, write, SCHEMA)
 
 
 def _number(x: float | None) -> float | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,19 +36,25 @@ class LabelWriteError(RuntimeError):
 
 
 @contextmanager
-def _connect(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+def side_database(path: Path, write: bool, schema: Sequence[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A small DuckDB file of human or LLM work beside the features database (labels, explanations), its tables
+    created on open: one lock in the process for all of them, and a retry while another process holds the file."""
     path = Path(path)
     with _LOCK:
         if write:
             path.parent.mkdir(parents=True, exist_ok=True)
-        # Nothing labelled yet: read from an empty in-memory database rather than create the file.
+        # Nothing written yet: read from an empty in-memory database rather than create the file.
         con = _open_with_retry(str(path)) if write or path.exists() else duckdb.connect()
         try:
-            for statement in SCHEMA:
+            for statement in schema:
                 con.execute(statement)
             yield con
         finally:
             con.close()
+
+
+def _connect(path: Path, write: bool):
+    return side_database(path, write, SCHEMA)
 
 
 def _open_with_retry(path: str, attempts: int = 20) -> duckdb.DuckDBPyConnection:
