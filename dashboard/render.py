@@ -22,7 +22,7 @@ def context_html(tokens: Sequence[str], acts: Sequence[float], scale: float, max
         if i == max_index:
             style += "; text-decoration: underline; font-weight: 600"
         parts.append(f'<span title="{float(act):.3f}" style="{style}">{text}</span>')
-    prefix = f'<span style="opacity: 0.6; margin-right: 0.8em">{html.escape(label)}</span>' if label else ""
+    prefix = f'<span style="opacity: 0.6; margin-right: 0.8em; white-space: nowrap">{html.escape(label)}</span>' if label else ""
     suffix = "" if link is None else (f' <a href="{html.escape(link[1])}" target="_self" style="margin-left: 0.8em; '
                                       f'font-family: sans-serif; font-size: 0.85em">{html.escape(link[0])}</a>')
     return ('<div style="font-family: monospace; line-height: 1.9; white-space: normal">' + prefix + "".join(parts)
