@@ -7,7 +7,7 @@ reads or reconstructs it (SAELens's `ignore_tokens=[bos]` on rows that hold BOS 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,20 @@ from torch import Tensor
 from core.loading import stop_layer_for
 
 Hook = Callable[[Tensor, Any], Tensor]  # TransformerLens's fn(activation, hook) -> activation
+
+
+def run_capturing(model: Any, tokens: Tensor, names: Sequence[str], **forward_kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
+    """model(tokens, **forward_kwargs) and the activations at the hook points `names`, by name. Plain torch
+    forward hooks on those HookPoints, removed after: TransformerLens's run_with_cache also resets the hooks of
+    every hook point, which on the demo cost about a millisecond a pass (Inspect's budget is 1.5 bare passes)."""
+    captured: dict[str, Tensor] = {}
+    handles = [model.hook_dict[name].register_forward_hook(
+        lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in names]
+    try:
+        return model(tokens, **forward_kwargs), captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()

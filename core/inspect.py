@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from core.errors import StudyInputError
+from core.hook_reads import run_capturing
 from core.loading import LoadedArm
 from core.steering import model_lock
 from core.words import new_token_texts
@@ -92,7 +93,7 @@ def _read(arm: LoadedArm, ids: Sequence[int]) -> _Pass:
     tokens = torch.tensor([list(ids)], dtype=torch.long, device=model.cfg.device)
     names = [arm.hook_name] + ([SCALE_HOOK] if SCALE_HOOK in model.hook_dict else [])
     with model_lock(model):
-        logits, cache = model.run_with_cache(tokens, names_filter=names)
+        logits, cache = run_capturing(model, tokens, names)
     feature_acts = sae.encode(cache[arm.hook_name][0, 1:].to(sae.W_dec.device)).float()  # [T, d_sae]
     scale = cache[SCALE_HOOK][0, 1:, 0].float() if SCALE_HOOK in cache else torch.ones(len(ids) - 1)
     pos, feature = torch.nonzero(feature_acts > 0, as_tuple=True)  # every firing, [N] each
