@@ -26,7 +26,7 @@ def strips(at) -> dict[str, list[float]]:
     """label -> each token's shading (alpha) of every token strip on the page."""
     found = {}
     for m in at.markdown:
-        label = re.search(r'margin-right: 0.8em">([^<]*)</span>', m.value)
+        label = re.search(r'margin-right: 0.8em[^"]*">([^<]*)</span>', m.value)
         if "font-family: monospace" in m.value and label:
             found[label.group(1)] = [float(a) for a in re.findall(r"rgba\([^)]*, ([0-9.]+)\)", m.value)]
     return found
