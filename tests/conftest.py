@@ -26,6 +26,16 @@ def seed_everything():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: on a shared machine torch's thread pool only adds waits (13 ms an op under load). A module
+    asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def three_arm_study(tmp_path_factory):
     """tests/pair_study.py's three-arm study, run once with the pairs base → ft2 and base → finetuned (in that

@@ -18,13 +18,7 @@ SPLITS = 40  # seeded random splits per accumulator
 RTOL = 1e-9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared machine torch's thread pool only adds waits (13 ms an op under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_shards(n: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -27,13 +27,7 @@ def loaded_arm(name, folder, seed):
     return LoadedArm(name, model, sae, HOOK, 24, "cpu", DEFAULT_PROCESSING)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: on a shared machine torch's thread pool only adds waits (13 ms an op under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
