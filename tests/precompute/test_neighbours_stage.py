@@ -56,7 +56,12 @@ def test_the_map_places_every_feature_once_twins_together_and_is_deterministic(p
     xy = {arm: g[["x", "y"]].to_numpy() for arm, g in points.groupby("arm")}
     twin_gap = np.linalg.norm(xy["base"][PERMUTATION] - xy["finetuned"], axis=1)
     spread = np.linalg.norm(xy["base"][:, None] - xy["base"][None], axis=2)
-    assert np.median(twin_gap) < 0.1 * np.median(spread)  # twins share a direction, so a place
+    # Twins share a direction, so a place: across seeds and machines (UMAP's float order differs) the median twin
+    # gap was 0.10-0.13 of the median distance between two base features, and the largest under 0.3; for most
+    # fine-tuned features (71-92%) the nearest base point is the twin. Unrelated pairs sit at ~1x the spread.
+    assert np.median(twin_gap) < 0.25 * np.median(spread) and twin_gap.max() < 0.5 * np.median(spread)
+    to_base = np.linalg.norm(xy["finetuned"][:, None] - xy["base"][None], axis=2)
+    assert (to_base.argmin(axis=1) == PERMUTATION).mean() >= 0.5
     arms = [load_arm(arm, "cpu") for arm in pair_study.arms]
     again = feature_layout([arm.sae.W_dec for arm in arms], SETTINGS)
     np.testing.assert_array_equal(again, points[["x", "y"]].to_numpy().astype(np.float32))  # same seed, same map
