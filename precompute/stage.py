@@ -79,10 +79,13 @@ class Stage:
     tokens: Callable[[StudyConfig], int] | None = None  # size of the token set it reads (0: the whole corpus)
     skip_reason: Callable[[Any], str | None] = lambda _: None  # pair stages: why this pair cannot run it
     sharded: ShardedPass | None = None  # arm stages whose token pass merges from shards (the Ray executor's)
+    passes: Any = None  # pair stages whose token passes merge from shards: a precompute.pair_pass.PairPasses
 
     def __post_init__(self) -> None:
         if self.scope not in ("arm", "pair"):
             raise ValueError(f"stage {self.name}: scope is 'arm' or 'pair', not {self.scope!r}")
+        if (self.passes if self.scope == "arm" else self.sharded) is not None:
+            raise ValueError(f"stage {self.name}: `sharded` is for arm stages, `passes` for pair stages")
         wrong = [t.name for t in self.tables if t.keyed_by != self.scope]
         if wrong:
             raise ValueError(f"stage {self.name} ({self.scope}) writes tables keyed by another scope: {wrong}")

@@ -1,8 +1,10 @@
 """The Ray executor on a local Ray instance (2 CPUs, started here and shut down after) over the two-arm pair
 study of tests/pair_study.py (24 corpus rows, batches of 8): it publishes the same database as the local
-executor, table by table; a driver killed after two saved shards leaves the published database untouched,
-and the next run reuses exactly those two shards."""
+executor, table by table, arm and pair stages alike, though a worker dies mid-shard in an arm pass and in a
+pair pass (Ray restarts it and runs the shard again); a driver killed after two saved shards leaves the
+published database untouched, and the next run reuses exactly those two shards."""
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -16,7 +18,8 @@ import pytest
 
 from core.config import load_config
 from core.database.schema import TABLES
-from pair_study import build_pair_study
+from pair_study import D_SAE, PERMUTATION, build_pair_study
+from precompute import stages
 from precompute.run import run_study
 
 ray = pytest.importorskip("ray")
@@ -84,19 +87,53 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def dying_once(shard_fn, marker: Path, started: Path, tag: str):
+    """shard_fn, except that the first call on any worker to find `marker` removes it and kills its process
+    mid-shard (as a machine would: no cleanup); every call first appends `tag` to `started`. Nested, so Ray
+    pickles it by value: the workers run it though they import no test module."""
+    def shard(*args):
+        with open(started, "a") as log:
+            log.write(f"{tag}\n")
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            return shard_fn(*args)
+        os._exit(1)
+    return shard
+
+
 @pytest.mark.slow
-def test_the_ray_executor_publishes_the_local_executors_database(ray_instance, local_study, tmp_path):
+def test_the_ray_executor_publishes_the_local_executors_database_though_a_worker_dies(
+        ray_instance, local_study, tmp_path, monkeypatch):
     config = load_config(str(study_copy(local_study, tmp_path / "ray")))
+    started = tmp_path / "started.log"
+    activations, transfer = stages.REGISTRY["activations"], stages.REGISTRY["transfer"]
+    (tmp_path / "die-in-activations").touch()
+    (tmp_path / "die-in-spliced").touch()
+    dying_activations = dying_once(activations.sharded.shard, tmp_path / "die-in-activations", started, "activations")
+    dying_spliced = dying_once(transfer.passes.passes[1], tmp_path / "die-in-spliced", started, "spliced")
+    monkeypatch.setitem(stages.REGISTRY, "activations", dataclasses.replace(
+        activations, sharded=dataclasses.replace(activations.sharded, shard=dying_activations)))
+    monkeypatch.setitem(stages.REGISTRY, "transfer", dataclasses.replace(
+        transfer, passes=dataclasses.replace(transfer.passes, passes=(transfer.passes.passes[0], dying_spliced))))
     executor = RayExecutor(workers=2, shard_rows=SHARD_ROWS)
     report = run_study(config, show_progress=False, executor=executor)
     assert report.published
-    assert report.shards == {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
-                             for arm in ("base", "finetuned") for stage in ("activations", "quality")}
+    # 3 shards a pass: 2 arms' activation passes and the spliced pass, each started once, and one of each again
+    assert sorted(started.read_text().split()) == ["activations"] * (2 * 3 + 1) + ["spliced"] * (3 + 1)
+    arm_stages = {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
+                  for arm in ("base", "finetuned") for stage in ("activations", "quality")}
+    pair_stages = {f"base→finetuned/{stage}": {"shards": 3 * passes, "reused": 0, "run": 3 * passes}
+                   for stage, passes in (("similarity", 1), ("transfer", 2), ("matching", 1))}
+    assert report.shards == arm_stages | pair_stages  # transfer: the norm pass, then the spliced pass
     assert not Path(config.features_db + ".shards").exists()  # merged and written: the shards are gone
     assert_same_database(local_study.features_db, config.features_db)
     with duckdb.connect(config.features_db, read_only=True) as con:  # the planted dead features, merged
         dead = con.execute("SELECT count(*) FROM feature_activations WHERE arm = 'base' AND n_fired = 0").fetchone()
+        assigned = con.execute("SELECT feature_a, feature_b FROM match_pairs WHERE assigned").fetchall()
     assert dead == (4,)
+    live = [(int(PERMUTATION[j]), j) for j in range(D_SAE) if PERMUTATION[j] >= 4]  # A's features 0-3 never fire
+    assert sorted(assigned) == sorted(live)  # the pair stages merged from shards find the planted permutation
 
 
 KILL_AFTER = 2
