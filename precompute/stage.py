@@ -15,13 +15,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import torch
 
 from core.config import StudyConfig
 from core.database.schema import Table, conform
+
+if TYPE_CHECKING:  # pair_pass imports this module (through precompute.pair)
+    from precompute.pair_pass import PairPasses
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -79,7 +82,7 @@ class Stage:
     tokens: Callable[[StudyConfig], int] | None = None  # size of the token set it reads (0: the whole corpus)
     skip_reason: Callable[[Any], str | None] = lambda _: None  # pair stages: why this pair cannot run it
     sharded: ShardedPass | None = None  # arm stages whose token pass merges from shards (the Ray executor's)
-    passes: Any = None  # pair stages whose token passes merge from shards: a precompute.pair_pass.PairPasses
+    passes: PairPasses | None = None  # pair stages whose token passes merge from shards (the Ray executor's)
 
     def __post_init__(self) -> None:
         if self.scope not in ("arm", "pair"):
