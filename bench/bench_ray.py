@@ -2,7 +2,9 @@
 text), run by the local executor and by the Ray executor with 1 and 2 workers (one CPU thread each), from the
 same run: speed-up = local seconds / Ray seconds. Ray's seconds include starting its workers (each loads the
 arm), saving every shard's accumulator and merging them; the workers' own per-shard seconds give the
-throughput the estimate in README ("Running on a Ray cluster") starts from. Needs the demo (`make demo`, or
+throughput the estimate in README ("Running on a Ray cluster") starts from. The pair stages' passes
+(similarity, transfer, matching) are sharded over workers the same way, each worker holding both arms; this
+benchmark times the arm pass only. Needs the demo (`make demo`, or
 a copy in data/demo) and Ray (`make install-ray`); without them the benchmark says so and times nothing.
 """
 

@@ -1,6 +1,6 @@
-"""Where an arm stage runs: `local` (here, every row in one pass: the default) or `ray` (its token pass cut
-into shards that Ray workers run; precompute.ray_executor). `run` asks the executor for each stage's result
-and writes it to the build database itself, so publishing is the same whichever executor ran the stage."""
+"""Where a stage runs: `local` (here, every row in one pass: the default) or `ray` (its token passes cut into
+shards that Ray workers run; precompute.ray_executor). `run` asks the executor for each arm and pair stage's
+result and writes it to the build database itself, so publishing is the same whichever executor ran it."""
 
 from __future__ import annotations
 
@@ -26,8 +26,16 @@ class LocalExecutor:
     def arm(self, arm: ArmConfig, fingerprints: dict[str, str], device: str) -> Iterator[None]:
         yield
 
+    @contextmanager
+    def pair(self, arms: tuple[ArmConfig, ArmConfig], fingerprints: tuple[dict[str, str], dict[str, str]],
+             settings: dict[str, Any], device: str) -> Iterator[None]:
+        yield
+
     def run_stage(self, stage: Stage, con: Any, inputs: Any, loaded: Any, key: str) -> StageResult:
         return stage.run(con, inputs, loaded)
+
+    def run_pair_stage(self, stage: Stage, con: Any, inputs: Any, pair: Any, key: str) -> StageResult:
+        return stage.run(con, pair)  # a stage with passes: PairPasses.run_whole, every row in one shard
 
     def stage_written(self, features_db: str, arm: str, stage: Stage, key: str) -> None:
         """Called once the stage's result is in the build database."""

@@ -37,6 +37,11 @@ class Pair:
         """The arm_a, arm_b columns of n_rows rows of this pair's tables."""
         return {"arm_a": [self.a.name] * n_rows, "arm_b": [self.b.name] * n_rows}
 
+    def settings(self) -> dict[str, object]:
+        """What a Ray worker needs, besides the two arms, to rebuild this pair (precompute.ray_executor)."""
+        return {"batch_size": self.batch_size, "threshold": self.threshold, "outlier_factor": self.outlier_factor,
+                "min_firings": self.min_firings}
+
     def same_tokenizer(self) -> bool:
         return self.a.model.tokenizer.get_vocab() == self.b.model.tokenizer.get_vocab()
 

@@ -6,7 +6,7 @@ pair stages similarity, transfer, matching, divergence, cross_neighbours, map, w
 time). Each stage has a key: a hash of everything it reads (the arm's weights, or the pair's two arms' weights,
 the config fields it uses, the files it reads) and its version. A stage whose key is already in the database is
 skipped; any change recomputes exactly the stages it affects. An executor (precompute.executors) computes each
-arm stage's result: here, or in shards on Ray workers; the writes and the publish are the same either way. The
+stage's result: here, or in shards on Ray workers; the writes and the publish are the same either way. The
 math lives in core/; this is orchestration.
 """
 
@@ -50,7 +50,7 @@ class RunReport:
     up_to_date: bool = False
     seconds: dict[str | tuple[str, str], dict[str, float]] = field(default_factory=dict)  # by arm or (arm_a, arm_b)
     pending: list[str] = field(default_factory=list)  # "arm/stage" or "arm_a→arm_b/stage" left undone (--only)
-    shards: dict[str, dict[str, int]] = field(default_factory=dict)  # ray executor: "arm/stage" -> shards, reused, run
+    shards: dict[str, dict[str, int]] = field(default_factory=dict)  # ray: "arm/stage", "a→b/stage" -> shards, ...
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:
@@ -67,7 +67,7 @@ def parse_only(text: str | None) -> tuple[str, ...]:
 def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str] | None = None,
               fresh: bool = False, show_progress: bool = True, executor: Any = None) -> RunReport:
     """Run the stages of `only` that are not up to date for every arm, then publish if nothing is pending.
-    `executor`: where arm stages run (precompute.executors; default: here, `LocalExecutor`)."""
+    `executor`: where arm and pair stages run (precompute.executors; default: here, `LocalExecutor`)."""
     only = tuple(stages.REGISTRY) if only is None else tuple(only)
     executor = LocalExecutor() if executor is None else executor
     target = Path(config.features_db)
@@ -89,7 +89,7 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
                                            executor)
                         for position, arm in enumerate(config.arms)}
         for names in pairs:
-            _run_pair(con, inputs, names, fingerprints, device or config.device, only, report)
+            _run_pair(con, inputs, names, fingerprints, device or config.device, only, report, executor)
     except BaseException:
         con.close()  # the build file keeps every finished stage for the next run
         raise
@@ -166,7 +166,8 @@ def pair_keys(config: StudyConfig, names: tuple[str, str], fingerprints: dict[st
 
 
 def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[str, str],
-              fingerprints: dict[str, dict[str, str]], device: str, only: tuple[str, ...], report: RunReport) -> None:
+              fingerprints: dict[str, dict[str, str]], device: str, only: tuple[str, ...], report: RunReport,
+              executor: Any) -> None:
     """One pair's cross-arm stages, with its two arms loaded at once (only when one of them has to run)."""
     config = inputs.config
     label = pair_name(names)
@@ -188,16 +189,19 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
                 () if sample is None else sample.rows)
     try:
-        for name in todo:
-            token_set = sample.name if stages.REGISTRY[name].tokens is not None else None
-            seconds = _run_pair_stage(con, pair, name, keys[name], token_set)
-            report.seconds.setdefault(names, {})[name] = seconds
+        with executor.pair(tuple(map(config.arm, names)), tuple(fingerprints[name] for name in names),
+                           pair.settings(), device):
+            for name in todo:
+                token_set = sample.name if stages.REGISTRY[name].tokens is not None else None
+                seconds = _run_pair_stage(con, inputs, pair, name, keys[name], token_set, executor)
+                report.seconds.setdefault(names, {})[name] = seconds
     finally:
         del a, b, pair  # the next pair loads its own two arms
         gc.collect()
 
 
-def _run_pair_stage(con: duckdb.DuckDBPyConnection, pair: Pair, name: str, key: str, token_set: str | None) -> float:
+def _run_pair_stage(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, pair: Pair, name: str, key: str,
+                    token_set: str | None, executor: Any) -> float:
     """One pair stage (or its skip, with the reason as its note) written for the pair; returns its seconds."""
     label = pair_name(pair.names)
     stage = stages.REGISTRY[name]
@@ -207,10 +211,11 @@ def _run_pair_stage(con: duckdb.DuckDBPyConnection, pair: Pair, name: str, key: 
         logger.warning("%s/%s: %s", label, name, reason)
         tables, metrics = {}, {"skipped": 1.0}
     else:
-        tables, metrics = stage.run(con, pair)
+        tables, metrics = executor.run_pair_stage(stage, con, inputs, pair, key)
     seconds = time.perf_counter() - start
     db.write_stage(con, pair.names, name, key, seconds, stage.conform(tables), metrics, note=reason,
                    token_set=token_set, owns=stage.table_names)
+    executor.stage_written(inputs.config.features_db, label, stage, key)
     logger.info("%s/%s: done in %.1f s", label, name, seconds)
     return seconds
 

@@ -1,8 +1,9 @@
-"""Shards of an arm stage's token pass, and where their accumulators are kept until the stage is merged.
+"""Shards of a stage's token passes, and where their accumulators are kept until the stage is merged.
 
 A shard is a range of the pass's rows, a whole number of batches long (so a shard's batches are the local
 run's batches). Each finished shard's accumulator is saved under `<features_db>.shards/<arm>/<stage>-<key>/`
-as `<start>-<stop>.pt` (written to a temporary name, then renamed), so a killed run resumes with only the
+(a pair stage: under `<arm_a>→<arm_b>/`, each of its passes in its own `pass<i>/` folder) as
+`<start>-<stop>.pt` (written to a temporary name, then renamed), so a killed run resumes with only the
 missing shards; the folder of a stage goes once the stage is written to the build database.
 """
 
@@ -36,11 +37,13 @@ def default_shard_rows(n_rows: int, row_tokens: int, batch_size: int) -> int:
 
 
 class ShardStore:
-    """The saved accumulators of one arm stage, by the stage's key (its inputs) and each shard's row range."""
+    """The saved accumulators of one pass of a stage, by the stage's key (its inputs) and each shard's row range.
+    `arm`: the arm's name, or the pair's (`arm_a→arm_b`); `part`: the pass (`pass<i>`) of a stage with several."""
 
-    def __init__(self, features_db: str | Path, arm: str, stage: str, key: str) -> None:
+    def __init__(self, features_db: str | Path, arm: str, stage: str, key: str, part: str | None = None) -> None:
         self.root = Path(str(features_db) + SHARDS_SUFFIX) / arm
-        self.folder = self.root / f"{stage}-{key[:16]}"
+        self.stage = stage
+        self.folder = self.root / f"{stage}-{key[:16]}" / (part or "")
 
     def path(self, shard: tuple[int, int]) -> Path:
         return self.folder / f"{shard[0]}-{shard[1]}.pt"
@@ -59,9 +62,8 @@ class ShardStore:
         return torch.load(self.path(shard), weights_only=False)
 
     def discard(self) -> None:
-        """The stage is in the build database: its shards are no longer needed (nor older keys' shards)."""
-        stage = self.folder.name.rsplit("-", 1)[0]
-        for folder in self.root.glob(f"{stage}-*"):
+        """The stage is in the build database: its shards (every pass's) are no longer needed (nor older keys')."""
+        for folder in self.root.glob(f"{self.stage}-*"):
             shutil.rmtree(folder, ignore_errors=True)
         for empty in (self.root, self.root.parent):
             if empty.is_dir() and not any(empty.iterdir()):

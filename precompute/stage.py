@@ -15,13 +15,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import torch
 
 from core.config import StudyConfig
 from core.database.schema import Table, conform
+
+if TYPE_CHECKING:  # pair_pass imports this module (through precompute.pair)
+    from precompute.pair_pass import PairPasses
 
 StageResult = tuple[dict[str, pa.Table], dict[str, float]]
 
@@ -79,10 +82,13 @@ class Stage:
     tokens: Callable[[StudyConfig], int] | None = None  # size of the token set it reads (0: the whole corpus)
     skip_reason: Callable[[Any], str | None] = lambda _: None  # pair stages: why this pair cannot run it
     sharded: ShardedPass | None = None  # arm stages whose token pass merges from shards (the Ray executor's)
+    passes: PairPasses | None = None  # pair stages whose token passes merge from shards (the Ray executor's)
 
     def __post_init__(self) -> None:
         if self.scope not in ("arm", "pair"):
             raise ValueError(f"stage {self.name}: scope is 'arm' or 'pair', not {self.scope!r}")
+        if (self.passes if self.scope == "arm" else self.sharded) is not None:
+            raise ValueError(f"stage {self.name}: `sharded` is for arm stages, `passes` for pair stages")
         wrong = [t.name for t in self.tables if t.keyed_by != self.scope]
         if wrong:
             raise ValueError(f"stage {self.name} ({self.scope}) writes tables keyed by another scope: {wrong}")

@@ -83,5 +83,5 @@ PASSES = PairPasses((shard,), finish)
 
 # version 2: dead / rare statuses, every pair, the assignment
 STAGE = Stage("matching", version=2, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,
-              key_parts=pair_key_parts, tokens=pair_tokens,
+              key_parts=pair_key_parts, tokens=pair_tokens, passes=PASSES,
               skip_reason=lambda pair: different_tokenizers(pair, "matching"))

@@ -52,4 +52,5 @@ def _skip_reason(pair: Pair) -> str | None:
 PASSES = PairPasses((shard,), finish)
 
 STAGE = Stage("similarity", version=2, scope="pair", tables=(SIMILARITY_HIST, SIMILARITY_BY_POSITION),
-              run=run_similarity, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)
+              run=run_similarity, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason,
+              passes=PASSES)

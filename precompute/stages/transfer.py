@@ -89,4 +89,5 @@ def _skip_reason(pair: Pair) -> str | None:
 PASSES = PairPasses((norm_shard, transfer_shard), finish)
 
 STAGE = Stage("transfer", version=2, scope="pair", tables=(TRANSFER_METRICS, TRANSFER_DENSITIES),
-              run=run_transfer, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)
+              run=run_transfer, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason,
+              passes=PASSES)

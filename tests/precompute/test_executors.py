@@ -53,3 +53,16 @@ def test_fresh_discards_every_saved_shard(tmp_path):
     ShardStore(tmp_path / "f.duckdb", "base", "quality", "ef" * 32).save((0, 8), {})
     discard_all(tmp_path / "f.duckdb")
     assert not (tmp_path / "f.duckdb.shards").exists()
+
+
+def test_a_pair_stages_passes_are_saved_apart_and_discarded_together(tmp_path):
+    from precompute.shards import ShardStore
+
+    norms = ShardStore(tmp_path / "f.duckdb", "base→ft", "transfer", "ab" * 32, part="pass0")
+    spliced = ShardStore(tmp_path / "f.duckdb", "base→ft", "transfer", "ab" * 32, part="pass1")
+    norms.save((0, 8), {"pass": 0})
+    spliced.save((0, 8), {"pass": 1})
+    assert norms.path((0, 8)).parent.name == "pass0" and spliced.load((0, 8)) == {"pass": 1}
+    assert norms.finished([(0, 8), (8, 16)]) == [(0, 8)]
+    ShardStore(tmp_path / "f.duckdb", "base→ft", "transfer", "ab" * 32).discard()  # what stage_written does
+    assert not (tmp_path / "f.duckdb.shards").exists()

@@ -1,8 +1,10 @@
 """The Ray executor on a local Ray instance (2 CPUs, started here and shut down after) over the two-arm pair
 study of tests/pair_study.py (24 corpus rows, batches of 8): it publishes the same database as the local
-executor, table by table; a driver killed after two saved shards leaves the published database untouched,
-and the next run reuses exactly those two shards."""
+executor, table by table, arm and pair stages alike, though a worker dies mid-shard in an arm pass and in a
+pair pass (Ray restarts it and runs the shard again); a driver killed mid-run (in an arm pass, then in a pair
+stage's second pass) leaves the published database untouched, and the next run reuses exactly the shards saved."""
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -16,7 +18,8 @@ import pytest
 
 from core.config import load_config
 from core.database.schema import TABLES
-from pair_study import build_pair_study
+from pair_study import D_SAE, PERMUTATION, build_pair_study
+from precompute import stages
 from precompute.run import run_study
 
 ray = pytest.importorskip("ray")
@@ -43,13 +46,15 @@ def local_study(tmp_path_factory):
     return build_pair_study(tmp_path_factory.mktemp("local"), diff_tokens=0)
 
 
-def study_copy(local_config, folder: Path, extra_activations: str = "") -> Path:
-    """The same study writing to `folder`; returns its config file."""
+def study_copy(local_config, folder: Path, changes: dict[str, str] | None = None) -> Path:
+    """The same study writing to `folder`, with each text of `changes` in its config replaced; returns its file."""
     folder.mkdir(parents=True, exist_ok=True)
     text = Path(local_config.source_path).read_text()
     text = text.replace(local_config.features_db, str(folder / "features.duckdb"))
     text = text.replace(local_config.labels_db, str(folder / "labels.duckdb"))
-    text = text.replace("[activations]\n", "[activations]\n" + extra_activations)
+    for old, new in (changes or {}).items():
+        assert old in text
+        text = text.replace(old, new)
     (folder / "study.toml").write_text(text)
     return folder / "study.toml"
 
@@ -84,60 +89,111 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def dying_once(shard_fn, marker: Path, started: Path, tag: str):
+    """shard_fn, except that the first call on any worker to find `marker` removes it and kills its process
+    mid-shard (as a machine would: no cleanup); every call first appends `tag` to `started`. Nested, so Ray
+    pickles it by value: the workers run it though they import no test module."""
+    def shard(*args):
+        with open(started, "a") as log:
+            log.write(f"{tag}\n")
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            return shard_fn(*args)
+        os._exit(1)
+    return shard
+
+
 @pytest.mark.slow
-def test_the_ray_executor_publishes_the_local_executors_database(ray_instance, local_study, tmp_path):
+def test_the_ray_executor_publishes_the_local_executors_database_though_a_worker_dies(
+        ray_instance, local_study, tmp_path, monkeypatch):
     config = load_config(str(study_copy(local_study, tmp_path / "ray")))
+    started = tmp_path / "started.log"
+    activations, transfer = stages.REGISTRY["activations"], stages.REGISTRY["transfer"]
+    (tmp_path / "die-in-activations").touch()
+    (tmp_path / "die-in-spliced").touch()
+    dying_activations = dying_once(activations.sharded.shard, tmp_path / "die-in-activations", started, "activations")
+    dying_spliced = dying_once(transfer.passes.passes[1], tmp_path / "die-in-spliced", started, "spliced")
+    monkeypatch.setitem(stages.REGISTRY, "activations", dataclasses.replace(
+        activations, sharded=dataclasses.replace(activations.sharded, shard=dying_activations)))
+    monkeypatch.setitem(stages.REGISTRY, "transfer", dataclasses.replace(
+        transfer, passes=dataclasses.replace(transfer.passes, passes=(transfer.passes.passes[0], dying_spliced))))
     executor = RayExecutor(workers=2, shard_rows=SHARD_ROWS)
     report = run_study(config, show_progress=False, executor=executor)
     assert report.published
-    assert report.shards == {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
-                             for arm in ("base", "finetuned") for stage in ("activations", "quality")}
+    # 3 shards a pass: 2 arms' activation passes and the spliced pass, each started once, and one of each again
+    assert sorted(started.read_text().split()) == ["activations"] * (2 * 3 + 1) + ["spliced"] * (3 + 1)
+    arm_stages = {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
+                  for arm in ("base", "finetuned") for stage in ("activations", "quality")}
+    pair_stages = {f"base→finetuned/{stage}": {"shards": 3 * passes, "reused": 0, "run": 3 * passes}
+                   for stage, passes in (("similarity", 1), ("transfer", 2), ("matching", 1))}
+    assert report.shards == arm_stages | pair_stages  # transfer: the norm pass, then the spliced pass
     assert not Path(config.features_db + ".shards").exists()  # merged and written: the shards are gone
     assert_same_database(local_study.features_db, config.features_db)
     with duckdb.connect(config.features_db, read_only=True) as con:  # the planted dead features, merged
         dead = con.execute("SELECT count(*) FROM feature_activations WHERE arm = 'base' AND n_fired = 0").fetchone()
+        assigned = con.execute("SELECT feature_a, feature_b FROM match_pairs WHERE assigned").fetchall()
     assert dead == (4,)
+    live = [(int(PERMUTATION[j]), j) for j in range(D_SAE) if PERMUTATION[j] >= 4]  # A's features 0-3 never fire
+    assert sorted(assigned) == sorted(live)  # the pair stages merged from shards find the planted permutation
 
 
-KILL_AFTER = 2
-KILLER = textwrap.dedent(f"""
+KILLER = textwrap.dedent("""
     import os, signal, sys
     from precompute import shards
-    saved, save = [], shards.ShardStore.save
+    kill_after, saved, save = int(sys.argv.pop(1)), [], shards.ShardStore.save
     def save_then_die(self, shard, accumulator):
         save(self, shard, accumulator)
         saved.append(shard)
-        if len(saved) == {KILL_AFTER}:
+        if len(saved) == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # the driver dies as a machine would: no cleanup
     shards.ShardStore.save = save_then_die
     from precompute.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
+# Five top contexts: the activation passes run again; another outlier factor (none is near one): the pair stages.
+CHANGES = {"[activations]\n": "[activations]\ntop_contexts = 5\n", "outlier_factor = 1000.0": "outlier_factor = 500.0"}
+
+
+def killed_run(config_path: Path, ray_address: str, kill_after: int) -> str:
+    """`precompute run --executor ray` in a process killed once it has saved `kill_after` shards; its log."""
+    command = [sys.executable, "-c", KILLER, str(kill_after), "run", "--config", str(config_path), "--no-progress",
+               "--executor", "ray", "--ray-address", ray_address, "--ray-workers", "2",
+               "--shard-rows", str(SHARD_ROWS)]
+    killed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    return killed.stderr
 
 
 @pytest.mark.slow
 def test_a_killed_driver_leaves_the_published_database_and_the_next_run_reuses_its_shards(
         ray_instance, local_study, tmp_path):
+    """Killed twice: after 2 saved shards (in base's activation pass), then after 11 more (in transfer's second
+    pass); the published database is untouched each time, and each next run reuses the shards saved before."""
     folder = tmp_path / "killed"
-    config_path = study_copy(local_study, folder, extra_activations="top_contexts = 5\n")
-    shutil.copyfile(local_study.features_db, folder / "features.duckdb")  # published, now stale for activations
-    before = sha256(folder / "features.duckdb")
-    command = [sys.executable, "-c", KILLER, "run", "--config", str(config_path), "--no-progress",
-               "--executor", "ray", "--ray-address", ray_instance, "--ray-workers", "2",
-               "--shard-rows", str(SHARD_ROWS)]
-    killed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr[-3000:]
+    config_path = study_copy(local_study, folder, CHANGES)
+    shutil.copyfile(local_study.features_db, folder / "features.duckdb")  # published, now stale
+    before, shards_folder = sha256(folder / "features.duckdb"), folder / "features.duckdb.shards"
+    killed_run(config_path, ray_instance, kill_after=2)
     assert sha256(folder / "features.duckdb") == before
-    saved = sorted((folder / "features.duckdb.shards").rglob("*.pt"))
-    assert len(saved) == KILL_AFTER and all(p.parent.name.startswith("activations-") for p in saved)
+    saved = sorted(shards_folder.rglob("*.pt"))
+    assert len(saved) == 2 and all(p.parent.name.startswith("activations-") for p in saved)
+
+    # base's missing activation shard, finetuned's 3, similarity's 3, transfer's norm pass 3, one spliced shard
+    log = killed_run(config_path, ray_instance, kill_after=1 + 3 + 3 + 3 + 1)
+    assert "base/activations: 3 shard(s) of 8 rows; 2 saved by an earlier run, 1 to run" in log
+    assert sha256(folder / "features.duckdb") == before
+    saved = [p.relative_to(shards_folder) for p in shards_folder.rglob("*.pt")]  # written stages' shards are gone
+    assert all(p.parts[0] == "base→finetuned" and p.parts[1].startswith("transfer-") for p in saved)
+    assert sorted(p.parent.name for p in saved) == ["pass0"] * 3 + ["pass1"]
 
     config = load_config(str(config_path))
     report = run_study(config, show_progress=False, executor=RayExecutor(workers=2, shard_rows=SHARD_ROWS))
     assert report.published and sha256(folder / "features.duckdb") != before
-    assert report.shards["base/activations"] == {"shards": 3, "reused": KILL_AFTER, "run": 3 - KILL_AFTER}
-    assert report.shards["finetuned/activations"] == {"shards": 3, "reused": 0, "run": 3}
-    assert "base/quality" not in report.shards  # quality's key does not read top_contexts: up to date
-    reference = load_config(str(study_copy(local_study, tmp_path / "local5", extra_activations="top_contexts = 5\n")))
+    # the rest of transfer (its norm pass merged from the saved shards feeds the spliced pass), then matching
+    assert report.shards == {"base→finetuned/transfer": {"shards": 6, "reused": 4, "run": 2},
+                             "base→finetuned/matching": {"shards": 3, "reused": 0, "run": 3}}
+    reference = load_config(str(study_copy(local_study, tmp_path / "reference", CHANGES)))
     assert run_study(reference, show_progress=False).published
     assert_same_database(reference.features_db, config.features_db)
     with duckdb.connect(config.features_db, read_only=True) as con:
