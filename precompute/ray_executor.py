@@ -43,7 +43,7 @@ class ArmWorker:
     def __init__(self, arm: ArmConfig, fingerprints: dict[str, str], device: str, threads: int | None) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.loaded = load_arm(arm, device, verify=False)  # the driver verified these weights against transformers
+        self.loaded = load_arm(arm, device, verify=False, generates=False)  # the driver verified these weights against transformers
         found = {"model": weights_fingerprint(self.loaded.model), "sae": weights_fingerprint(self.loaded.sae)}
         if found != fingerprints:
             raise RuntimeError(f"arm {arm.name} loads other weights on {socket.gethostname()} than on the driver: "
