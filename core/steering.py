@@ -288,8 +288,8 @@ def _hf_sampling_loop(hf_model: Any, prompt_ids: Tensor, settings: SamplingSetti
     token_ids: list[int] = []
     logprobs: list[float] = []
     for _ in range(settings.max_new_tokens):
-        out = hf_model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        out = hf_model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
         logits = out.logits[0, -1]  # [d_vocab]
         token = sample_next_token(logits, counts, settings, generator)
         token_ids.append(token)
