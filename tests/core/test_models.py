@@ -112,21 +112,20 @@ def test_greedy_generation_equals_transformers(architecture):
     assert ours.token_ids == reference[0, prompt.shape[1]:].tolist()
 
 
-def arm_of(architecture, hook_name="blocks.1.hook_resid_pre", centred=False):
+def arm_of(architecture):
     """An arm that generates with its `transformers` model, as `load_arm` gives."""
-    model = hooked(architecture, centred)
-    sae = build_sae(d_in=model.cfg.d_model, d_sae=8, hook_name=hook_name)
-    return LoadedArm("tiny", model, sae, hook_name, 8, "cpu", DEFAULT_PROCESSING if centred else NO_CENTRING,
-                     hf_model(architecture))
+    model = hooked(architecture)
+    sae = build_sae(d_in=model.cfg.d_model, d_sae=8, hook_name="blocks.1.hook_resid_pre")
+    return LoadedArm("tiny", model, sae, "blocks.1.hook_resid_pre", 8, "cpu", NO_CENTRING, hf_model(architecture))
 
 
 def brute_force_steered_greedy(model, prompt_ids, hook_name, vector, n_new):
     """The reference: the HookedTransformer with a TransformerLens hook adding `vector` at `hook_name`, one full
     pass (no cache) per new token, argmax of the last position."""
     ids = list(prompt_ids)
-    for _ in range(n_new):
-        logits = model.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(hook_name, steering_hook(vector))])
-        ids.append(int(logits[0, -1].argmax()))
+    with model.hooks(fwd_hooks=[(hook_name, steering_hook(vector))]):
+        for _ in range(n_new):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     return ids[len(prompt_ids):]
 
 
@@ -147,20 +146,22 @@ def test_steered_generation_through_transformers_equals_the_hooked_transformer_b
         scale = float(hf_model(architecture)(token_rows(1, 8), output_hidden_states=True).hidden_states[1].norm(dim=-1).mean())
     vector = torch.randn(32, generator=torch.Generator().manual_seed(2))
     vector *= 3 * scale / vector.norm()  # three times a typical residual: enough to change the greedy tokens
-    settings = SamplingSettings(temperature=0, max_new_tokens=6)
+    settings = SamplingSettings(temperature=0, max_new_tokens=4)
+    unsteered = generate(hooked(architecture, centred), "the heart", settings).token_ids
     changed = 0
+    sae = build_sae(d_in=32, d_sae=8, hook_name=STEERED_HOOKS[0])
+    sae.W_dec.data[0] = vector  # coefficient ‖vector‖ on a row along it: exactly `vector` added
+    coefficients = {0: float(vector.norm())}
     for hook_name in STEERED_HOOKS:
-        arm = arm_of(architecture, hook_name, centred)
-        arm.sae.W_dec.data[0] = vector  # coefficient ‖vector‖ on a row along it: exactly `vector` added
-        coefficients = {0: float(vector.norm())}
+        arm = LoadedArm("tiny", hooked(architecture, centred), sae, hook_name, 8, "cpu", {}, hf_model(architecture))
         if hook_name.endswith("resid_mid") and getattr(arm.hf_model.config, "use_parallel_residual", False):
             with pytest.raises(ValueError, match="no hook|no resid_mid"):  # TransformerLens has none there either
                 generate_steered(arm, coefficients, "the heart", settings)
             continue
         steered = generate_steered(arm, coefficients, "the heart", settings)
-        reference = brute_force_steered_greedy(arm.model, steered.prompt_ids, hook_name, vector, 6)
+        reference = brute_force_steered_greedy(arm.model, steered.prompt_ids, hook_name, vector, 4)
         assert steered.token_ids == reference, hook_name
-        changed += steered.token_ids != generate_steered(arm, {}, "the heart", settings).token_ids
+        changed += steered.token_ids != unsteered
     assert changed >= 3  # the steering moved the tokens, so equal tokens check where the vector went
 
 
