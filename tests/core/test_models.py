@@ -1,6 +1,7 @@
 """Every registered architecture family, on a tiny random model built from a `transformers` config: the loaded
 HookedTransformer equals `transformers` in log-probabilities, its hooks hold the activations they name, the
-projection finds a planted feature through its unembedding, and its generation equals `transformers`'."""
+projection finds a planted feature through its unembedding, its generation equals `transformers`', and steering
+through the `transformers` model (as arms generate) equals the HookedTransformer with its hook, at every hook kind."""
 
 from functools import cache
 
