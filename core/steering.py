@@ -11,6 +11,17 @@ Where: the steering vector is added at the SAE's hook at every position of every
 each new token's single-position pass with the KV cache. The study authors' hook added it to `resid[:, :-1]` only
 when seq_len > 1, i.e. to the prompt (less its last token) of the first pass; no generated token was steered.
 
+Which model generates: the arm's `transformers` model (`LoadedArm.hf_model`, kept beside the HookedTransformer),
+steered by a plain torch hook on the submodule holding the SAE's hook (`core.models.hf_hooks`: the input of block
+L for hook_resid_pre, the output of the attention or MLP, after Gemma 2/3's post-norms, for hook_attn_out /
+hook_mlp_out). Why: on SmolLM2-135M 50 tokens took 3.0× `transformers`' `generate` with the HookedTransformer's
+own KV-cache loop, steered or not: the cost was its per-token forward (einsum attention, masks materialised),
+not the hook. The `transformers` model in the small loop here (`_hf_sampling_loop`: its own KV cache,
+`logits_to_keep=1`) runs at `generate`'s speed (bench/bench_smollm2.py). Without a `transformers` model (an arm
+built by hand) the HookedTransformer's loop runs, with TransformerLens hooks; both give the same tokens (tests).
+`generate`'s `transformers` loop and the HookedTransformer's differ in raw logits only by a per-position constant
+(a centred unembedding), which no sampling step below sees.
+
 Sampling (`SamplingSettings`, defaults = the paper's): TransformerLens's `sample_logits` rule, written out so that
 a `torch.Generator` makes it deterministic per seed: temperature 0 → argmax of the raw logits; otherwise
 scores = logits / temperature − frequency_penalty × (count of each token so far, prompt and BOS included), then
@@ -21,6 +32,7 @@ through the steering. With `torch.manual_seed(seed)` instead, TransformerLens's 
 tokens (checked by the tests).
 
 Thread safety: hooks are global state on the model. `model_lock(model)` is one re-entrant lock per model object;
+an arm's lock is its HookedTransformer's, and its `transformers` model is only hooked and run under it.
 `steering` holds it from adding its hook until after removing it, and `generate` holds it for the whole
 generation, so two threads sharing a model (dashboard sessions) run one after the other and each gets exactly
 what it would get alone. Any other code that runs a shared model while steering may happen must take the lock too.
@@ -44,6 +56,7 @@ from torch import Tensor
 
 from core.coherence import unit_rows
 from core.loading import LoadedArm
+from core.models.hf_hooks import add_vector_hook
 from core.words import new_token_texts, normalize_token
 
 PAPER_PROMPT = "What topic is on your mind?"
@@ -151,13 +164,23 @@ def steering_hook(vector: Tensor) -> Callable[..., Tensor]:
 
 
 @contextmanager
-def steering(model: Any, hook_name: str, vector: Tensor) -> Iterator[None]:
-    """Inside the block, every forward pass of `model` gets `vector` added at `hook_name`, at every position.
+def steering(model: Any, hook_name: str, vector: Tensor, hf_model: Any = None) -> Iterator[None]:
+    """Inside the block, every forward pass of `model` (the HookedTransformer), or of `hf_model` (its
+    `transformers` twin) when given, gets `vector` added at `hook_name`, at every position.
 
     Holds `model_lock(model)` for the whole block (hooks are global state on the model); the hook is removed in a
     `finally`, so an error inside leaves the model clean."""
     if hook_name not in model.hook_dict:
         raise ValueError(f"model has no hook {hook_name!r}")
+    if hf_model is not None:
+        parameter = next(hf_model.parameters())
+        with model_lock(model):
+            handle = add_vector_hook(hf_model, hook_name, vector.detach().to(parameter.device, parameter.dtype))
+            try:
+                yield
+            finally:
+                handle.remove()
+        return
     vector = vector.detach().to(device=model.cfg.device, dtype=model.cfg.dtype)
     with model_lock(model), model.hooks(fwd_hooks=[(hook_name, steering_hook(vector))]):
         yield
@@ -198,10 +221,12 @@ def nucleus(probs: Tensor, top_p: float, candidates: int = 64) -> Tensor:
 
 @torch.inference_mode()
 def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLING,
-             on_token: Callable[[int], None] | None = None) -> Generation:
+             on_token: Callable[[int], None] | None = None, hf_model: Any = None) -> Generation:
     """Sample a continuation of `prompt` with the KV cache: one pass over the prompt, then one single-position pass
-    per new token; whatever hooks are on the model (e.g. `steering`) apply to every pass. Runs on the model's
-    device and holds `model_lock(model)` throughout. `on_token(token_id)` is called after each draw (streaming)."""
+    per new token; whatever hooks are on the model that runs (e.g. `steering`) apply to every pass. `model` (the
+    HookedTransformer) tokenizes; `hf_model`, its `transformers` twin, runs the passes when given (the module
+    docstring says why), else `model` does. Holds `model_lock(model)` throughout. `on_token(token_id)` is called
+    after each draw (streaming)."""
     with model_lock(model):
         prompt_ids = model.to_tokens(prompt, prepend_bos=settings.prepend_bos)[0]  # [n_prompt]
         if prompt_ids.numel() == 0:
@@ -209,7 +234,12 @@ def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLIN
         if prompt_ids.numel() + settings.max_new_tokens > model.cfg.n_ctx:
             raise ValueError(f"prompt ({prompt_ids.numel()} tokens) + {settings.max_new_tokens} new tokens exceed "
                              f"the model's context of {model.cfg.n_ctx}")
-        token_ids, logprobs = _sampling_loop(model, prompt_ids, settings, on_token)
+        if hf_model is None:
+            token_ids, logprobs = _sampling_loop(model, prompt_ids, settings, on_token)
+        else:
+            device = next(hf_model.parameters()).device
+            token_ids, logprobs = _hf_sampling_loop(hf_model, prompt_ids.to(device), settings, on_token,
+                                                    model.tokenizer.eos_token_id)
     tokenizer = model.tokenizer
     return Generation(prompt=prompt, prompt_ids=prompt_ids.tolist(), token_ids=token_ids,
                       tokens=new_token_texts(tokenizer, prompt_ids.tolist(), token_ids), text=tokenizer.decode(token_ids),
@@ -246,6 +276,33 @@ def _sampling_loop(model: Any, prompt_ids: Tensor, settings: SamplingSettings,
     return token_ids, logprobs
 
 
+def _hf_sampling_loop(hf_model: Any, prompt_ids: Tensor, settings: SamplingSettings,
+                      on_token: Callable[[int], None] | None, eos: int | None) -> tuple[list[int], list[float]]:
+    """`_sampling_loop` on the `transformers` model: the same draws, its own KV cache (created by the first pass,
+    sliding windows included), logits of the last position only (`logits_to_keep=1`)."""
+    device = prompt_ids.device
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    counts = torch.bincount(prompt_ids, minlength=hf_model.config.vocab_size).float()  # [d_vocab]
+    cache = None
+    step_input = prompt_ids[None]  # [1, n_prompt], then [1, 1]
+    token_ids: list[int] = []
+    logprobs: list[float] = []
+    for _ in range(settings.max_new_tokens):
+        out = hf_model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        logits = out.logits[0, -1]  # [d_vocab]
+        token = sample_next_token(logits, counts, settings, generator)
+        token_ids.append(token)
+        logprobs.append(float(logits.float().log_softmax(-1)[token]))
+        if on_token is not None:
+            on_token(token)
+        if settings.stop_at_eos and token == eos:
+            break
+        counts[token] += 1
+        step_input = torch.tensor([[token]], device=device)
+    return token_ids, logprobs
+
+
 def last_position_logits(model: Any, residual: Tensor) -> Tensor:
     """Logits [d_vocab] of the last position from the residual after the last block, [1, pos, d_model]: ln_final
     and unembed (their hooks fire, on that position only) as TransformerLens's forward does, but without its
@@ -264,12 +321,13 @@ def generate_steered(arm: LoadedArm, coefficients: Mapping[int, float], prompt: 
                      settings: SamplingSettings = PAPER_SAMPLING,
                      on_token: Callable[[int], None] | None = None) -> Generation:
     """`generate` with Σ coefficient × W_dec[feature] / ‖W_dec[feature]‖ added at the arm's SAE hook; empty
-    coefficients: unsteered."""
+    coefficients: unsteered. Runs the arm's `transformers` model when it has one."""
     coefficients = {int(f): float(c) for f, c in coefficients.items()}
     if not coefficients:
-        return generate(arm.model, prompt, settings, on_token)
-    with steering(arm.model, arm.hook_name, steering_vector(arm.sae.W_dec, coefficients)):
-        generation = generate(arm.model, prompt, settings, on_token)
+        return generate(arm.model, prompt, settings, on_token, arm.hf_model)
+    vector = steering_vector(arm.sae.W_dec, coefficients)
+    with steering(arm.model, arm.hook_name, vector, arm.hf_model):
+        generation = generate(arm.model, prompt, settings, on_token, arm.hf_model)
     return replace(generation, coefficients=coefficients)
 
 

@@ -77,7 +77,7 @@ class ArmWorker:
 
 
 def _load_as_on_driver(arm: ArmConfig, fingerprints: dict[str, str], device: str) -> LoadedArm:
-    loaded = load_arm(arm, device, verify=False)  # the driver verified these weights against transformers
+    loaded = load_arm(arm, device, verify=False, generates=False)  # the driver verified these weights
     found = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
     if found != fingerprints:
         raise RuntimeError(f"arm {arm.name} loads other weights on {socket.gethostname()} than on the driver: "

@@ -122,7 +122,7 @@ def pair_name(names: tuple[str, str]) -> str:
 def _run_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, arm: ArmConfig, position: int,
              device: str, only: tuple[str, ...], report: RunReport, executor: Any) -> dict[str, str]:
     """The per-arm stages; returns the arm's weight fingerprints (the cross stages' keys use them)."""
-    loaded = load_arm(arm, device)
+    loaded = load_arm(arm, device, generates=False)  # activation stages: no generation
     try:
         fingerprints = {"model": weights_fingerprint(loaded.model), "sae": weights_fingerprint(loaded.sae)}
         keys = stage_keys(inputs.config, arm, fingerprints)
@@ -183,7 +183,7 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
     if sample is not None:
         logger.info("%s: %s, %s tokens (%s)", label, sample.name, f"{sample.n_tokens:,}",
                     ", ".join(f"{source} {n} rows" for source, n in sample.sources))
-    a, b = (load_arm(config.arm(name), device) for name in names)
+    a, b = (load_arm(config.arm(name), device, generates=False) for name in names)
     pair = Pair(a, b, None if sample is None else sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,

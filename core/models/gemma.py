@@ -45,5 +45,9 @@ def convert(hf_model: Any, cfg: Any) -> dict[str, Any]:
 
 
 GEMMA = register(ModelFamily("Gemma", ("GemmaForCausalLM",), gemma_config, convert))
-GEMMA2 = register(ModelFamily("Gemma 2", ("Gemma2ForCausalLM",), gemma2_config, convert))
-GEMMA3 = register(ModelFamily("Gemma 3", ("Gemma3ForCausalLM",), gemma3_config, convert))
+# Gemma 2 and 3 normalise what attention and the MLP write before adding it to the residual stream, and
+# TransformerLens's hook_attn_out / hook_mlp_out hold it after that norm (what is added); Gemma 1's
+# `post_attention_layernorm` is instead the MLP's input norm, so Gemma 1 keeps the default modules.
+POST_NORMS = {"hf_attn_out": "post_attention_layernorm", "hf_mlp_out": "post_feedforward_layernorm"}
+GEMMA2 = register(ModelFamily("Gemma 2", ("Gemma2ForCausalLM",), gemma2_config, convert, **POST_NORMS))
+GEMMA3 = register(ModelFamily("Gemma 3", ("Gemma3ForCausalLM",), gemma3_config, convert, **POST_NORMS))

@@ -36,4 +36,5 @@ def convert(hf_model: Any, cfg: Any) -> dict[str, Any]:
     return state_dict
 
 
-GPT2 = register(ModelFamily("GPT-2", ("GPT2LMHeadModel",), tl_config, convert))
+GPT2 = register(ModelFamily("GPT-2", ("GPT2LMHeadModel",), tl_config, convert, hf_layers="transformer.h",
+                                hf_attn_out="attn"))

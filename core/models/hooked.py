@@ -18,14 +18,14 @@ The Bridge is faster (it runs transformers' own modules, SDPA attention included
 figures ours misses issue 13's activation-pass target (≥ 0.6× transformers' throughput) where the Bridge meets it.
 The HookedTransformer is kept for now because everything downstream is written against its interface and is
 checked on it for all nine families (log-probs, every hook kind, greedy generation equal to transformers'): the
-activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), steering's
-own KV-cache sampler (`past_kv_cache`, the `ln_final` / `unembed` hooks, soft caps), the projection's `W_U`, and
-weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb). Tried on a Bridge of the
-same Llama: `cfg.device / d_vocab / n_layers / n_ctx`, `W_U`, `to_tokens`, `hook_activations` and `sae_quality`
-work unchanged; steering's sampler does not (its `stop_at_layer=n_layers` pass returns logits there, and it has
-no `past_kv_cache`). So the move is this module plus steering's loop, with per-family hook checks of the Bridge
-(is its `hook_mlp_out` before or after Gemma 2's post-MLP norm?): the next step once `make bench` measures
-SmolLM2.
+activation pass and quality's spliced loss (`run_with_cache` / `run_with_hooks` with `stop_at_layer`), the
+projection's `W_U`, and weight processing identical to `HookedTransformer.from_pretrained` (gpt2-small-res-jb).
+Tried on a Bridge of the same Llama: `cfg.device / d_vocab / n_layers / n_ctx`, `W_U`, `to_tokens`,
+`hook_activations` and `sae_quality` work unchanged. Generation no longer runs here: steering generates with the
+`transformers` model itself and a torch hook at the module each family names (`core.steering`,
+`core.models.hf_hooks`), because this model's per-token forward made 50 steered SmolLM2 tokens 3.0× `generate`.
+A move to the Bridge is this module plus per-family hook checks (is its `hook_mlp_out` before or after Gemma 2's
+post-MLP norm?).
 """
 
 from __future__ import annotations

@@ -37,4 +37,5 @@ def convert(hf_model: Any, cfg: Any) -> dict[str, Any]:
     return convert_neox_weights(hf_model, cfg)
 
 
-NEOX = register(ModelFamily("GPT-NeoX / Pythia", ("GPTNeoXForCausalLM",), tl_config, convert))
+NEOX = register(ModelFamily("GPT-NeoX / Pythia", ("GPTNeoXForCausalLM",), tl_config, convert,
+                                hf_layers="gpt_neox.layers", hf_attn_out="attention"))

@@ -2,7 +2,9 @@
 `config.architectures[0]` names it accepts. Adding a family is one file that calls `register`.
 
 A family turns a `transformers` config into `HookedTransformerConfig` fields (`tl_config`) and a loaded
-`transformers` model into a TransformerLens state dict (`convert`, TransformerLens's own weight converter).
+`transformers` model into a TransformerLens state dict (`convert`, TransformerLens's own weight converter), and
+names the `transformers` submodules where each hook's activation is (`hf_layers`, `hf_attn_out`, `hf_mlp_out`:
+steering generates with the `transformers` model itself, `core.models.hf_hooks`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ class ModelFamily:
     architectures: tuple[str, ...]  # HF `architectures[0]` names this family loads
     tl_config: Callable[[Any], dict[str, Any]]  # HF config -> HookedTransformerConfig fields
     convert: Callable[[Any, Any], dict[str, Any]]  # (HF model, HookedTransformerConfig) -> TL state dict
+    # The `transformers` modules whose outputs are what the hooks name: the decoder blocks (input of block L =
+    # blocks.L.hook_resid_pre, its output = hook_resid_post), and in a block what attention and the MLP add to
+    # the residual stream (hook_attn_out, hook_mlp_out: after Gemma 2/3's post-norms, as TransformerLens's are).
+    hf_layers: str = "model.layers"
+    hf_attn_out: str = "self_attn"
+    hf_mlp_out: str = "mlp"
 
     def __post_init__(self) -> None:
         if not self.architectures:

@@ -121,7 +121,7 @@ def explain_study(config: StudyConfig, which: str = "candidates", backend: str |
     with db.connect_read_only(target) as con:
         stored = dict(con.execute("SELECT arm, sae_fingerprint FROM arms").fetchall())
         for arm in config.arms:
-            loaded = load_arm(arm, device or config.device, verify=False)
+            loaded = load_arm(arm, device or config.device, verify=False, generates=False)
             fingerprint = decoder_fingerprint(loaded.sae)
             if stored.get(arm.name) != fingerprint:
                 raise StudyInputError(f"arms[{arm.name}]: the SAE at {arm.sae_source} is not the one the features "

@@ -1,6 +1,7 @@
 """Every registered architecture family, on a tiny random model built from a `transformers` config: the loaded
 HookedTransformer equals `transformers` in log-probabilities, its hooks hold the activations they name, the
-projection finds a planted feature through its unembedding, and its generation equals `transformers`'."""
+projection finds a planted feature through its unembedding, its generation equals `transformers`', and steering
+through the `transformers` model (as arms generate) equals the HookedTransformer with its hook, at every hook kind."""
 
 from functools import cache
 
@@ -12,7 +13,7 @@ from core.loading import DEFAULT_PROCESSING, NO_CENTRING, LoadedArm
 from core.models import family_for, hooked_transformer_from_hf, known_architectures, verify_against_hf
 from core.projection import decoder_projection_topk
 from core.sae_metrics import hook_activations
-from core.steering import SamplingSettings, generate, generate_steered
+from core.steering import SamplingSettings, generate, generate_steered, steering_hook
 from factories import build_sae, byte_tokenizer
 from tiny_models import TINY_CONFIGS, tiny_hf_model
 
@@ -112,15 +113,84 @@ def test_greedy_generation_equals_transformers(architecture):
     assert ours.token_ids == reference[0, prompt.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_steering_with_coefficient_zero_equals_unsteered(architecture):
+def arm_of(architecture):
+    """An arm that generates with its `transformers` model, as `load_arm` gives."""
     model = hooked(architecture)
     sae = build_sae(d_in=model.cfg.d_model, d_sae=8, hook_name="blocks.1.hook_resid_pre")
-    arm = LoadedArm("tiny", model, sae, "blocks.1.hook_resid_pre", 8, "cpu", NO_CENTRING)
+    return LoadedArm("tiny", model, sae, "blocks.1.hook_resid_pre", 8, "cpu", NO_CENTRING, hf_model(architecture))
+
+
+def brute_force_steered_greedy(model, prompt_ids, hook_name, vector, n_new):
+    """The reference: the HookedTransformer with a TransformerLens hook adding `vector` at `hook_name`, one full
+    pass (no cache) per new token, argmax of the last position."""
+    ids = list(prompt_ids)
+    with model.hooks(fwd_hooks=[(hook_name, steering_hook(vector))]):
+        for _ in range(n_new):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt_ids):]
+
+
+STEERED_HOOKS = ["blocks.1.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_post",
+                 "blocks.1.hook_attn_out", "blocks.0.hook_mlp_out"]
+
+
+# Centring writing weights (gpt2-small-res-jb's processing) applies to the LayerNorm families only.
+STEERED_CASES = [(a, False) for a in ARCHITECTURES] + [("GPT2LMHeadModel", True), ("GPTNeoXForCausalLM", True)]
+
+
+@pytest.mark.parametrize("architecture, centred", STEERED_CASES, ids=lambda v: {False: "raw", True: "centred"}.get(v, v))
+def test_steered_generation_through_transformers_equals_the_hooked_transformer_brute_force(architecture, centred):
+    """For each hook kind, greedy tokens with the vector added by a torch hook on the `transformers` module the
+    hook names (KV cache) equal the HookedTransformer's with a TransformerLens hook at that name (no cache): the
+    module and side each family's adapter names are right, Gemma 2/3's post-norms included. Centred: the
+    processed weights of gpt2-small-res-jb (residual minus its mean), where the raw residual is steered."""
+    with torch.no_grad():
+        hidden = hf_model(architecture)(token_rows(1, 8), output_hidden_states=True).hidden_states[1]
+    scale = float(hidden.norm(dim=-1).mean())
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(2))
+    vector *= 3 * scale / vector.norm()  # three times a typical residual: enough to change the greedy tokens
+    settings = SamplingSettings(temperature=0, max_new_tokens=4)
+    unsteered = generate(hooked(architecture, centred), "the heart", settings).token_ids
+    unchanged = []
+    sae = build_sae(d_in=32, d_sae=8, hook_name=STEERED_HOOKS[0])
+    sae.W_dec.data[0] = vector  # coefficient ‖vector‖ on a row along it: exactly `vector` added
+    coefficients = {0: float(vector.norm())}
+    for hook_name in STEERED_HOOKS:
+        arm = LoadedArm("tiny", hooked(architecture, centred), sae, hook_name, 8, "cpu", {}, hf_model(architecture))
+        if hook_name.endswith("resid_mid") and getattr(arm.hf_model.config, "use_parallel_residual", False):
+            with pytest.raises(ValueError, match="no hook|no resid_mid"):  # TransformerLens has none there either
+                generate_steered(arm, coefficients, "the heart", settings)
+            continue
+        steered = generate_steered(arm, coefficients, "the heart", settings)
+        reference = brute_force_steered_greedy(arm.model, steered.prompt_ids, hook_name, vector, 4)
+        assert steered.token_ids == reference, hook_name
+        if steered.token_ids == unsteered:
+            unchanged.append(hook_name)
+    assert not unchanged  # every steering moved the tokens, so equal tokens check where the vector went
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_steering_with_coefficient_zero_equals_unsteered(architecture):
+    arm = arm_of(architecture)
     settings = SamplingSettings(max_new_tokens=10, seed=3)
     unsteered = generate_steered(arm, {}, "the heart", settings)
     assert generate_steered(arm, {3: 0.0}, "the heart", settings).token_ids == unsteered.token_ids
     assert generate_steered(arm, {3: 200.0}, "the heart", settings).token_ids != unsteered.token_ids
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_sampling_through_transformers_equals_the_hooked_transformers_loop_for_the_same_seed(architecture):
+    """The same seed gives the same sampled tokens twice, and the same as the HookedTransformer's own KV-cache loop
+    (with a TransformerLens hook), steered; another seed other tokens."""
+    arm = arm_of(architecture)
+    coefficients = {3: 20.0}
+    settings = SamplingSettings(max_new_tokens=10, seed=4, top_p=0.9)
+    first = generate_steered(arm, coefficients, "the heart", settings)
+    assert generate_steered(arm, coefficients, "the heart", settings) == first
+    hooked_only = LoadedArm("tiny", arm.model, arm.sae, arm.hook_name, 8, "cpu", NO_CENTRING)
+    assert generate_steered(hooked_only, coefficients, "the heart", settings).token_ids == first.token_ids
+    other = generate_steered(arm, coefficients, "the heart", SamplingSettings(max_new_tokens=10, seed=5, top_p=0.9))
+    assert other.token_ids != first.token_ids
 
 
 def test_an_unknown_architecture_is_one_line_naming_the_known_ones():

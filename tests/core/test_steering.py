@@ -38,7 +38,7 @@ def arm(tmp_path_factory) -> LoadedArm:
     with torch.no_grad():
         direction = model.W_U[:, heart]  # fold_ln centred it over d_model, so LayerNorm keeps it
         sae.W_dec[PLANTED] = direction / direction.norm()
-    return LoadedArm("tiny", model, sae, HOOK, 8, "cpu", DEFAULT_PROCESSING)
+    return LoadedArm("tiny", model, sae, HOOK, 8, "cpu", DEFAULT_PROCESSING, hf)
 
 
 def resid_norm(arm: LoadedArm) -> float:
@@ -51,14 +51,38 @@ def strong(arm: LoadedArm, feature: int, times: float = 3.0) -> dict[int, float]
     return {feature: times * resid_norm(arm) / float(arm.sae.W_dec[feature].norm())}
 
 
-def no_hooks_left(model) -> bool:
-    return all(not point.fwd_hooks for point in model.hook_dict.values())
+def no_hooks_left(model, hf_model=None) -> bool:
+    hf_modules = [] if hf_model is None else list(hf_model.modules())
+    return (all(not point.fwd_hooks for point in model.hook_dict.values())
+            and all(not m._forward_hooks and not m._forward_pre_hooks for m in hf_modules))
 
 
-def test_every_forward_pass_is_steered_at_every_position(arm):
-    """KV cache: one pass over the prompt, then one single-position pass per new token; at the hook each pass's
-    activations equal the unsteered ones (blocks.0.hook_resid_post, the same tensor before the hook) + the vector,
-    at every position. The authors' hook steered only the prompt (less its last token) of the first pass."""
+def test_every_forward_pass_of_the_transformers_model_is_steered_at_every_position(arm):
+    """What generate_steered runs: the arm's `transformers` model. One pass over the prompt, then one
+    single-position pass per new token; block 1's input (blocks.1.hook_resid_pre) equals block 0's output + the
+    vector at every position of every pass. The authors' hook steered only the prompt (less its last token) of
+    the first pass."""
+    vector = steering_vector(arm.sae.W_dec, {1: 2.0, 3: -1.5})
+    before, after = [], []
+    blocks = arm.hf_model.transformer.h
+    with steering(arm.model, HOOK, vector, arm.hf_model):
+        handles = [blocks[1].register_forward_pre_hook(lambda module, args: after.append(args[0].clone())),
+                   blocks[0].register_forward_hook(lambda module, args, out: before.append(out.clone()))]
+        try:
+            generation = generate(arm.model, PROMPT, SamplingSettings(max_new_tokens=6, seed=1), hf_model=arm.hf_model)
+        finally:
+            for handle in handles:
+                handle.remove()
+    n_prompt = len(generation.prompt_ids)
+    assert [a.shape[1] for a in after] == [n_prompt] + [1] * 5  # 6 new tokens: 6 passes, the last token unfed
+    for clean, steered in zip(before, after):
+        assert torch.allclose(steered - clean, vector.expand_as(clean), atol=1e-5)
+    assert no_hooks_left(arm.model, arm.hf_model)
+
+
+def test_every_forward_pass_of_the_hooked_transformer_is_steered_at_every_position(arm):
+    """The same for an arm without a `transformers` model: the HookedTransformer's loop and TransformerLens hooks
+    (blocks.0.hook_resid_post is the same tensor as blocks.1.hook_resid_pre before the hook)."""
     vector = steering_vector(arm.sae.W_dec, {1: 2.0, 3: -1.5})
     before, after = [], []
     settings = SamplingSettings(max_new_tokens=6, seed=1)
@@ -76,7 +100,8 @@ def test_every_forward_pass_is_steered_at_every_position(arm):
 
 def test_sampling_equals_transformer_lens_generate_for_the_same_seed(arm):
     """Our sampler is TransformerLens's sample_logits rule with a seeded generator: `model.generate` after
-    torch.manual_seed(seed) draws the same tokens, unsteered and steered (with a hook that steers every pass)."""
+    torch.manual_seed(seed) draws the same tokens, unsteered and steered (with a hook that steers every pass),
+    though ours runs the `transformers` model (raw residual) and TransformerLens the processed one."""
     settings = SamplingSettings(max_new_tokens=15, seed=7)
     coefficients = strong(arm, 2)
     tokens = arm.model.to_tokens(PROMPT)
@@ -155,7 +180,7 @@ def test_two_threads_steering_at_once_get_what_they_get_alone(arm):
     assert alone["a"].token_ids != alone["b"].token_ids
     assert not a_saw_b  # B asked while A was generating, and waited for the lock
     assert together == alone
-    assert no_hooks_left(arm.model)
+    assert no_hooks_left(arm.model, arm.hf_model)
 
 
 def test_without_the_lock_the_same_race_mixes_the_steering(arm, monkeypatch):
@@ -175,7 +200,7 @@ def test_an_error_mid_generation_removes_the_hook_and_frees_the_lock(arm):
 
     with pytest.raises(RuntimeError, match="session closed"):
         generate_steered(arm, strong(arm, 1), PROMPT, SHORT, on_token=fail)
-    assert no_hooks_left(arm.model)
+    assert no_hooks_left(arm.model, arm.hf_model)
     acquired: list[bool] = []
 
     def try_lock() -> None:
