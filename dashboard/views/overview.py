@@ -74,7 +74,7 @@ st.dataframe([{"arm": arm.name, "model": arm.model, "SAE": arm.sae_source} for a
 
 report = data.build_report(config)
 if report is not None:
-    st.subheader("The embedded demo pair")
+    st.subheader("The fine-tune, as built (build-demo's report)")
     changes = data.perplexity_changes(report)
     general = f" and **general perplexity by {100 * changes['general']:+.0f}%**" if "general" in changes else ""
     st.markdown(f"Fine-tuning on medical text changed held-out **medical perplexity by "
