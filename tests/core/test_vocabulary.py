@@ -135,10 +135,11 @@ def test_word_list_rejects_a_phrase_and_names_the_line(tmp_path):
 
 def test_hand_checked_config_lists():
     include, exclude = load_word_list(MEDICAL_INCLUDE_PATH), load_word_list(MEDICAL_EXCLUDE_PATH)
-    assert 20 <= len(include) <= 80 and 20 <= len(exclude) <= 80
+    assert 20 <= len(include) <= 80 and 20 <= len(exclude) <= 200  # short enough to check each word by hand
     assert not include & exclude
     assert {"heart", "fever", "hospital"} <= include
     assert {"may", "left", "williams"} <= exclude
+    assert {"age", "stage", "system", "positive"} <= exclude  # generic words behind most of SmolLM2's matches
 
 
 def test_mesh_single_words():
