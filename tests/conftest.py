@@ -45,3 +45,15 @@ def three_arm_study(tmp_path_factory):
 
     config = build_three_arm_study(tmp_path_factory.mktemp("three"), [("base", "ft2"), ("base", "finetuned")])
     return config, run_study(config, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def fast_demo(tmp_path_factory) -> Path:
+    """The embedded demo as `build-demo --fast` writes it (real fine-tune, real SAELens SAEs; minutes on 2 CPU
+    cores), built once for every test module that reads it. Read-only: a test that changes it works on a copy."""
+    from core.config import load_config
+    from precompute.demo import build as demo_build
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert not demo_build.build_demo(load_config(ROOT / "configs" / "demo.toml"), out, fast=True).skipped
+    return out

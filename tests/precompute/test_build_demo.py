@@ -25,11 +25,8 @@ def config():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, config) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    result = demo_build.build_demo(config, out, fast=True)
-    assert not result.skipped
-    return out
+def demo(fast_demo) -> Path:
+    return fast_demo  # built once per session (tests/conftest.py), also read by the Ray executor's test
 
 
 def test_fine_tune_lowers_medical_perplexity(demo):

@@ -138,6 +138,41 @@ def test_the_ray_executor_publishes_the_local_executors_database_though_a_worker
     assert sorted(assigned) == sorted(live)  # the pair stages merged from shards find the planted permutation
 
 
+DEMO_TOKENS = 4_096  # 32 rows of 128: two shards of 16 rows (the activation batch) in every pass
+
+
+def demo_study(demo: Path, folder: Path) -> Path:
+    """configs/demo.toml over the `--fast` build in `demo`, on DEMO_TOKENS of its held-out corpus, writing to
+    `folder`; every relative path made absolute (the config no longer sits in the repository)."""
+    text = (ROOT / "configs" / "demo.toml").read_text()
+    assert "n_tokens = 60_000" in text
+    text = text.replace('"data/demo/', f'"{demo}/').replace("n_tokens = 60_000", f"n_tokens = {DEMO_TOKENS}")
+    text = text.replace('"data/', f'"{ROOT}/data/').replace('"configs/', f'"{ROOT}/configs/')
+    text = text.replace(f'"{demo}/features.duckdb"', f'"{folder}/features.duckdb"')
+    text = text.replace(f'"{demo}/labels.duckdb"', f'"{folder}/labels.duckdb"')
+    folder.mkdir(parents=True)
+    (folder / "study.toml").write_text(text)
+    return folder / "study.toml"
+
+
+@pytest.mark.slow
+def test_on_the_fast_demo_the_ray_executor_publishes_the_local_executors_database(ray_instance, fast_demo,
+                                                                                 tmp_path):
+    """The issue's check on the embedded demo (real fine-tune, real SAELens SAEs), every arm and pair stage."""
+    local = load_config(str(demo_study(fast_demo, tmp_path / "local")))
+    assert run_study(local, show_progress=False).published
+    on_ray = load_config(str(demo_study(fast_demo, tmp_path / "ray")))
+    report = run_study(on_ray, show_progress=False, executor=RayExecutor(workers=2, shard_rows=8))
+    assert report.published
+    assert report.shards["base/activations"] == {"shards": 2, "reused": 0, "run": 2}
+    assert report.shards["base→finetuned/transfer"] == {"shards": 4, "reused": 0, "run": 4}  # two passes
+    assert_same_database(local.features_db, on_ray.features_db)
+    with duckdb.connect(on_ray.features_db, read_only=True) as con:  # the comparison covered the whole corpus
+        rows = con.execute("SELECT count(*) FROM feature_activations WHERE arm = 'base'").fetchone()[0]
+        persist = con.execute("SELECT count(*) FROM features WHERE diff_status = 'persist'").fetchone()[0]
+    assert rows == 768 and persist > 0  # the demo's d_sae; matching found shared features on real SAEs
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from precompute import shards
