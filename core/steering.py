@@ -16,7 +16,7 @@ steered by a plain torch hook on the submodule holding the SAE's hook (`core.mod
 L for hook_resid_pre, the output of the attention or MLP, after Gemma 2/3's post-norms, for hook_attn_out /
 hook_mlp_out). Why: on SmolLM2-135M 50 tokens took 3.0× `transformers`' `generate` with the HookedTransformer's
 own KV-cache loop, steered or not: the cost was its per-token forward (einsum attention, masks materialised),
-not the hook. The `transformers` model in the small loop here (`_hf_sampling_loop`: its own KV cache,
+not the hook. The `transformers` model in the small loop here (`_hf_steps`: its own KV cache,
 `logits_to_keep=1`) runs at `generate`'s speed (bench/bench_smollm2.py). Without a `transformers` model (an arm
 built by hand) the HookedTransformer's loop runs, with TransformerLens hooks; both give the same tokens (tests).
 `generate`'s `transformers` loop and the HookedTransformer's differ in raw logits only by a per-position constant
@@ -234,73 +234,73 @@ def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLIN
         if prompt_ids.numel() + settings.max_new_tokens > model.cfg.n_ctx:
             raise ValueError(f"prompt ({prompt_ids.numel()} tokens) + {settings.max_new_tokens} new tokens exceed "
                              f"the model's context of {model.cfg.n_ctx}")
+        eos = model.tokenizer.eos_token_id
         if hf_model is None:
-            token_ids, logprobs = _sampling_loop(model, prompt_ids, settings, on_token)
+            token_ids, logprobs = _sampling_loop(_hooked_steps(model), prompt_ids, model.cfg.d_vocab_out, settings,
+                                                 on_token, eos)
         else:
             device = next(hf_model.parameters()).device
-            token_ids, logprobs = _hf_sampling_loop(hf_model, prompt_ids.to(device), settings, on_token,
-                                                    model.tokenizer.eos_token_id)
+            token_ids, logprobs = _sampling_loop(_hf_steps(hf_model), prompt_ids.to(device),
+                                                 hf_model.config.vocab_size, settings, on_token, eos)
     tokenizer = model.tokenizer
     return Generation(prompt=prompt, prompt_ids=prompt_ids.tolist(), token_ids=token_ids,
                       tokens=new_token_texts(tokenizer, prompt_ids.tolist(), token_ids), text=tokenizer.decode(token_ids),
                       logprobs=logprobs, seed=settings.seed)
 
 
-def _sampling_loop(model: Any, prompt_ids: Tensor, settings: SamplingSettings,
-                   on_token: Callable[[int], None] | None) -> tuple[list[int], list[float]]:
-    """New token ids and their log-probabilities; prompt_ids [n_prompt] on the model's device."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
+def _sampling_loop(next_logits: Callable[[Tensor], Tensor], prompt_ids: Tensor, d_vocab: int,
+                   settings: SamplingSettings, on_token: Callable[[int], None] | None,
+                   eos: int | None) -> tuple[list[int], list[float]]:
+    """New token ids and their log-probabilities; prompt_ids [n_prompt] on the model's device. `next_logits`
+    takes the new positions ([1, n_prompt], then [1, 1]), extends its model's KV cache and returns the last
+    position's logits [d_vocab]: `_hooked_steps` or `_hf_steps`, so both models make the same draws."""
     device = prompt_ids.device
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    counts = torch.bincount(prompt_ids, minlength=model.cfg.d_vocab_out).float()  # [d_vocab]
-    eos = model.tokenizer.eos_token_id
+    counts = torch.bincount(prompt_ids, minlength=d_vocab).float()  # [d_vocab]
     step_input = prompt_ids[None]  # [1, n_prompt], then [1, 1]
     token_ids: list[int] = []
     logprobs: list[float] = []
     for _ in range(settings.max_new_tokens):
+        logits = next_logits(step_input)
+        token = sample_next_token(logits, counts, settings, generator)
+        token_ids.append(token)
+        logprobs.append(float(logits.float().log_softmax(-1)[token]))
+        if on_token is not None:
+            on_token(token)
+        if settings.stop_at_eos and token == eos:
+            break
+        counts[token] += 1
+        step_input = torch.tensor([[token]], device=device)
+    return token_ids, logprobs
+
+
+def _hooked_steps(model: Any) -> Callable[[Tensor], Tensor]:
+    """`next_logits` on the HookedTransformer, with TransformerLens's KV cache."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+
+    def next_logits(step_input: Tensor) -> Tensor:
         # An explicit all-ones mask: TransformerLens would otherwise mask a generated token equal to the pad token.
         residual = model(step_input, past_kv_cache=cache, attention_mask=torch.ones_like(step_input),
                          stop_at_layer=model.cfg.n_layers)
-        logits = last_position_logits(model, residual)
-        token = sample_next_token(logits, counts, settings, generator)
-        token_ids.append(token)
-        logprobs.append(float(logits.float().log_softmax(-1)[token]))
-        if on_token is not None:
-            on_token(token)
-        if settings.stop_at_eos and token == eos:
-            break
-        counts[token] += 1
-        step_input = torch.tensor([[token]], device=device)
-    return token_ids, logprobs
+        return last_position_logits(model, residual)
+
+    return next_logits
 
 
-def _hf_sampling_loop(hf_model: Any, prompt_ids: Tensor, settings: SamplingSettings,
-                      on_token: Callable[[int], None] | None, eos: int | None) -> tuple[list[int], list[float]]:
-    """`_sampling_loop` on the `transformers` model: the same draws, its own KV cache (created by the first pass,
-    sliding windows included), logits of the last position only (`logits_to_keep=1`)."""
-    device = prompt_ids.device
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
-    counts = torch.bincount(prompt_ids, minlength=hf_model.config.vocab_size).float()  # [d_vocab]
+def _hf_steps(hf_model: Any) -> Callable[[Tensor], Tensor]:
+    """`next_logits` on the `transformers` model: its own KV cache (created by the first pass, sliding windows
+    included), logits of the last position only (`logits_to_keep=1`)."""
     cache = None
-    step_input = prompt_ids[None]  # [1, n_prompt], then [1, 1]
-    token_ids: list[int] = []
-    logprobs: list[float] = []
-    for _ in range(settings.max_new_tokens):
+
+    def next_logits(step_input: Tensor) -> Tensor:
+        nonlocal cache
         out = hf_model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
         cache = out.cache
-        logits = out.logits[0, -1]  # [d_vocab]
-        token = sample_next_token(logits, counts, settings, generator)
-        token_ids.append(token)
-        logprobs.append(float(logits.float().log_softmax(-1)[token]))
-        if on_token is not None:
-            on_token(token)
-        if settings.stop_at_eos and token == eos:
-            break
-        counts[token] += 1
-        step_input = torch.tensor([[token]], device=device)
-    return token_ids, logprobs
+        return out.logits[0, -1]  # [d_vocab]
+
+    return next_logits
 
 
 def last_position_logits(model: Any, residual: Tensor) -> Tensor:
