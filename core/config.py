@@ -253,6 +253,12 @@ class DemoRecipe:
     sae_l1_warm_up_share: float = 0.15
     sae_lr_decay_share: float = 0.0  # over the last share of SAE steps the learning rate falls linearly to 0
     sae_exclude_special_tokens: bool = False  # leave BOS / EOS separators out of SAE training (SAELens option)
+    # The fine-tuned arm's SAE starts from the base arm's trained SAE and goes on training on the fine-tuned model's
+    # activations for `sae_finetuned_tokens` (0: sae_tokens), instead of from a fresh random init: its features then
+    # keep their base partners unless fine-tuning moved them, so the model diff measures the fine-tune rather than
+    # two SAE seeds (the practice of model-diffing work, e.g. Kissane et al. 2024, "SAEs (usually) transfer").
+    sae_finetuned_from_base: bool = False
+    sae_finetuned_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -172,9 +172,13 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         tokenizer, rows, perplexity = _kept_models(folder, text, config, recipe, earlier, out, timings, bar)
     saes = {}
     for arm in ARMS:
+        # The fine-tuned SAE may go on from the base SAE trained just before it (DemoRecipe.sae_finetuned_from_base).
+        from_base = arm == "finetuned" and recipe.sae_finetuned_from_base
         with _step(f"SAE {arm}", timings, bar):
-            saes[arm] = steps.train_and_save_sae(folder / "models" / arm, folder / "saes" / arm, rows, recipe,
-                                                 config.seed, device, arm, model_name=f"{config.name}-{arm}")
+            saes[arm] = steps.train_and_save_sae(
+                folder / "models" / arm, folder / "saes" / arm, rows, recipe, config.seed, device, arm,
+                model_name=f"{config.name}-{arm}", init_dir=folder / "saes" / "base" if from_base else None,
+                tokens=(recipe.sae_finetuned_tokens or None) if from_base else None)
             logger.info("SAE %s: %s", arm, saes[arm])
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")

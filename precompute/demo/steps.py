@@ -130,22 +130,25 @@ def quality_floor(perplexity: dict[str, dict[str, float]], saes: dict[str, dict[
 
 
 def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Tensor], recipe: DemoRecipe,
-                       seed: int, device: str, arm: str, model_name: str) -> dict[str, Any]:
+                       seed: int, device: str, arm: str, model_name: str, init_dir: Path | None = None,
+                       tokens: int | None = None) -> dict[str, Any]:
     """Load the saved model as the study will (transformers → processed HookedTransformer), train the SAE
-    (`model_name` goes into its metadata), save it, reload it with SAE.load_from_disk and report its quality on
-    held-out text of both domains."""
+    (`model_name` goes into its metadata; from the SAE saved in `init_dir` when given, for `tokens`), save it,
+    reload it with SAE.load_from_disk and report its quality on held-out text of both domains."""
     from sae_lens import SAE
 
     hf_model, tokenizer = load_hf_model(str(model_dir), arm)
     model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), device)
     torch.manual_seed(seed)
-    sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=model_name)
+    init = None if init_dir is None else SAE.load_from_disk(str(init_dir), device=device)
+    sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=model_name, init=init, tokens=tokens)
     sae.save_model(str(sae_dir))
     reloaded = SAE.load_from_disk(str(sae_dir), device=device)
     heldout = torch.cat([rows["eval_general"], rows["eval_medical"]])
     stats = reconstruction_stats(reloaded, hook_activations(model, heldout, recipe.hook_name))
     return {"hook_name": reloaded.cfg.metadata.hook_name, "d_in": int(reloaded.cfg.d_in),
-            "d_sae": int(reloaded.cfg.d_sae), **dataclasses.asdict(stats)}
+            "d_sae": int(reloaded.cfg.d_sae), "trained_tokens": tokens or recipe.sae_tokens,
+            **({"initialised_from": init_dir.name} if init_dir is not None else {}), **dataclasses.asdict(stats)}
 
 
 def build_vocabulary(data: TextData, path: Path) -> dict[str, Any]:

@@ -174,3 +174,66 @@ def test_a_build_from_before_models_keys_is_recognised_by_its_recipe():
     assert reuse.earlier_models_key(moved) != reuse.models_key(recipe, 0)
     sae_only = dataclasses.replace(recipe, sae_l1_coefficient=1.0, d_sae=4608)
     assert reuse.models_key(sae_only, 0) == reuse.models_key(recipe, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_run(tiny_llama):
+    """The tiny Llama as the build trains SAEs on it, and 128 rows of 32 medical tokens (BOS first)."""
+    from core.loading import processing_from_kwargs
+    from core.models import load_hf_model
+    from core.models.hooked import hooked_transformer_from_hf
+    from precompute.demo.sae_train import TRAINING_PROCESSING
+
+    hf_model, tokenizer = load_hf_model(str(tiny_llama), "base")
+    model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), "cpu")
+    ids = tokenizer(" ".join(text for text, _ in zip(iter_medical_texts(), range(2000))))["input_ids"]
+    body = torch.tensor(ids[: 128 * 31]).reshape(128, 31)
+    rows = torch.cat([torch.full((128, 1), tokenizer.bos_token_id), body], dim=1)
+    recipe = dataclasses.replace(load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe,
+                                 hook_name="blocks.1.hook_resid_pre", d_sae=64, sae_tokens=2048,
+                                 sae_batch_tokens=128, sae_exclude_special_tokens=False)
+    return model, rows, recipe
+
+
+def test_unfolding_a_trained_sae_gives_the_same_features_on_normalised_input(tiny_llama_run):
+    """SAELens trains on c·x and folds c into the saved weights; going on from a saved SAE must undo exactly that."""
+    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
+
+    from core.sae_metrics import hook_activations
+    from precompute.demo.sae_train import train_sae, unfolded_training_sae
+
+    model, rows, recipe = tiny_llama_run
+    base = train_sae(model, rows, recipe, seed=0, device="cpu", model_name="t")
+    cfg = StandardTrainingSAEConfig(d_in=32, d_sae=64, normalize_activations="expected_average_only_in")
+    start = unfolded_training_sae(base, cfg, model, rows, recipe.hook_name)
+    x = hook_activations(model, rows[:8], recipe.hook_name)
+    c = 32 ** 0.5 / hook_activations(model, rows[:64], recipe.hook_name).norm(dim=-1).mean()
+    with torch.no_grad():
+        f_base, f_start = base.encode(x), start.encode(c * x)
+        torch.testing.assert_close(f_start, f_base, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(start.decode(f_start) / c, base.decode(f_base), rtol=1e-4, atol=1e-4)
+    assert (f_base > 0).float().mean() > 0.01  # features fire: the comparison is not of zeros
+
+
+def test_fine_tuned_sae_from_the_base_sae_keeps_its_features(tiny_llama_run):
+    """Going on from the base SAE at a learning rate too small to move it returns the base SAE's features (to the
+    trainer's own estimate of c, a sampling difference); a fresh SAE at the same rate shares none of them."""
+    from core.sae_metrics import hook_activations
+    from precompute.demo.sae_train import train_sae
+
+    model, rows, recipe = tiny_llama_run
+    base = train_sae(model, rows, recipe, seed=0, device="cpu", model_name="t")
+    frozen = dataclasses.replace(recipe, sae_lr=1e-9)
+    kept = train_sae(model, rows, frozen, seed=1, device="cpu", model_name="t", init=base, tokens=512)
+    fresh = train_sae(model, rows, frozen, seed=1, device="cpu", model_name="t", tokens=512)
+
+    def row_cosines(sae):
+        a, b = base.W_dec.detach(), sae.W_dec.detach()
+        return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+    assert row_cosines(kept).min() > 0.9999
+    assert row_cosines(fresh).abs().median() < 0.5
+    x = hook_activations(model, rows[:8], recipe.hook_name)
+    with torch.no_grad():
+        kept_rec, base_rec = kept.decode(kept.encode(x)), base.decode(base.encode(x))
+    assert (kept_rec - base_rec).norm() / base_rec.norm() < 0.02
