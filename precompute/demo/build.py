@@ -117,7 +117,8 @@ def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: boo
     _seed_everything(config.seed)
     with tqdm(total=len(STEPS), desc="build-demo", unit="step") as bar:
         manifest = _run_steps(folder, config, recipe, device, timings, bar, earlier, out)
-    reused = {"timings_s": reuse.model_step_timings(earlier)} if earlier is not None else {}
+    kept_steps = reuse.MODEL_STEPS + (("SAE base",) if "keep SAE base" in timings else ())
+    reused = {"timings_s": reuse.model_step_timings(earlier, kept_steps)} if earlier is not None else {}
     return {"study": config.name, "fast": fast, "seed": config.seed, "device": device,
             "recipe": reuse.used_recipe(recipe), "models_key": reuse.models_key(recipe, config.seed),
             "versions": steps.package_versions(), **manifest, "timings_s": timings,
@@ -171,7 +172,14 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
     else:
         tokenizer, rows, perplexity = _kept_models(folder, text, config, recipe, earlier, out, timings, bar)
     saes = {}
+    keep_base_sae = earlier is not None and reuse.base_sae_reusable(out, earlier, recipe, config.seed)
     for arm in ARMS:
+        if arm == "base" and keep_base_sae:
+            with _step("keep SAE base", timings, bar):
+                reuse.link_base_sae(out, folder)
+                saes[arm] = earlier["saes"]["base"]
+                logger.info("keeping the base SAE of the build in %s (its fields and models are unchanged)", out)
+            continue
         # The fine-tuned SAE may go on from the base SAE trained just before it (DemoRecipe.sae_finetuned_from_base).
         from_base = arm == "finetuned" and recipe.sae_finetuned_from_base
         with _step(f"SAE {arm}", timings, bar):

@@ -1,6 +1,7 @@
 """Keeping the models of an earlier build: a recipe change that touches only the SAE (or the vocabulary) reuses the
 base and fine-tuned arms and their perplexities, which are most of a real model's build time (the SmolLM2
-recipe: load, fine-tune and perplexity ~13 of its ~29 minutes under load)."""
+recipe: load, fine-tune and perplexity ~13 of its ~29 minutes under load). When the base SAE's own fields are
+unchanged too (a change to how the fine-tuned SAE is trained), the base SAE is kept as well (~5 minutes quiet)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tok
                 "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
 MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
+# What the base arm's SAE depends on besides its model (the fine-tuned SAE's own fields are not among them).
+BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_l1_coefficient", "sae_lr", "sae_tokens", "sae_batch_tokens",
+                   "sae_l1_warm_up_share", "sae_lr_decay_share", "sae_exclude_special_tokens")
+BASE_SAE_VERSION = 1  # bump when SAE training changes in a way these fields do not show
 
 
 def used_recipe(recipe: DemoRecipe) -> dict[str, Any]:
@@ -63,8 +68,34 @@ def link_models(out: Path, folder: Path) -> None:
     shutil.copytree(out / "models", folder / "models", copy_function=os.link)
 
 
-def model_step_timings(manifest: dict[str, Any]) -> dict[str, float]:
-    """Seconds the model steps took in the build that trained the arms (carried through builds that reused them)."""
-    earlier = dict(manifest.get("reused", {}).get("timings_s", {}))
-    earlier.update({k: v for k, v in manifest.get("timings_s", {}).items() if k in MODEL_STEPS})
+def model_step_timings(manifest: dict[str, Any], steps: tuple[str, ...] = MODEL_STEPS) -> dict[str, float]:
+    """Seconds the kept `steps` took in the build that ran them (carried through builds that reused them)."""
+    earlier = {k: v for k, v in manifest.get("reused", {}).get("timings_s", {}).items() if k in steps}
+    earlier.update({k: v for k, v in manifest.get("timings_s", {}).items() if k in steps})
     return earlier
+
+
+def base_sae_key(recipe: DemoRecipe, seed: int) -> str:
+    """Changes exactly when the base arm's SAE would: its model, or one of its own training fields."""
+    return _base_sae_key(used_recipe(recipe), seed, models_key(recipe, seed))
+
+
+def _base_sae_key(fields: dict[str, Any], seed: int, models: str | None) -> str:
+    defaults = dataclasses.asdict(DemoRecipe())  # a field added since an old build had its default's behaviour then
+    own = {k: fields.get(k, defaults[k]) for k in BASE_SAE_FIELDS}
+    text = json.dumps({"models": models, "sae": own, "seed": seed, "version": BASE_SAE_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_sae_reusable(out: Path, manifest: dict[str, Any], recipe: DemoRecipe, seed: int) -> bool:
+    """Whether the earlier build in `out` (whose models are kept) holds the very base SAE this recipe would train."""
+    if "recipe" not in manifest or "base" not in manifest.get("saes", {}):
+        return False
+    earlier = _base_sae_key(manifest["recipe"], manifest.get("seed", 0), earlier_models_key(manifest))
+    return earlier == base_sae_key(recipe, seed) and (out / "saes" / "base" / "cfg.json").is_file()
+
+
+def link_base_sae(out: Path, folder: Path) -> None:
+    """The earlier build's base SAE into the scratch build, as hard links."""
+    (folder / "saes").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(out / "saes" / "base", folder / "saes" / "base", copy_function=os.link)
