@@ -12,6 +12,10 @@ which inflated coherence. Fewer than 2 valid tokens: no score (NaN, stored as NU
 
 Medical matches: distinct normalised top-k words that are whole words of the medical vocabulary (set
 membership, so "heart" never matches "hearth"); embedding coverage does not matter there.
+
+Medical candidates (`candidate_by`): by the decoder (the paper's rule: ≥ 2 matches among the top logit-lens
+tokens), by firing (≥ 2 matches among the tokens the feature fires on most often over the corpus, and a medical
+LLR ≥ the study's minimum: it fires on medical tokens well above their share of the corpus), or either.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from core.words import normalize_token, space_marker
 EPSILON = 1e-8
 MIN_VALID = 2
 CANDIDATE_MIN_MATCHES = 2
+CANDIDATE_RULES = ("decoder", "fired", "either")
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,39 @@ def feature_word_scores(top_ids: np.ndarray, top_values: np.ndarray, vocab: Toke
     matched = [[vocab.words[w] for w in row_ids[row_mask]] for row_ids, row_mask in zip(word_ids, medical)]
     med_matches = medical.sum(1)
     return FeatureWordScores(coherence, n_valid, med_matches, med_matches >= CANDIDATE_MIN_MATCHES, matched)
+
+
+@dataclass(frozen=True)
+class FiredWordMatches:
+    """Per feature [d_sae]: distinct medical words among the tokens it fires on most, and those words."""
+
+    med_matches: np.ndarray
+    matched_words: list[list[str]]
+
+
+def fired_word_matches(fired_ids: np.ndarray, vocab: TokenWords) -> FiredWordMatches:
+    """Medical matches among each feature's most-fired tokens. fired_ids [d_sae, k], most fired first, -1 where a
+    feature fired on fewer than k distinct tokens. A word spelt by several of them ("Ġheart", "heart") counts once."""
+    word_ids = np.where(fired_ids >= 0, vocab.token_word[np.maximum(fired_ids, 0)], -1)
+    order = -np.arange(fired_ids.shape[1], dtype=np.float64)[None].repeat(len(fired_ids), 0)  # earlier is heavier
+    distinct = _first_occurrence(word_ids, order)
+    medical = distinct & vocab.word_medical[np.maximum(word_ids, 0)]
+    matched = [[vocab.words[w] for w in row_ids[row_mask]] for row_ids, row_mask in zip(word_ids, medical)]
+    return FiredWordMatches(medical.sum(1), matched)
+
+
+def candidate_by(decoder_matches: np.ndarray, fired_matches: np.ndarray, llr: np.ndarray, rule: str,
+                 min_llr: float) -> np.ndarray:
+    """Per feature: "decoder", "fired", "both" or None (not a candidate), under `rule` (CANDIDATE_RULES).
+    llr: the feature's medical LLR (NaN for one that never fired)."""
+    if rule not in CANDIDATE_RULES:
+        raise ValueError(f"candidate rule must be one of {CANDIDATE_RULES}, got {rule!r}")
+    by_decoder = (decoder_matches >= CANDIDATE_MIN_MATCHES) & (rule != "fired")
+    with np.errstate(invalid="ignore"):
+        by_firing = (fired_matches >= CANDIDATE_MIN_MATCHES) & (np.nan_to_num(llr, nan=-np.inf) >= min_llr)
+    by_firing &= rule != "decoder"
+    out = np.full(len(decoder_matches), None, dtype=object)
+    out[by_decoder] = "decoder"
+    out[by_firing] = "fired"
+    out[by_decoder & by_firing] = "both"
+    return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.coherence import CANDIDATE_RULES
 from core.errors import StudyInputError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -108,10 +109,23 @@ class EmbeddingsConfig:
 @dataclass(frozen=True)
 class VocabularyConfig:
     """The medical reference vocabulary: a text file, one lower-case word per line, less the words of an optional
-    exclude list (same format), applied when the precompute loads it: edit the list and re-run, no rebuild."""
+    exclude list (same format), applied when the precompute loads it: edit the list and re-run, no rebuild.
+
+    `candidates`: which features are medical candidates (core.coherence.CANDIDATE_RULES). "decoder" is the paper's
+    rule (≥ 2 medical words among the top logit-lens tokens of W_dec @ W_U); "fired" reads the other side, the
+    tokens a feature fires on most over the corpus (≥ 2 medical words among them, and firing on medical tokens at
+    least e^fired_min_llr times their corpus share); "either" takes both. Mid-layer SAEs of real models read medical
+    words plainly while their logit lens shows mostly frequent tokens, so their studies take "either"."""
 
     path: str
     exclude: str | None = None
+    candidates: str = "decoder"
+    fired_min_llr: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.candidates not in CANDIDATE_RULES:
+            raise StudyInputError(f"medical_vocabulary.candidates must be one of {', '.join(CANDIDATE_RULES)}, "
+                                  f"got {self.candidates!r}")
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,20 @@ FeatureFilter = db.queries.FeatureFilter
 SORTABLE = db.queries.SORTABLE
 LABEL_STATUSES = db.queries.LABEL_STATUSES
 
+CANDIDATE_HELP = ("decoder: ≥ 2 medical words among its top logit-lens tokens (W_dec @ W_U, the paper's rule); "
+                  "fired: ≥ 2 medical words among the 10 tokens it fires on most, and it fires on medical tokens "
+                  "well above their share of the corpus (medical LLR); both: each rule alone makes it one")
+
+
+def candidate_rule_text(config: StudyConfig) -> str:
+    """The study's medical-candidate rule in words (core.config.VocabularyConfig.candidates)."""
+    vocabulary = config.medical_vocabulary
+    decoder = "≥ 2 medical words among its top tokens by the decoder (W_dec @ W_U, the paper's rule)"
+    fired = (f"≥ 2 medical words among the 10 tokens it fires on most, with a medical LLR ≥ "
+             f"{vocabulary.fired_min_llr:g} (it fires on medical tokens at least {pow(2.718281828, vocabulary.fired_min_llr):.1f}× "
+             "their share of the corpus)")
+    return {"decoder": decoder, "fired": fired, "either": f"{decoder}, or {fired}"}[vocabulary.candidates]
+
 
 def require_database() -> StudyConfig:
     """The guard at the top of every page that needs data: the config, or a message and st.stop()."""

@@ -74,6 +74,8 @@ def fields(arms: list[str]) -> list[place.Field]:
         place.Field(keys.FEATURES_DENSITY_MAX, "density_max", 1.0, _fraction, lambda x: f"{x:g}"),
         place.Field(keys.FEATURES_LABEL_STATUS, "label", "any", _one_of(LABEL_STATUSES)),
         place.Field(keys.FEATURES_DEAD, "dead", False, _one_of(_DEAD), lambda shown: "shown" if shown else "hidden"),
+        place.Field(keys.FEATURES_CANDIDATES, "candidates", False, _one_of({"only": True, "any": False}),
+                    lambda only: "only" if only else "any"),
         place.Field(keys.FEATURES_SORT, "sort", DEFAULT_SORT, _one_of(tuple(SORTS)), always=True),
         place.Field(keys.FEATURES_DESCENDING, "order", True, _one_of(_ORDER), flip.get, always=True),
         place.Field(keys.FEATURES_PAGE, "page", 1, _whole(1, 10**9)),
@@ -91,7 +93,8 @@ def feature_filter(values: dict[str, Any], arms: list[str]) -> FeatureFilter:
         density_min=values[keys.FEATURES_DENSITY_MIN] or None,
         density_max=None if values[keys.FEATURES_DENSITY_MAX] >= 1.0 else values[keys.FEATURES_DENSITY_MAX],
         label_status=values[keys.FEATURES_LABEL_STATUS], word=values[keys.FEATURES_WORD].strip(),
-        live_only=not values[keys.FEATURES_DEAD], explanation=values[keys.FEATURES_EXPLANATION].strip())
+        live_only=not values[keys.FEATURES_DEAD], explanation=values[keys.FEATURES_EXPLANATION].strip(),
+        candidates_only=bool(values.get(keys.FEATURES_CANDIDATES, False)))
 
 
 def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
@@ -113,6 +116,8 @@ def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
             dataclasses.replace(flt, density_min=None, density_max=None)
     if flt.label_status != "any":
         out[f"label {flt.label_status.replace('_', ' ')}"] = dataclasses.replace(flt, label_status="any")
+    if flt.candidates_only:
+        out["medical candidates only"] = dataclasses.replace(flt, candidates_only=False)
     if flt.live_only:
         out["hiding dead features"] = dataclasses.replace(flt, live_only=False)
     return out

@@ -13,6 +13,7 @@ FEATURES_WORD = "features_word"
 FEATURES_EXPLANATION = "features_explanation"  # words searched in the features' explanations
 FEATURES_BY_MEANING = "features_by_meaning"  # the explanation search matches meaning, not words
 FEATURES_DEAD = "features_dead"
+FEATURES_CANDIDATES = "features_candidates"
 FEATURES_RESET = "features_reset"
 FEATURES_SORT = "features_sort"
 FEATURES_DESCENDING = "features_descending"

@@ -11,6 +11,8 @@ from dashboard import state_keys as keys
 
 LABEL_NAMES = {"medical": "medical", "not_medical": "not medical", "unsure": "unsure"}
 ACTIVATION_NUMBERS = ("density", "max activation", "mean (non-zero)")  # measured by the activation stage
+CANDIDATE_BY = {"decoder": "its top tokens (the paper's rule)", "fired": "the tokens it fires on",
+                "both": "its top tokens and the tokens it fires on"}
 
 
 def _number(x, digits: int = 3) -> str:
@@ -48,8 +50,15 @@ def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> 
     else:
         for col, (name, value) in zip(st.columns(len(numbers)), numbers.items()):
             col.metric(name, value, help=f"on {measured_on}" if name in ACTIVATION_NUMBERS else None)
+    lines = []
     if row.get("matched_words") is not None and len(row["matched_words"]):
-        st.caption("medical words in its top tokens: " + ", ".join(row["matched_words"]))
+        lines.append("medical words in its top tokens: " + ", ".join(row["matched_words"]))
+    if row.get("fired_matched_words") is not None and len(row["fired_matched_words"]):
+        lines.append("medical words among the tokens it fires on most: " + ", ".join(row["fired_matched_words"]))
+    if isinstance(row.get("candidate_by"), str):
+        lines.append(f"medical candidate by {CANDIDATE_BY[row['candidate_by']]}")
+    if lines:
+        st.caption(" · ".join(lines), help=data.CANDIDATE_HELP if isinstance(row.get("candidate_by"), str) else None)
     diff_line(arm, feature)
 
 

@@ -62,7 +62,10 @@ def _write_arm_stages(con, arm: str) -> None:
                       "is_candidate": [MATCHES[f] >= 2 for f in range(D_SAE)],
                       "matched_words": [[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)],
                       "top_text": [" | ".join(TOP[f]) for f in range(D_SAE)],
-                      "top_words": [sorted(w.strip() for w in TOP[f] if w.strip().isalpha()) for f in range(D_SAE)]})
+                      "top_words": [sorted(w.strip() for w in TOP[f] if w.strip().isalpha()) for f in range(D_SAE)],
+                      "fired_med_matches": [0] * D_SAE, "fired_matched_words": [[] for _ in range(D_SAE)],
+                      "candidate_by": ["decoder" if MATCHES[f] >= 2 else None for f in range(D_SAE)]},
+                     schema=db.schema.FEATURE_WORDS.schema)
     db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
     n_fired = [int(DENSITY[f] * 10_000) for f in range(D_SAE)]
     acts = pa.table({"arm": [arm] * D_SAE, "feature": features, "n_fired": n_fired,

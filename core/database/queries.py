@@ -39,6 +39,7 @@ class FeatureFilter:
     word: str = ""  # a word among the top tokens (the valid-word rule: case and leading space ignored), e.g. "heart"
     live_only: bool = False  # leave out dead features (never fired on the corpus: nothing to read in them)
     explanation: str = ""  # words searched in the features' explanations (scored by core.explain.search)
+    candidates_only: bool = False  # only the medical candidates (by the study's rule: feature_words.candidate_by)
 
     def __post_init__(self) -> None:
         if self.label_status not in LABEL_STATUSES:
@@ -54,13 +55,15 @@ _WHERE = """
                ELSE l.label = ? END
     AND (? = '' OR list_contains(f.top_words, lower(trim(?))))
     AND (NOT ? OR coalesce(f.n_fired, 0) > 0)
-    AND (? = '' OR coalesce(e.match, 0) > 0)"""
+    AND (? = '' OR coalesce(e.match, 0) > 0)
+    AND (NOT ? OR coalesce(f.is_candidate, FALSE))"""
 
 
 def _where_params(flt: FeatureFilter) -> list[Any]:
     return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
             flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
-            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only, flt.explanation]
+            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only, flt.explanation,
+            flt.candidates_only]
 
 
 def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
@@ -77,7 +80,8 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
             SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
-                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, l.label, e.explanation,
+                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, f.fired_matched_words,
+                   f.candidate_by, l.label, e.explanation,
                    e.simulation, e.detection, count(*) OVER () AS total
             FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?""",
                            _where_params(flt) + [limit, offset]).df()
@@ -218,16 +222,27 @@ def match_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def candidate_words(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Per arm and medical word: in how many medical candidates' top tokens it is (`candidates`, and as a share of
-    the arm's candidates), and how many of those would stop being candidates without it (`needed_by`: their
-    other matches fall below the minimum), most frequent first."""
+    """Per arm and medical word: in how many medical candidates it is among the words that made them candidates
+    (`candidates`, and as a share of the arm's candidates: the top tokens' words for a candidate by the decoder, the
+    fired tokens' words for one by firing), and how many of those would stop being candidates without it
+    (`needed_by`: no rule that made it a candidate keeps the minimum of matches), most frequent first."""
     return con.execute("""
-        WITH words AS (SELECT arm, med_matches, unnest(matched_words) AS word FROM feature_words WHERE is_candidate),
+        WITH routes AS (
+            SELECT arm, med_matches, matched_words, fired_med_matches, fired_matched_words,
+                   coalesce(candidate_by, 'decoder') IN ('decoder', 'both') AS by_decoder,
+                   coalesce(candidate_by, 'decoder') IN ('fired', 'both') AS by_firing
+            FROM feature_words WHERE is_candidate),
+             words AS (
+            SELECT *, unnest(list_distinct(list_concat(
+                       CASE WHEN by_decoder THEN matched_words ELSE []::VARCHAR[] END,
+                       CASE WHEN by_firing THEN fired_matched_words ELSE []::VARCHAR[] END))) AS word FROM routes),
              totals AS (SELECT arm, count(*) AS total FROM feature_words WHERE is_candidate GROUP BY arm)
         SELECT arm, word, count(*) AS candidates, count(*) / any_value(total) AS share,
-               count(*) FILTER (WHERE med_matches - 1 < ?) AS needed_by
+               count(*) FILTER (WHERE NOT (by_decoder AND med_matches - list_contains(matched_words, word)::INT >= ?)
+                                  AND NOT (by_firing AND fired_med_matches
+                                           - list_contains(fired_matched_words, word)::INT >= ?)) AS needed_by
         FROM words JOIN totals USING (arm) GROUP BY arm, word ORDER BY arm, candidates DESC, word""",
-                       [CANDIDATE_MIN_MATCHES]).df()
+                       [CANDIDATE_MIN_MATCHES, CANDIDATE_MIN_MATCHES]).df()
 
 
 def candidate_activation_histogram(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -287,6 +302,8 @@ def arm_summary(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Per arm: features, medical candidates, coherence mean / median over scored features, dead features."""
     return con.execute("""
         SELECT arm, count(*) AS features, count(*) FILTER (WHERE is_candidate) AS candidates,
+               count(*) FILTER (WHERE candidate_by IN ('decoder', 'both')) AS candidates_by_decoder,
+               count(*) FILTER (WHERE candidate_by IN ('fired', 'both')) AS candidates_by_firing,
                avg(coherence) AS coherence_mean, median(coherence) AS coherence_median,
                count(*) FILTER (WHERE n_fired = 0) AS dead
         FROM features GROUP BY arm ORDER BY arm""").df()

@@ -74,9 +74,12 @@ PAIRS = _table("pairs", [*_PAIR, ("position", _I32)], keyed_by="position", prima
 
 TOP_TOKENS = _table("top_tokens", [("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32),
                                    ("token_id", _I32), ("token", _S), ("value", _F32)])
+# med_matches / matched_words: medical words among the top logit-lens tokens (the paper's); fired_*: among the
+# tokens the feature fires on most; candidate_by: which of them made it a candidate under the study's rule.
 FEATURE_WORDS = _table("feature_words", [("arm", _S), ("feature", _I32), ("coherence", _F64), ("n_valid", _I32),
                                          ("med_matches", _I32), ("is_candidate", _B), ("matched_words", pa.list_(_S)),
-                                         ("top_text", _S), ("top_words", pa.list_(_S))])
+                                         ("top_text", _S), ("top_words", pa.list_(_S)), ("fired_med_matches", _I32),
+                                         ("fired_matched_words", pa.list_(_S)), ("candidate_by", _S)])
 FEATURE_ACTIVATIONS = _table("feature_activations", [
     ("arm", _S), ("feature", _I32), ("n_fired", _I64), ("frac_nonzero", _F64), ("max_act", _F32),
     ("mean_act", _F64), ("var_act", _F64), ("sum_act", _F64), ("sum_sq_act", _F64), ("med_fired", _I64),
@@ -156,7 +159,7 @@ FEATURES_VIEW = """CREATE OR REPLACE VIEW features AS
         FROM (SELECT arm_a AS arm, arm_a, arm_b, position FROM pairs
               UNION ALL SELECT arm_b, arm_a, arm_b, position FROM pairs) GROUP BY arm)
     SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
-           w.top_words,
+           w.top_words, w.fired_med_matches, w.fired_matched_words, w.candidate_by,
            a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
            a.med_fired, a.llr,
            m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,

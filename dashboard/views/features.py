@@ -39,6 +39,9 @@ with st.container(border=True):
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
     c7.toggle("With dead", key=keys.FEATURES_DEAD,
               help="Features that never fired on the corpus: hidden unless this is on")
+    c7.toggle("Candidates only", key=keys.FEATURES_CANDIDATES,
+              help="Only the medical candidates, by the study's rule (the candidate column says which rule "
+                   "made each: its top tokens, the tokens it fires on, or both)")
     c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
     sort = c9.selectbox("Sort all matching features by", list(filters.SORTS), key=keys.FEATURES_SORT,
                         help="Sorted in the database over every matching feature, then cut into pages. A click "
@@ -73,7 +76,7 @@ titles = {name: name + (arrow if name == sort else "") for name in filters.SORTS
 rows = rows.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(rows["arm"], rows["feature"])])
 st.dataframe(
     rows[["open", "arm", "feature", "top_tokens", "explanation", "simulation", "coherence", "med_matches",
-          "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
+          "frac_nonzero", "max_act", "label", "candidate_by", "matched_words", "fired_matched_words", "llr"]],
     hide_index=True, width="stretch", key="features_table",
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
@@ -88,7 +91,9 @@ st.dataframe(
         "frac_nonzero": st.column_config.NumberColumn(titles["density"], format="%.2e",
                                                       help="share of corpus tokens it fires on"),
         "max_act": st.column_config.NumberColumn(titles["max activation"], format="%.3f"),
-        "matched_words": st.column_config.ListColumn("medical words"),
+        "candidate_by": st.column_config.TextColumn("candidate", help=data.CANDIDATE_HELP),
+        "matched_words": st.column_config.ListColumn("medical words (top tokens)"),
+        "fired_matched_words": st.column_config.ListColumn("medical words it fires on"),
         "llr": st.column_config.NumberColumn(titles["LLR medical"], format="%.2f",
                                              help="log P(medical token | fires) / P(medical token)"),
     })

@@ -1,4 +1,4 @@
-"""Label: the queue of medical candidates (≥ 2 matches) not yet labelled, one at a time; undo; export."""
+"""Label: the queue of medical candidates (by the study's rule) not yet labelled, one at a time; undo; export."""
 
 import json
 

@@ -90,7 +90,8 @@ st.subheader("Features per arm")
 overview = data.arm_overview(config)
 widgets.by_arm(overview.drop(columns=["token_set", "dead_token_set"]), {
     "hook_name": ("hook", "{}"), "d_sae": ("features in the SAE", "{:,}"), "features": ("features", "{:,}"),
-    "candidates": ("medical candidates", "{:,}"), "coherence_mean": ("coherence mean", "{:.3f}"),
+    "candidates": ("medical candidates ³", "{:,}"), "candidates_by_decoder": ("… by their top tokens", "{:,}"),
+    "candidates_by_firing": ("… by the tokens they fire on", "{:,}"), "coherence_mean": ("coherence mean", "{:.3f}"),
     "coherence_median": ("coherence median", "{:.3f}"), "dead": ("dead features ¹", "{:,}"),
     "dead_fraction": ("dead features, share ¹", "{:.1%}"), "l0": ("L0 ²", "{:.1f}"),
     "explained_variance": ("explained variance ²", "{:.3f}"), "ce_loss_recovered": ("CE loss recovered ²", "{:.3f}"),
@@ -98,7 +99,9 @@ widgets.by_arm(overview.drop(columns=["token_set", "dead_token_set"]), {
 on_tokens = {column: " / ".join(data.token_set_text(name) for name in overview[column].dropna().unique())
              or "tokens not recorded" for column in ("dead_token_set", "token_set")}
 st.caption(f"¹ never fired on {on_tokens['dead_token_set']}. ² the quality stage, on {on_tokens['token_set']}"
-           + ". The Model diff page measures on its own token set and says which.")
+           + ". The Model diff page measures on its own token set and says which. ³ this study's rule "
+           + f"(`[medical_vocabulary] candidates = \"{config.medical_vocabulary.candidates}\"`): "
+           + data.candidate_rule_text(config) + ".")
 
 st.subheader("The paper's results, regenerated")
 st.caption("Our numbers from this study's database; the paper's beside them where it reports one. On the embedded "
@@ -109,7 +112,8 @@ st.markdown("**Table 2 · semantic coherence** (eq. 1 over the top tokens; featu
 st.dataframe(tables["table2"], hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.4f")
                             for c in ("mean", "median", "min", "max", "paper mean", "paper median")})
-st.markdown("**Medical features** (≥ 2 medical words among the top tokens; the paper then verified them by hand)")
+st.markdown("**Medical features** (by this study's rule, ³ above; the paper's is ≥ 2 medical words among the top "
+            "tokens, which it then verified by hand)")
 st.dataframe(tables["candidates"], hide_index=True, width="stretch",
              column_config={"share": st.column_config.NumberColumn(format="percent"),
                             "paper share": st.column_config.NumberColumn(format="percent")})

@@ -11,7 +11,7 @@ from precompute.stages import (activations, divergence, feature_map, matching, n
                                similarity, transfer, words)
 
 REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
-    projection.STAGE, words.STAGE, activations.STAGE, quality.STAGE, neighbours.STAGE,
+    projection.STAGE, activations.STAGE, words.STAGE, quality.STAGE, neighbours.STAGE,
     similarity.STAGE, transfer.STAGE, matching.STAGE, divergence.STAGE, neighbours.CROSS_STAGE, feature_map.STAGE,
 )}
 ARM_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.scope == "arm")

@@ -1,4 +1,5 @@
-"""words: coherence of each feature's top tokens and their medical matches (GloVe, the medical word list)."""
+"""words: coherence of each feature's top tokens, their medical matches (GloVe, the medical word list), the medical
+words among the tokens it fires on most (the activations stage's fired_tokens), and the study's candidate rule."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 
 from core import database as db
-from core.coherence import TokenWords, feature_word_scores, token_words
+from core.coherence import TokenWords, candidate_by, feature_word_scores, fired_word_matches, token_words
 from core.database.schema import FEATURE_WORDS
+from core.errors import StudyInputError
 from core.embeddings import embedding_coverage
 from core.loading import LoadedArm
 from precompute.inputs import StudyInputs
@@ -25,16 +27,41 @@ def run_words(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loade
     raw, text = inputs.token_strings(loaded)
     vocab = token_words(raw, inputs.embeddings, inputs.medical_words)
     scores = feature_word_scores(top_ids, top_values, vocab)
+    fired_ids, llr = _fired(con, loaded.name, len(top_ids))
+    fired = fired_word_matches(fired_ids, vocab)
+    rule = inputs.config.medical_vocabulary
+    by = candidate_by(scores.med_matches, fired.med_matches, llr, rule.candidates, rule.fired_min_llr)
     words = np.array(vocab.words + [None], dtype=object)[vocab.token_word[top_ids]]  # -1 (no word) -> None
     table = pa.table({
         "arm": pa.array([loaded.name] * len(top_ids)), "feature": np.arange(len(top_ids), dtype=np.int32),
         "coherence": pa.array(scores.coherence, mask=np.isnan(scores.coherence)),
         "n_valid": scores.n_valid.astype(np.int32), "med_matches": scores.med_matches.astype(np.int32),
-        "is_candidate": scores.is_candidate, "matched_words": pa.array(scores.matched_words, pa.list_(pa.string())),
+        "is_candidate": by != None, "matched_words": pa.array(scores.matched_words, pa.list_(pa.string())),  # noqa: E711
         "top_text": pa.array([" | ".join(row) for row in text[top_ids]], pa.string()),
         "top_words": pa.array([sorted({w for w in row if w}) for row in words], pa.list_(pa.string())),
+        "fired_med_matches": fired.med_matches.astype(np.int32),
+        "fired_matched_words": pa.array(fired.matched_words, pa.list_(pa.string())),
+        "candidate_by": pa.array(by.tolist(), pa.string()),
     })
-    return {"feature_words": table}, _coverage_metrics(top_ids, scores.is_candidate, vocab, inputs.embeddings)
+    metrics = _coverage_metrics(top_ids, by != None, vocab, inputs.embeddings)  # noqa: E711
+    metrics.update({f"n_candidates_{kind}": float((by == kind).sum()) for kind in ("decoder", "fired", "both")})
+    return {"feature_words": table}, metrics
+
+
+def _fired(con: duckdb.DuckDBPyConnection, arm: str, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
+    """The activations stage's most-fired token ids [d_sae, k] (-1 past a feature's last) and medical LLR [d_sae]
+    (NaN: never fired), for `arm`."""
+    llr = np.full(d_sae, np.nan)
+    rows = con.execute("SELECT feature, llr FROM feature_activations WHERE arm = ?", [arm]).df()  # NULL -> NaN
+    if rows.empty:
+        raise StudyInputError(f"{arm}/words reads the tokens each feature fires on, from the activations stage: "
+                              "run it first (e.g. --only activations,words)")
+    llr[rows["feature"].to_numpy()] = rows["llr"].to_numpy(dtype=np.float64, na_value=np.nan)
+    fired = con.execute("SELECT feature, rank, token_id FROM fired_tokens WHERE arm = ?", [arm]).fetchnumpy()
+    k = int(fired["rank"].max()) + 1 if len(fired["rank"]) else 1
+    ids = np.full((d_sae, k), -1, dtype=np.int64)
+    ids[fired["feature"], fired["rank"]] = fired["token_id"]
+    return ids, llr
 
 
 def _coverage_metrics(top_ids: np.ndarray, is_candidate: np.ndarray, vocab: TokenWords, kv: Any) -> dict[str, float]:
@@ -48,6 +75,8 @@ def _coverage_metrics(top_ids: np.ndarray, is_candidate: np.ndarray, vocab: Toke
     return metrics
 
 
-# Reads projection's top tokens from the database, so its key chains on projection's.
-STAGE = Stage("words", version=1, scope="arm", tables=(FEATURE_WORDS,), run=run_words,
-              key_parts=lambda p: (p.earlier["projection"], p.config.embeddings.source, p.vocabulary))
+# Reads projection's top tokens and the activations stage's fired tokens and LLR from the database, so its key
+# chains on both. Version 2: medical words among the fired tokens, and the study's candidate rule.
+STAGE = Stage("words", version=2, scope="arm", tables=(FEATURE_WORDS,), run=run_words,
+              key_parts=lambda p: (p.earlier["projection"], p.earlier["activations"], p.config.embeddings.source,
+                                   p.vocabulary, p.config.medical_vocabulary))

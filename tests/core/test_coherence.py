@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from core.coherence import feature_word_scores, token_words
+from core.coherence import candidate_by, feature_word_scores, fired_word_matches, token_words
 
 # id:       0        1           2          3       4         5          6         7
 TOKENS = ["Ġheart", "Ġcardiac", "Ġkidney", "Ġ123", "ĠHeart", "Ġhearth", "Ġzzzq", "heart"]
@@ -83,3 +83,26 @@ def test_vectorised_equals_pair_loop():
         den = sum(a[1] * b[1] for a, b in pairs)
         assert result.coherence[f] == pytest.approx(num / (den + 1e-8), rel=1e-5, abs=1e-6)
         assert result.med_matches[f] == sum(word in words[:30] for word in best)
+
+
+def test_fired_matches_count_each_medical_word_once_and_skip_padding():
+    """Fired tokens, most fired first, -1 past a feature's last: "ĠHeart", "heart" and "Ġheart" are one word;
+    "Ġhearth" is not "heart"; a feature that fired on nothing has no match."""
+    vocab = token_words(TOKENS, toy_kv(), ("heart", "kidney", "cardiac"))
+    result = fired_word_matches(np.array([[4, 7, 0, 2, 5], [3, 6, -1, -1, -1], [-1, -1, -1, -1, -1]]), vocab)
+    assert result.med_matches.tolist() == [2, 0, 0]
+    assert result.matched_words == [["heart", "kidney"], [], []]
+
+
+def test_candidate_by_each_rule():
+    """Feature by feature: decoder matches, fired matches, LLR (NaN: never fired) -> who made it a candidate."""
+    decoder = np.array([2, 0, 3, 1, 2, 0])
+    fired = np.array([0, 2, 2, 3, 2, 2])
+    llr = np.array([0.0, 2.0, 1.6, 1.0, np.nan, 1.5])
+    assert candidate_by(decoder, fired, llr, "decoder", 1.5).tolist() == ["decoder", None, "decoder", None, "decoder",
+                                                                         None]
+    assert candidate_by(decoder, fired, llr, "fired", 1.5).tolist() == [None, "fired", "fired", None, None, "fired"]
+    assert candidate_by(decoder, fired, llr, "either", 1.5).tolist() == ["decoder", "fired", "both", None, "decoder",
+                                                                        "fired"]
+    with pytest.raises(ValueError, match="candidate rule"):
+        candidate_by(decoder, fired, llr, "logit", 1.5)

@@ -76,9 +76,16 @@ def schema_11(v10: dict) -> dict:
     return {**v10, "schema_version": 11, "tables": {**v10["tables"], **new}}
 
 
+def schema_12(v11: dict) -> dict:
+    """Schema 12: feature_words says which medical words a feature fires on and which rule made it a candidate."""
+    words = v11["tables"]["feature_words"] + [["fired_med_matches", "INTEGER"], ["fired_matched_words", "VARCHAR[]"],
+                                              ["candidate_by", "VARCHAR"]]
+    return {**v11, "schema_version": 12, "tables": {**v11["tables"], "feature_words": words}}
+
+
 
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_11(schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text()))))))
+    expected = schema_12(schema_11(schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text())))))))
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")

@@ -191,3 +191,15 @@ def test_the_default_order_opens_on_medical_matches_without_dead_features(study)
     assert table["feature"].tolist() == [1, 1, 0, 0, 4, 4, 5, 5, 2, 2]
     assert table["arm"].tolist()[:2] == ["base", "finetuned"]
     assert at.query_params == {"sort": "medical matches", "order": "desc"}
+
+
+def test_candidates_only_keeps_the_candidates_by_the_study_rule_and_its_place_in_the_url(study):
+    """tiny_db: features 0, 1 and 4 of each arm are candidates; with dead shown the table has all 12, with
+    `candidates=only` the 6 candidates, each saying which rule made it one."""
+    at = page("features", dead="shown", candidates="only")
+    assert not at.exception and matched(at) == 6
+    table = next(d.value for d in at.dataframe if "candidate_by" in d.value.columns)
+    assert sorted(set(table["feature"])) == [0, 1, 4] and set(table["candidate_by"]) == {"decoder"}
+    assert at.query_params["candidates"] == "only"
+    at.toggle(key="features_candidates").set_value(False).run()
+    assert matched(at) == 2 * D_SAE and "candidates" not in at.query_params

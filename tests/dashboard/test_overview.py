@@ -67,9 +67,10 @@ def write_tiny_database(path: Path) -> None:
     db.write_study(con, "tiny", "", "{}", "hash", "{}", [], [])
     for arm, candidates, n_fired, ev in (("base", [True, False, False, False], [5, 0, 3, 1], 0.9),
                                          ("finetuned", [True, True, True, False], [5, 2, 3, 1], 0.8)):
+        by = (["decoder", None, None, None] if arm == "base" else ["decoder", "fired", "both", None])
         words = pa.table({"arm": [arm] * 4, "feature": [0, 1, 2, 3], "coherence": [0.2, 0.4, None, 0.6],
-                          "n_valid": [3, 3, 1, 3], "med_matches": [2 if c else 0 for c in candidates],
-                          "is_candidate": candidates})
+                          "n_valid": [3, 3, 1, 3], "med_matches": [2 if b in ("decoder", "both") else 0 for b in by],
+                          "is_candidate": candidates, "candidate_by": by})
         acts = pa.table({"arm": [arm] * 4, "feature": [0, 1, 2, 3], "n_fired": n_fired})
         db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
         db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts})
@@ -83,13 +84,16 @@ def test_features_per_arm_from_the_database(tmp_path, monkeypatch):
     at = run_app(monkeypatch, config)
     assert not at.exception and not at.info
     table = at.dataframe[1].value.set_index("measure")  # one column per arm: fits the page however many rows
-    assert table.loc["medical candidates", "base"] == "1" and table.loc["medical candidates", "finetuned"] == "3"
+    assert table.loc["medical candidates ³", "base"] == "1" and table.loc["medical candidates ³", "finetuned"] == "3"
+    assert table.loc["… by their top tokens", "finetuned"] == "2"  # decoder and both
+    assert table.loc["… by the tokens they fire on", "finetuned"] == "2" and table.loc["… by the tokens they fire on", "base"] == "0"
     assert table.loc["dead features ¹", "base"] == "1" and table.loc["dead features ¹", "finetuned"] == "0"
     assert table.loc["dead features, share ¹", "base"] == "25.0%" and table.loc["features", "base"] == "4"
     assert table.loc["coherence mean", "base"] == "0.400"  # (0.2 + 0.4 + 0.6) / 3: the NULL is no 0
     assert table.loc["explained variance ²", "finetuned"] == "0.800"
     footnotes = " ".join(caption.value for caption in at.caption)
     assert "¹ never fired on" in footnotes and "² the quality stage, on" in footnotes  # each names its tokens
+    assert 'candidates = "decoder"' in footnotes and "the paper's rule" in footnotes  # the study's rule, in words
 
 
 def test_a_database_of_another_schema_says_how_to_rebuild(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ Planted in the base arm (d_model 32, SAE at blocks.0.hook_resid_pre, the embeddi
   " blood" of the corpus and nowhere else;
 - feature 2 has bias -100: it never fires, so it is dead;
 - feature 3's top tokens are " 123", " 2010", " 1999": no valid word, so no coherence (NULL, never 0).
+- feature 4 reads e0 and e5 with threshold 2: it fires on every " heart" and " blood" and nowhere else.
 The fine-tuned arm's SAE plants " lung", " bone" (axes 3 and 4) on feature 0, so each arm must read its own SAE.
 """
 
@@ -71,6 +72,9 @@ def planted_sae(folder, projection_axes, numbers_axes=(6, 7, 8)):
         sae.W_enc[5, 1] = 1.0
         sae.b_enc[1] = -2.0
         sae.b_enc[2] = -100.0
+        sae.W_enc[:, 4] = 0
+        sae.W_enc[[0, 5], 4] = 1.0  # reads " heart" (3·e0) and " blood" (4·e5), nothing else passes its threshold
+        sae.b_enc[4] = -2.0
     sae.save_model(str(folder))
 
 
@@ -256,8 +260,8 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     config = config_from_dict(with_changes(study["raw"], tmp_path))
     partial = run_study(config, only=("projection",), show_progress=False)
     assert not partial.published and not Path(config.features_db).exists()
-    assert partial.pending == ["base/words", "base/activations", "base/quality", "base/neighbours",
-                               "finetuned/words", "finetuned/activations", "finetuned/quality",
+    assert partial.pending == ["base/activations", "base/words", "base/quality", "base/neighbours",
+                               "finetuned/activations", "finetuned/words", "finetuned/quality",
                                "finetuned/neighbours", "base→finetuned/similarity", "base→finetuned/transfer",
                                "base→finetuned/matching", "base→finetuned/divergence",
                                "base→finetuned/cross_neighbours", "base→finetuned/map"]
@@ -288,6 +292,7 @@ def test_a_stage_that_forgets_a_column_fails_naming_it_and_publishes_nothing(stu
     ({"embeddings": {"source": "EMPTY"}}, "embedding file .*empty.txt is empty"),
     ({"medical_vocabulary": {"path": "EMPTY"}}, "medical vocabulary .*empty.txt has no words"),
     ({"activations": {"batch_size": 0}}, "activations.batch_size must be at least 1"),
+    ({"medical_vocabulary": {"candidates": "logit"}}, "medical_vocabulary.candidates must be one of decoder, fired"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_published(study, tmp_path, capsys, change, message):
     (tmp_path / "empty.txt").write_text("")
@@ -497,3 +502,33 @@ def test_fires_most_on_is_the_one_token_a_planted_feature_fires_on(study):
     n_blood = int((load_corpus_rows(config.corpus, tokenizer)[:, 1:] == token_id(tokenizer, " blood")).sum())
     assert fired[["token", "count", "occurrences"]].values.tolist() == [[" blood", n_blood, n_blood]]
     assert fired.share_of_firings[0] == 1.0 and fired.fires_on_share[0] == 1.0
+
+
+@pytest.mark.parametrize("rule", ["fired", "either"])
+def test_candidates_by_the_tokens_a_feature_fires_on(study, tmp_path, rule):
+    """Feature 4 fires on " heart" and " blood" only: two medical words among its fired tokens and an LLR far above
+    1.5, so the firing rule makes it a candidate; feature 1 fires on " blood" alone (one word) and is not. Every
+    feature's fired matches and candidate_by recompute by hand from fired_tokens, the vocabulary and the LLR."""
+    (tmp_path / "words.txt").write_text("heart\nkidney\nblood\n")
+    raw = with_changes(study["raw"], tmp_path, medical_vocabulary={"path": str(tmp_path / "words.txt"),
+                                                                   "candidates": rule})
+    assert run_study(config_from_dict(raw), show_progress=False).published
+    config = config_from_dict(raw)
+    rows = query(config, "SELECT arm, feature, med_matches, fired_med_matches, fired_matched_words, llr, "
+                         "candidate_by, is_candidate FROM features ORDER BY arm, feature")
+    base = rows[rows.arm == "base"].set_index("feature")
+    assert sorted(base.loc[4, "fired_matched_words"]) == ["blood", "heart"] and base.loc[4, "llr"] > 1.5
+    assert base.loc[4, "candidate_by"] in ("fired", "both") and base.loc[4, "is_candidate"]
+    assert list(base.loc[1, "fired_matched_words"]) == ["blood"] and base.loc[1, "candidate_by"] != "fired"
+    fired = query(config, "SELECT arm, feature, token FROM fired_tokens")
+    medical = {"heart", "kidney", "blood"}
+    for row in rows.itertuples():
+        words = {t.strip().lower() for t in fired[(fired.arm == row.arm) & (fired.feature == row.feature)].token}
+        assert row.fired_med_matches == len(words & medical)
+        by_firing = row.fired_med_matches >= 2 and row.llr >= 1.5
+        by_decoder = row.med_matches >= 2 and rule == "either"
+        expected = {(True, True): "both", (True, False): "decoder", (False, True): "fired"}.get((by_decoder, by_firing))
+        assert (row.candidate_by if isinstance(row.candidate_by, str) else None) == expected
+        assert row.is_candidate == (expected is not None)
+    assert (rule == "either") == (base.loc[0, "candidate_by"] in ("decoder", "both"))  # heart, kidney on top
+
