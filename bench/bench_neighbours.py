@@ -8,6 +8,14 @@ blocks are whole); across two SAEs (no symmetry) the whole product is needed and
 cost. Memory: peak RSS over the call above the RSS before it (Linux; tracemalloc does not see torch's
 allocations).
 Times are medians of interleaved rounds (bench.timing) with their CPU seconds, since the 2 cores are shared.
+
+Measured 2026-12-07 on an AMD EPYC (2 cores, avx512) shared with other jobs at load 4-10, nice 19, four runs (the
+first two ran at the same time as each other): own SAE 0.99x, 0.88x, 1.26x, 0.90x the matmul's wall time
+(matmul 34, 27, 11, 21 s) and 0.89x, -, 0.88x, 0.91x its CPU seconds (~10 s vs ~11.5 s), extra 0.21 GB, exact on
+256 rows; other SAE 1.09x, 0.92x, 1.87x, 1.04x wall, 1.21-1.28x CPU, extra 0.29-0.32 GB. The CPU ratio is the
+steady one here: the wall ratio moves with the neighbours' load. Where the remaining time goes (CPU seconds per
+4,096² block): the product 0.35, a top-18 over its rows 0.045, the transposed copy and its top-18 0.11, i.e. 21
+products and 36 top-ks; a grouped top-k (as core.projection does over the vocabulary) measured slower here.
 """
 
 import time

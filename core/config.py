@@ -325,6 +325,11 @@ class StudyConfig:
             object.__setattr__(self, "labels_db", f"data/{self.name}/labels.duckdb")
         if not self.explanations_db:
             object.__setattr__(self, "explanations_db", str(Path(self.labels_db).parent / "explanations.duckdb"))
+        # Every run publishes a new features database over the old file: labels and explanations kept there would go.
+        for name in ("labels_db", "explanations_db"):
+            if Path(getattr(self, name)).resolve() == Path(self.features_db).resolve():
+                raise StudyInputError(f"study.{name} is the features database ({self.features_db}), which every "
+                                      "precompute run replaces: give it a file of its own")
 
     @property
     def output_dir(self) -> Path:

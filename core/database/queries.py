@@ -354,12 +354,13 @@ def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def features_to_explain(con: duckdb.DuckDBPyConnection, arm: str, which: str) -> list[int]:
     """Features of `arm` for `precompute explain`: "candidates" (>= 2 medical matches), "emerged" (the model
-    diff's `emerge`), or "all"; dead features (never fired on the corpus: no context to explain) left out."""
-    where = {"candidates": "w.is_candidate", "emerged": "m.status = 'emerge'", "all": "TRUE"}[which]
-    matches = "LEFT JOIN feature_matches m USING (arm, feature)" if which == "emerged" else ""
+    diff's `emerge` in any pair the arm is in, once however many), or "all"; dead features (never fired on the
+    corpus: no context to explain) left out."""
+    emerged = ("EXISTS (SELECT 1 FROM feature_matches m WHERE m.arm = a.arm AND m.feature = a.feature "
+               "AND m.status = 'emerge')")
+    where = {"candidates": "w.is_candidate", "emerged": emerged, "all": "TRUE"}[which]
     rows = con.execute(f"""SELECT a.feature FROM feature_activations a LEFT JOIN feature_words w USING (arm, feature)
-                           {matches} WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""",
-                       [arm]).fetchall()
+                           WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""", [arm]).fetchall()
     return [int(r[0]) for r in rows]
 
 

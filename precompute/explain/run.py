@@ -43,14 +43,18 @@ class ExplainReport:
     empty: dict[str, int] = field(default_factory=dict)  # arm -> replies with no explanation in them (not saved)
 
 
+def check_choice(config: StudyConfig, which: str) -> None:
+    """Refuse at once (before any model loads) a choice the study cannot answer."""
+    if which == "emerged" and not config.pairs:
+        raise StudyInputError("--features emerged needs a model diff: a study of two arms or more, or [[pairs]]")
+
+
 def choose_features(con: duckdb.DuckDBPyConnection, config: StudyConfig, arm: str, which: str, fingerprint: str,
                     d_sae: int) -> list[int]:
     """candidates | emerged | labelled (any label, this SAE) | all (every feature that fired) | ids "12,40"."""
+    check_choice(config, which)
     if which in ("candidates", "emerged", "all"):
-        try:
-            return db.queries.features_to_explain(con, arm, which)
-        except duckdb.CatalogException:  # a one-arm study has no model diff
-            raise StudyInputError("--features emerged needs a two-arm study's model diff") from None
+        return db.queries.features_to_explain(con, arm, which)
     if which == "labelled":
         current, _ = labels.labels_for(Path(config.labels_db), config.name, {arm: fingerprint})
         return sorted(int(f) for f in current.loc[current["arm"] == arm, "feature"])
@@ -115,6 +119,7 @@ def explain_study(config: StudyConfig, which: str = "candidates", backend: str |
         raise StudyInputError(f"no current features database at {target}: run `python -m precompute run` first")
     if limit is not None and limit < 1:
         raise StudyInputError("--limit must be at least 1")
+    check_choice(config, which)
     chat = chat or backend_for(config.explain, backend, device or config.device)
     report = ExplainReport(explainer=chat.name)
     inputs = StudyInputs(config, frozenset(), show_progress=show_progress)

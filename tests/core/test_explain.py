@@ -114,3 +114,19 @@ def test_the_meaning_scorer_keeps_cosines_at_or_above_the_threshold_and_zeroes_t
     scores = scorer("blood vessels", list(cosines))
     assert MEANING_THRESHOLD == 0.4 and scores.tolist() == [0.62, 0.0, 0.4]
     assert scorer("", list(cosines)).tolist() == [1.0, 1.0, 1.0]  # no query: everything matches, as with words
+
+
+def test_the_readme_shows_the_prompt_the_code_sends():
+    """The README's example prompt (a feature firing on " heart") is what explanation_messages writes for it."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("```\nSYSTEM: ", 1)[1].split("\n```", 1)[0]
+    system, user = shown.split("\nUSER: ", 1)
+    evidence = FeatureEvidence(
+        (Context((" the", " heart", " beat", "s", " fast"), (0.0, 2.0, 1.0, 0.0, 0.0)),
+         Context((" a", " weak", " heart"), (0.0, 0.0, 1.8))),
+        (Context((" heart", "burn"), (0.4, 0.0)),), (" cardiac", " pulse"))
+    sent = explanation_messages(evidence)
+    assert " ".join(system.split()) == sent[0]["content"]  # the README wraps the system line
+    assert user == sent[1]["content"]

@@ -49,7 +49,10 @@ def test_an_explanation_of_another_sae_is_not_shown(study):
 def test_the_label_queue_shows_the_explanation_above_the_contexts(study):
     at = page("label")
     assert at.subheader[0].value == "base · feature 1"
-    assert "**Explanation:** lungs and the liver" in [m.value for m in at.markdown]
+    shown = [m.value for m in at.markdown]  # in the order the page draws them
+    explanation = shown.index("**Explanation:** lungs and the liver")
+    first_context = next(i for i, text in enumerate(shown) if "<span" in text)  # a shaded context
+    assert explanation < first_context
 
 
 def test_compare_shows_both_explanations(study):

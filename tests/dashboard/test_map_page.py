@@ -11,8 +11,11 @@ from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
 from app_pages import page, tiny_study
+from core import explanations, labels
+from core.explanations import Explanation
 from dashboard import state_keys as keys
 from dashboard.feature_map import picked_feature
+from tiny_db import FINGERPRINT
 
 
 @pytest.fixture
@@ -57,6 +60,33 @@ def test_colouring_by_fate_splits_the_points_by_their_status(study):
     at.segmented_control(key=keys.MAP_COLOUR).set_value("fate").run()
     traces = {t["name"]: len(values(t["x"])) for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
     assert traces == {"dead": 2, "disappear": 2, "emerge": 1, "persist": 6, "rare": 1}
+
+
+def traces_of(at: AppTest) -> dict[str, dict]:
+    return {t["name"]: t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+
+
+def test_candidate_label_and_coherence_colour_the_points_and_the_hover_holds_the_explanation(study):
+    labels.save_label(study / "labels.duckdb", "tiny", "base", 1, FINGERPRINT["base"], "medical")
+    labels.save_label(study / "labels.duckdb", "tiny", "finetuned", 2, FINGERPRINT["finetuned"], "not_medical")
+    labels.save_label(study / "labels.duckdb", "tiny", "base", 2, "an-old-sae", "medical")  # never shown
+    explanations.save_explanation(study / "explanations.duckdb", "tiny", Explanation(
+        "base", 1, FINGERPRINT["base"], "lungs & the liver", "local:test", 1, 0.6, 0.8))
+    at = page("map")
+    assert "<i>lungs &amp; the liver</i>" in traces_of(at)["base"]["hovertext"][1]  # escaped, after the top tokens
+    at.segmented_control(key=keys.MAP_COLOUR).set_value("medical candidate").run()
+    traces = traces_of(at)
+    assert {name: values(t["x"]) for name, t in traces.items()} == {
+        "candidate": [0.0, 1.0, 4.0] * 2, "not a candidate": [2.0, 3.0, 5.0] * 2}  # >= 2 matches: 0, 1, 4
+    at.segmented_control(key=keys.MAP_COLOUR).set_value("label").run()
+    traces = traces_of(at)
+    assert {name: len(values(t["x"])) for name, t in traces.items()} == {"medical": 1, "not_medical": 1,
+                                                                         "unlabelled": 10}
+    assert traces["medical"]["customdata"] == [["base", 1]]
+    at.segmented_control(key=keys.MAP_COLOUR).set_value("coherence").run()
+    traces = traces_of(at)
+    assert traces["no value"]["customdata"] == [["base", 3], ["finetuned", 3]]  # coherence NULL: no valid tokens
+    assert values(traces["coherence"]["marker"]["color"]) == pytest.approx([0.5, 0.7, 0.2, 0.3, 0.6] * 2)
 
 
 def test_clicking_a_point_opens_its_feature(study):
