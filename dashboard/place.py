@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -120,6 +121,12 @@ def query(fields: Sequence[Field], values: dict[str, Any]) -> dict[str, str]:
     """The URL's query for a place: fields at their default left out unless `always`."""
     return {f.param: f.show(values[f.key]) for f in fields
             if (f.always or values[f.key] != f.default) and not f.omit(values)}
+
+
+def href(page: str, fields: Sequence[Field], changes: dict[str, Any]) -> str:
+    """A relative link to the page at the current place with some widgets' values changed (key -> value)."""
+    values = {f.key: st.session_state[f.key] for f in fields} | changes
+    return f"{page}?{urlencode(query(fields, values))}"
 
 
 def remember(page: str, fields: Sequence[Field]) -> None:

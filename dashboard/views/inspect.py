@@ -90,7 +90,7 @@ n = len(result.tokens)
 token = st.session_state.get(keys.INSPECT_TOKEN)
 if not isinstance(token, int) or not 0 <= token < n:  # a new run or text: start at the most divergent token
     st.session_state[keys.INSPECT_TOKEN] = max(range(n), key=lambda i: result.kl[i])
-pos = st.selectbox("Token", range(n), key=keys.INSPECT_TOKEN,
+pos = st.selectbox("Token", range(n), key=keys.INSPECT_TOKEN, help="or click a token in a strip below",
                    format_func=lambda i: f"{i}: {result.tokens[i]!r}  (KL {result.kl[i]:.3f})")
 readings = {base: result.base, finetuned: result.finetuned}
 forward, backward = data.persisting_partners(base, finetuned), data.persisting_partners(finetuned, base)
@@ -102,6 +102,7 @@ acts_at = {f"{arm}:{f}": a for arm, r in readings.items() for f, a in zip(*r.act
 choice = st.selectbox("Shade by feature", options, key=keys.INSPECT_FEATURE,
                       format_func=lambda o: "none" if not o else f"{o.replace(':', ' #')}  ({acts_at.get(o, 0):.3f} here)")
 place.remember("inspect", fields)
+token_hrefs = [place.href("inspect", fields, {keys.INSPECT_TOKEN: i}) for i in range(n)]  # a click picks a token
 
 
 def shading(choice: str) -> dict[str, tuple[int | None, list[float]]]:
@@ -120,10 +121,11 @@ shades = shading(choice)
 scale = max((max(acts) for _, acts in shades.values()), default=0.0)
 for arm, (feature, acts) in shades.items():
     label = f"{arm}" + ("" if not choice else f" #{feature}" if feature is not None else " (no persisting match)")
-    st.markdown(render.context_html(result.tokens, acts, scale, pos, label=label), unsafe_allow_html=True)
+    st.markdown(render.context_html(result.tokens, acts, scale, pos, label=label, token_hrefs=token_hrefs),
+                unsafe_allow_html=True)
 kl_scale = max(result.kl) if result.kl else 0.0
-st.markdown(render.context_html(result.tokens, result.kl, kl_scale, pos, label="KL", shade=KL_SHADE),
-            unsafe_allow_html=True)
+st.markdown(render.context_html(result.tokens, result.kl, kl_scale, pos, label="KL", shade=KL_SHADE,
+                                token_hrefs=token_hrefs), unsafe_allow_html=True)
 frame = pd.DataFrame({"position": range(n), "token": result.tokens, "kl": result.kl,
                       "logprob_change": result.logprob_change})
 st.plotly_chart(charts.token_divergence(frame, pos), key="inspect_divergence")

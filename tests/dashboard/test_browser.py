@@ -140,7 +140,8 @@ def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(se
 
 def test_a_shared_inspect_url_opens_its_view_in_chromium(tmp_path):
     """/inspect?text=...&token=...&feature=... on a real tiny pair: the text runs through both models at once,
-    the chosen token and the feature's strips are drawn, and the page keeps the URL it was opened with."""
+    the chosen token and the feature's strips are drawn, and the page keeps the URL it was opened with; clicking a
+    token in a strip picks that token."""
     from inspect_study import TEXT, build_inspect_study
 
     config = build_inspect_study(tmp_path)
@@ -152,6 +153,9 @@ def test_a_shared_inspect_url_opens_its_view_in_chromium(tmp_path):
         expect(page.locator("textarea")).to_have_value(TEXT, timeout=10_000)  # a fresh page fills it a moment late
         assert page.url.endswith(f"/inspect?{query}")
         page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+        page.locator('a[href*="token=1"]').first.click()  # token 1 of a strip: its features are listed
+        page.wait_for_selector("text=Token 1: ' kidney'", timeout=60_000)
+        assert "token=1" in page.url and "feature=base%3A0" in page.url
     assert (tmp_path / "inspect.png").stat().st_size > 10_000
 
 

@@ -41,3 +41,17 @@ def test_figure_1_labels_each_decade_of_its_log_axis_once():
     fig = charts.match_histogram(counts)
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1  # 1, 10, 100, 1,000 (not 2, 5, 2, 5)
     assert fig.layout.yaxis.tickformat == ",d" and fig.layout.xaxis.dtick == 1
+
+
+def test_inspects_divergence_line_has_one_point_per_token_at_its_kl_and_log_prob_change():
+    """Inspect's line: a text whose tokens repeat ("the" twice) still gets one x position per token, in text order,
+    each at that token's KL and Δ log p (the last token has none: a gap, not a 0); the chosen token is marked."""
+    frame = pd.DataFrame({"position": range(4), "token": [" the", " heart", " the", " beat"],
+                          "kl": [0.0, 0.25, 1.5, 0.125], "logprob_change": [0.5, -2.0, -0.75, None]})
+    fig = charts.token_divergence(frame, chosen=2)
+    kl, change = fig.data
+    assert list(kl.x) == list(change.x) == ["0: ' the'", "1: ' heart'", "2: ' the'", "3: ' beat'"]
+    assert list(kl.y) == [0.0, 0.25, 1.5, 0.125]
+    assert list(change.y[:3]) == [0.5, -2.0, -0.75] and pd.isna(change.y[3])
+    assert [shape.x0 for shape in fig.layout.shapes] == [2]
+    assert list(fig.layout.xaxis.categoryarray) == list(kl.x)

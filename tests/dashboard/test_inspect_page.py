@@ -1,7 +1,9 @@
 """The Inspect page on a real tiny pair (a model and its perturbed copy, one SAE): type, run, pick a token, pick a
 feature; the strips shade by that feature (and its persisting match), the URL carries the view."""
 
+import html
 import re
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -32,6 +34,13 @@ def strips(at) -> dict[str, list[float]]:
     return found
 
 
+def token_links(at, label: str) -> list[dict[str, str]]:
+    """The query of each token's link in the strip labelled `label` (a click on token i opens that place)."""
+    strip = next(m.value for m in at.markdown if f'">{html.escape(label)}</span>' in m.value)
+    hrefs = re.findall(r'<a href="([^"]*)" target="_self" style="color: inherit', strip)
+    return [dict(parse_qsl(urlsplit(html.unescape(href)).query)) for href in hrefs]
+
+
 def test_type_run_pick_a_token_and_a_feature(inspect_study):
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("views/inspect.py").run()
@@ -46,6 +55,7 @@ def test_type_run_pick_a_token_and_a_feature(inspect_study):
     kl = [float(re.search(r"KL ([0-9.]+)", t).group(1)) for t in tokens]
     assert kl[at.selectbox(key="inspect_token").value] == max(kl) > 0  # a run starts at its most divergent token
     at.selectbox(key="inspect_token").set_value(1).run()
+    assert token_links(at, "KL") == [{"text": TEXT, "token": str(i)} for i in range(5)]  # each token picks itself
     tables = [frame.value for frame in at.dataframe]
     assert sorted(tables[0]["feature"].tolist()[:2]) == list(ALWAYS) and 1 not in tables[0]["feature"].tolist()
     assert tables[0]["page"].iloc[0].startswith("/feature?arm=base&feature=")
@@ -55,6 +65,7 @@ def test_type_run_pick_a_token_and_a_feature(inspect_study):
     assert set(shaded) == {"base #0", "finetuned #0", "KL"}  # base 0 persists as finetuned 0 (tiny_db)
     assert shaded["base #0"] == shaded["finetuned #0"] == [1.0] * 5  # 10 everywhere, scale 10
     assert at.query_params["feature"] == "base:0" and at.query_params["token"] == "1"
+    assert token_links(at, "finetuned #0")[3] == {"text": TEXT, "token": "3", "feature": "base:0"}
     at.selectbox(key="inspect_feature").set_value("finetuned:5").run()
     shaded = strips(at)
     assert set(shaded) == {"base (no persisting match)", "finetuned #5", "KL"}  # 5 emerges: no partner
