@@ -138,8 +138,9 @@ def _print_floor_and_budget(manifest: dict) -> None:
         print(f"  build time {manifest['total_s']:.0f} s on {cpu['model']} ({cpu['torch_threads']} torch threads, "
               f"device {manifest['device']}); slowest: " + ", ".join(f"{k} {v:.0f} s" for k, v in slowest))
     if "reused" in manifest:  # the arms came from an earlier build: say what a build from nothing costs
-        kept = sum(manifest["reused"]["timings_s"].values())
-        print(f"  models kept from the earlier build (its model steps took {kept:.0f} s; from nothing "
+        steps = manifest["reused"]["timings_s"]
+        kept = sum(steps.values())
+        print(f"  kept from the earlier build: {', '.join(steps)} (they took {kept:.0f} s there; from nothing "
               f"~{manifest['total_s'] + kept:.0f} s)")
 
 
