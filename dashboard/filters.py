@@ -13,7 +13,8 @@ from dashboard import place
 from dashboard import state_keys as keys
 
 # Sort choices in words -> column of the features view (the same words head the grid's columns).
-SORTS = {"coherence": "coherence", "medical matches": "med_matches", "density": "frac_nonzero",
+SORTS = {"coherence": "coherence", "medical matches": "med_matches", "medical words fired on": "fired_med_matches",
+         "density": "frac_nonzero",
          "max activation": "max_act", "mean activation": "mean_act", "LLR medical": "llr",
          "valid words": "n_valid", "feature id": "feature"}
 # The default opens on the study's question: most medical words among the top tokens first (the paper's candidate
@@ -21,6 +22,9 @@ SORTS = {"coherence": "coherence", "medical matches": "med_matches", "density": 
 # function-word and punctuation features (" to | . | , | the", coherence 0.85), several of them dead; by density
 # "the | a" and word pieces ("in | ar | ent"); by medical matches " abnormal | abnormality | liver | urine".
 DEFAULT_SORT = "medical matches"
+# A study whose candidates may come from the tokens they fire on opens on those (on SmolLM2 the top tokens of the
+# few decoder candidates are mostly chance: "cleavage | frontal | ennial | tin"; the fired ones read "renal urine").
+DEFAULT_SORT_BY_RULE = {"decoder": DEFAULT_SORT, "fired": "medical words fired on", "either": "medical words fired on"}
 PAGE_SIZES = (25, 50, 100, 200)
 _ORDER = {"desc": True, "asc": False}
 _DEAD = {"shown": True, "hidden": False}
@@ -56,7 +60,7 @@ def _one_of(choices: dict | tuple) -> Callable[[str, dict], Any]:
     return parse
 
 
-def fields(arms: list[str]) -> list[place.Field]:
+def fields(arms: list[str], default_sort: str = DEFAULT_SORT) -> list[place.Field]:
     """The page's place; filters at their default stay out of the URL, sort and order are always in it."""
     def arm_list(text: str, _: dict) -> list[str]:
         return [parse_arm(name, arms) for name in text.split(",") if name.strip()]
@@ -76,7 +80,7 @@ def fields(arms: list[str]) -> list[place.Field]:
         place.Field(keys.FEATURES_DEAD, "dead", False, _one_of(_DEAD), lambda shown: "shown" if shown else "hidden"),
         place.Field(keys.FEATURES_CANDIDATES, "candidates", False, _one_of({"only": True, "any": False}),
                     lambda only: "only" if only else "any"),
-        place.Field(keys.FEATURES_SORT, "sort", DEFAULT_SORT, _one_of(tuple(SORTS)), always=True),
+        place.Field(keys.FEATURES_SORT, "sort", default_sort, _one_of(tuple(SORTS)), always=True),
         place.Field(keys.FEATURES_DESCENDING, "order", True, _one_of(_ORDER), flip.get, always=True),
         place.Field(keys.FEATURES_PAGE, "page", 1, _whole(1, 10**9)),
         place.Field(keys.FEATURES_PAGE_SIZE, "rows", 50, _one_of({str(n): n for n in PAGE_SIZES})),

@@ -19,7 +19,8 @@ from core.database.diff_queries import (  # noqa: F401
     match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, similarity_by_position,
     similarity_hist, transfer_densities, transfer_table)
 
-SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr", "n_valid")
+SORTABLE = ("arm", "feature", "coherence", "med_matches", "fired_med_matches", "frac_nonzero", "max_act", "mean_act",
+            "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
 _EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
                               "label": pd.Series(dtype=str)})

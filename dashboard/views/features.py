@@ -11,7 +11,7 @@ from dashboard import state_keys as keys
 config = data.require_database()
 st.title("Features")
 arms = data.arm_names()
-fields = filters.fields(arms)
+fields = filters.fields(arms, filters.DEFAULT_SORT_BY_RULE[config.medical_vocabulary.candidates])
 place.restore_or_stop("features", fields)  # the filters of this session's last visit, or of the link
 
 
@@ -39,7 +39,7 @@ with st.container(border=True):
     c6.number_input("Max. density", 0.0, 1.0, format="%.5f", key=keys.FEATURES_DENSITY_MAX)
     c7.toggle("With dead", key=keys.FEATURES_DEAD,
               help="Features that never fired on the corpus: hidden unless this is on")
-    c7.toggle("Candidates only", key=keys.FEATURES_CANDIDATES,
+    c7.toggle("Candidates", key=keys.FEATURES_CANDIDATES,
               help="Only the medical candidates, by the study's rule (the candidate column says which rule "
                    "made each: its top tokens, the tokens it fires on, or both)")
     c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
@@ -75,8 +75,8 @@ arrow = " ↓" if descending else " ↑"
 titles = {name: name + (arrow if name == sort else "") for name in filters.SORTS}
 rows = rows.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(rows["arm"], rows["feature"])])
 st.dataframe(
-    rows[["open", "arm", "feature", "top_tokens", "explanation", "simulation", "coherence", "med_matches",
-          "frac_nonzero", "max_act", "label", "candidate_by", "matched_words", "fired_matched_words", "llr"]],
+    rows[["open", "arm", "feature", "top_tokens", "candidate_by", "fired_matched_words", "explanation", "simulation",
+          "coherence", "med_matches", "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
     hide_index=True, width="stretch", key="features_table",
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),

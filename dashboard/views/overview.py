@@ -9,9 +9,10 @@ def candidate_words(config) -> None:
     """Which medical words make the candidates, and how to take a generic one out of the vocabulary."""
     words = data.candidate_word_table()
     with st.expander(f"Medical words behind the candidates ({len(words)} words)", expanded=True):
-        st.caption("Per word: in how many of each arm's medical candidates it is among the matched top tokens, "
-                   "and how many of those would stop being candidates without it (fewer than 2 other matches). "
-                   "Generic words that make many candidates inflate the count.")
+        st.caption("Per word: in how many of each arm's medical candidates it is among the words that made them "
+                   "candidates (of the top tokens, or of the tokens they fire on, by the study's rule ³), and how many "
+                   "of those would stop being candidates without it (fewer than 2 other matches by every rule that "
+                   "made them one). Generic words that make many candidates inflate the count.")
         st.dataframe(words, hide_index=True, width="stretch", height=280)
         exclude = config.medical_vocabulary.exclude
         command = f"python -m precompute run --config {data.config_path()}"

@@ -203,3 +203,15 @@ def test_candidates_only_keeps_the_candidates_by_the_study_rule_and_its_place_in
     assert at.query_params["candidates"] == "only"
     at.toggle(key="features_candidates").set_value(False).run()
     assert matched(at) == 2 * D_SAE and "candidates" not in at.query_params
+
+
+def test_a_study_whose_candidates_may_be_fired_opens_on_the_medical_words_they_fire_on(study):
+    """`candidates = "either"`: the default order is by medical words among the fired tokens, not by the top
+    tokens' matches. tiny_db's features fire on none, so every live feature ties and the more coherent comes first:
+    1 (0.7), 5 (0.6), 0 (0.5), 4 (0.3), 2 (0.2), where by top-token matches 0 and 4 (2 matches) come before 5."""
+    config = study / "study.toml"
+    config.write_text(config.read_text() + 'candidates = "either"\n')
+    at = page("features")
+    assert not at.exception
+    assert at.query_params == {"sort": "medical words fired on", "order": "desc"}
+    assert at.dataframe[0].value["feature"].tolist() == [1, 1, 5, 5, 0, 0, 4, 4, 2, 2]
