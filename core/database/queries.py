@@ -263,12 +263,16 @@ _LABELLABLE = "(coalesce(f.n_fired, 1) > 0 AND coalesce(f.diff_status NOT IN ('d
 
 def next_unlabelled_candidate(con: duckdb.DuckDBPyConnection, arm: str,
                               labels: pd.DataFrame | None) -> dict[str, Any] | None:
-    """The Label page's queue: the arm's unlabelled candidate with most matches (then coherence), or None."""
+    """The Label page's queue: the arm's unlabelled candidate with most medical words by the rule(s) that made it
+    one (its top tokens' matches, its fired tokens' matches, the larger when both), then coherence; or None."""
     with _with_labels(con, labels):
         frame = con.execute(f"""
             SELECT f.* FROM features f LEFT JOIN current_labels l USING (arm, feature)
             WHERE f.arm = ? AND f.is_candidate AND l.label IS NULL AND {_LABELLABLE}
-            ORDER BY f.med_matches DESC, f.coherence DESC NULLS LAST, f.feature LIMIT 1""", [arm]).df()
+            ORDER BY greatest(
+                         CASE WHEN coalesce(f.candidate_by, 'decoder') IN ('decoder', 'both') THEN f.med_matches END,
+                         CASE WHEN f.candidate_by IN ('fired', 'both') THEN f.fired_med_matches END) DESC NULLS LAST,
+                     f.coherence DESC NULLS LAST, f.feature LIMIT 1""", [arm]).df()
     return None if frame.empty else frame.iloc[0].to_dict()
 
 

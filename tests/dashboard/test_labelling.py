@@ -54,3 +54,31 @@ def test_a_saved_label_shows_in_the_header_at_once_and_undo_on_the_page_takes_it
     assert at.text_input(key="label_note_finetuned_4").value == ""
     assert stored(study) == [["finetuned", 4, "medical", ""]]
     assert at.button(key="label_undo").disabled  # one undo per save
+
+
+def test_the_queue_opens_on_the_candidate_with_most_medical_words_by_its_rule(study):
+    """tiny_db's base candidates by the decoder: 1 (3 matches), 0 and 4 (2). Make feature 5 (no top-token match) a
+    candidate by firing with 4 medical fired words: it leads the queue; with 3 it ties feature 1's 3 matches and
+    the more coherent (1: 0.7 > 5: 0.6) leads."""
+    import os
+    import shutil
+
+    import duckdb
+
+    def make_fired(n_words: int) -> None:  # edited in a copy, then published over it as the precompute does
+        words = ["heart", "lung", "liver", "kidney"][:n_words]
+        edited = study / "edited.duckdb"
+        shutil.copyfile(study / "features.duckdb", edited)
+        with duckdb.connect(str(edited)) as con:
+            con.execute("UPDATE feature_words SET candidate_by = 'fired', is_candidate = TRUE, fired_med_matches = ?, "
+                        "fired_matched_words = ? WHERE arm = 'base' AND feature = 5", [n_words, words])
+        os.replace(edited, study / "features.duckdb")
+
+    assert page("label").subheader[0].value == "base · feature 1"
+    make_fired(4)
+    at = page("label")
+    assert at.subheader[0].value == "base · feature 5"
+    assert any("medical words among the tokens it fires on most: heart, lung, liver, kidney" in c.value
+               and "medical candidate by the tokens it fires on" in c.value for c in at.caption)
+    make_fired(3)
+    assert page("label").subheader[0].value == "base · feature 1"
