@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -297,7 +298,7 @@ def candidate_rule_text(config: StudyConfig) -> str:
     vocabulary = config.medical_vocabulary
     decoder = "≥ 2 medical words among its top tokens by the decoder (W_dec @ W_U, the paper's rule)"
     fired = (f"≥ 2 medical words among the 10 tokens it fires on most, with a medical LLR ≥ "
-             f"{vocabulary.fired_min_llr:g} (it fires on medical tokens at least {pow(2.718281828, vocabulary.fired_min_llr):.1f}× "
+             f"{vocabulary.fired_min_llr:g} (it fires on medical tokens at least {math.exp(vocabulary.fired_min_llr):.1f}× "
              "their share of the corpus)")
     return {"decoder": decoder, "fired": fired, "either": f"{decoder}, or {fired}"}[vocabulary.candidates]
 
