@@ -108,10 +108,16 @@ def feature_word_scores(top_ids: np.ndarray, top_values: np.ndarray, vocab: Toke
     n_valid = valid.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         coherence = np.where(n_valid >= MIN_VALID, pair_cos / (pair_w + EPSILON), np.nan)
-    medical = distinct & vocab.word_medical[safe_ids]
-    matched = [[vocab.words[w] for w in row_ids[row_mask]] for row_ids, row_mask in zip(word_ids, medical)]
-    med_matches = medical.sum(1)
+    med_matches, matched = _medical_words(word_ids, distinct, vocab)
     return FeatureWordScores(coherence, n_valid, med_matches, med_matches >= CANDIDATE_MIN_MATCHES, matched)
+
+
+def _medical_words(word_ids: np.ndarray, distinct: np.ndarray, vocab: TokenWords) -> tuple[np.ndarray, list[list[str]]]:
+    """Per row of word ids [d_sae, k] (-1: no word), masked to each word's first occurrence: how many are medical
+    words, and which."""
+    medical = distinct & vocab.word_medical[np.maximum(word_ids, 0)]
+    matched = [[vocab.words[w] for w in row_ids[row_mask]] for row_ids, row_mask in zip(word_ids, medical)]
+    return medical.sum(1), matched
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,7 @@ def fired_word_matches(fired_ids: np.ndarray, vocab: TokenWords) -> FiredWordMat
     feature fired on fewer than k distinct tokens. A word spelt by several of them ("Ġheart", "heart") counts once."""
     word_ids = np.where(fired_ids >= 0, vocab.token_word[np.maximum(fired_ids, 0)], -1)
     order = -np.arange(fired_ids.shape[1], dtype=np.float64)[None].repeat(len(fired_ids), 0)  # earlier is heavier
-    distinct = _first_occurrence(word_ids, order)
-    medical = distinct & vocab.word_medical[np.maximum(word_ids, 0)]
-    matched = [[vocab.words[w] for w in row_ids[row_mask]] for row_ids, row_mask in zip(word_ids, medical)]
-    return FiredWordMatches(medical.sum(1), matched)
+    return FiredWordMatches(*_medical_words(word_ids, _first_occurrence(word_ids, order), vocab))
 
 
 def candidate_by(decoder_matches: np.ndarray, fired_matches: np.ndarray, llr: np.ndarray, rule: str,
