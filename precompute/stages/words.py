@@ -31,19 +31,20 @@ def run_words(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded: Loade
     fired = fired_word_matches(fired_ids, vocab)
     rule = inputs.config.medical_vocabulary
     by = candidate_by(scores.med_matches, fired.med_matches, llr, rule.candidates, rule.fired_min_llr)
+    is_candidate = np.array([b is not None for b in by], dtype=bool)
     words = np.array(vocab.words + [None], dtype=object)[vocab.token_word[top_ids]]  # -1 (no word) -> None
     table = pa.table({
         "arm": pa.array([loaded.name] * len(top_ids)), "feature": np.arange(len(top_ids), dtype=np.int32),
         "coherence": pa.array(scores.coherence, mask=np.isnan(scores.coherence)),
         "n_valid": scores.n_valid.astype(np.int32), "med_matches": scores.med_matches.astype(np.int32),
-        "is_candidate": by != None, "matched_words": pa.array(scores.matched_words, pa.list_(pa.string())),  # noqa: E711
+        "is_candidate": is_candidate, "matched_words": pa.array(scores.matched_words, pa.list_(pa.string())),
         "top_text": pa.array([" | ".join(row) for row in text[top_ids]], pa.string()),
         "top_words": pa.array([sorted({w for w in row if w}) for row in words], pa.list_(pa.string())),
         "fired_med_matches": fired.med_matches.astype(np.int32),
         "fired_matched_words": pa.array(fired.matched_words, pa.list_(pa.string())),
         "candidate_by": pa.array(by.tolist(), pa.string()),
     })
-    metrics = _coverage_metrics(top_ids, by != None, vocab, inputs.embeddings)  # noqa: E711
+    metrics = _coverage_metrics(top_ids, is_candidate, vocab, inputs.embeddings)
     metrics.update({f"n_candidates_{kind}": float((by == kind).sum()) for kind in ("decoder", "fired", "both")})
     return {"feature_words": table}, metrics
 
