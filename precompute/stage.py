@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 
 from core.config import StudyConfig
+from core.corpus import ROWS_VERSION
 from core.database.schema import Table, conform
 
 if TYPE_CHECKING:  # pair_pass imports this module (through precompute.pair)
@@ -42,7 +43,8 @@ class KeyParts:
     @functools.cached_property
     def corpus(self) -> dict[str, Any]:
         corpus = self.config.corpus
-        return {"corpus": dataclasses.asdict(corpus), "files": [file_stamp(p) for p in corpus.paths]}
+        return {"corpus": dataclasses.asdict(corpus), "files": [file_stamp(p) for p in corpus.paths],
+                "rows": ROWS_VERSION}
 
     @functools.cached_property
     def vocabulary(self) -> list[Any]:

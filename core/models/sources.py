@@ -69,17 +69,38 @@ def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[An
         # transformers' GGUF reader raises these for a GGUF that holds no language model it knows.
         raise StudyInputError(f"{field}: {where} is a GGUF file but not a causal language model transformers can "
                               f"read ({_first_line(err)})") from err
-    _lead_with_eos_when_no_bos(tokenizer)
+    use_plain_document_tokens(tokenizer)
     return hf_model, tokenizer
 
 
-def _lead_with_eos_when_no_bos(tokenizer: Any) -> None:
-    """Every row the product runs starts with a BOS it leaves out (corpus rows, prompts). Tokenizers without one
-    (Qwen) get their end-of-text token in that place, the document separator they were trained with, as GPT-2's
-    `<|endoftext|>` is both."""
-    if tokenizer.bos_token is None and tokenizer.eos_token is not None:
-        logger.info("tokenizer has no BOS token; rows start with its EOS token %r", tokenizer.eos_token)
-        tokenizer.bos_token = tokenizer.eos_token
+# A plain document boundary, in the spellings the families use (GPT-2, SmolLM, Qwen: the first; Llama 3: the second).
+PLAIN_END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def use_plain_document_tokens(tokenizer: Any) -> None:
+    """Every row the product runs is plain text: corpus rows are "BOS doc EOS doc EOS …", prompts start with BOS and
+    generation stops at EOS. An instruct tokenizer's BOS / EOS are often the chat template's turn markers
+    (SmolLM2-Instruct: `<|im_start|>` / `<|im_end|>`; Qwen has no BOS and ends turns with `<|im_end|>`); used as
+    document separators they teach a fine-tune a chat boundary inside prose, and steered text opens with
+    `<|im_end|>` runs. Such a marker (a token the chat template writes literally) gives way to the vocabulary's
+    plain end-of-text token, the separator the model was pretrained with; without one a missing BOS is the EOS,
+    as GPT-2's `<|endoftext|>` is both. Generation in chat (the explainer) stops at the model's
+    generation_config EOS, which this leaves alone."""
+    template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
+    vocabulary = tokenizer.get_vocab()
+    plain = next((t for t in PLAIN_END_OF_TEXT if t in vocabulary and t not in template), None)
+
+    def turn_marker(token: str | None) -> bool:
+        return token is not None and token in template
+
+    if plain is not None and (tokenizer.eos_token is None or turn_marker(tokenizer.eos_token)):
+        logger.info("document separator %r in place of the chat turn marker %r", plain, tokenizer.eos_token)
+        tokenizer.eos_token = plain
+    if tokenizer.bos_token is None or (plain is not None and turn_marker(tokenizer.bos_token)):
+        lead = plain if plain is not None else tokenizer.eos_token
+        if lead is not None:
+            logger.info("rows start with %r in place of BOS %r", lead, tokenizer.bos_token)
+            tokenizer.bos_token = lead
 
 
 def _check_architecture(config: Any, field: str) -> None:

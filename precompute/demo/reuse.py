@@ -22,6 +22,9 @@ FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
 MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
                 "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
 MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
+# 2: a pretrained instruct model's rows are joined by its plain end-of-text, not by its chat turn marker
+# (core.models.sources.use_plain_document_tokens); a from-scratch build's tokenizer has no other token to use.
+PRETRAINED_MODELS_VERSION = 2
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
 # What the base arm's SAE depends on besides its model (the fine-tuned SAE's own fields are not among them).
 BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_l1_coefficient", "sae_lr", "sae_tokens", "sae_batch_tokens",
@@ -39,7 +42,7 @@ def used_recipe(recipe: DemoRecipe) -> dict[str, Any]:
 
 def models_key(recipe: DemoRecipe, seed: int) -> str:
     """Changes exactly when the base / fine-tuned arms of a build would."""
-    return _key(used_recipe(recipe), seed, MODELS_VERSION)
+    return _key(used_recipe(recipe), seed, PRETRAINED_MODELS_VERSION if recipe.pretrained else MODELS_VERSION)
 
 
 def _key(fields: dict[str, Any], seed: int, version: int) -> str:
@@ -50,7 +53,8 @@ def _key(fields: dict[str, Any], seed: int, version: int) -> str:
 
 
 def earlier_models_key(manifest: dict[str, Any]) -> str | None:
-    """The models key of an earlier build; builds from before keys were recorded had the model steps of version 1."""
+    """The models key of an earlier build; builds from before keys were recorded had the model steps of version 1
+    (so a pretrained one among them is stale)."""
     if "models_key" in manifest or "recipe" not in manifest:
         return manifest.get("models_key")
     return _key(manifest["recipe"], manifest.get("seed", 0), version=1)

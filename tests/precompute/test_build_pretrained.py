@@ -165,13 +165,20 @@ def test_a_recipe_that_changes_only_the_sae_keeps_the_models(built, tmp_path):
 
 
 def test_a_build_from_before_models_keys_is_recognised_by_its_recipe():
-    """Manifests written before the key (data/smollm2 of the first SmolLM2 build) list every recipe field."""
+    """Manifests written before the key list every recipe field. A from-scratch build (the GPT-2 demo) of then is
+    kept; a pretrained one (data/smollm2 of the first build) is stale: its rows were joined by `<|im_end|>`."""
+    demo = load_config(ROOT / "configs" / "demo.toml").demo.recipe
+    old_demo = {"seed": 0, "recipe": dataclasses.asdict(demo)}
+    assert reuse.earlier_models_key(old_demo) == reuse.models_key(demo, 0)
+    assert reuse.earlier_models_key({**old_demo, "seed": 1}) != reuse.models_key(demo, 0)
+    moved = {**old_demo, "recipe": {**old_demo["recipe"], "finetune_tokens": 8192}}
+    assert reuse.earlier_models_key(moved) != reuse.models_key(demo, 0)
+
     recipe = load_config(ROOT / "configs" / "smollm2-medical.toml").demo.recipe
     old = {"seed": 0, "recipe": dataclasses.asdict(recipe)}  # from-scratch fields included, as they were then
-    assert reuse.earlier_models_key(old) == reuse.models_key(recipe, 0)
-    assert reuse.earlier_models_key({**old, "seed": 1}) != reuse.models_key(recipe, 0)
-    moved = {**old, "recipe": {**old["recipe"], "finetune_tokens": 8192}}
-    assert reuse.earlier_models_key(moved) != reuse.models_key(recipe, 0)
+    assert reuse.earlier_models_key(old) != reuse.models_key(recipe, 0)
+    current = {"seed": 0, "recipe": reuse.used_recipe(recipe), "models_key": reuse.models_key(recipe, 0)}
+    assert reuse.earlier_models_key(current) == reuse.models_key(recipe, 0)
     sae_only = dataclasses.replace(recipe, sae_l1_coefficient=1.0, d_sae=4608)
     assert reuse.models_key(sae_only, 0) == reuse.models_key(recipe, 0)
 
