@@ -7,6 +7,7 @@ reads or reconstructs it (SAELens's `ignore_tokens=[bos]` on rows that hold BOS 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +86,43 @@ def hook_loss_sums(model: Any, hook_name: str, rows: Tensor, batch_size: int, sp
                    progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, float]:
     """Summed CE loss (nats) "clean", "spliced", "zero" over the n × (T - 1) predicted tokens of rows [n, T]: sums,
     so that shards of the rows add up."""
-    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    return hook_loss_sums_each(model, hook_name, rows, batch_size,
+                               lambda start, stop: {"spliced": splice_for(start, stop)}, progress)
+
+
+def resume_layer(hook_name: str) -> int | None:
+    """L for `blocks.L.hook_resid_pre`: the whole residual stream enters block L there, so a pass can start at
+    block L from a replaced activation. None for hooks inside a block (its other branch is not in the activation)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_pre", hook_name)
+    return int(match.group(1)) if match else None
+
+
+@torch.no_grad()
+def hook_loss_sums_each(model: Any, hook_name: str, rows: Tensor, batch_size: int,
+                        splices_for: Callable[[int, int], dict[str, Hook]],
+                        progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, float]:
+    """Summed CE loss (nats) "clean", "zero" (the hook zero-ablated) and one per splice over rows [n, T]:
+    `splices_for(start, stop)` gives rows start:stop's hooks by name (several SAEs at one hook share the clean and
+    the zero-ablated pass; the transfer stage runs two SAEs on each model). Each hook is called once a batch.
+
+    At `blocks.L.hook_resid_pre` the clean pass keeps the activation there and each replaced pass starts at block L
+    (`start_at_layer`) instead of at the embedding: on SmolLM2 at block 10 of 30 a replaced pass costs 2/3 of a
+    whole one. It gives the losses of the whole pass with the hook (tested against `run_with_hooks`)."""
+    layer = resume_layer(hook_name)
+    sums: dict[str, float] = {"clean": 0.0, "zero": 0.0}
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size].to(model.cfg.device)
-        sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
-        splice = splice_for(start, start + batch.shape[0])
-        for name, hook in (("spliced", splice), ("zero", _zero_ablate)):
-            loss = model.run_with_hooks(batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_name, hook)])
-            sums[name] += loss.sum().item()
+        hooks = {**splices_for(start, start + batch.shape[0]), "zero": _zero_ablate}
+        if layer is None:
+            sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
+            losses = {name: model.run_with_hooks(batch, return_type="loss", loss_per_token=True,
+                                                 fwd_hooks=[(hook_name, hook)]) for name, hook in hooks.items()}
+        else:
+            clean, captured = run_capturing(model, batch, [hook_name], return_type="loss", loss_per_token=True)
+            sums["clean"] += clean.sum().item()
+            act, point = captured[hook_name], model.hook_dict[hook_name]
+            losses = {name: model(hook(act.clone(), point), start_at_layer=layer, tokens=batch, return_type="loss",
+                                  loss_per_token=True) for name, hook in hooks.items()}
+        for name, loss in losses.items():
+            sums[name] = sums.get(name, 0.0) + loss.sum().item()
     return sums

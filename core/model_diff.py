@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.hook_reads import HookLosses, activations_at_hook, hook_losses
+from core.hook_reads import HookLosses, activations_at_hook, hook_loss_sums_each
 from core.sae_metrics import ReconstructionStats, SaeQuality
 
 COSINE_EDGES = np.linspace(-1.0, 1.0, 41)  # 40 bins of 0.05
@@ -260,14 +260,28 @@ def collect_transfer(model: Any, sae: Any, hook_name: str, rows: Tensor, median_
                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> TransferAccumulator:
     """One shard's second transfer pass over token rows [n, T] (BOS first): the SAE spliced in at positions whose
     norm is at most outlier_factor × `median_norm` (the median over every shard); None filters nothing."""
+    return collect_transfers(model, {"sae": sae}, hook_name, rows, median_norm, outlier_factor, batch_size,
+                             progress)["sae"]
+
+
+def collect_transfers(model: Any, saes: dict[str, Any], hook_name: str, rows: Tensor, median_norm: float,
+                      outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR, batch_size: int = 16,
+                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, TransferAccumulator]:
+    """collect_transfer for several SAEs at one hook of one model, by name: they share each batch's clean and
+    zero-ablated pass (the transfer stage's own SAE and other SAE on a model)."""
     threshold = float("inf") if outlier_factor is None else outlier_factor * median_norm
-    accumulator = TransferAccumulator(sae.cfg.d_in, sae.cfg.d_sae, median_norm, threshold)
-    splice = _filtered_splice(sae, threshold, accumulator)
+    accumulators = {name: TransferAccumulator(sae.cfg.d_in, sae.cfg.d_sae, median_norm, threshold)
+                    for name, sae in saes.items()}
+    # Splices named apart from "clean" and "zero", whatever the SAEs are called.
+    splices = {f"spliced {name}": _filtered_splice(sae, threshold, accumulators[name]) for name, sae in saes.items()}
     for start in progress(range(0, rows.shape[0], batch_size)):
         batch = rows[start:start + batch_size]
-        losses = hook_losses(model, hook_name, batch, batch.shape[0], lambda start, stop: splice)
-        accumulator.add_losses(losses, batch.shape[0] * (batch.shape[1] - 1))
-    return accumulator
+        sums = hook_loss_sums_each(model, hook_name, batch, batch.shape[0], lambda start, stop: splices)
+        n_predicted = batch.shape[0] * (batch.shape[1] - 1)
+        for name, accumulator in accumulators.items():
+            accumulator.add_losses(HookLosses(sums["clean"] / n_predicted, sums[f"spliced {name}"] / n_predicted,
+                                              sums["zero"] / n_predicted), n_predicted)
+    return accumulators
 
 
 def _filtered_splice(sae: Any, threshold: float, accumulator: TransferAccumulator) -> Callable[[Tensor, Any], Tensor]:

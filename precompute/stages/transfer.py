@@ -2,7 +2,7 @@
 
 Two token passes (PASSES), each cut into shards of the pair's rows: `norm_shard` samples every activation norm at each
 SAE's hook on each model (NormSample; merged, their medians set the outlier filter), then `transfer_shard`
-splices each SAE into each model with the positions above outlier_factor × that median left out
+splices each SAE into each model (the SAEs at one hook of a model sharing its clean pass) with the positions above outlier_factor × that median left out
 (TransferAccumulator). `finish` turns the merged accumulators into the tables."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from core.accumulator import AccumulatorMap
 from core.database.schema import TRANSFER_DENSITIES, TRANSFER_METRICS
 from core.loading import LoadedArm
-from core.model_diff import collect_norms, collect_transfer, log_density_correlation
+from core.model_diff import collect_norms, collect_transfers, log_density_correlation
 from precompute.pair import Pair, pair_key_parts, pair_tokens
 from precompute.pair_pass import PairPasses
 from precompute.stage import Stage, StageResult
@@ -45,12 +45,23 @@ def norm_shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> Accumula
 
 def transfer_shard(pair: Pair, rows: torch.Tensor, medians: dict[tuple[str, str], float]) -> AccumulatorMap:
     """TransferAccumulator by (SAE arm, model arm) over token rows [m, T]; `medians` by (model arm, hook) are
-    the merged norm_shard results over every shard."""
-    return AccumulatorMap({
-        (sae_arm.name, model_arm.name): collect_transfer(
-            model_arm.model, sae_arm.sae, sae_arm.hook_name, rows, medians[model_arm.name, sae_arm.hook_name],
-            pair.outlier_factor, pair.batch_size, progress=pair.progress(f"SAE {sae_arm.name} on {model_arm.name}"))
-        for sae_arm, model_arm in _combinations(pair)})
+    the merged norm_shard results over every shard. The SAEs at one hook of one model share each batch's clean
+    and zero-ablated pass (collect_transfers): 8 passes a batch for two models, not 12."""
+    groups: dict[tuple[str, str], list[LoadedArm]] = {}
+    models = {}
+    for sae_arm, model_arm in _combinations(pair):
+        groups.setdefault((model_arm.name, sae_arm.hook_name), []).append(sae_arm)
+        models[model_arm.name] = model_arm
+    accumulators = AccumulatorMap()
+    for (model_name, hook_name), sae_arms in groups.items():
+        names = " and ".join(arm.name for arm in sae_arms)
+        transfers = collect_transfers(
+            models[model_name].model, {arm.name: arm.sae for arm in sae_arms}, hook_name, rows,
+            medians[model_name, hook_name], pair.outlier_factor, pair.batch_size,
+            progress=pair.progress(f"SAE {names} on {model_name}"))
+        for arm in sae_arms:
+            accumulators[arm.name, model_name] = transfers[arm.name]
+    return accumulators
 
 
 def finish(pair: Pair, accumulators: AccumulatorMap) -> StageResult:

@@ -248,3 +248,39 @@ def test_gemma_reads_the_activation_transformers_runs(architecture, fields):
     rows = token_rows()[:, :12] % 96
     with torch.no_grad():
         assert (model(rows).log_softmax(-1) - hf(rows).logits.log_softmax(-1)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("hook_name", ["blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre", "blocks.1.hook_mlp_out"])
+def test_losses_resumed_at_the_hook_equal_whole_passes_with_the_hook(architecture, hook_name):
+    """hook_loss_sums_each starts each replaced pass at block L from the clean pass's activation at
+    blocks.L.hook_resid_pre (rotary positions, Gemma's scaled embedding and soft-capping must not notice); hooks
+    inside a block run whole. Both give the summed losses of `run_with_hooks`, with each hook called once."""
+    from core.hook_reads import hook_loss_sums_each, resume_layer
+
+    model = hooked(architecture, centred=True)
+    rows = token_rows(n_rows=3)
+    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    calls = []
+
+    def shift(scale):
+        def hook(act, hook):
+            calls.append(scale)
+            return act + scale * direction
+        return hook
+
+    hooks = {"half": lambda act, hook: calls.append("half") or act * 0.5, "shifted": shift(3.0)}
+    sums = hook_loss_sums_each(model, hook_name, rows, batch_size=2, splices_for=lambda start, stop: hooks)
+    with torch.no_grad():
+        def whole(hook=None):
+            hooks_ = [] if hook is None else [(hook_name, hook)]
+            return model.run_with_hooks(rows, return_type="loss", loss_per_token=True, fwd_hooks=hooks_).sum().item()
+        expected = {"clean": whole(), "half": whole(lambda act, hook: act * 0.5),
+                    "shifted": whole(lambda act, hook: act + 3.0 * direction),
+                    "zero": whole(lambda act, hook: torch.zeros_like(act))}
+    assert resume_layer(hook_name) == (None if "mlp" in hook_name else int(hook_name.split(".")[1]))
+    assert calls.count("half") == calls.count(3.0) == 2  # once a batch
+    assert set(sums) == set(expected)
+    for name, value in expected.items():
+        assert sums[name] == pytest.approx(value, rel=1e-5), name
+    assert len({round(v, 3) for v in expected.values()}) == 4  # the four passes differ: the check can tell them apart
