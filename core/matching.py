@@ -14,6 +14,11 @@ drift by 1e-5.
 The sums are mergeable (`CoactivationAccumulator`): shards of the corpus summed apart and added give the same
 Coactivations, so the pass can be split across workers.
 
+When one SAE was trained on from the other (SmolLM2's fine-tuned SAE goes on from the base SAE), feature i on both
+sides is one feature that the fine-tune may have moved: `same_index_corr` (the diagonal of the matrix) says how far,
+without a threshold, and `same_index_share` (how many best matches are the feature's own index; 1 / d_sae by chance
+for SAEs trained apart) says whether the SAEs share that lineage at all.
+
 Secondary measures for given pairs: decoder cosine (same d_in) and logit-weight similarity, the cosine of
 W_dec[a] @ W_U_a and W_dec[b] @ W_U_b over a shared vocabulary, computed in chunks of pairs.
 """
@@ -31,6 +36,9 @@ from torch import Tensor
 from core.hook_reads import features_at_hook
 
 DEFAULT_THRESHOLD = 0.8
+# One SAE went on from the other when at least this share of best matches is the feature's own index (SAEs
+# trained apart: about 1 / d_sae; SmolLM2's fine-tuned SAE from the base SAE: 0.98).
+LINEAGE_SHARE = 0.5
 CONSTANT_TOLERANCE = 1e-9  # n Σa² − (Σa)² below this share of n Σa² is rounding: the feature is constant
 
 
@@ -67,6 +75,15 @@ class FeatureMatches:
     b_n_fired: np.ndarray  # int64
     pairs: MatchPairs
     min_firings: int = 1
+    # [min(d_sae_a, d_sae_b)] float32: corr(A feature i, B feature i), NaN where either is dead, rare or constant
+    same_index_corr: np.ndarray | None = None
+
+    def same_index_share(self, side: str) -> float:
+        """Share of `side`'s ("a" or "b") features with a best match whose best match is their own index: near 1
+        when one SAE went on from the other, about 1 / d_sae for SAEs trained apart; NaN with no match at all."""
+        match = getattr(self, f"{side}_match")
+        matched = match >= 0
+        return float((match[matched] == np.arange(len(match))[matched]).mean()) if matched.any() else float("nan")
 
     def counts(self) -> dict[str, int]:
         """Number of features per status: persist_a, disappear, dead_a, rare_a, persist_b, emerge, dead_b, rare_b."""
@@ -260,12 +277,15 @@ def match_features(coactivations: Coactivations, threshold: float = DEFAULT_THRE
     b_best = torch.full((d_sae_b,), -torch.inf, dtype=torch.float64, device=sums.device)
     b_arg = torch.full((d_sae_b,), -1, dtype=torch.long, device=sums.device)
     excluded_a = torch.isnan(sums.inverse_spread(sums.sum_a, sums.sum_sq_a)) | (sums.n_fired_a < min_firings)
-    excluded_b = (torch.isnan(sums.inverse_spread(sums.sum_b, sums.sum_sq_b))
-                  | (sums.n_fired_b < min_firings)).nonzero().squeeze(1)
+    excluded_b_mask = torch.isnan(sums.inverse_spread(sums.sum_b, sums.sum_sq_b)) | (sums.n_fired_b < min_firings)
+    excluded_b = excluded_b_mask.nonzero().squeeze(1)
+    same = torch.full((min(d_sae_a, d_sae_b),), torch.nan, dtype=torch.float64, device=sums.device)
     pairs = []
     for start in progress(range(0, d_sae_a, block_rows)):
         rows = slice(start, min(start + block_rows, d_sae_a))
         corr = sums.correlation_block(rows)
+        diagonal = torch.arange(start, min(rows.stop, d_sae_b), device=sums.device)  # feature i against B's i
+        same[diagonal] = corr[diagonal - start, diagonal].clamp(-1, 1)
         corr[excluded_a[rows]] = -torch.inf  # max() would return NaN over undefined features: no match
         corr.index_fill_(1, excluded_b, -torch.inf)
         a_best[rows], a_arg[rows] = corr.max(dim=1)
@@ -278,6 +298,8 @@ def match_features(coactivations: Coactivations, threshold: float = DEFAULT_THRE
     b_corr, b_match = _defined(b_best, b_arg)
     n_fired_a, n_fired_b = coactivations.n_fired_a.copy(), coactivations.n_fired_b.copy()
     pair_a, pair_b, pair_corr = (torch.cat(part) for part in zip(*pairs))
+    n_same = len(same)
+    same[excluded_a[:n_same] | excluded_b_mask[:n_same]] = torch.nan
     return FeatureMatches(
         threshold=threshold, n_tokens=coactivations.n_tokens,
         a_match=a_match, a_corr=a_corr, a_status=feature_status(a_corr, n_fired_a, threshold, min_firings, "disappear"),
@@ -285,7 +307,7 @@ def match_features(coactivations: Coactivations, threshold: float = DEFAULT_THRE
         b_match=b_match, b_corr=b_corr, b_status=feature_status(b_corr, n_fired_b, threshold, min_firings, "emerge"),
         b_n_fired=n_fired_b,
         pairs=MatchPairs(_np(pair_a), _np(pair_b), _np(pair_corr).astype(np.float32)),
-        min_firings=min_firings,
+        min_firings=min_firings, same_index_corr=_np(same).astype(np.float32),
     )
 
 

@@ -99,6 +99,17 @@ def match_correlation_histogram(frame: pd.DataFrame, threshold: float | None = N
     return _compact(fig)
 
 
+def same_index_histogram(frame: pd.DataFrame, threshold: float | None = None) -> go.Figure:
+    """One arm's features: correlation with the other arm's feature of the same index, coloured by fate."""
+    fig = px.histogram(frame, x="same_index_corr", color="status", barmode="stack", nbins=50,
+                       color_discrete_map=STATUS_COLORS, category_orders={"status": list(STATUS_COLORS)},
+                       labels={"same_index_corr": "activation correlation with the same index in the other arm"})
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:g}")
+    fig.update_yaxes(title="features")
+    return _compact(fig)
+
+
 def similarity_histogram(hist: pd.DataFrame, kind: str) -> go.Figure:
     """Per-token cosine (linear bins) or Euclidean distance (log bins) between the two models' activations."""
     frame = hist[(hist["kind"] == kind) & (hist["count"] > 0)]

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from core.matching import LINEAGE_SHARE
 from dashboard import charts, data, render
 from dashboard import state_keys as keys
 
@@ -98,6 +99,23 @@ def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix
         when = "in fine-tuning" if not prefix else f"between {pair[0]} and {pair[1]}"
         best = f"; its best match is {other} feature {int(match)} at {corr_text}" if has_match else ""
         st.caption(f"{prefix}**{verb} {when}**{best}")
+    _same_index_line(fate, pair, arm, feature, has_match and int(match) == feature)
+
+
+def _same_index_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, shown: bool) -> None:
+    """When one SAE went on from the other (the pair's same-index share), feature i of the other arm is this
+    feature before / after the fine-tune: its correlation and decoder cosine with it, and a link to compare."""
+    corr, share = fate.get("same_index_corr"), data.query("pair_metrics", pair).get("matching.same_index_share_b")
+    if shown or corr is None or corr != corr or share is None or share < LINEAGE_SHARE:
+        return
+    cos = fate.get("same_index_cos")
+    cos_text = f", decoder cosine {cos:.3f}" if cos is not None and cos == cos else ""
+    other = fate["match_arm"]
+    st.page_link("views/compare.py", icon=":material/history:",
+                 label=f"same feature index in {other} (its SAE went on from the other): correlation {corr:.3f}"
+                       f"{cos_text} — compare",
+                 query_params={"left_arm": arm, "left_feature": str(feature), "right_arm": other,
+                               "right_feature": str(feature)})
 
 
 def _partners_line(arm: str, feature: int, other: str, shown: int = 12) -> None:

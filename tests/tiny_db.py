@@ -29,9 +29,14 @@ DIFF_FIRED = {"base": [40, 0, 30, 3, 25, 12], "finetuned": [40, 25, 38, 37, 0, 2
 # and finetuned feature 5 live on the divergent tokens (the others never fire there).
 DIVERGENT_ROWS = [(3, 0.2, 5), (0, 0.05, 2)]  # corpus row, mean KL, token of the max KL
 ENRICHED = {"base": (2, 3.0, 0.5), "finetuned": (5, 2.0, 0.0)}  # feature, mean there, mean elsewhere
+# write_tiny_db(..., lineage=True): the fine-tuned SAE went on from the base SAE. Feature i against the other arm's
+# feature i, where both fired (index 1: base dead, 3: base rare, 4: finetuned dead), consistent with the best
+# matches: 0 is its own best match (0.95), base 2's best is 0.4 so its own index is below, finetuned 5's best is base 5.
+SAME_INDEX = {0: (0.95, 0.99), 2: (0.35, 0.8), 5: (0.4, 0.5)}  # feature -> (corr, decoder cos)
+SAME_INDEX_SHARE = 0.75  # the stage's metric, given: six features are too few to show a lineage by themselves
 
 
-def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) -> Path:
+def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False, lineage: bool = False) -> Path:
     con, _ = db.open_build(path)
     db.write_study(con, "tiny", "", "{}", "hash", "{}", HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
     for position, arm in enumerate(arms):
@@ -43,7 +48,7 @@ def write_tiny_db(path: Path, arms=("base", "finetuned"), pair: bool = False) ->
         _write_neighbours(con, arm)
     if pair:
         db.write_pairs(con, [("base", "finetuned")])
-        _write_pair_stages(con)
+        _write_pair_stages(con, lineage)
         _write_cross_neighbours_and_map(con)
     db.publish(con, path)
     return path
@@ -89,7 +94,7 @@ def _write_arm_stages(con, arm: str) -> None:
                    token_set="corpus")
 
 
-def _write_pair_stages(con) -> None:
+def _write_pair_stages(con, lineage: bool = False) -> None:
     from core.corpus import TokenSet
 
     db.write_token_sets(con, [TokenSet("corpus", tuple(range(100)), (("general", 50), ("medical", 50)), 16),
@@ -105,14 +110,17 @@ def _write_pair_stages(con) -> None:
                          "match_corr": best[1] if best else (0.4 if STATUS[arm][f] in ("disappear", "emerge") else None),
                          "status": STATUS[arm][f], "n_fired": DIFF_FIRED[arm][f], "n_partners": len(mine),
                          "assigned_feature": kept[0][0] if kept else None,
-                         "assigned_corr": kept[0][1] if kept else None})
+                         "assigned_corr": kept[0][1] if kept else None,
+                         "same_index_corr": SAME_INDEX[f][0] if lineage and f in SAME_INDEX else None,
+                         "same_index_cos": SAME_INDEX[f][1] if lineage and f in SAME_INDEX else None})
     pairs = pa.table({"arm_a": ["base"] * len(PAIRS),
                       "feature_a": [p[0] for p in PAIRS], "arm_b": ["finetuned"] * len(PAIRS),
                       "feature_b": [p[1] for p in PAIRS], "corr": [p[2] for p in PAIRS], "assigned": [p[3] for p in PAIRS]})
     db.write_stage(con, ("base", "finetuned"), "matching", "k", 0.0,
                    {"feature_matches": pa.Table.from_pylist(rows), "match_pairs": pairs},
                    {"threshold": 0.8, "min_firings": 10, "n_tokens": 60, "n_pairs": 4, "n_assigned": 2,
-                    "assigned_corr_total": 1.85}, token_set="sample-4")
+                    "assigned_corr_total": 1.85} | ({"same_index_share_a": 0.5, "same_index_share_b": SAME_INDEX_SHARE}
+                                                    if lineage else {}), token_set="sample-4")
     transfer = [("base", "base", 0.25), ("base", "finetuned", 0.3), ("finetuned", "finetuned", 0.2),
                 ("finetuned", "base", 0.4)]
     table = pa.table({"arm_a": ["base"] * 8, "arm_b": ["finetuned"] * 8, "sae_arm": [t[0] for t in transfer for _ in (0, 1)],

@@ -11,7 +11,7 @@ import pandas as pd
 
 Pair = tuple[str, str]  # (arm_a, arm_b) as the config declares it
 DIFF_SORTABLE = ("arm", "feature", "coherence", "med_matches", "frac_nonzero", "max_act", "mean_act", "llr",
-                 "n_valid", "n_partners")
+                 "n_valid", "n_partners", "same_index_corr")
 _STATUS_ORDER = "list_position(['persist', 'emerge', 'disappear', 'rare', 'dead'], status)"  # a constant
 
 
@@ -79,19 +79,42 @@ def diff_features(con: duckdb.DuckDBPyConnection, pair: Pair, status: str, sort:
     return con.execute(f"""
         SELECT m.arm, m.feature, w.top_text AS top_tokens, a.frac_nonzero, m.n_fired AS diff_n_fired, w.coherence,
                w.med_matches, w.is_candidate, m.match_arm, m.match_feature, m.match_corr, m.n_partners, p.partners,
-               m.assigned_feature, m.assigned_corr, a.max_act, a.mean_act, a.llr, w.n_valid
+               m.assigned_feature, m.assigned_corr, m.same_index_corr, m.same_index_cos, a.max_act, a.mean_act,
+               a.llr, w.n_valid
         FROM feature_matches m LEFT JOIN feature_words w USING (arm, feature)
         LEFT JOIN feature_activations a USING (arm, feature) LEFT JOIN ({_PARTNER_LISTS}) p USING (arm, feature)
         WHERE m.arm_a = ? AND m.arm_b = ? AND m.status = ? ORDER BY {order} LIMIT ?""",
                        [*pair, *pair, *pair, status, pair[0], limit]).df()
 
 
+def same_index_correlations(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.DataFrame:
+    """arm, feature, status, same_index_corr, same_index_cos of every feature of the pair whose correlation with
+    the other arm's feature of the same index is defined (both fired, neither rare)."""
+    return con.execute("SELECT arm, feature, status, same_index_corr, same_index_cos FROM feature_matches "
+                       "WHERE arm_a = ? AND arm_b = ? AND same_index_corr IS NOT NULL ORDER BY arm <> ?, feature",
+                       [*pair, pair[0]]).df()
+
+
+def same_index_changes(con: duckdb.DuckDBPyConnection, pair: Pair, limit: int = 20) -> pd.DataFrame:
+    """arm_b's features that fired in both arms, least correlated with arm_a's feature of the same index first:
+    feature, status, same_index_corr, same_index_cos, top_tokens (arm_b's), top_tokens_a (arm_a's same index)."""
+    return con.execute("""
+        SELECT m.feature, m.status, m.same_index_corr, m.same_index_cos, wb.top_text AS top_tokens,
+               wa.top_text AS top_tokens_a
+        FROM feature_matches m
+        LEFT JOIN feature_words wb ON wb.arm = m.arm AND wb.feature = m.feature
+        LEFT JOIN feature_words wa ON wa.arm = m.match_arm AND wa.feature = m.feature
+        WHERE m.arm_a = ? AND m.arm_b = ? AND m.arm = ? AND m.same_index_corr IS NOT NULL
+        ORDER BY m.same_index_corr, m.feature LIMIT ?""", [*pair, pair[1], limit]).df()
+
+
 def feature_fates(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> pd.DataFrame:
     """The feature's fate in each declared pair it is in (config order): arm_a, arm_b, match_arm, match_feature,
-    match_corr, status, n_fired (on that pair's tokens), n_partners, assigned_feature, assigned_corr."""
+    match_corr, status, n_fired (on that pair's tokens), n_partners, assigned_feature, assigned_corr, same_index_corr,
+    same_index_cos (against the other arm's feature of the same index)."""
     return con.execute("""
         SELECT m.arm_a, m.arm_b, m.match_arm, m.match_feature, m.match_corr, m.status, m.n_fired, m.n_partners,
-               m.assigned_feature, m.assigned_corr
+               m.assigned_feature, m.assigned_corr, m.same_index_corr, m.same_index_cos
         FROM feature_matches m JOIN pairs p USING (arm_a, arm_b)
         WHERE m.arm = ? AND m.feature = ? ORDER BY p.position""", [arm, int(feature)]).df()
 
@@ -131,7 +154,7 @@ def matching_export(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.DataFrame:
                m.match_feature AS best_match, m.match_corr AS best_corr, m.n_partners,
                coalesce(l.partners, []) AS partners, coalesce(l.partner_corrs, []) AS partner_corrs,
                m.assigned_feature AS one_to_one_match, m.assigned_corr AS one_to_one_corr,
-               m.decoder_cos, m.logit_sim
+               m.decoder_cos, m.logit_sim, m.same_index_corr, m.same_index_cos
         FROM feature_matches m LEFT JOIN lists l USING (arm, feature)
         WHERE m.arm_a = ? AND m.arm_b = ? ORDER BY m.arm <> ?, m.feature""", [*pair, *pair, *pair, pair[0]]).df()
 

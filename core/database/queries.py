@@ -16,8 +16,8 @@ from core.coherence import CANDIDATE_MIN_MATCHES
 # The model diff's reads, one pair at a time, live in diff_queries; pages reach every read through this module.
 from core.database.diff_queries import (  # noqa: F401
     DIFF_SORTABLE, diff_counts, diff_features, diff_notes, feature_fates, feature_partners, many_to_one,
-    match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, similarity_by_position,
-    similarity_hist, transfer_densities, transfer_table)
+    match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, same_index_changes,
+    same_index_correlations, similarity_by_position, similarity_hist, transfer_densities, transfer_table)
 
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "fired_med_matches", "frac_nonzero", "max_act", "mean_act",
             "llr", "n_valid")

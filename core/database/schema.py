@@ -105,7 +105,8 @@ TRANSFER_DENSITIES = _table("transfer_densities", [*_PAIR, ("sae_arm", _S), ("mo
 FEATURE_MATCHES = _table("feature_matches", [
     *_PAIR, ("arm", _S), ("feature", _I32), ("match_arm", _S), ("match_feature", _I32), ("match_corr", _F32),
     ("status", _S), ("decoder_cos", _F32), ("logit_sim", _F32), ("n_fired", _I64), ("n_partners", _I32),
-    ("assigned_feature", _I32), ("assigned_corr", _F32)], keyed_by="pair")
+    ("assigned_feature", _I32), ("assigned_corr", _F32), ("same_index_corr", _F32), ("same_index_cos", _F32)],
+    keyed_by="pair")
 MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
                                      ("corr", _F32), ("assigned", _B)], keyed_by="pair")
 # divergence: every row of the pair's token set (mean / max KL(a ‖ b) and the max's BOS-less token index), the top

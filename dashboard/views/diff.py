@@ -3,8 +3,10 @@ fine-tune, checkpoint → checkpoint), and how far each SAE transfers. The pair 
 
 import streamlit as st
 
+from core.matching import LINEAGE_SHARE
 from dashboard import charts, data, place
 from dashboard.divergence import divergence_section
+from dashboard.lineage import same_index_section
 from dashboard import state_keys as keys
 
 config = data.require_database()
@@ -52,6 +54,11 @@ if not counts.empty:
     right.plotly_chart(charts.match_correlation_histogram(data.query("match_correlations", pair), threshold),
                        key="match_corr")
 
+    same_share = metrics.get("matching.same_index_share_b")
+    lineage = same_share is not None and same_share >= LINEAGE_SHARE
+    if lineage:
+        same_index_section(pair, same_share, threshold)
+
     st.subheader("Best match and one-to-one")
     persisting = data.query("diff_features", pair, "persist", "frac_nonzero", True, 100_000)
     for arm, other in ((arm_b, arm_a), (arm_a, arm_b)):
@@ -79,19 +86,28 @@ if not counts.empty:
     c1, c2 = st.columns([1, 3])
     status = c1.radio("Show", ("emerge", "disappear", "persist", "rare", "dead"), key=keys.DIFF_STATUS)
     sort_names = {"frac_nonzero": "density (corpus) ↓", "coherence": "coherence ↓", "med_matches": "medical matches ↓",
-                  "n_partners": "partners ↓"}
+                  "n_partners": "partners ↓"} | ({"same_index_corr": "corr. with own index ↑ (changed most)"}
+                                                 if lineage else {})
     sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
-    table = data.query("diff_features", pair, status, sort, True, 200)
+    table = data.query("diff_features", pair, status, sort, sort != "same_index_corr", 200)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
                          compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={int(mf)}"
                                   if mf == mf and mf is not None else None
                                   for a, f, ma, mf in zip(table["arm"], table["feature"], table["match_arm"],
-                                                          table["match_feature"])])
-    st.dataframe(table[["open", "compare", "arm", "feature", "top_tokens", "frac_nonzero", "diff_n_fired",
-                        "coherence", "med_matches", "match_feature", "match_corr", "n_partners", "partners",
+                                                          table["match_feature"])],
+                         own_index=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={f}"
+                                    for a, f, ma in zip(table["arm"], table["feature"], table["match_arm"])])
+    own = ["own_index", "same_index_corr", "same_index_cos"] if lineage else []
+    st.dataframe(table[["open", "compare", *own[:1], "arm", "feature", "top_tokens", "frac_nonzero", "diff_n_fired",
+                        "coherence", "med_matches", "match_feature", "match_corr", *own[1:], "n_partners", "partners",
                         "assigned_feature"]], hide_index=True, width="stretch", key="diff_table",
                  column_config={"open": st.column_config.LinkColumn("", display_text="open"),
                                 "compare": st.column_config.LinkColumn("", display_text="compare with best match"),
+                                "own_index": st.column_config.LinkColumn("", display_text="compare with own index"),
+                                "same_index_corr": st.column_config.NumberColumn("corr. with own index",
+                                                                                 format="%.3f"),
+                                "same_index_cos": st.column_config.NumberColumn("decoder cos. with own index",
+                                                                                format="%.3f"),
                                 "frac_nonzero": st.column_config.NumberColumn("density (corpus)", format="%.2e"),
                                 "diff_n_fired": st.column_config.NumberColumn("firings (diff tokens)"),
                                 "coherence": st.column_config.NumberColumn(format="%.3f"),

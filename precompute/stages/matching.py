@@ -1,5 +1,6 @@
 """matching: features of the two arms matched by activation correlation on the same tokens; each feature's
-best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment.
+best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment, and feature i
+against the other arm's feature i (the lineage of an SAE trained on from the other).
 
 One token pass (PASSES): `shard` sums any subset of the pair's rows into a CoactivationAccumulator; the
 accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
@@ -47,6 +48,8 @@ def finish(pair: Pair, coactivations: CoactivationAccumulator) -> StageResult:
         "arm_a": [a.name] * len(kept), "feature_a": pairs.a.astype(np.int32), "arm_b": [b.name] * len(kept),
         "feature_b": pairs.b.astype(np.int32), "corr": pairs.corr, "assigned": kept})
     metrics = {name: float(value) for name, value in matches.counts().items()}
+    metrics.update({"same_index_share_a": matches.same_index_share("a"),
+                    "same_index_share_b": matches.same_index_share("b")})
     metrics.update({"threshold": pair.threshold, "n_tokens": matches.n_tokens, "min_firings": pair.min_firings,
                     "n_pairs": len(kept), "n_assigned": int(kept.sum()),
                     "assigned_corr_total": float(pairs.corr[kept].sum())})
@@ -63,6 +66,13 @@ def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.
     cos = decoder_cosine(arm.sae.W_dec, other.sae.W_dec, own_ids, match) if same_width else np.full(len(match), np.nan)
     logit = _logit_similarity(arm, other, own_ids, match) if pair.same_tokenizer() else np.full(len(match), np.nan)
     partner, partner_corr = assigned
+    # feature i against the other arm's feature i (one SAE trained on from the other: one feature, maybe moved)
+    same = np.full(len(match), np.nan, np.float32)
+    same[:len(matches.same_index_corr)] = matches.same_index_corr
+    n_both = min(len(match), other.d_sae)
+    same_cos = np.full(len(match), np.nan, np.float32)
+    if same_width:
+        same_cos[:n_both] = decoder_cosine(arm.sae.W_dec, other.sae.W_dec, own_ids[:n_both], own_ids[:n_both])
     return pa.table({
         **pair.columns(len(match)), "arm": [arm.name] * len(match), "feature": own_ids.astype(np.int32),
         "match_arm": [other.name] * len(match), "match_feature": pa.array(np.where(match < 0, None, match), pa.int32()),
@@ -72,7 +82,9 @@ def _match_table(pair: Pair, side: str, matches: FeatureMatches, n_partners: np.
         "n_fired": np.asarray(getattr(matches, f"{side}_n_fired"), np.int64),
         "n_partners": np.asarray(n_partners, np.int32),
         "assigned_feature": pa.array(np.where(partner < 0, None, partner), pa.int32()),
-        "assigned_corr": pa.array(partner_corr, mask=np.isnan(partner_corr))})
+        "assigned_corr": pa.array(partner_corr, mask=np.isnan(partner_corr)),
+        "same_index_corr": pa.array(same, mask=np.isnan(same)),
+        "same_index_cos": pa.array(same_cos, mask=np.isnan(same_cos))})
 
 
 def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: np.ndarray) -> np.ndarray:
@@ -81,7 +93,7 @@ def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: 
 
 PASSES = PairPasses((shard,), finish)
 
-# version 2: dead / rare statuses, every pair, the assignment
-STAGE = Stage("matching", version=2, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,
+# version 2: dead / rare statuses, every pair, the assignment; 3: same_index_corr / _cos, same_index_share
+STAGE = Stage("matching", version=3, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,
               key_parts=pair_key_parts, tokens=pair_tokens, passes=PASSES,
               skip_reason=lambda pair: different_tokenizers(pair, "matching"))

@@ -103,6 +103,38 @@ def test_rare_features_get_their_own_status_and_are_nobodys_partner():
     assert strict.counts()["rare_a"] == 1 and strict.counts()["dead_a"] == 1 and strict.counts()["persist_b"] == 1
 
 
+def test_same_index_correlation_is_the_diagonal_and_the_share_tells_a_lineage_from_a_permutation():
+    """B went on from A: feature j is A's j plus a growing share of fresh noise (corr(i, i) falls from 1 with j),
+    features 0 and 1 of B are new, A's 9 never fires and B has 2 more features than A. corr(i, i) is the brute
+    force np.corrcoef diagonal where both fired (NaN elsewhere), whatever the threshold; permuting B's features
+    leaves the best matches' correlations and drops the same-index share from ~1 to chance."""
+    d, n = 12, 4000
+    a = sparse_signals(n, d, 0.08, seed=11)
+    a[:, 9] = 0
+    noise = sparse_signals(n, d + 2, 0.08, seed=12)
+    mix = torch.linspace(0.0, 1.2, d + 2)
+    b = torch.cat([a, torch.zeros(n, 2)], dim=1) + mix * noise
+    b[:, :2] = noise[:, :2]
+    matches = match_features(accumulate(a, b, batch=500).result(), threshold=0.8, block_rows=5)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        full = np.corrcoef(np.hstack([a.numpy(), b.numpy()]).T.astype(np.float64))[:d, d:]
+    expected = np.diagonal(full).copy()  # [d]: B has d + 2 features, the diagonal stops at A's last
+    assert matches.same_index_corr.shape == (d,)
+    assert np.isnan(matches.same_index_corr[9]) and np.isnan(expected[9])
+    np.testing.assert_allclose(matches.same_index_corr, expected, atol=1e-6, equal_nan=True)
+    assert np.all(np.diff(matches.same_index_corr[2:9]) < 0)  # more noise, less of itself
+    assert abs(matches.same_index_corr[0]) < 0.1 and matches.same_index_corr[3] > 0.95
+    emerged = np.flatnonzero(matches.b_status[:d] == "emerge")
+    assert set(emerged) >= {0, 1, 11} - {9}  # at 0.8 the most drifted are "emerged" although they are A's i
+    assert matches.same_index_share("b") == pytest.approx(9 / 13, abs=0.1)  # B's 12 and 13 have no own index
+    assert matches.same_index_share("a") > 0.8
+
+    perm = torch.randperm(d + 2, generator=torch.Generator().manual_seed(13))
+    shuffled = match_features(accumulate(a, b[:, perm], batch=500).result(), threshold=0.8, block_rows=5)
+    np.testing.assert_allclose(np.sort(shuffled.b_corr), np.sort(matches.b_corr[perm.numpy()]), atol=1e-6)
+    assert shuffled.same_index_share("b") < 0.3
+
+
 def test_a_planted_many_to_one_match_lists_every_partner():
     """B features 0, 1, 2 are noisy copies of A feature 4: each one's best match is A 4, and A 4 has 3 partners."""
     a = sparse_signals(3000, 6, 0.05, seed=7)

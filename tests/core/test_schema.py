@@ -83,9 +83,17 @@ def schema_12(v11: dict) -> dict:
     return {**v11, "schema_version": 12, "tables": {**v11["tables"], "feature_words": words}}
 
 
+def schema_13(v12: dict) -> dict:
+    """Schema 13: feature_matches holds feature i against the other arm's feature i (correlation, decoder cosine)."""
+    matches = v12["tables"]["feature_matches"] + [["same_index_corr", "FLOAT"], ["same_index_cos", "FLOAT"]]
+    return {**v12, "schema_version": 13, "tables": {**v12["tables"], "feature_matches": matches}}
+
+
 
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
-    expected = schema_12(schema_11(schema_10(schema_9(schema_8(schema_7(json.loads(SNAPSHOT.read_text())))))))
+    expected = json.loads(SNAPSHOT.read_text())
+    for upgrade in (schema_7, schema_8, schema_9, schema_10, schema_11, schema_12, schema_13):
+        expected = upgrade(expected)
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
     con, _ = db.open_build(tmp_path / "features.duckdb")

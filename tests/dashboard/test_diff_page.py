@@ -129,3 +129,54 @@ def test_the_most_divergent_rows_open_inspect_and_enriched_features_their_page(s
     sources = table(at, "of the top 2 rows")
     assert sources[["source", "rows", "of the top 2 rows"]].values.tolist() == [["corpus", 2, 2]]
 
+
+
+def test_without_a_shared_index_the_page_reads_fates_only(study):
+    """SAEs trained apart (or a database from before the same-index measure): no section, no column, no sort."""
+    at = page("diff")
+    assert not at.exception and "Feature i on both sides" not in [h.value for h in at.subheader]
+    assert "same_index_corr" not in table(at, "open").columns
+    assert "same_index_corr" not in at.selectbox(key="diff_sort").options
+
+
+def test_a_fine_tuned_sae_trained_on_from_the_base_is_read_feature_by_feature(tmp_path, monkeypatch):
+    """tiny_db's lineage: 75% of best matches at their own index; feature i against itself where both fired:
+    0 → 0.95, 2 → 0.35, 5 → 0.4 (5 emerged, 0 and 2 persist)."""
+    tiny_study(tmp_path, monkeypatch, pair=True, lineage=True)
+    at = page("diff")
+    assert not at.exception and "Feature i on both sides" in [h.value for h in at.subheader]
+    assert "**75%** of finetuned's features with a best match find it at **their own index** in base" in text(at)
+    assert "about once in 6" in text(at)
+    stats = next(d.value for d in at.dataframe if "median_corr" in d.value.columns).set_index("status")
+    assert stats.loc["persist", "features"] == 2 and stats.loc["persist", "median_corr"] == pytest.approx(0.65)
+    assert stats.loc["emerge", "features"] == 1 and stats.loc["emerge", "median_corr"] == pytest.approx(0.4)
+    changed = table(at, "top_tokens_a")
+    assert changed["feature"].tolist() == [2, 5, 0]
+    assert changed["same_index_corr"].tolist() == pytest.approx([0.35, 0.4, 0.95])
+    assert changed["compare"][0] == "/compare?left_arm=base&left_feature=2&right_arm=finetuned&right_feature=2"
+    figure = at.get("plotly_chart")[2].proto.spec
+    assert "same index" in figure
+    emerged = table(at, "open")  # the fate table opens on emerged features
+    assert emerged["same_index_corr"].tolist() == pytest.approx([0.4])
+    assert emerged["own_index"][0] == "/compare?left_arm=finetuned&left_feature=5&right_arm=base&right_feature=5"
+    at.radio(key="diff_status_choice").set_value("persist").run()
+    at.selectbox(key="diff_sort").set_value("same_index_corr").run()
+    persisting = table(at, "open")
+    finetuned = persisting[persisting["arm"] == "finetuned"]
+    assert finetuned["feature"].tolist()[:2] == [2, 0]  # least of itself first; 1 and 3 have no own index (NULLs last)
+
+
+def test_the_feature_page_links_a_feature_to_its_own_index_in_the_other_arm(tmp_path, monkeypatch):
+    """finetuned 2 persists as base 0's partner, but it is base 2 gone on: the link names its same-index
+    correlation 0.35 and decoder cosine 0.8. finetuned 0 and 5 have their own index as best match, which the fate
+    line already links or names: no second line."""
+    tiny_study(tmp_path, monkeypatch, pair=True, lineage=True)
+
+    def links(feature):
+        at = page("feature", arm="finetuned", feature=str(feature))
+        assert not at.exception
+        return [link.proto.label for link in at.get("page_link") if link.proto.label.startswith("same feature index")]
+
+    assert links(2) == ["same feature index in base (its SAE went on from the other): correlation 0.350, decoder "
+                        "cosine 0.800 — compare"]
+    assert links(0) == links(5) == []

@@ -6,6 +6,7 @@ transfers onto the other arm's model with exactly its own numbers."""
 
 import numpy as np
 import pytest
+import torch
 
 from pair_study import CONTEXT, D_SAE, PERMUTATION, build_pair_study
 
@@ -42,6 +43,27 @@ def test_matching_recovers_a_known_permutation(pair_study):
     view = query(pair_study, "SELECT diff_status, match_feature FROM features WHERE arm = 'finetuned' AND feature = ?",
                  [int(inverse[fired[0]])])
     assert view.diff_status[0] == "persist" and view.match_feature[0] == fired[0]
+
+
+def test_feature_i_against_the_other_arms_feature_i(pair_study):
+    """B is A permuted: only A's fixed points (8 and 9) keep their index, so the same-index share is theirs
+    among the fired features, their same-index correlation is 1, and every decoder cosine is cos(A_i, A_perm[i])."""
+    from sae_lens import SAE
+
+    matches = query(pair_study, "SELECT feature, status, same_index_corr, same_index_cos FROM feature_matches "
+                                "WHERE arm = 'base' ORDER BY feature").set_index("feature")
+    fired = matches.index[matches.status == "persist"].tolist()
+    fixed = [i for i in fired if PERMUTATION[i] == i]
+    assert fixed == [8, 9]
+    share = query(pair_study, "SELECT value FROM metrics WHERE stage = 'matching' AND metric = 'same_index_share_a'")
+    assert share.value[0] == pytest.approx(len(fixed) / len(fired))
+    for i in fixed:
+        assert matches.loc[i, "same_index_corr"] == pytest.approx(1.0, abs=1e-5)
+    dead = matches.index[matches.status == "dead"].tolist()
+    assert matches.loc[dead, "same_index_corr"].isna().all()  # never fired: no correlation with anything
+    W_dec = SAE.load_from_disk(pair_study.arms[0].sae_path).W_dec.detach().double()
+    expected = torch.nn.functional.cosine_similarity(W_dec, W_dec[PERMUTATION], dim=1).numpy()
+    np.testing.assert_allclose(matches.same_index_cos.to_numpy(), expected, atol=1e-5)
 
 
 def test_a_model_with_itself_has_cosine_one_and_distance_zero(pair_study):
