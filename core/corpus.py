@@ -1,8 +1,8 @@
 """The study's token corpus: text from local files or a streamed hub dataset, packed into BOS-led rows.
 
 Every row is `[BOS] + context_size - 1` tokens of the stream "doc <eos> doc <eos> …", the layout GPT-2 and its
-SAEs were trained with. BOS and EOS are the plain-text ones `core.models.sources.use_plain_document_tokens` sets: an
-instruct tokenizer's chat turn markers give way to its plain end-of-text token. A `text_files` corpus takes an equal share of rows from each file (the demo: general
+SAEs were trained with. BOS is the plain-text one `core.models.sources.use_plain_text_bos` sets: an instruct
+tokenizer's chat-turn opener gives way to its plain end-of-text token. A `text_files` corpus takes an equal share of rows from each file (the demo: general
 and medical held-out text, half each), so one long file cannot crowd out the other domain.
 
 A measurement that reads fewer tokens than the corpus (the quality stage's `activations.quality_tokens`, the
@@ -26,8 +26,9 @@ from core.config import CorpusConfig
 from core.errors import StudyInputError
 
 logger = logging.getLogger(__name__)
-# Part of every stage key that reads rows: 2 since instruct tokenizers' turn markers stopped separating documents.
-ROWS_VERSION = 2
+# Part of every stage key that reads rows: 3 since rows of an instruct tokenizer stopped starting with a turn opener
+# (2: joined by <|endoftext|> too, for one commit).
+ROWS_VERSION = 3
 ENCODE_CHUNK = 2000  # texts per tokenizer call: stop encoding once there are enough rows
 
 

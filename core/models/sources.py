@@ -69,7 +69,7 @@ def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[An
         # transformers' GGUF reader raises these for a GGUF that holds no language model it knows.
         raise StudyInputError(f"{field}: {where} is a GGUF file but not a causal language model transformers can "
                               f"read ({_first_line(err)})") from err
-    use_plain_document_tokens(tokenizer)
+    use_plain_text_bos(tokenizer)
     return hf_model, tokenizer
 
 
@@ -77,26 +77,21 @@ def _from_pretrained(source: str, extra: dict[str, Any], field: str) -> tuple[An
 PLAIN_END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")
 
 
-def use_plain_document_tokens(tokenizer: Any) -> None:
-    """Every row the product runs is plain text: corpus rows are "BOS doc EOS doc EOS …", prompts start with BOS and
-    generation stops at EOS. An instruct tokenizer's BOS / EOS are often the chat template's turn markers
-    (SmolLM2-Instruct: `<|im_start|>` / `<|im_end|>`; Qwen has no BOS and ends turns with `<|im_end|>`); used as
-    document separators they teach a fine-tune a chat boundary inside prose, and steered text opens with
-    `<|im_end|>` runs. Such a marker (a token the chat template writes literally) gives way to the vocabulary's
-    plain end-of-text token, the separator the model was pretrained with; without one a missing BOS is the EOS,
-    as GPT-2's `<|endoftext|>` is both. Generation in chat (the explainer) stops at the model's
-    generation_config EOS, which this leaves alone."""
+def use_plain_text_bos(tokenizer: Any) -> None:
+    """Every row the product runs is plain text: corpus rows are "BOS doc EOS doc EOS …" and prompts start with
+    BOS. An instruct tokenizer's BOS is often the chat template's turn opener (SmolLM2-Instruct: `<|im_start|>`,
+    after which the model expects a role name), and Qwen's tokenizers have none: rows then start with the
+    vocabulary's plain end-of-text token (one the chat template does not write), as GPT-2's do; without one, a
+    missing BOS is the EOS. Measured on SmolLM2-135M-Instruct (held-out text, the tokens of each row's first
+    document): perplexity 118.7 after `<|endoftext|>` against 130.5 after `<|im_start|>` (general), 48.2 against
+    56.0 (medical). The EOS stays the tokenizer's own, even a turn end (`<|im_end|>`): as the separator between
+    documents it reads better than `<|endoftext|>` (the next document's text: 59.7 against 99.5 general, 29.2
+    against 33.5 medical). Chat generation (the explainer) formats with the chat template, which this leaves alone."""
     template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
     vocabulary = tokenizer.get_vocab()
     plain = next((t for t in PLAIN_END_OF_TEXT if t in vocabulary and t not in template), None)
-
-    def turn_marker(token: str | None) -> bool:
-        return token is not None and token in template
-
-    if plain is not None and (tokenizer.eos_token is None or turn_marker(tokenizer.eos_token)):
-        logger.info("document separator %r in place of the chat turn marker %r", plain, tokenizer.eos_token)
-        tokenizer.eos_token = plain
-    if tokenizer.bos_token is None or (plain is not None and turn_marker(tokenizer.bos_token)):
+    turn_opener = tokenizer.bos_token is not None and tokenizer.bos_token in template
+    if tokenizer.bos_token is None or (plain is not None and turn_opener):
         lead = plain if plain is not None else tokenizer.eos_token
         if lead is not None:
             logger.info("rows start with %r in place of BOS %r", lead, tokenizer.bos_token)

@@ -22,9 +22,10 @@ FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
 MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
                 "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
 MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
-# 2: a pretrained instruct model's rows are joined by its plain end-of-text, not by its chat turn marker
-# (core.models.sources.use_plain_document_tokens); a from-scratch build's tokenizer has no other token to use.
-PRETRAINED_MODELS_VERSION = 2
+# 2: rows joined by <|endoftext|> too (one commit, measured worse); 3: a pretrained instruct model's rows start with
+# its plain end-of-text, not its chat-turn opener (core.models.sources.use_plain_text_bos); a from-scratch build's
+# tokenizer has no other token to use.
+PRETRAINED_MODELS_VERSION = 3
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
 # What the base arm's SAE depends on besides its model (the fine-tuned SAE's own fields are not among them).
 BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_l1_coefficient", "sae_lr", "sae_tokens", "sae_batch_tokens",

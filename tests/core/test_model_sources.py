@@ -144,44 +144,44 @@ def test_a_tokenizer_without_bos_leads_rows_with_its_eos(tmp_path):
 CHAT = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 
 
-@pytest.mark.parametrize("specials, bos, eos, template, want_bos, want_eos", [
-    # SmolLM2-Instruct: BOS and EOS are the chat template's turn markers; its plain end-of-text takes both places.
-    (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", CHAT, "<|endoftext|>", "<|endoftext|>"),
-    # Qwen2-Instruct: no BOS, EOS ends a turn.
-    (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", CHAT, "<|endoftext|>", "<|endoftext|>"),
-    # Llama 3-Instruct spelling, with the template writing only the turn end literally: BOS stays.
+@pytest.mark.parametrize("specials, bos, eos, template, want_bos", [
+    # SmolLM2-Instruct: BOS opens a chat turn; its plain end-of-text leads rows (the EOS stays the separator).
+    (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", CHAT, "<|endoftext|>"),
+    # Qwen2-Instruct: no BOS at all.
+    (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|im_end|>", CHAT, "<|endoftext|>"),
+    # Llama 3-Instruct spelling, the template writing the BOS through a variable, not literally: BOS stays.
     (["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"], "<|begin_of_text|>", "<|im_end|>", CHAT,
-     "<|begin_of_text|>", "<|end_of_text|>"),
-    # A base model (no template): its own tokens stay, even when it has a plain end-of-text besides.
-    (["<|endoftext|>", "<s>", "</s>"], "<s>", "</s>", None, "<s>", "</s>"),
-    # Turn markers but no plain end-of-text in the vocabulary: nothing better to use, they stay.
-    (["<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", CHAT, "<|im_start|>", "<|im_end|>"),
+     "<|begin_of_text|>"),
+    # A base model (no template): its own BOS stays, even when it has a plain end-of-text besides.
+    (["<|endoftext|>", "<s>", "</s>"], "<s>", "</s>", None, "<s>"),
+    # A turn opener but no plain end-of-text in the vocabulary: nothing better to use, it stays.
+    (["<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>", CHAT, "<|im_start|>"),
 ])
-def test_rows_of_an_instruct_tokenizer_are_joined_by_its_plain_end_of_text(specials, bos, eos, template, want_bos,
-                                                                            want_eos):
-    """A chat turn marker as document separator taught the SmolLM2 fine-tune `<|im_end|>` inside prose (steered
-    text opened with `<|im_end|>.` runs); rows and prompts use the plain end-of-text instead."""
+def test_rows_of_an_instruct_tokenizer_start_with_its_plain_end_of_text(specials, bos, eos, template, want_bos):
+    """SmolLM2-Instruct's BOS `<|im_start|>` opens a chat turn: its text read worse after it than after
+    `<|endoftext|>` (perplexity 130.5 against 118.7). Rows and prompts start with the plain token; documents are
+    still joined by the tokenizer's EOS."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     from core.corpus import pack_rows
-    from core.models.sources import use_plain_document_tokens
+    from core.models.sources import use_plain_text_bos
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(["the heart and the kidney"] * 20, vocab_size=280, special_tokens=specials)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=bos, eos_token=eos)
     tokenizer.chat_template = template
-    use_plain_document_tokens(tokenizer)
-    assert (tokenizer.bos_token, tokenizer.eos_token) == (want_bos, want_eos)
+    use_plain_text_bos(tokenizer)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == (want_bos, eos)
     rows = pack_rows(["the heart", "the kidney"] * 8, tokenizer, 8)
     ids = tokenizer.convert_tokens_to_ids
     assert (rows[:, 0] == ids(want_bos)).all()
     stream = rows[:, 1:].flatten().tolist()
     doc = tokenizer("the heart", add_special_tokens=False)["input_ids"]
-    assert stream[len(doc)] == ids(want_eos)  # the first document ends with the separator
-    assert set(stream) & {ids(t) for t in specials} == {ids(want_eos)}  # no other special token inside the text
+    assert stream[len(doc)] == ids(eos)  # the first document ends with the separator
+    assert set(stream) & {ids(t) for t in specials} == {ids(eos)}  # no other special token inside the text
     if template is not None:  # the chat template is left as it was (the explainer formats with it)
-        assert "<|im_end|>" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        assert "<|im_start|>" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
 def test_check_names_each_arms_architecture(llama, tmp_path, capsys):

@@ -166,7 +166,7 @@ def test_a_recipe_that_changes_only_the_sae_keeps_the_models(built, tmp_path):
 
 def test_a_build_from_before_models_keys_is_recognised_by_its_recipe():
     """Manifests written before the key list every recipe field. A from-scratch build (the GPT-2 demo) of then is
-    kept; a pretrained one (data/smollm2 of the first build) is stale: its rows were joined by `<|im_end|>`."""
+    kept; a pretrained one (data/smollm2 of the first build) is stale: its rows started with `<|im_start|>`."""
     demo = load_config(ROOT / "configs" / "demo.toml").demo.recipe
     old_demo = {"seed": 0, "recipe": dataclasses.asdict(demo)}
     assert reuse.earlier_models_key(old_demo) == reuse.models_key(demo, 0)
