@@ -28,9 +28,9 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
         features=("feature", "size"), median_corr=("same_index_corr", "median"),
         lowest_quarter=("same_index_corr", lambda c: c.quantile(0.25)), median_cos=("same_index_cos", "median"))
     order = [s for s in ("persist", "emerge") if s in stats.index]
-    left, right = st.columns([2, 3])
+    left, right = st.columns([1, 1])
     left.markdown(f"{arm_b}'s features that fired in both arms, by fate:")
-    left.dataframe(stats.loc[order].reset_index(), hide_index=True, key="same_index_stats",
+    left.dataframe(stats.loc[order].reset_index(), hide_index=True, width="stretch", key="same_index_stats",
                    column_config={"median_corr": st.column_config.NumberColumn("median corr. with own index",
                                                                                format="%.3f"),
                                   "lowest_quarter": st.column_config.NumberColumn("25th percentile", format="%.3f"),
@@ -44,10 +44,10 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
                                       for f in changed["feature"]])
     st.markdown(f"**Changed most**: {arm_b}'s features least correlated with their own index (both fired)")
     st.dataframe(pd.DataFrame(changed[["compare", "feature", "status", "same_index_corr", "same_index_cos",
-                                       "top_tokens_a", "top_tokens"]]), hide_index=True, width="stretch",
+                                       "fired_a", "fired_b"]]), hide_index=True, width="stretch",
                  key="same_index_changed",
                  column_config={"compare": st.column_config.LinkColumn("", display_text="compare"),
                                 "same_index_corr": st.column_config.NumberColumn("corr. with own index",
                                                                                  format="%.3f"),
                                 "same_index_cos": st.column_config.NumberColumn("decoder cos.", format="%.3f"),
-                                "top_tokens_a": f"top tokens in {arm_a}", "top_tokens": f"top tokens in {arm_b}"})
+                                "fired_a": f"fires most on in {arm_a}", "fired_b": f"fires most on in {arm_b}"})

@@ -97,13 +97,15 @@ def same_index_correlations(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.Da
 
 def same_index_changes(con: duckdb.DuckDBPyConnection, pair: Pair, limit: int = 20) -> pd.DataFrame:
     """arm_b's features that fired in both arms, least correlated with arm_a's feature of the same index first:
-    feature, status, same_index_corr, same_index_cos, top_tokens (arm_b's), top_tokens_a (arm_a's same index)."""
+    feature, status, same_index_corr, same_index_cos, fired_a / fired_b (the 5 tokens the feature fires on most in
+    each arm, by firings; what changed is what it reads, which the decoder's top tokens need not show)."""
     return con.execute("""
-        SELECT m.feature, m.status, m.same_index_corr, m.same_index_cos, wb.top_text AS top_tokens,
-               wa.top_text AS top_tokens_a
+        WITH fired AS (SELECT arm, feature, string_agg(token, ' | ' ORDER BY rank) AS tokens FROM fired_tokens
+                       WHERE rank < 5 GROUP BY arm, feature)
+        SELECT m.feature, m.status, m.same_index_corr, m.same_index_cos, fa.tokens AS fired_a, fb.tokens AS fired_b
         FROM feature_matches m
-        LEFT JOIN feature_words wb ON wb.arm = m.arm AND wb.feature = m.feature
-        LEFT JOIN feature_words wa ON wa.arm = m.match_arm AND wa.feature = m.feature
+        LEFT JOIN fired fb ON fb.arm = m.arm AND fb.feature = m.feature
+        LEFT JOIN fired fa ON fa.arm = m.match_arm AND fa.feature = m.feature
         WHERE m.arm_a = ? AND m.arm_b = ? AND m.arm = ? AND m.same_index_corr IS NOT NULL
         ORDER BY m.same_index_corr, m.feature LIMIT ?""", [*pair, pair[1], limit]).df()
 

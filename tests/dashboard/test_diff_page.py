@@ -150,8 +150,9 @@ def test_a_fine_tuned_sae_trained_on_from_the_base_is_read_feature_by_feature(tm
     stats = next(d.value for d in at.dataframe if "median_corr" in d.value.columns).set_index("status")
     assert stats.loc["persist", "features"] == 2 and stats.loc["persist", "median_corr"] == pytest.approx(0.65)
     assert stats.loc["emerge", "features"] == 1 and stats.loc["emerge", "median_corr"] == pytest.approx(0.4)
-    changed = table(at, "top_tokens_a")
+    changed = table(at, "fired_a")
     assert changed["feature"].tolist() == [2, 5, 0]
+    assert changed["fired_a"][0] == changed["fired_b"][0] == " the | <0x8F>"  # feature 2's tokens in both arms
     assert changed["same_index_corr"].tolist() == pytest.approx([0.35, 0.4, 0.95])
     assert changed["compare"][0] == "/compare?left_arm=base&left_feature=2&right_arm=finetuned&right_feature=2"
     figure = at.get("plotly_chart")[2].proto.spec
