@@ -192,6 +192,8 @@ class SteeringConfig:
     max_new_tokens: int = 50
     samples: int = 3
     measure: str = "sentence"
+    special_tokens: bool = True  # false: never draw EOS / BOS / chat markers (a fine-tune that learned to end short
+    # documents otherwise answers the prompt with separators); true is the paper's
 
     def __post_init__(self) -> None:
         if self.measure not in STEERING_MEASURES:

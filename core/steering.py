@@ -77,6 +77,10 @@ class SamplingSettings:
     seed: int = 0
     stop_at_eos: bool = False
     prepend_bos: bool = True
+    # False: the tokenizer's special tokens (EOS, BOS, chat markers) are never drawn, so a continuation stays prose.
+    # A fine-tune on packed short documents learns to end them: SmolLM2's answered the paper's prompt, a question,
+    # with "<|im_end|>.<|im_end|>." runs. The paper drew from every token (True).
+    special_tokens: bool = True
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -235,13 +239,14 @@ def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLIN
             raise ValueError(f"prompt ({prompt_ids.numel()} tokens) + {settings.max_new_tokens} new tokens exceed "
                              f"the model's context of {model.cfg.n_ctx}")
         eos = model.tokenizer.eos_token_id
+        banned = () if settings.special_tokens else tuple(model.tokenizer.all_special_ids)
         if hf_model is None:
             token_ids, logprobs = _sampling_loop(_hooked_steps(model), prompt_ids, model.cfg.d_vocab_out, settings,
-                                                 on_token, eos)
+                                                 on_token, eos, banned)
         else:
             device = next(hf_model.parameters()).device
             token_ids, logprobs = _sampling_loop(_hf_steps(hf_model), prompt_ids.to(device),
-                                                 hf_model.config.vocab_size, settings, on_token, eos)
+                                                 hf_model.config.vocab_size, settings, on_token, eos, banned)
     tokenizer = model.tokenizer
     return Generation(prompt=prompt, prompt_ids=prompt_ids.tolist(), token_ids=token_ids,
                       tokens=new_token_texts(tokenizer, prompt_ids.tolist(), token_ids), text=tokenizer.decode(token_ids),
@@ -250,10 +255,11 @@ def generate(model: Any, prompt: str, settings: SamplingSettings = PAPER_SAMPLIN
 
 def _sampling_loop(next_logits: Callable[[Tensor], Tensor], prompt_ids: Tensor, d_vocab: int,
                    settings: SamplingSettings, on_token: Callable[[int], None] | None,
-                   eos: int | None) -> tuple[list[int], list[float]]:
+                   eos: int | None, banned: tuple[int, ...] = ()) -> tuple[list[int], list[float]]:
     """New token ids and their log-probabilities; prompt_ids [n_prompt] on the model's device. `next_logits`
     takes the new positions ([1, n_prompt], then [1, 1]), extends its model's KV cache and returns the last
-    position's logits [d_vocab]: `_hooked_steps` or `_hf_steps`, so both models make the same draws."""
+    position's logits [d_vocab]: `_hooked_steps` or `_hf_steps`, so both models make the same draws. `banned`
+    token ids are never drawn (their logits set to -inf before sampling; the log-probability is the model's)."""
     device = prompt_ids.device
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     counts = torch.bincount(prompt_ids, minlength=d_vocab).float()  # [d_vocab]
@@ -262,7 +268,11 @@ def _sampling_loop(next_logits: Callable[[Tensor], Tensor], prompt_ids: Tensor, 
     logprobs: list[float] = []
     for _ in range(settings.max_new_tokens):
         logits = next_logits(step_input)
-        token = sample_next_token(logits, counts, settings, generator)
+        allowed = logits
+        if banned:
+            allowed = logits.clone()
+            allowed[list(banned)] = -torch.inf
+        token = sample_next_token(allowed, counts, settings, generator)
         token_ids.append(token)
         logprobs.append(float(logits.float().log_softmax(-1)[token]))
         if on_token is not None:

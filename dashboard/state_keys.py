@@ -52,6 +52,7 @@ STEER_TOP_P = "steer_top_p"
 STEER_PENALTY = "steer_penalty"
 STEER_TOKENS = "steer_tokens"
 STEER_SEED = "steer_seed"
+STEER_SPECIAL = "steer_special_tokens"
 STEER_MEASURE = "steer_measure"  # how texts are scored: sentence (in meaning) or glove (word vectors)
 STEER_GO = "steer_go"
 STEER_SWEEP = "steer_sweep"

@@ -203,7 +203,9 @@ def table1_differences(steer: SteeringConfig, coefficient: float, prompt: str,
                                                                              steer.max_new_tokens),
              "temperature": (settings.temperature, steer.temperature), "top p": (settings.top_p, steer.top_p),
              "frequency penalty": (settings.freq_penalty, steer.freq_penalty), "prompt": (prompt, steer.prompt),
-             "measure": (measure or steer.measure, steer.measure)}
+             "measure": (measure or steer.measure, steer.measure),
+             "special tokens": ("drawn" if settings.special_tokens else "never drawn",
+                                "drawn" if steer.special_tokens else "never drawn")}
     return [f"{name} {here!r} (Table 1: {there!r})" if isinstance(here, str)
             else f"{name} {here:g} (Table 1: {there:g})" for name, (here, there) in pairs.items() if here != there]
 

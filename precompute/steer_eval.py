@@ -65,7 +65,7 @@ def evaluate_feature(loaded, feature: int, top: pd.DataFrame, steer: SteeringCon
     for sample in range(steer.samples):
         settings = SamplingSettings(temperature=steer.temperature, top_p=steer.top_p,
                                     freq_penalty=steer.freq_penalty, max_new_tokens=steer.max_new_tokens,
-                                    seed=seed + sample)
+                                    seed=seed + sample, special_tokens=steer.special_tokens)
         pair = [generate_steered(loaded, coefficients, steer.prompt, settings)
                 for coefficients in ({}, {feature: steer.coefficient})]
         texts = [g.text for g in pair]

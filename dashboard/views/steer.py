@@ -78,7 +78,11 @@ settings = steering.SamplingSettings(
     top_p=k2.number_input("Top p", 0.05, 1.0, float(steer.top_p), key=keys.STEER_TOP_P),
     freq_penalty=k3.number_input("Frequency penalty", 0.0, 2.0, float(steer.freq_penalty), key=keys.STEER_PENALTY),
     max_new_tokens=int(k4.number_input("New tokens", 1, 200, steer.max_new_tokens, key=keys.STEER_TOKENS)),
-    seed=int(k5.number_input("Seed", 0, 10**6, config.seed, key=keys.STEER_SEED)))
+    seed=int(k5.number_input("Seed", 0, 10**6, config.seed, key=keys.STEER_SEED)),
+    special_tokens=st.checkbox("Special tokens may be drawn", steer.special_tokens, key=keys.STEER_SPECIAL,
+                               help="EOS, BOS and chat markers. Off: a continuation stays prose (a fine-tune on "
+                                    "packed short documents learns to end them). `[steering] special_tokens` sets "
+                                    "the default and Table 1's."))
 measure = st.radio("Score the texts", list(MEASURE_NAMES), horizontal=True, key=keys.STEER_MEASURE,
                    index=list(MEASURE_NAMES).index(steer.measure), format_func=MEASURE_NAMES.get,
                    help="in meaning: a sentence encoder (all-MiniLM-L6-v2) compares the text with the top tokens "

@@ -146,6 +146,34 @@ def test_planted_feature_makes_its_token_dominate(arm):
     assert shift.set_change == pytest.approx(shift.delta[0])
 
 
+def test_special_tokens_off_never_draws_them_even_when_steered_onto_one(arm):
+    """Feature 5's decoder row made the unit unembedding of the EOS: steered 20x, every drawn token is EOS. With
+    special_tokens=False none of the tokenizer's special ids is drawn (the next best ones are), and each token's
+    log-probability is still the model's own, so those texts show how unlikely they were."""
+    import dataclasses
+
+    tokenizer = arm.model.tokenizer
+    eos = tokenizer.eos_token_id
+    saved = arm.sae.W_dec[5].clone()
+    try:
+        with torch.no_grad():
+            direction = arm.model.W_U[:, eos]
+            arm.sae.W_dec[5] = direction / direction.norm()
+        settings = SamplingSettings(max_new_tokens=10, seed=0, freq_penalty=0.0)
+        push = {5: 20 * resid_norm(arm)}
+        drawn = generate_steered(arm, push, PROMPT, settings)
+        assert drawn.token_ids == [eos] * 10
+        prose = generate_steered(arm, push, PROMPT, dataclasses.replace(settings, special_tokens=False))
+        assert not set(prose.token_ids) & set(tokenizer.all_special_ids)
+        assert all(lp < math.log(0.01) for lp in prose.logprobs)  # EOS held nearly all the probability
+        unsteered = generate_steered(arm, {}, PROMPT, settings)
+        plain = generate_steered(arm, {}, PROMPT, dataclasses.replace(settings, special_tokens=False))
+        assert eos not in unsteered.token_ids and plain.token_ids == unsteered.token_ids  # nothing banned was drawn
+    finally:
+        with torch.no_grad():
+            arm.sae.W_dec[5] = saved
+
+
 def alone_and_two_threads(arm: LoadedArm, wait: float) -> tuple[dict, dict, bool]:
     """A steers feature 1 and B feature 2, first one after the other, then in two threads: B starts while A is
     mid-generation, and A pauses up to `wait` s for B to draw a token. With the lock B cannot start until A is

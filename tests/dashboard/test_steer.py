@@ -157,6 +157,13 @@ def test_the_page_says_how_its_settings_differ_from_table_1(steer_study):
     at = steer_page(tokens=6)
     line = next(c.value for c in at.caption if "Table 1 (`precompute steer-eval`)" in c.value)
     assert "seeds 0–2" in line and "Here: new tokens 6 (Table 1: 50)." in line
+    at.checkbox(key="steer_special_tokens").uncheck().run()
+    line = next(c.value for c in at.caption if "Table 1 (`precompute steer-eval`)" in c.value)
+    assert "special tokens 'never drawn' (Table 1: 'drawn')" in line
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    run = at.session_state["steer_result"][0]
+    assert run.settings.special_tokens is False
 
 
 def write_matches(study: Path) -> None:
