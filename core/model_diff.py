@@ -274,13 +274,11 @@ def collect_transfers(model: Any, saes: dict[str, Any], hook_name: str, rows: Te
                     for name, sae in saes.items()}
     # Splices named apart from "clean" and "zero", whatever the SAEs are called.
     splices = {f"spliced {name}": _filtered_splice(sae, threshold, accumulators[name]) for name, sae in saes.items()}
-    for start in progress(range(0, rows.shape[0], batch_size)):
-        batch = rows[start:start + batch_size]
-        sums = hook_loss_sums_each(model, hook_name, batch, batch.shape[0], lambda start, stop: splices)
-        n_predicted = batch.shape[0] * (batch.shape[1] - 1)
-        for name, accumulator in accumulators.items():
-            accumulator.add_losses(HookLosses(sums["clean"] / n_predicted, sums[f"spliced {name}"] / n_predicted,
-                                              sums["zero"] / n_predicted), n_predicted)
+    sums = hook_loss_sums_each(model, hook_name, rows, batch_size, lambda start, stop: splices, progress)
+    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
+    for name, accumulator in accumulators.items():
+        accumulator.add_losses(HookLosses(sums["clean"] / n_predicted, sums[f"spliced {name}"] / n_predicted,
+                                          sums["zero"] / n_predicted), n_predicted)
     return accumulators
 
 

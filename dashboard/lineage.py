@@ -4,7 +4,6 @@ feature the fine-tune may have moved, and its correlation with itself says how f
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data
@@ -43,8 +42,8 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
     changed = changed.assign(compare=[f"/compare?left_arm={arm_a}&left_feature={f}&right_arm={arm_b}&right_feature={f}"
                                       for f in changed["feature"]])
     st.markdown(f"**Changed most**: {arm_b}'s features least correlated with their own index (both fired)")
-    st.dataframe(pd.DataFrame(changed[["compare", "feature", "status", "same_index_corr", "same_index_cos",
-                                       "fired_a", "fired_b"]]), hide_index=True, width="stretch",
+    st.dataframe(changed[["compare", "feature", "status", "same_index_corr", "same_index_cos", "fired_a", "fired_b"]],
+                 hide_index=True, width="stretch",
                  key="same_index_changed",
                  column_config={"compare": st.column_config.LinkColumn("", display_text="compare"),
                                 "same_index_corr": st.column_config.NumberColumn("corr. with own index",
