@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, data, place
 
 
 def same_index_section(pair: tuple[str, str], share: float, threshold: float) -> None:
@@ -39,8 +39,7 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
                      "new one: read its correlation with its own index, and open the least correlated below.")
     right.plotly_chart(charts.same_index_histogram(frame, threshold), key="same_index_hist")
     changed = data.query("same_index_changes", pair, 15)
-    changed = changed.assign(compare=[f"/compare?left_arm={arm_a}&left_feature={f}&right_arm={arm_b}&right_feature={f}"
-                                      for f in changed["feature"]])
+    changed = changed.assign(compare=[place.compare_url(arm_a, f, arm_b, f) for f in changed["feature"]])
     st.markdown(f"**Changed most**: {arm_b}'s features least correlated with their own index (both fired)")
     st.dataframe(changed[["compare", "feature", "status", "same_index_corr", "same_index_cos", "fired_a", "fired_b"]],
                  hide_index=True, width="stretch",

@@ -73,6 +73,12 @@ def show_pair(pair: tuple[str, str]) -> str:
     return "-".join(pair)
 
 
+def compare_url(left_arm: str, left_feature: int, right_arm: str, right_feature: int) -> str:
+    """The Compare page with these two features side by side (a LinkColumn's URL)."""
+    return (f"/compare?left_arm={left_arm}&left_feature={int(left_feature)}&right_arm={right_arm}"
+            f"&right_feature={int(right_feature)}")
+
+
 def _url(fields: Sequence[Field]) -> dict[str, str]:
     return {f.param: st.query_params[f.param] for f in fields if f.param in st.query_params}
 

@@ -91,11 +91,10 @@ if not counts.empty:
     sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
     table = data.query("diff_features", pair, status, sort, sort != "same_index_corr", 200)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
-                         compare=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={int(mf)}"
-                                  if mf == mf and mf is not None else None
+                         compare=[place.compare_url(a, f, ma, mf) if mf == mf and mf is not None else None
                                   for a, f, ma, mf in zip(table["arm"], table["feature"], table["match_arm"],
                                                           table["match_feature"])],
-                         own_index=[f"/compare?left_arm={a}&left_feature={f}&right_arm={ma}&right_feature={f}"
+                         own_index=[place.compare_url(a, f, ma, f)
                                     for a, f, ma in zip(table["arm"], table["feature"], table["match_arm"])])
     own = ["own_index", "same_index_corr", "same_index_cos"] if lineage else []
     st.dataframe(table[["open", "compare", *own[:1], "arm", "feature", "top_tokens", "frac_nonzero", "diff_n_fired",
