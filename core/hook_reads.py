@@ -72,16 +72,6 @@ def _zero_ablate(act: Tensor, hook: Any) -> Tensor:
 
 
 @torch.no_grad()
-def hook_losses(model: Any, hook_name: str, rows: Tensor, batch_size: int, splice_for: Callable[[int, int], Hook],
-                progress: Callable[[Iterable], Iterable] = lambda it: it) -> HookLosses:
-    """CE loss clean, spliced and zero-ablated over token rows [n, T]; `splice_for(start, stop)` gives the
-    hook for rows start:stop (so a hook can carry per-row state, such as which positions it replaces)."""
-    sums = hook_loss_sums(model, hook_name, rows, batch_size, splice_for, progress)
-    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
-    return HookLosses(sums["clean"] / n_predicted, sums["spliced"] / n_predicted, sums["zero"] / n_predicted)
-
-
-@torch.no_grad()
 def hook_loss_sums(model: Any, hook_name: str, rows: Tensor, batch_size: int, splice_for: Callable[[int, int], Hook],
                    progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, float]:
     """Summed CE loss (nats) "clean", "spliced", "zero" over the n × (T - 1) predicted tokens of rows [n, T]: sums,

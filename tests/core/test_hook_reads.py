@@ -7,7 +7,7 @@ relu((x - b_dec) @ W_enc + b_enc) written out by hand."""
 import pytest
 import torch
 
-from core.hook_reads import activations_at_hook, features_at_hook, hook_losses
+from core.hook_reads import HookLosses, activations_at_hook, features_at_hook, hook_loss_sums
 from core.loading import DEFAULT_PROCESSING, hooked_transformer_from_hf, load_hf_model
 from factories import build_gpt2_folder, build_sae, byte_tokenizer
 
@@ -50,7 +50,7 @@ def test_features_at_the_hook_are_the_sae_formula_on_those_rows(models):
     torch.testing.assert_close(features, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_hook_losses_clean_spliced_and_zero_ablated_against_references(models):
+def test_hook_loss_sums_clean_spliced_and_zero_ablated_against_references(models):
     """An identity splice changes nothing. With the residual stream zeroed before block 1, every position sees
     the same input, so the model predicts one distribution p everywhere: the loss is the mean of -log p[target]."""
     _, model = models
@@ -61,7 +61,9 @@ def test_hook_losses_clean_spliced_and_zero_ablated_against_references(models):
         calls.append((start, stop))
         return lambda act, hook: act
 
-    losses = hook_losses(model, HOOK, rows, batch_size=4, splice_for=splice_for)
+    sums = hook_loss_sums(model, HOOK, rows, batch_size=4, splice_for=splice_for)
+    n_predicted = rows.shape[0] * (rows.shape[1] - 1)
+    losses = HookLosses(sums["clean"] / n_predicted, sums["spliced"] / n_predicted, sums["zero"] / n_predicted)
     assert calls == [(0, 4), (4, 6)]  # each batch's own rows
     with torch.no_grad():
         clean = model(rows, return_type="loss", loss_per_token=True).mean().item()
