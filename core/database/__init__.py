@@ -50,7 +50,7 @@ import pyarrow as pa
 from core.database.schema import ARM_TABLES, PAIR_ROW_TABLES, SCHEMA, TABLES
 from core.errors import StudyInputError
 
-SCHEMA_VERSION = 13  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
+SCHEMA_VERSION = 14  # 2: activation sums in the view; 3: top_text, top_words; 4: model diff; 5: steering tables;
 # 6: token sets (token_sets, stages.token_set), dead / rare statuses, match_pairs, partner counts, assignment;
 #    fired_tokens, interval samples per firing token; 7: pair tables name arm_a, arm_b (no `pair` label column);
 # 8: steering records its measure (steer_features.measure) and perplexities (mean_*_perplexity, *_perplexity)
@@ -60,6 +60,7 @@ SCHEMA_VERSION = 13  # 2: activation sums in the view; 3: top_text, top_words; 4
 # 11: feature_neighbours, cross_neighbours (nearest features by decoder cosine), feature_map (UMAP x, y)
 # 12: feature_words.fired_med_matches, fired_matched_words, candidate_by (candidates by firing tokens too)
 # 13: feature_matches.same_index_corr, same_index_cos (feature i against the other arm's feature i)
+# 14: which differences are real (issue 22): pairs.control, pairs.controls (a pair's control pair)
 BUILDING_SUFFIX = ".building"
 
 def building_path(target: Path) -> Path:

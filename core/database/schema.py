@@ -70,7 +70,10 @@ ARMS = _table("arms", [("arm", _S), ("position", _I32), ("model", _S), ("sae_sou
               primary_key=("arm",))
 METRICS = _table("metrics", [("arm", _S), *_PAIR, ("stage", _S), ("metric", _S), ("value", _F64)])
 # The study's declared pairs in config order: the features view shows each arm's fate in its first pair.
-PAIRS = _table("pairs", [*_PAIR, ("position", _I32)], keyed_by="position", primary_key=("arm_a", "arm_b"))
+# `control`: the arm that differs from arm_a as arm_b does but for the fine-tune (NULL: none declared); the pair
+# (arm_a, control) follows as a row of its own whose `controls` names the arm_b it is the control for (issue 22).
+PAIRS = _table("pairs", [*_PAIR, ("position", _I32), ("control", _S), ("controls", _S)], keyed_by="position",
+               primary_key=("arm_a", "arm_b"))
 
 TOP_TOKENS = _table("top_tokens", [("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32),
                                    ("token_id", _I32), ("token", _S), ("value", _F32)])

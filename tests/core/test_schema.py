@@ -89,10 +89,17 @@ def schema_13(v12: dict) -> dict:
     return {**v12, "schema_version": 13, "tables": {**v12["tables"], "feature_matches": matches}}
 
 
+def schema_14(v13: dict) -> dict:
+    """Schema 14 (issue 22, which differences are real): a pair names its control pair; new tables below."""
+    tables = dict(v13["tables"])
+    tables["pairs"] = tables["pairs"] + [["control", "VARCHAR"], ["controls", "VARCHAR"]]
+    return {**v13, "schema_version": 14, "tables": tables}
+
+
 
 def test_the_generated_ddl_builds_the_tables_of_schema_6_but_for_the_pair_columns(tmp_path):
     expected = json.loads(SNAPSHOT.read_text())
-    for upgrade in (schema_7, schema_8, schema_9, schema_10, schema_11, schema_12, schema_13):
+    for upgrade in (schema_7, schema_8, schema_9, schema_10, schema_11, schema_12, schema_13, schema_14):
         expected = upgrade(expected)
     assert db.SCHEMA_VERSION == expected["schema_version"]
     assert expected["tables"]["similarity_hist"][:3] == [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"], ["kind", "VARCHAR"]]
