@@ -69,6 +69,10 @@ class PairConfig:
 
     a: str
     b: str
+    # An arm that differs from `a` exactly as `b` does except for the fine-tune (a's model, an SAE trained on as b's
+    # was): every pair measurement is also taken for (a, control), the noise floor of b's differences (issue 22).
+    control: str | None = None
+    controls: str | None = None  # set on the (a, control) pair the study derives: the `b` it is the control for
 
     @property
     def names(self) -> tuple[str, str]:
@@ -165,8 +169,11 @@ class DiffConfig:
     outlier_factor: float = 10.0  # positions whose activation norm exceeds this × the median are left out
     tokens: int = 0  # corpus tokens for these stages (an even sample of every file); 0: the whole corpus
     min_firings: int = 10  # a feature that fired on fewer of those tokens is `rare`: its correlation means little
+    fdr: float = 0.05  # a difference counts as the fine-tune's when beyond the control pair's at this false-discovery rate
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.fdr < 1.0:
+            raise StudyInputError("diff.fdr must be in (0, 1), e.g. 0.05")
         if not 0.0 < self.match_threshold <= 1.0:
             raise StudyInputError("diff.match_threshold must be in (0, 1]")
         if self.outlier_factor <= 1.0:
@@ -320,6 +327,7 @@ class StudyConfig:
         if not self.pairs:
             object.__setattr__(self, "pairs", tuple(PairConfig(names[0], name) for name in names[1:]))
         _check_pairs(self.pairs, names)
+        _check_controls(self.pairs, self.arms)
         # Default output paths follow data/<study>/, set here because they depend on the name.
         if not self.features_db:
             object.__setattr__(self, "features_db", f"data/{self.name}/features.duckdb")
@@ -343,6 +351,19 @@ class StudyConfig:
             if arm.name == name:
                 return arm
         raise StudyInputError(f"no arm named {name!r}; the study has {[a.name for a in self.arms]}")
+
+    @property
+    def run_pairs(self) -> tuple[PairConfig, ...]:
+        """The pairs the pair stages run: the declared ones, then each declared control's (a, control) pair once."""
+        derived: dict[tuple[str, str], PairConfig] = {}
+        for pair in self.pairs:
+            if pair.control is not None:
+                derived.setdefault((pair.a, pair.control), PairConfig(pair.a, pair.control, controls=pair.b))
+        return self.pairs + tuple(derived.values())
+
+    def control_of(self, a: str, b: str) -> str | None:
+        """The control arm declared for the pair (a, b), if any."""
+        return next((pair.control for pair in self.pairs if pair.names == (a, b)), None)
 
     def pairs_of(self, arm: str) -> tuple[PairConfig, ...]:
         """The declared pairs `arm` is in, in declaration order."""
@@ -375,6 +396,39 @@ def _check_pairs(pairs: tuple[PairConfig, ...], arms: list[str]) -> None:
             raise StudyInputError(f"pairs[{i}]: {pair.a} and {pair.b} are already compared by pairs[{seen[both]}]; "
                                   "declare each pair once")
         seen[both] = i
+
+
+def _check_controls(pairs: tuple[PairConfig, ...], arms: tuple[ArmConfig, ...]) -> None:
+    """A control names an arm of the study other than the pair's two, runs the pair's `a` model, and its (a, control)
+    pair is not also declared as a pair of its own."""
+    by_name = {arm.name: arm for arm in arms}
+    declared = {frozenset(pair.names) for pair in pairs}
+    for i, pair in enumerate(pairs):
+        if pair.controls is not None:
+            raise StudyInputError(f"pairs[{i}].controls: the study sets it on the control pairs it derives; declare "
+                                  "a control with `control = \"arm\"` on the pair it controls")
+        if pair.control is None:
+            continue
+        where = f"pairs[{i}].control"
+        if pair.control not in by_name:
+            raise StudyInputError(f"{where}: no arm named {pair.control!r}; the arms are {', '.join(by_name)}")
+        if pair.control in pair.names:
+            raise StudyInputError(f"{where}: {pair.control!r} is one of the pair's own arms; a control is a third arm "
+                                  f"that runs {pair.a!r}'s model with an SAE trained on as {pair.b!r}'s was")
+        a_model, c_model = by_name[pair.a].model, by_name[pair.control].model
+        if not _same_model_path(a_model, c_model):
+            raise StudyInputError(f"{where}: arm {pair.control!r} runs model {c_model!r}, not {pair.a!r}'s "
+                                  f"({a_model!r}); a control differs from `a` only in its SAE, so it must run a's model")
+        if frozenset((pair.a, pair.control)) in declared:
+            raise StudyInputError(f"{where}: {pair.a} and {pair.control} are also declared as a pair; the control "
+                                  "pair is derived from the control, so drop that [[pairs]] table")
+
+
+def _same_model_path(first: str, second: str) -> bool:
+    """Whether two `model` fields name the same model (a hub name or a path, compared resolved)."""
+    if first == second:
+        return True
+    return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
 
 
 def load_config(path: str | Path) -> StudyConfig:

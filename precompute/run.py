@@ -80,9 +80,10 @@ def run_study(config: StudyConfig, device: str | None = None, only: Iterable[str
         db.write_study(con, config.name, config.description, json.dumps(config.to_dict(), sort_keys=True),
                        config.config_hash(), json.dumps(package_versions(), sort_keys=True),
                        HIST_EDGES.tolist(), INTERVAL_EDGES.tolist())
-        pairs = [pair.names for pair in config.pairs]
+        pairs = [pair.names for pair in config.run_pairs]  # declared pairs, then their controls' pairs
         # an arm or pair left out of the config changes the database even when no stage has to run
-        dropped = db.drop_arms_except(con, [arm.name for arm in config.arms], pairs) + db.write_pairs(con, pairs)
+        dropped = db.drop_arms_except(con, [arm.name for arm in config.arms], pairs) + db.write_pairs(
+            con, [(*pair.names, pair.control, pair.controls) for pair in config.run_pairs])
         stages_run = [s for s in stages.REGISTRY.values() if s.scope == "arm" or pairs]
         db.write_token_sets(con, [ts for ts in map(inputs.token_set, stages_run) if ts is not None])
         fingerprints = {arm.name: _run_arm(con, inputs, arm, position, device or config.device, only, report,

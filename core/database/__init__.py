@@ -165,15 +165,17 @@ def drop_arms_except(con: duckdb.DuckDBPyConnection, arms: list[str], pairs: lis
     return removed
 
 
-def write_pairs(con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]]) -> bool:
-    """Replace the table of the study's pairs (arm_a, arm_b) with these, in the config's order; True when that
-    changed it."""
-    if con.execute("SELECT arm_a, arm_b FROM pairs ORDER BY position").fetchall() == list(pairs):
+def write_pairs(con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, ...]]) -> bool:
+    """Replace the table of the study's pairs with these rows (arm_a, arm_b[, control, controls]), in the config's
+    order (declared pairs, then the control pairs derived from them); True when that changed it."""
+    rows = [(*pair, None, None)[:4] for pair in pairs]
+    if con.execute("SELECT arm_a, arm_b, control, controls FROM pairs ORDER BY position").fetchall() == rows:
         return False
     with _transaction(con):
         con.execute("DELETE FROM pairs")
-        if pairs:
-            con.executemany("INSERT INTO pairs VALUES (?, ?, ?)", [[a, b, i] for i, (a, b) in enumerate(pairs)])
+        if rows:
+            con.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?)",
+                            [[a, b, i, control, controls] for i, (a, b, control, controls) in enumerate(rows)])
     return True
 
 

@@ -93,6 +93,39 @@ def test_pairs_default_to_every_other_arm_against_the_first(tmp_path):
     assert [pair.names for pair in chain.pairs_of("ft1")] == [("base", "ft1"), ("ft1", "ft2")]
 
 
+CONTROL_ARMS = [ARM, {"name": "ft", "model": "m_ft", "sae_path": "s_ft"}, {"name": "resae", "model": "m", "sae_path": "s2"}]
+
+
+def control_toml(control: str, a: str = "base", b: str = "ft") -> str:
+    return study_toml(CONTROL_ARMS) + f'\n[[pairs]]\na = "{a}"\nb = "{b}"\ncontrol = "{control}"\n'
+
+
+def test_a_declared_control_adds_the_pair_a_control_after_the_declared_pairs(tmp_path):
+    config = load_config(write(tmp_path, control_toml("resae")))
+    assert [pair.names for pair in config.pairs] == [("base", "ft")]  # what the user declared
+    assert [(p.names, p.control, p.controls) for p in config.run_pairs] == [
+        (("base", "ft"), "resae", None), (("base", "resae"), None, "ft")]
+    assert config.control_of("base", "ft") == "resae" and config.control_of("base", "resae") is None
+    plain = load_config(write(tmp_path, study_toml(THREE_ARMS)))
+    assert plain.run_pairs == plain.pairs  # no control declared: nothing added
+
+
+@pytest.mark.parametrize("text, message", [
+    (control_toml("nobody"), "pairs[0].control: no arm named 'nobody'"),
+    (control_toml("ft"), "pairs[0].control: 'ft' is one of the pair's own arms"),
+    # the control must run a's model: "ft" runs m_ft, so it cannot be the control of (resae, base)... nor any other
+    (study_toml(CONTROL_ARMS) + '\n[[pairs]]\na = "base"\nb = "resae"\ncontrol = "ft"\n',
+     "arm 'ft' runs model 'm_ft', not 'base''s ('m')"),
+    (control_toml("resae") + '\n[[pairs]]\na = "base"\nb = "resae"\n', "also declared as a pair"),
+    (study_toml(CONTROL_ARMS) + '\n[[pairs]]\na = "base"\nb = "ft"\ncontrols = "ft"\n', "pairs[0].controls"),
+])
+def test_a_bad_control_is_one_line_naming_the_field(tmp_path, text, message):
+    with pytest.raises(StudyInputError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_missing_file():
     with pytest.raises(StudyInputError, match="not found"):
         load_config("no/such/study.toml")
