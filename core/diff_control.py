@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 
 def exceedance(stat: np.ndarray, control: np.ndarray) -> np.ndarray:
@@ -73,6 +74,48 @@ def against_control(stat: np.ndarray, control: np.ndarray, fdr: float) -> Contro
                             fdr)
 
 
+DISTANCE_DECIMALS = 5  # correlations are stored as float32: differences below 1e-5 are rounding, not change
+
+
 def distance_from_match(corr: np.ndarray) -> np.ndarray:
-    """The statistic of a fate: 1 − the correlation with the best match (or with the same index), NaN kept."""
-    return 1.0 - np.asarray(corr, dtype=np.float64)
+    """The statistic of a fate: 1 − the correlation with the best match (or with the same index), NaN kept, rounded
+    to 1e-5 so that float32 noise between two identical pairs does not rank one feature above the other."""
+    return np.round(1.0 - np.asarray(corr, dtype=np.float64), DISTANCE_DECIMALS)
+
+
+FATES = ("persist", "emerge", "disappear")  # dead and rare features have no fate, and no statistic here
+
+
+def controlled_fates(pair_rows: pd.DataFrame, control_rows: pd.DataFrame, pair: tuple[str, str], control: str,
+                     fdr: float, column: str = "match_corr") -> pd.DataFrame:
+    """`pair_rows` (arm, feature, status, `column`: the pair (a, b)'s features) with the columns stat, exceedance,
+    q, beyond added: a's features set against a's features in the control pair (a, control) (did a feature
+    *disappear* more than it does when only the SAE is trained on?), b's against the control arm's features (did
+    it *emerge* more?). `column`: match_corr (the best match, the fates) or same_index_corr (feature i against i).
+    Dead and rare features, and features whose `column` is undefined, get no statistic (q NaN, beyond False)."""
+    arm_a, arm_b = pair
+    out = []
+    for arm, control_arm in ((arm_a, arm_a), (arm_b, control)):
+        rows = pair_rows[pair_rows["arm"] == arm]
+        null = control_rows[(control_rows["arm"] == control_arm) & control_rows["status"].isin(FATES)]
+        stat = np.where(rows["status"].isin(FATES), distance_from_match(rows[column].astype(float)), np.nan)
+        result = against_control(stat, distance_from_match(null[column].astype(float)), fdr)
+        out.append(rows.assign(stat=result.stat, exceedance=result.exceedance, q=result.q, beyond=result.beyond))
+    return pd.concat(out, ignore_index=True)
+
+
+def controlled_counts(pair_rows: pd.DataFrame, control_rows: pd.DataFrame, controlled: pd.DataFrame,
+                      pair: tuple[str, str], control: str) -> pd.DataFrame:
+    """One row per side and fate: arm, status, features (in the pair), control (the same fate's count in the control
+    pair: a's features for a's side, the control arm's for b's), beyond (the pair's features of that fate beyond the
+    control, from `controlled_fates`)."""
+    rows = []
+    for arm, control_arm in ((pair[0], pair[0]), (pair[1], control)):
+        for status in FATES:
+            rows.append({"arm": arm, "status": status,
+                         "features": int(((pair_rows["arm"] == arm) & (pair_rows["status"] == status)).sum()),
+                         "control": int(((control_rows["arm"] == control_arm)
+                                         & (control_rows["status"] == status)).sum()),
+                         "beyond": int(((controlled["arm"] == arm) & (controlled["status"] == status)
+                                        & controlled["beyond"]).sum())})
+    return pd.DataFrame(rows)

@@ -36,9 +36,11 @@ def build_pair_study(root: Path, diff_tokens: int, quality_tokens: int = CONTEXT
     return config
 
 
-def build_three_arm_study(root: Path, pairs: list[tuple[str, str]], diff_tokens: int = CONTEXT * 12):
-    """base, finetuned (A permuted) and ft2 (A with PLANTED negated) under `root`, with these `[[pairs]]`; returns
-    the StudyConfig, not yet run."""
+def build_three_arm_study(root: Path, pairs: list[tuple[str, ...]], diff_tokens: int = CONTEXT * 12,
+                          twin: bool = False):
+    """base, finetuned (A permuted) and ft2 (A with PLANTED negated) under `root`, with these `[[pairs]]` ((a, b) or
+    (a, b, control)); `twin`: a fourth arm, base's model with an exact copy of A (a control identical to base).
+    Returns the StudyConfig, not yet run."""
     model, sae = _model_and_sae(root)
     _save(sae, root / "sae_a")
     with torch.no_grad():
@@ -47,6 +49,8 @@ def build_three_arm_study(root: Path, pairs: list[tuple[str, str]], diff_tokens:
         sae.W_enc[:, PLANTED] *= -1.0
     _save(_permuted(sae), root / "sae_b")
     arms = {"base": ("sae_a", model), "finetuned": ("sae_b", model), "ft2": ("sae_c", model)}
+    if twin:
+        arms["twin"] = ("sae_a", model)
     return _write_config(root, arms, pairs, diff_tokens, CONTEXT * CORPUS_ROWS)
 
 
@@ -82,7 +86,8 @@ def _write_config(root: Path, arms: dict[str, tuple[str, Path]], pairs: list[tup
     """`arms`: name -> (SAE folder under root, model folder)."""
     arm_tables = "".join(f'\n[[arms]]\nname = "{name}"\nmodel = "{model}"\nsae_path = "{root / folder}"\n'
                          for name, (folder, model) in arms.items())
-    pair_tables = "".join(f'\n[[pairs]]\na = "{a}"\nb = "{b}"\n' for a, b in pairs)
+    pair_tables = "".join(f'\n[[pairs]]\na = "{a}"\nb = "{b}"\n' + (f'control = "{rest[0]}"\n' if rest else "")
+                          for a, b, *rest in pairs)
     (root / "study.toml").write_text(f"""
 [study]
 name = "pair"

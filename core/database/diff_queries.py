@@ -21,6 +21,20 @@ def pairs(con: duckdb.DuckDBPyConnection) -> list[Pair]:
     return [(a, b) for a, b in con.execute("SELECT arm_a, arm_b FROM pairs ORDER BY position").fetchall()]
 
 
+def pair_controls(con: duckdb.DuckDBPyConnection) -> dict[Pair, dict[str, str | None]]:
+    """Each pair's roles: {"control": the control arm declared for it, "controls": for a control pair (a, control),
+    the arm b whose pair it is the control of}; both None for a pair without either."""
+    rows = con.execute("SELECT arm_a, arm_b, control, controls FROM pairs ORDER BY position").fetchall()
+    return {(a, b): {"control": control, "controls": controls} for a, b, control, controls in rows}
+
+
+def fate_statistics(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.DataFrame:
+    """arm, feature, status, match_corr, same_index_corr of every feature of one pair: what core.diff_control sets
+    against the control pair's."""
+    return con.execute("SELECT arm, feature, status, match_corr, same_index_corr FROM feature_matches "
+                       "WHERE arm_a = ? AND arm_b = ? ORDER BY arm <> ?, feature", [*pair, pair[0]]).df()
+
+
 def pair_metrics(con: duckdb.DuckDBPyConnection, pair: Pair) -> dict[str, float]:
     """The pair stages' metrics of one pair (mean cosine, log-density correlations, counts), as "stage.metric"."""
     rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE arm_a = ? AND arm_b = ?",

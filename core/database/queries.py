@@ -15,7 +15,8 @@ import pandas as pd
 from core.coherence import CANDIDATE_MIN_MATCHES
 # The model diff's reads, one pair at a time, live in diff_queries; pages reach every read through this module.
 from core.database.diff_queries import (  # noqa: F401
-    DIFF_SORTABLE, diff_counts, diff_features, diff_notes, feature_fates, feature_partners, many_to_one,
+    DIFF_SORTABLE, diff_counts, diff_features, diff_notes, fate_statistics, feature_fates, feature_partners,
+    many_to_one, pair_controls,
     match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, same_index_changes,
     same_index_correlations, similarity_by_position, similarity_hist, transfer_densities, transfer_table)
 

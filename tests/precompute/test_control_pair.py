@@ -1,0 +1,78 @@
+"""A declared control end to end (issue 22): base → ft2 (base's SAE with feature PLANTED's encoder negated) with
+control `twin` (base's own model and an exact copy of its SAE). The study derives the pair base → twin and runs every
+pair stage on it; identical arms give zero difference on every measure, and the planted change is the only one
+beyond the control."""
+
+import duckdb
+import numpy as np
+import pytest
+
+from core.database import diff_queries
+from core.diff_control import controlled_counts, controlled_fates
+from pair_study import D_SAE, PLANTED, build_three_arm_study
+from precompute.run import run_study
+from precompute.stages import PAIR_STAGES
+
+
+@pytest.fixture(scope="module")
+def control_study(tmp_path_factory):
+    config = build_three_arm_study(tmp_path_factory.mktemp("control"), [("base", "ft2", "twin")], twin=True)
+    report = run_study(config, show_progress=False)
+    assert report.published
+    return config, report
+
+
+def read(config, sql, params=()):
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def test_the_control_pair_runs_every_pair_stage_after_the_declared_pair(control_study):
+    config, report = control_study
+    assert read(config, "SELECT arm_a, arm_b, position, control, controls FROM pairs ORDER BY position") == [
+        ("base", "ft2", 0, "twin", None), ("base", "twin", 1, None, "ft2")]
+    assert sorted(report.seconds[("base", "twin")]) == sorted(PAIR_STAGES)
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        assert diff_queries.pair_controls(con)[("base", "ft2")] == {"control": "twin", "controls": None}
+
+
+def test_identical_arms_differ_by_nothing_on_any_measure(control_study):
+    config, _ = control_study
+    statuses = read(config, "SELECT arm, status, count(*) FROM feature_matches WHERE arm_a = 'base' "
+                            "AND arm_b = 'twin' GROUP BY ALL ORDER BY ALL")
+    assert statuses == [("base", "dead", 4), ("base", "persist", D_SAE - 4), ("twin", "dead", 4),
+                        ("twin", "persist", D_SAE - 4)]
+    corr = read(config, "SELECT min(match_corr), min(same_index_corr), min(decoder_cos) FROM feature_matches "
+                        "WHERE arm_a = 'base' AND arm_b = 'twin' AND status = 'persist'")[0]
+    assert corr == pytest.approx((1.0, 1.0, 1.0), abs=1e-5)
+    metrics = dict(read(config, "SELECT stage || '.' || metric, value FROM metrics WHERE arm_a = 'base' "
+                                "AND arm_b = 'twin'"))
+    assert metrics["similarity.mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["similarity.mean_distance"] == pytest.approx(0.0, abs=1e-5)
+    kl = read(config, "SELECT max(max_kl) FROM divergence_rows WHERE arm_a = 'base' AND arm_b = 'twin'")[0][0]
+    assert kl == pytest.approx(0.0, abs=1e-6)
+    transfer = read(config, "SELECT metric, min(value), max(value) FROM transfer_metrics WHERE arm_a = 'base' "
+                            "AND arm_b = 'twin' AND metric IN ('explained_variance', 'l0', 'ce_loss_spliced') "
+                            "GROUP BY metric")
+    for metric, low, high in transfer:  # each SAE on each (identical) model: the same number four times
+        assert low == pytest.approx(high, rel=1e-5), metric
+
+
+def test_only_the_planted_change_is_beyond_the_control(control_study):
+    config, _ = control_study
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        pair_rows = diff_queries.fate_statistics(con, ("base", "ft2"))
+        control_rows = diff_queries.fate_statistics(con, ("base", "twin"))
+    controlled = controlled_fates(pair_rows, control_rows, ("base", "ft2"), "twin", fdr=0.05)
+    beyond = sorted(controlled.loc[controlled["beyond"], ["arm", "feature", "status"]].itertuples(index=False))
+    assert [(arm, feature) for arm, feature, _ in beyond] == [("base", PLANTED), ("ft2", PLANTED)]
+    assert {status for _, _, status in beyond} <= {"disappear", "emerge"}
+    counts = controlled_counts(pair_rows, control_rows, controlled, ("base", "ft2"), "twin").set_index(
+        ["arm", "status"])
+    assert counts.loc[("base", "disappear")].tolist() == [1, 0, 1]  # features, control, beyond
+    assert counts.loc[("ft2", "emerge")].tolist() == [1, 0, 1]
+    assert counts.loc[("ft2", "persist"), "control"] == D_SAE - 4
+    # against itself the control calls nothing
+    itself = controlled_fates(control_rows, control_rows, ("base", "twin"), "twin", fdr=0.05)
+    assert not itself["beyond"].any()
+    assert np.nanmax(itself["exceedance"]) == 1.0
