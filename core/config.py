@@ -170,6 +170,10 @@ class DiffConfig:
     tokens: int = 0  # corpus tokens for these stages (an even sample of every file); 0: the whole corpus
     min_firings: int = 10  # a feature that fired on fewer of those tokens is `rare`: its correlation means little
     fdr: float = 0.05  # a difference counts as the fine-tune's when beyond the control pair's at this false-discovery rate
+    # The difference lens (stage `change`): blocks.L.hook_resid_post of each L besides the SAE's hook (() : the blocks
+    # at 3/4 depth and last), and k, the first positions after BOS its "first" mean reads (the ADL paper's 5).
+    lens_layers: tuple[int, ...] = ()
+    lens_positions: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fdr < 1.0:
@@ -182,6 +186,8 @@ class DiffConfig:
             raise StudyInputError("diff.tokens must be >= 0 (0: the whole corpus)")
         if self.min_firings < 1:
             raise StudyInputError("diff.min_firings must be at least 1 (features that fired fewer times are rare)")
+        if self.lens_positions < 1 or any(layer < 0 for layer in self.lens_layers):
+            raise StudyInputError("diff.lens_positions must be at least 1 and diff.lens_layers block indices >= 0")
 
 
 @dataclass(frozen=True)
@@ -539,7 +545,8 @@ def _check_type(cls: type, key: str, value: Any, where: str) -> Any:
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for option in options:
         origin = typing.get_origin(option)
-        if origin is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        element = (typing.get_args(option) or (str,))[0]
+        if origin is tuple and isinstance(value, list) and all(type(v) is element for v in value):
             return tuple(value)
         if option is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)

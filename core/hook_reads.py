@@ -44,6 +44,16 @@ def activations_at_hook(model: Any, hook_name: str, batch: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def activations_at_hooks(model: Any, hook_names: Sequence[str], batch: Tensor) -> dict[str, Tensor]:
+    """Activations [B, T - 1, d] at each of `hook_names` for token rows [B, T] (BOS first, left out), by name, on
+    the model's device: one forward pass that stops after the deepest hook's block (never the unembedding)."""
+    stops = [stop_layer_for(name) for name in hook_names]
+    stop = None if None in stops else max(stops)
+    _, captured = run_capturing(model, batch.to(model.cfg.device), list(hook_names), stop_at_layer=stop)
+    return {name: captured[name][:, 1:] for name in hook_names}
+
+
+@torch.no_grad()
 def features_at_hook(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Tensor:
     """SAE feature activations [B, T - 1, d_sae] of `sae` at `hook_name` for token rows [B, T], BOS left out,
     on the SAE's device."""

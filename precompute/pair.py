@@ -28,6 +28,9 @@ class Pair:
     progress: Callable[[str], Callable]
     min_firings: int = 1  # fewer firings on these tokens: the feature is rare and has no fate
     row_ids: tuple[int, ...] = ()  # the corpus row of each of `rows` (the token set's rows); () reads 0, 1, ...
+    lens_layers: tuple[int, ...] = ()  # diff.lens_layers: the difference lens's blocks besides the SAE's hook
+    lens_positions: int = 5  # diff.lens_positions: the first positions after BOS of its "first" mean
+    medical_words: frozenset[str] = frozenset()  # the study's medical vocabulary (words marked in the lens's tokens)
 
     @property
     def names(self) -> tuple[str, str]:
@@ -40,7 +43,7 @@ class Pair:
     def settings(self) -> dict[str, object]:
         """What a Ray worker needs, besides the two arms, to rebuild this pair (precompute.ray_executor)."""
         return {"batch_size": self.batch_size, "threshold": self.threshold, "outlier_factor": self.outlier_factor,
-                "min_firings": self.min_firings}
+                "min_firings": self.min_firings, "lens_layers": self.lens_layers, "lens_positions": self.lens_positions}
 
     def same_tokenizer(self) -> bool:
         return self.a.model.tokenizer.get_vocab() == self.b.model.tokenizer.get_vocab()

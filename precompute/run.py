@@ -188,7 +188,8 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
     pair = Pair(a, b, None if sample is None else sample.select(inputs.corpus_rows(a)), config.activations.batch_size,
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
-                () if sample is None else sample.rows)
+                () if sample is None else sample.rows, lens_layers=config.diff.lens_layers,
+                lens_positions=config.diff.lens_positions, medical_words=inputs.medical_words)
     try:
         with executor.pair(tuple(map(config.arm, names)), tuple(fingerprints[name] for name in names),
                            pair.settings(), device):

@@ -32,7 +32,7 @@ def build_pair_study(root: Path, diff_tokens: int, quality_tokens: int = CONTEXT
     report = run_study(config, show_progress=False)
     assert report.published
     assert sorted(report.seconds[("base", "finetuned")]) == [
-        "cross_neighbours", "divergence", "map", "matching", "similarity", "transfer"]
+        "change", "cross_neighbours", "divergence", "map", "matching", "similarity", "transfer"]
     return config
 
 

@@ -123,6 +123,31 @@ DIVERGENCE_CONTEXTS = _table("divergence_contexts", [
 DIVERGENCE_FEATURES = _table("divergence_features", [
     *_PAIR, ("arm", _S), ("feature", _I32), ("mean_divergent", _F64), ("mean_elsewhere", _F64),
     ("fired_divergent", _I64), ("fired_elsewhere", _I64)], keyed_by="pair")
+# change (issue 22): arm a's SAE on both models' activations at its hook, per feature: mean activation (zeros
+# included) and firing rate in each model, their change (b - a), the paired t-test over rows (core.activation_change)
+# with Benjamini-Hochberg q over live features, and the rank among increased / decreased features (0 first, NULL
+# when it moved the other way); the rows where it changed most for the 50 most increased and decreased features.
+FEATURE_CHANGE = _table("feature_change", [
+    *_PAIR, ("feature", _I32), ("mean_a", _F64), ("mean_b", _F64), ("change", _F64), ("frac_a", _F64),
+    ("frac_b", _F64), ("frac_change", _F64), ("n_fired_a", _I64), ("n_fired_b", _I64), ("row_change_sd", _F64),
+    ("t", _F64), ("p", _F64), ("q", _F64), ("rank_increase", _I32), ("rank_decrease", _I32)], keyed_by="pair")
+FEATURE_CHANGE_CONTEXTS = _table("feature_change_contexts", [
+    *_PAIR, ("feature", _I32), ("direction", _S), ("rank", _I32), ("row_index", _I32), ("row_change", _F32),
+    ("max_pos", _I32), ("max_index", _I32), ("token_ids", pa.list_(_I32)), ("tokens", pa.list_(_S)),
+    ("acts_a", pa.list_(_F32)), ("acts_b", pa.list_(_F32))], keyed_by="pair")
+# The activation difference lens (core.diff_lens): per site (hook_name) and kind ("first": the first k positions
+# after BOS, "all"), the mean of (b - a), its norm, each model's mean activation norm there, and the medical words
+# among its top 20 tokens through model a's (_a) and model b's (_b) unembedding against 5 random directions' mean.
+DIFF_LENS = _table("diff_lens", [
+    *_PAIR, ("hook_name", _S), ("layer", _I32), ("kind", _S), ("n_positions", _I32), ("n_tokens", _I64),
+    ("norm", _F64), ("norm_a", _F64), ("norm_b", _F64), ("vector", pa.list_(_F32)), ("medical_top20_a", _I32),
+    ("medical_top20_b", _I32), ("random_medical_top20_a", _F64), ("random_medical_top20_b", _F64)], keyed_by="pair")
+DIFF_LENS_TOKENS = _table("diff_lens_tokens", [
+    *_PAIR, ("hook_name", _S), ("kind", _S), ("unembed_arm", _S), ("direction", _S), ("rank", _I32),
+    ("token_id", _I32), ("token", _S), ("logit", _F32), ("is_medical", _B)], keyed_by="pair")
+DIFF_LENS_FEATURES = _table("diff_lens_features", [
+    *_PAIR, ("hook_name", _S), ("kind", _S), ("sae_arm", _S), ("direction", _S), ("rank", _I32), ("feature", _I32),
+    ("cosine", _F32)], keyed_by="pair")
 # Nearest features by decoder cosine (rank 0 = nearest): in the feature's own SAE, and in the other arm's.
 FEATURE_NEIGHBOURS = _table("feature_neighbours", [("arm", _S), ("feature", _I32), ("rank", _I32),
                                                    ("neighbour", _I32), ("cosine", _F32)])
@@ -147,7 +172,8 @@ STEER_SAMPLES = _table("steer_samples", [
 TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
-    FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, STEER_FEATURES,
+    FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, FEATURE_CHANGE,
+    FEATURE_CHANGE_CONTEXTS, DIFF_LENS, DIFF_LENS_TOKENS, DIFF_LENS_FEATURES, STEER_FEATURES,
     STEER_SAMPLES, FEATURE_NEIGHBOURS, CROSS_NEIGHBOURS, FEATURE_MAP)}
 # Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms (removed when
 # the pair does; `stages` and `metrics` are in both: their pair rows have arm NULL, their arm rows arm_a NULL).

@@ -7,12 +7,13 @@ one line below. `--only`, the stage keys, the tables a stage clears and the writ
 from __future__ import annotations
 
 from precompute.stage import Stage
-from precompute.stages import (activations, divergence, feature_map, matching, neighbours, projection, quality,
+from precompute.stages import (activations, change, divergence, feature_map, matching, neighbours, projection, quality,
                                similarity, transfer, words)
 
 REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
     projection.STAGE, activations.STAGE, words.STAGE, quality.STAGE, neighbours.STAGE,
-    similarity.STAGE, transfer.STAGE, matching.STAGE, divergence.STAGE, neighbours.CROSS_STAGE, feature_map.STAGE,
+    similarity.STAGE, transfer.STAGE, matching.STAGE, divergence.STAGE, change.STAGE, neighbours.CROSS_STAGE,
+    feature_map.STAGE,
 )}
 ARM_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.scope == "arm")
 PAIR_STAGES = tuple(name for name, stage in REGISTRY.items() if stage.scope == "pair")

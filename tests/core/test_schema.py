@@ -93,6 +93,25 @@ def schema_14(v13: dict) -> dict:
     """Schema 14 (issue 22, which differences are real): a pair names its control pair; new tables below."""
     tables = dict(v13["tables"])
     tables["pairs"] = tables["pairs"] + [["control", "VARCHAR"], ["controls", "VARCHAR"]]
+    pair, v, i, d = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]], "VARCHAR", "INTEGER", "DOUBLE"
+    tables["feature_change"] = pair + [
+        ["feature", i], ["mean_a", d], ["mean_b", d], ["change", d], ["frac_a", d], ["frac_b", d], ["frac_change", d],
+        ["n_fired_a", "BIGINT"], ["n_fired_b", "BIGINT"], ["row_change_sd", d], ["t", d], ["p", d], ["q", d],
+        ["rank_increase", i], ["rank_decrease", i]]
+    tables["feature_change_contexts"] = pair + [
+        ["feature", i], ["direction", v], ["rank", i], ["row_index", i], ["row_change", "FLOAT"], ["max_pos", i],
+        ["max_index", i], ["token_ids", "INTEGER[]"], ["tokens", "VARCHAR[]"], ["acts_a", "FLOAT[]"],
+        ["acts_b", "FLOAT[]"]]
+    tables["diff_lens"] = pair + [
+        ["hook_name", v], ["layer", i], ["kind", v], ["n_positions", i], ["n_tokens", "BIGINT"], ["norm", d],
+        ["norm_a", d], ["norm_b", d], ["vector", "FLOAT[]"], ["medical_top20_a", i], ["medical_top20_b", i],
+        ["random_medical_top20_a", d], ["random_medical_top20_b", d]]
+    tables["diff_lens_tokens"] = pair + [
+        ["hook_name", v], ["kind", v], ["unembed_arm", v], ["direction", v], ["rank", i], ["token_id", i],
+        ["token", v], ["logit", "FLOAT"], ["is_medical", "BOOLEAN"]]
+    tables["diff_lens_features"] = pair + [
+        ["hook_name", v], ["kind", v], ["sae_arm", v], ["direction", v], ["rank", i], ["feature", i],
+        ["cosine", "FLOAT"]]
     return {**v13, "schema_version": 14, "tables": tables}
 
 

@@ -240,7 +240,7 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
     # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
     # the cross stages that read the corpus (they come after the arms; the decoder-only ones are up to date).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "finetuned": ["quality"], ("base", "finetuned"): ["divergence", "matching", "similarity", "transfer"]}
+        "finetuned": ["quality"], ("base", "finetuned"): ["change", "divergence", "matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 30 * 31
 
