@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from core.database.queries import LABEL_STATUSES, FeatureFilter
+from core.database.queries import FATES, LABEL_STATUSES, FeatureFilter
 from core.feature_ids import parse_arm
 from dashboard import place
 from dashboard import state_keys as keys
@@ -65,6 +65,12 @@ def fields(arms: list[str], default_sort: str = DEFAULT_SORT) -> list[place.Fiel
     def arm_list(text: str, _: dict) -> list[str]:
         return [parse_arm(name, arms) for name in text.split(",") if name.strip()]
 
+    def fate_list(text: str, _: dict) -> list[str]:
+        fates = [name.strip() for name in text.split(",") if name.strip()]
+        if not set(fates) <= set(FATES):
+            raise ValueError(f"expected fates among {', '.join(FATES)}")
+        return [fate for fate in FATES if fate in fates]  # in the widget's order
+
     flip = {value: name for name, value in _ORDER.items()}
     return [
         place.Field(keys.FEATURES_ARMS, "arms", list(arms), arm_list, ",".join),
@@ -80,6 +86,8 @@ def fields(arms: list[str], default_sort: str = DEFAULT_SORT) -> list[place.Fiel
         place.Field(keys.FEATURES_DEAD, "dead", False, _one_of(_DEAD), lambda shown: "shown" if shown else "hidden"),
         place.Field(keys.FEATURES_CANDIDATES, "candidates", False, _one_of({"only": True, "any": False}),
                     lambda only: "only" if only else "any"),
+        place.Field(keys.FEATURES_FATES, "fate", [], fate_list,
+                    lambda fates: ",".join(fate for fate in FATES if fate in fates)),  # one link per filter
         place.Field(keys.FEATURES_SORT, "sort", default_sort, _one_of(tuple(SORTS)), always=True),
         place.Field(keys.FEATURES_DESCENDING, "order", True, _one_of(_ORDER), flip.get, always=True),
         place.Field(keys.FEATURES_PAGE, "page", 1, _whole(1, 10**9)),
@@ -98,7 +106,8 @@ def feature_filter(values: dict[str, Any], arms: list[str]) -> FeatureFilter:
         density_max=None if values[keys.FEATURES_DENSITY_MAX] >= 1.0 else values[keys.FEATURES_DENSITY_MAX],
         label_status=values[keys.FEATURES_LABEL_STATUS], word=values[keys.FEATURES_WORD].strip(),
         live_only=not values[keys.FEATURES_DEAD], explanation=values[keys.FEATURES_EXPLANATION].strip(),
-        candidates_only=bool(values.get(keys.FEATURES_CANDIDATES, False)))
+        candidates_only=bool(values.get(keys.FEATURES_CANDIDATES, False)),
+        fates=tuple(values.get(keys.FEATURES_FATES, ())))
 
 
 def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
@@ -122,6 +131,8 @@ def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
         out[f"label {flt.label_status.replace('_', ' ')}"] = dataclasses.replace(flt, label_status="any")
     if flt.candidates_only:
         out["medical candidates only"] = dataclasses.replace(flt, candidates_only=False)
+    if flt.fates:
+        out[f"fate {' or '.join(flt.fates)}"] = dataclasses.replace(flt, fates=())
     if flt.live_only:
         out["hiding dead features"] = dataclasses.replace(flt, live_only=False)
     return out

@@ -14,6 +14,7 @@ FEATURES_EXPLANATION = "features_explanation"  # words searched in the features'
 FEATURES_BY_MEANING = "features_by_meaning"  # the explanation search matches meaning, not words
 FEATURES_DEAD = "features_dead"
 FEATURES_CANDIDATES = "features_candidates"
+FEATURES_FATES = "features_fates"  # fates in the arm's first declared pair (persist, emerge, ...)
 FEATURES_RESET = "features_reset"
 FEATURES_SORT = "features_sort"
 FEATURES_DESCENDING = "features_descending"

@@ -23,6 +23,7 @@ from core.database.diff_queries import (  # noqa: F401
 SORTABLE = ("arm", "feature", "coherence", "med_matches", "fired_med_matches", "frac_nonzero", "max_act", "mean_act",
             "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
+FATES = ("persist", "emerge", "disappear", "dead", "rare")  # feature_matches.status (core.matching.feature_status)
 _EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
                               "label": pd.Series(dtype=str)})
 
@@ -42,10 +43,13 @@ class FeatureFilter:
     live_only: bool = False  # leave out dead features (never fired on the corpus: nothing to read in them)
     explanation: str = ""  # words searched in the features' explanations (scored by core.explain.search)
     candidates_only: bool = False  # only the medical candidates (by the study's rule: feature_words.candidate_by)
+    fates: tuple[str, ...] = ()  # only these fates in the arm's first declared pair (features.diff_status); (): any
 
     def __post_init__(self) -> None:
         if self.label_status not in LABEL_STATUSES:
             raise ValueError(f"label_status must be one of {LABEL_STATUSES}")
+        if not set(self.fates) <= set(FATES):
+            raise ValueError(f"fates must be among {FATES}")
 
 
 _WHERE = """
@@ -58,14 +62,15 @@ _WHERE = """
     AND (? = '' OR list_contains(f.top_words, lower(trim(?))))
     AND (NOT ? OR coalesce(f.n_fired, 0) > 0)
     AND (? = '' OR coalesce(e.match, 0) > 0)
-    AND (NOT ? OR coalesce(f.is_candidate, FALSE))"""
+    AND (NOT ? OR coalesce(f.is_candidate, FALSE))
+    AND (len(?) = 0 OR list_contains(?, f.diff_status))"""
 
 
 def _where_params(flt: FeatureFilter) -> list[Any]:
     return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
             flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
             flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only, flt.explanation,
-            flt.candidates_only]
+            flt.candidates_only, list(flt.fates), list(flt.fates)]
 
 
 def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
@@ -83,7 +88,7 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         page = con.execute(f"""
             SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
                    f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, f.fired_matched_words,
-                   f.candidate_by, l.label, e.explanation,
+                   f.candidate_by, f.diff_status AS fate, l.label, e.explanation,
                    e.simulation, e.detection, count(*) OVER () AS total
             FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?""",
                            _where_params(flt) + [limit, offset]).df()

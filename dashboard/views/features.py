@@ -12,6 +12,12 @@ config = data.require_database()
 st.title("Features")
 arms = data.arm_names()
 fields = filters.fields(arms, filters.DEFAULT_SORT_BY_RULE[config.medical_vocabulary.candidates])
+# Each arm's fate is the one in the first declared pair it is in (the features view's diff_status).
+fate_pairs = {arm: next((" → ".join(p) for p in data.query("pairs") if arm in p), None) for arm in arms}
+fate_help = ("The feature's fate in its arm's first declared pair ("
+             + "; ".join(f"{arm}: {pair}" for arm, pair in fate_pairs.items() if pair)
+             + "): persist (a partner correlates ≥ the match threshold), emerge (b's, none) or disappear (a's, "
+               "none); dead and rare (too few firings on the diff's tokens) have no fate")
 place.restore_or_stop("features", fields)  # the filters of this session's last visit, or of the link
 
 
@@ -43,6 +49,8 @@ with st.container(border=True):
               help="Only the medical candidates, by the study's rule (the candidate column says which rule "
                    "made each: its top tokens, the tokens it fires on, or both)")
     c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
+    if any(fate_pairs.values()):  # a study without pairs has no fates
+        c8.multiselect("Fate", filters.FATES, key=keys.FEATURES_FATES, placeholder="any", help=fate_help)
     sort = c9.selectbox("Sort all matching features by", list(filters.SORTS), key=keys.FEATURES_SORT,
                         help="Sorted in the database over every matching feature, then cut into pages. A click "
                              "on a column header only reorders the rows of this page.")
@@ -75,8 +83,8 @@ arrow = " ↓" if descending else " ↑"
 titles = {name: name + (arrow if name == sort else "") for name in filters.SORTS}
 rows = rows.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(rows["arm"], rows["feature"])])
 st.dataframe(
-    rows[["open", "arm", "feature", "top_tokens", "candidate_by", "fired_matched_words", "explanation", "simulation",
-          "coherence", "med_matches", "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
+    rows[["open", "arm", "feature", "top_tokens", "candidate_by", "fate", "fired_matched_words", "explanation",
+          "simulation", "coherence", "med_matches", "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
     hide_index=True, width="stretch", key="features_table",
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
@@ -92,6 +100,7 @@ st.dataframe(
                                                       help="share of corpus tokens it fires on"),
         "max_act": st.column_config.NumberColumn(titles["max activation"], format="%.3f"),
         "candidate_by": st.column_config.TextColumn("candidate", help=data.CANDIDATE_HELP),
+        "fate": st.column_config.TextColumn("fate", help=fate_help),
         "matched_words": st.column_config.ListColumn("medical words (top tokens)"),
         "fired_matched_words": st.column_config.ListColumn("medical words it fires on"),
         "llr": st.column_config.NumberColumn(titles["LLR medical"], format="%.2f",
