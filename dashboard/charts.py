@@ -215,3 +215,15 @@ def feature_map(points: pd.DataFrame, colour: str) -> go.Figure:
                       xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"), clickmode="event+select",
                       dragmode="pan")
     return fig
+
+
+def control_histogram(frame: pd.DataFrame, column: str, threshold: float | None = None) -> go.Figure:
+    """One side's features, the pair's against the control pair's: `column` (best-match or own-index correlation)
+    of each, as shares of its own group (`group`: "pair" / "control"), so groups of different sizes compare."""
+    fig = px.histogram(frame, x=column, color="group", barmode="overlay", nbins=50, opacity=0.6,
+                       histnorm="percent", color_discrete_map={"pair": "#F58518", "control": "#7F7F7F"},
+                       labels={column: "activation correlation", "group": ""})
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:g}")
+    fig.update_yaxes(title="% of the group's features")
+    return _compact(fig)

@@ -114,6 +114,12 @@ def matching_export(pair: tuple[str, str], fmt: str) -> bytes:
     return flat.to_csv(index=False).encode()
 
 
+def pair_label(pair: tuple[str, str], roles: dict[tuple[str, str], dict[str, str | None]]) -> str:
+    """"base → finetuned", or "base → base_resae (control of finetuned)" for a control pair (`pair_controls`)."""
+    controls = roles.get(tuple(pair), {}).get("controls")
+    return f"{pair[0]} → {pair[1]}" + (f" (control of {controls})" if controls else "")
+
+
 def arm_overview(config: StudyConfig) -> pd.DataFrame:
     """Per arm: features, medical candidates, coherence mean / median, dead features, L0, EV, CE recovered."""
     return query("arm_overview")

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core.matching import LINEAGE_SHARE
+from dashboard.control import feature_control_text
 from dashboard import charts, data, render
 from dashboard import state_keys as keys
 
@@ -98,7 +99,10 @@ def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix
         verb = "emerged" if status == "emerge" else "disappeared"
         when = "in fine-tuning" if not prefix else f"between {pair[0]} and {pair[1]}"
         best = f"; its best match is {other} feature {int(match)} at {corr_text}" if has_match else ""
-        st.caption(f"{prefix}**{verb} {when}**{best}")
+        threshold = data.query("pair_metrics", pair).get("matching.threshold")
+        margin = (f", {threshold - corr:.3f} below the threshold {threshold:g}" if has_match and threshold is not None
+                  and corr == corr else "")
+        st.caption(f"{prefix}**{verb} {when}**{best}{margin}{feature_control_text(pair, arm, feature)}")
     _same_index_line(fate, pair, arm, feature, has_match and int(match) == feature)
 
 

@@ -5,6 +5,7 @@ import streamlit as st
 
 from core.matching import LINEAGE_SHARE
 from dashboard import charts, data, place
+from dashboard.control import CONTROL_COLUMNS, control_columns, control_section, with_control
 from dashboard.divergence import divergence_section
 from dashboard.lineage import same_index_section
 from dashboard import state_keys as keys
@@ -19,9 +20,11 @@ if not pairs:
     st.stop()
 fields = [place.pair_field(keys.DIFF_PAIR, pairs)]
 place.restore_or_stop("diff", fields)  # a link to a pair the study does not declare: one line
-pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: f"{p[0]} → {p[1]}", key=keys.DIFF_PAIR,
+roles = data.query("pair_controls")
+pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: data.pair_label(p, roles),
+                                       key=keys.DIFF_PAIR,
                                        help="The study's declared pairs (`[[pairs]]`): the first arm is the earlier "
-                                            "model.")
+                                            "model; then each declared control's pair.")
 place.remember("diff", fields)
 arm_a, arm_b = pair
 counts = data.query("diff_counts", pair)
@@ -47,6 +50,8 @@ if not counts.empty:
                 f"matched ones *persist*. A feature that never fired on these tokens is **dead**, one that fired "
                 f"fewer than **{min_firings}** times (`diff.min_firings`) is **rare**: neither has a fate, and both "
                 "are left out of the shares, the tables of emerged and disappeared features and the Label queue.")
+    controlled = control_section(pair, roles.get(pair, {}), config.diff.fdr, threshold)
+    st.markdown("**Raw counts** (at the threshold, before any control):")
     table = counts.pivot(index="arm", columns="status", values="features").fillna(0).astype(int)
     st.dataframe(table.reset_index(), hide_index=True, key="diff_count_table")
     left, right = st.columns(2)
@@ -89,7 +94,7 @@ if not counts.empty:
                   "n_partners": "partners ↓"} | ({"same_index_corr": "corr. with own index ↑ (changed most)"}
                                                  if lineage else {})
     sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
-    table = data.query("diff_features", pair, status, sort, sort != "same_index_corr", 200)
+    table = with_control(data.query("diff_features", pair, status, sort, sort != "same_index_corr", 200), controlled)
     table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
                          compare=[place.compare_url(a, f, ma, mf) if mf == mf and mf is not None else None
                                   for a, f, ma, mf in zip(table["arm"], table["feature"], table["match_arm"],
@@ -98,8 +103,9 @@ if not counts.empty:
                                     for a, f, ma in zip(table["arm"], table["feature"], table["match_arm"])])
     own = ["own_index", "same_index_corr", "same_index_cos"] if lineage else []
     st.dataframe(table[["open", "compare", *own[:1], "arm", "feature", "top_tokens", "frac_nonzero", "diff_n_fired",
-                        "coherence", "med_matches", "match_feature", "match_corr", *own[1:], "n_partners", "partners",
-                        "assigned_feature"]], hide_index=True, width="stretch", key="diff_table",
+                        "coherence", "med_matches", "match_feature", "match_corr", *control_columns(controlled),
+                        *own[1:], "n_partners", "partners", "assigned_feature"]], hide_index=True, width="stretch",
+                 key="diff_table",
                  column_config={"open": st.column_config.LinkColumn("", display_text="open"),
                                 "compare": st.column_config.LinkColumn("", display_text="compare with best match"),
                                 "own_index": st.column_config.LinkColumn("", display_text="compare with own index"),
@@ -111,6 +117,7 @@ if not counts.empty:
                                 "diff_n_fired": st.column_config.NumberColumn("firings (diff tokens)"),
                                 "coherence": st.column_config.NumberColumn(format="%.3f"),
                                 "match_corr": st.column_config.NumberColumn("best corr.", format="%.3f"),
+                                **CONTROL_COLUMNS,
                                 "n_partners": "partners", "partners": "partners ≥ threshold",
                                 "assigned_feature": "one-to-one partner"})
 

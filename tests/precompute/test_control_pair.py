@@ -76,3 +76,30 @@ def test_only_the_planted_change_is_beyond_the_control(control_study):
     itself = controlled_fates(control_rows, control_rows, ("base", "twin"), "twin", fdr=0.05)
     assert not itself["beyond"].any()
     assert np.nanmax(itself["exceedance"]) == 1.0
+
+
+def test_the_model_diff_leads_with_what_is_beyond_the_control(control_study, monkeypatch):
+    from app_pages import page
+
+    config, _ = control_study
+    monkeypatch.setenv("SAE_DIFF_CONFIG", config.source_path)
+    at = page("diff")
+    assert not at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**1** of ft2's 1 emerged features and **1** of base's 1 disappeared ones" in text
+    assert "gives emerged 0 · disappeared 0" in text
+    counts = next(d.value for d in at.dataframe if "beyond" in d.value.columns and "side" in d.value.columns)
+    emerged = counts[counts["status"] == "emerge"].iloc[-1]  # the fine-tuned side's row
+    assert (emerged["features"], emerged["control"], emerged["beyond"]) == (1, 0, 1)
+    fates = next(d.value for d in at.dataframe if "open" in d.value.columns)  # emerged features first
+    assert fates[["arm", "feature", "beyond"]].values.tolist() == [["ft2", PLANTED, True]]
+    control_pair = page("diff", pair="base-twin")
+    assert not control_pair.exception
+    assert any("This is the **control pair** of base → ft2" in i.value for i in control_pair.info)
+    planted = page("feature", arm="base", feature=PLANTED)
+    assert not planted.exception
+    line = next(c.value for c in planted.caption if "disappeared between base and ft2" in c.value)
+    corr = read(config, "SELECT match_corr FROM feature_matches WHERE arm_a = 'base' AND arm_b = 'ft2' AND arm = 'base' "
+                        "AND feature = ?", [PLANTED])[0][0]
+    assert f"at {corr:.3f}, {0.8 - corr:.3f} below the threshold 0.8" in line  # the fate's margin
+    assert "**beyond the control** (0% of the control base → twin's" in line
