@@ -207,8 +207,13 @@ class SteeringConfig:
     measure: str = "sentence"
     special_tokens: bool = True  # false: never draw EOS / BOS / chat markers (a fine-tune that learned to end short
     # documents otherwise answers the prompt with separators); true is the paper's
+    # the control: per feature, this many seeded random directions of the steering vector's norm, each generated
+    # and scored like the feature (core.steer_controls); 0: no control, Table 1 then has the paper's rule only
+    random_directions: int = 5
 
     def __post_init__(self) -> None:
+        if self.random_directions < 0:
+            raise StudyInputError("steering.random_directions must be >= 0 (0: no random control)")
         if self.measure not in STEERING_MEASURES:
             raise StudyInputError(f"steering.measure must be one of {', '.join(STEERING_MEASURES)}, got "
                                   f"{self.measure!r}")

@@ -1,6 +1,11 @@
 """How a steered text is scored: how close it is in meaning to the feature (Table 1's measure), and how fluent it is.
 
-Meaning, two measures (`MEASURES`), both against the feature's top tokens (decoder projection), as the paper did:
+Against what: the tokens the study's candidate rule read (`scoring_target`): the top logit-lens tokens (decoder
+projection), the paper's, or the tokens the feature fires on most, where the rule made it a candidate by those. At
+a mid layer of a real model the logit lens shows mostly frequent tokens: SmolLM2's kidney feature, candidate by
+firing, moved the text toward "doctor / brain / body" while its score against its decoder tokens fell.
+
+Meaning, two measures (`MEASURES`), both against those tokens:
 - "sentence" (the default): cosine of the all-MiniLM-L6-v2 sentence embeddings (`core.sentence`) of the text and
   of the feature's top tokens joined into one text (`top_tokens_text`). The authors' notebook did the same with
   mean-pooled bert-base-uncased states and the joined, unweighted top tokens; a sentence encoder is trained for
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from core import sentence
+from core.coherence import CANDIDATE_RULES
 from core.steering import model_lock, semantic_similarity
 
 MEASURES = {
@@ -35,6 +41,21 @@ MEASURES = {
 DEFAULT_MEASURE = "sentence"
 _SPECIAL_IN_TEXT = re.compile(r"<\|[^<>|\s]*\|>")
 _SPECIAL_TOKEN = re.compile(r"^<\|?/?[^<>\s]*\|?>$")  # <|endoftext|>, </s>, byte tokens <0x8F>: no meaning
+
+
+# What a feature's steering is scored against: its top logit-lens tokens, or the tokens it fires on most.
+TARGETS = {"decoder": "the top tokens (decoder)", "fired": "the tokens it fires on most"}
+
+
+def scoring_target(rule: str, candidate_by: str | None, has_fired: bool = True) -> str:
+    """"decoder" or "fired": the tokens a feature's steering is scored against under the study's candidate rule
+    (core.coherence.CANDIDATE_RULES). decoder: its top logit-lens tokens (the paper's); fired: the tokens it fires on
+    most; either: fired where its `candidate_by` is "fired" or "both", else decoder. A feature that never fired
+    (`has_fired` False) has no fired tokens: decoder."""
+    if rule not in CANDIDATE_RULES:
+        raise ValueError(f"candidate rule must be one of {CANDIDATE_RULES}, got {rule!r}")
+    by_firing = rule == "fired" or (rule == "either" and candidate_by in ("fired", "both"))
+    return "fired" if by_firing and has_fired else "decoder"
 
 
 def check_measure(measure: str) -> str:

@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     steer.add_argument("--features", default="candidates",
                        help="candidates (>= 2 medical matches), labelled (humans said medical) or ids: 12,40")
     steer.add_argument("--samples", type=int, default=None, help="seeds per feature (config steering.samples: 3)")
+    steer.add_argument("--random-directions", type=int, default=None, metavar="N",
+                       help="random directions of the same norm per feature, the control (config "
+                            "steering.random_directions: 5; 0: none)")
     steer.add_argument("--measure", default=None, choices=STEERING_MEASURES,
                        help="score texts in meaning (sentence, the default) or by word vectors (glove); "
                             "config steering.measure")
@@ -193,6 +196,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _steer_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from core import database as db
     from core.config import load_config
     from precompute.steer_eval import steer_eval
@@ -200,17 +205,24 @@ def _steer_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.samples is not None and args.samples < 1:
         raise StudyInputError("--samples must be at least 1")
+    if args.random_directions is not None and args.random_directions < 0:
+        raise StudyInputError("--random-directions must be at least 0 (0: no random control)")
     seconds = steer_eval(config, args.features, args.samples, args.device, show_progress=not args.no_progress,
-                         measure=args.measure)
+                         measure=args.measure, random_directions=args.random_directions)
     print(f"{config.features_db}: steering results published")
     with db.connect_read_only(Path(config.features_db)) as con:
         table = db.queries.steering_table(con)
-    print("  arm        measure   features  passing        mean steered  mean unsteered  perplexity steered / "
-          "unsteered  seconds")
-    for row in table.itertuples():
+    print("  passing: the paper's rule (steered > unsteered); controlled: also above the random directions' mean")
+    print("  arm        measure   features  passing        beats random  controlled       mean steered  mean unsteered"
+          "  mean random  perplexity steered / unsteered  seconds  scored against")
+    for _, row in table.iterrows():
+        beats, both = row["beats random"], row["passing, beats unsteered and random"]
+        control = (f"{int(beats):>12}  {int(both):>4} ({row['share passing both (%)']:>5.1f}%)" if not pd.isna(both)
+                   else f"{'—':>12}  {'—':>12}")
         print(f"  {row.arm:<10} {row.measure:<8} {row.features:>8}  {row.passing:>4} ({100 * row.share:>5.1f}%)  "
-              f"{row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {row.steered_perplexity:>10.1f} / "
-              f"{row.unsteered_perplexity:<9.1f}  {seconds.get(row.arm, 0):>7.0f}")
+              f"{control}  {row.mean_steered:>12.4f}  {row.mean_unsteered:>14.4f}  {row['mean random']:>11.4f}  "
+              f"{row.steered_perplexity:>10.1f} / {row.unsteered_perplexity:<9.1f}  {seconds.get(row.arm, 0):>7.0f}  "
+              f"{row['scored against']}")
     return 0
 
 

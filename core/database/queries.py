@@ -4,7 +4,7 @@ come from a fixed list. Current labels (from core.labels, another file) are pass
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -208,6 +208,29 @@ def feature_fired_tokens(con: duckdb.DuckDBPyConnection, arm: str, feature: int)
         WHERE t.arm = ? AND t.feature = ? ORDER BY t.rank""", [arm, int(feature)]).df()
 
 
+def steering_targets(con: duckdb.DuckDBPyConnection, arm: str, rule: str, features: Sequence[int]) -> pd.DataFrame:
+    """What each feature's steering is scored against under the study's candidate rule (core.steer_scores.
+    scoring_target): feature, target ("decoder" | "fired"), rank, token_id, token, value: the decoder projection of
+    its top logit-lens tokens, or the firings of the tokens it fires on most. Features in the given order."""
+    from core.steer_scores import scoring_target
+
+    ids = [int(f) for f in features]
+    by = dict(con.execute("SELECT feature, candidate_by FROM feature_words WHERE arm = ? AND list_contains(?, feature)",
+                          [arm, ids]).fetchall())
+    top = con.execute("""SELECT feature, rank, token_id, token, value::DOUBLE AS value FROM top_tokens
+                         WHERE arm = ? AND kind = 'top' AND list_contains(?, feature)""", [arm, ids]).df()
+    fired = con.execute("""SELECT feature, rank, token_id, token, count::DOUBLE AS value FROM fired_tokens
+                           WHERE arm = ? AND list_contains(?, feature)""", [arm, ids]).df()
+    lists = {"decoder": top.groupby("feature"), "fired": fired.groupby("feature")}
+    parts = []
+    for feature in ids:
+        target = scoring_target(rule, by.get(feature), feature in lists["fired"].groups)
+        if feature in lists[target].groups:
+            parts.append(lists[target].get_group(feature).sort_values("rank").assign(target=target))
+    columns = ["feature", "target", "rank", "token_id", "token", "value"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
 def top_token_overlap(con: duckdb.DuckDBPyConnection, left: tuple[str, int], right: tuple[str, int]) -> pd.DataFrame:
     """Top tokens shared by two features (by token text), with each side's rank."""
     return con.execute("""
@@ -343,18 +366,33 @@ def stage_token_sets(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
 
 def steering_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """Paper Table 1 per arm and measure (one per arm: a run replaces the arm's rows): features tested, passing
-    (mean steered similarity > mean unsteered), share, the mean steered / unsteered similarity over features and
-    the mean steered / unsteered perplexity under the unsteered model (NaN means left out)."""
+    """Paper Table 1 per arm and measure (one per arm: a run replaces the arm's rows): features tested, passing by
+    the paper's rule (mean steered similarity > mean unsteered), share; then the random control (core.steer_controls;
+    NULL where none was run): how many beat the mean of their random directions, how many pass both ways and their
+    share in percent, and what the texts were scored against (core.steer_scores.TARGETS, features per target); the
+    mean steered / unsteered / random similarity over features and the mean steered / unsteered perplexity under
+    the unsteered model (NaN means left out). The control's columns are named as the Overview shows them."""
     return con.execute("""
+        WITH targets AS (
+            SELECT arm, measure, string_agg(coalesce(target, 'unrecorded') || ' ' || n, ', ' ORDER BY n DESC, target)
+                       AS scored_against
+            FROM (SELECT arm, measure, target, count(*) AS n FROM steer_features GROUP BY ALL) GROUP BY ALL)
         SELECT arm, measure, count(*) AS features, count(*) FILTER (WHERE passing) AS passing,
                count(*) FILTER (WHERE passing) / count(*) AS share,
+               CASE WHEN count(beats_random) > 0 THEN count(*) FILTER (WHERE beats_random) END AS "beats random",
+               CASE WHEN count(passing_controlled) > 0 THEN count(*) FILTER (WHERE passing_controlled) END
+                   AS "passing, beats unsteered and random",
+               CASE WHEN count(passing_controlled) > 0
+                    THEN round(100 * count(*) FILTER (WHERE passing_controlled) / count(*), 1) END
+                   AS "share passing both (%)",
+               any_value(t.scored_against) AS "scored against",
                avg(mean_steered) FILTER (WHERE NOT isnan(mean_steered)) AS mean_steered,
                avg(mean_unsteered) FILTER (WHERE NOT isnan(mean_unsteered)) AS mean_unsteered,
+               avg(mean_random) FILTER (WHERE NOT isnan(mean_random)) AS "mean random",
                avg(mean_steered_perplexity) FILTER (WHERE NOT isnan(mean_steered_perplexity)) AS steered_perplexity,
                avg(mean_unsteered_perplexity) FILTER (WHERE NOT isnan(mean_unsteered_perplexity))
                    AS unsteered_perplexity
-        FROM steer_features GROUP BY arm, measure ORDER BY arm, measure""").df()
+        FROM steer_features JOIN targets t USING (arm, measure) GROUP BY arm, measure ORDER BY arm, measure""").df()
 
 
 def log_densities(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:

@@ -163,18 +163,28 @@ STEER_FEATURES = _table("steer_features", [("arm", _S), ("feature", _I32), ("coe
                                            # how the texts were scored (core.steer_scores.MEASURES) and how fluent
                                            # they were: mean perplexity under the unsteered model
                                            ("measure", _S), ("mean_unsteered_perplexity", _F64),
-                                           ("mean_steered_perplexity", _F64)])
+                                           ("mean_steered_perplexity", _F64),
+                                           # issue 22: what the texts were scored against (decoder | fired, by the
+                                           # study's candidate rule) and the random control (core.steer_controls):
+                                           # NULL beats_random / passing_controlled where none was run
+                                           ("target", _S), ("random_directions", _I32), ("mean_random", _F64),
+                                           ("beats_random", _B), ("random_beaten", _I32),
+                                           ("passing_controlled", _B)])
 STEER_SAMPLES = _table("steer_samples", [
     ("arm", _S), ("feature", _I32), ("sample", _I32), ("seed", _I32), ("unsteered_text", _S), ("steered_text", _S),
     ("unsteered_similarity", _F64), ("steered_similarity", _F64), ("unsteered_perplexity", _F64),
     ("steered_perplexity", _F64)])
+# Each random direction's text for each seed of steer_samples (same prompt, seed and settings), scored alike.
+STEER_RANDOM_SAMPLES = _table("steer_random_samples", [
+    ("arm", _S), ("feature", _I32), ("sample", _I32), ("direction", _I32), ("direction_seed", _I64), ("text", _S),
+    ("similarity", _F64)])
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
     FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, FEATURE_CHANGE,
     FEATURE_CHANGE_CONTEXTS, DIFF_LENS, DIFF_LENS_TOKENS, DIFF_LENS_FEATURES, STEER_FEATURES,
-    STEER_SAMPLES, FEATURE_NEIGHBOURS, CROSS_NEIGHBOURS, FEATURE_MAP)}
+    STEER_SAMPLES, STEER_RANDOM_SAMPLES, FEATURE_NEIGHBOURS, CROSS_NEIGHBOURS, FEATURE_MAP)}
 # Rows that name an arm (removed when the arm leaves the study) and rows that name a pair of arms (removed when
 # the pair does; `stages` and `metrics` are in both: their pair rows have arm NULL, their arm rows arm_a NULL).
 ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")

@@ -93,6 +93,13 @@ def schema_14(v13: dict) -> dict:
     """Schema 14 (issue 22, which differences are real): a pair names its control pair; new tables below."""
     tables = dict(v13["tables"])
     tables["pairs"] = tables["pairs"] + [["control", "VARCHAR"], ["controls", "VARCHAR"]]
+    tables["steer_features"] = tables["steer_features"] + [
+        ["target", "VARCHAR"], ["random_directions", "INTEGER"], ["mean_random", "DOUBLE"], ["beats_random", "BOOLEAN"],
+        ["random_beaten", "INTEGER"], ["passing_controlled", "BOOLEAN"]]
+    tables["steer_random_samples"] = [["arm", "VARCHAR"], ["feature", "INTEGER"], ["sample", "INTEGER"],
+                                      ["direction", "INTEGER"], ["direction_seed", "BIGINT"], ["text", "VARCHAR"],
+                                      ["similarity", "DOUBLE"]]
+    tables["divergence_contexts"] = tables["divergence_contexts"] + [["boundary", "BOOLEAN[]"]]
     pair, v, i, d = [["arm_a", "VARCHAR"], ["arm_b", "VARCHAR"]], "VARCHAR", "INTEGER", "DOUBLE"
     tables["feature_change"] = pair + [
         ["feature", i], ["mean_a", d], ["mean_b", d], ["change", d], ["frac_a", d], ["frac_b", d], ["frac_change", d],
