@@ -174,8 +174,13 @@ class DiffConfig:
     # at 3/4 depth and last), and k, the first positions after BOS its "first" mean reads (the ADL paper's 5).
     lens_layers: tuple[int, ...] = ()
     lens_positions: int = 5
+    # divergence: a position whose next token is a separator or one of a document's first this many tokens
+    # (core.token_kinds) is a boundary, reported apart and left out of the rankings (core.boundaries)
+    boundary_tokens: int = 3
 
     def __post_init__(self) -> None:
+        if self.boundary_tokens < 0:
+            raise StudyInputError("diff.boundary_tokens must be >= 0 (a document's first tokens left out; 0: none)")
         if not 0.0 < self.fdr < 1.0:
             raise StudyInputError("diff.fdr must be in (0, 1), e.g. 0.05")
         if not 0.0 < self.match_threshold <= 1.0:

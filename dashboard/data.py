@@ -56,6 +56,15 @@ def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
         return None
 
 
+def study_has_pair() -> bool:
+    """Whether the study declares a pair (its first page is then What changed); False when the config is unreadable,
+    which the Overview reports."""
+    try:
+        return bool(study_config().pairs)
+    except StudyInputError:
+        return False
+
+
 def build_report(config: StudyConfig) -> dict[str, Any] | None:
     """The demo build's manifest.json (beside the features database), or None for a study without one."""
     path = config.output_dir / "manifest.json"
