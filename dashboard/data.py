@@ -56,15 +56,6 @@ def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
         return None
 
 
-def study_has_pair() -> bool:
-    """Whether the study declares a pair (its first page is then What changed); False when the config is unreadable,
-    which the Overview reports."""
-    try:
-        return bool(study_config().pairs)
-    except StudyInputError:
-        return False
-
-
 def build_report(config: StudyConfig) -> dict[str, Any] | None:
     """The demo build's manifest.json (beside the features database), or None for a study without one."""
     path = config.output_dir / "manifest.json"
@@ -292,6 +283,22 @@ def candidate_word_table() -> pd.DataFrame:
     wide = words.pivot(index="word", columns="arm", values=["candidates", "needed_by"]).fillna(0).astype(int)
     arms = [arm for arm in arm_names() if arm in set(words["arm"])]
     wide = wide[[(what, arm) for arm in arms for what in ("candidates", "needed_by")]]
+def perplexity_kind_frame(report: dict[str, Any]) -> pd.DataFrame | None:
+    """One row per kind of predicted token (core.token_kinds: text, separator, first; then all) and held-out text:
+    columns kind, text, tokens, base, fine-tuned, change (-0.23: 23% lower), from manifest.json; None for a build
+    from before perplexities were split by kind."""
+    by_kind, tokens = report.get("perplexity_by_kind"), report.get("tokens_by_kind")
+    if by_kind is None or tokens is None:
+        return None
+    before, after = by_kind["base"], by_kind["finetuned"]
+    rows = [{"kind": kind, "text": split, "tokens": tokens[split][kind], "base": before[split][kind],
+             "fine-tuned": after[split][kind],
+             "change": None if before[split][kind] is None or after[split][kind] is None
+             else after[split][kind] / before[split][kind] - 1}
+            for kind in ("text", "separator", "first", "all") for split in ("medical", "general") if split in before]
+    return pd.DataFrame(rows)
+
+
     wide.columns = [f"{arm} {'candidates' if what == 'candidates' else 'needing it'}" for what, arm in wide.columns]
     total = wide[[f"{arm} candidates" for arm in arms]].sum(axis=1).sort_values(ascending=False, kind="stable")
     return wide.loc[total.index].reset_index()

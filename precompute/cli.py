@@ -122,6 +122,7 @@ def _build_demo(args: argparse.Namespace) -> int:
     for arm, values in manifest["perplexity"].items():
         print(f"  {arm:<22} {values['general']:>9.1f} {values['medical']:>10.1f}")
     print(f"  fine-tuning changed medical perplexity by {100 * manifest['medical_perplexity_change']:+.0f}%")
+    _print_drops_by_kind(manifest)
     for arm, sae in manifest["saes"].items():
         print(f"  SAE {arm:<10} {sae['hook_name']}  d_sae {sae['d_sae']}  L0 {sae['l0']:.1f}  "
               f"explained variance {sae['explained_variance']:.3f}  dead {100 * sae['dead_fraction']:.1f}%")
@@ -129,11 +130,25 @@ def _build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_drops_by_kind(manifest: dict) -> None:
+    """Perplexity change by kind of predicted token: the text tokens' says whether the fine-tune is about medicine."""
+    drops = manifest.get("perplexity_drop_by_kind")
+    if drops is None:  # builds from before perplexity was split by token kind
+        return
+    print("  change by token kind     general    medical   (text: no separator, not a document's first 3 tokens)")
+    for kind in ("text", "separator", "first"):
+        cells = [f"{-100 * drops[split][kind]:>+9.1f}%" if drops[split][kind] is not None else f"{'-':>10}"
+                 for split in ("general", "medical")]
+        print(f"  {kind:<22} {cells[0]} {cells[1]}")
+
+
 def _print_floor_and_budget(manifest: dict) -> None:
     floor = manifest.get("quality_floor")
     if floor is not None:  # builds from before the floor was recorded have none
         state = "met" if floor["met"] else "NOT MET: " + "; ".join(floor["misses"])
-        print(f"  quality floor (medical perplexity -{100 * floor['medical_perplexity_drop']:.0f}%, "
+        ratio = (f"text-token drop medical >= {floor['text_drop_ratio']:g}x general, " if "text_drop_ratio" in floor
+                 else "")
+        print(f"  quality floor (medical perplexity -{100 * floor['medical_perplexity_drop']:.0f}%, {ratio}"
               f"EV >= {floor['explained_variance']:.2f}, dead <= {100 * floor['dead_fraction']:.0f}%): {state}")
     if "total_s" in manifest:
         cpu = manifest["cpu"]

@@ -128,7 +128,7 @@ def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: boo
 
 def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe, device: str,
                  timings: dict[str, float], bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
-    """Train (or load) the base arm, fine-tune it, measure both: (tokenizer, rows, perplexity)."""
+    """Train (or load) the base arm, fine-tune it, measure both: (tokenizer, rows, {arm: steps.evaluate(...)})."""
     # A pretrained recipe brings its own tokenizer and base model; the steps after these two are the same.
     with _step("load pretrained" if recipe.pretrained else "tokenizer", timings, bar):
         base, tokenizer = (load_pretrained(recipe.pretrained) if recipe.pretrained
@@ -138,19 +138,23 @@ def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe
         base = base if base is not None else steps.train_base(rows, tokenizer, recipe, config.seed, device)
         steps.save_model(base, tokenizer, folder / "models" / "base")
     with _step("fine-tune", timings, bar):
-        finetuned = steps.finetune(base, rows, recipe, config.seed, device)
+        finetuned = steps.finetune(base, tokenizer, rows, recipe, config.seed, device)
         steps.save_model(finetuned, tokenizer, folder / "models" / "finetuned")
     with _step("perplexity", timings, bar):
-        perplexity = {arm: steps.evaluate(model, rows, recipe, device)
+        special = steps.special_ids(tokenizer)
+        perplexity = {arm: steps.evaluate(model, rows, recipe, device, special)
                       for arm, model in (("base", base), ("finetuned", finetuned))}
-        logger.info("held-out perplexity (general, medical): %s", perplexity)  # seen before a long build ends
+        # seen before a long build ends
+        logger.info("held-out perplexity drop by token kind: %s", steps.perplexity_report(perplexity)[
+            "perplexity_drop_by_kind"])
     return tokenizer, rows, perplexity
 
 
 def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe,
                  earlier: dict[str, Any], out: Path, timings: dict[str, float],
                  bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
-    """The arms of the earlier build in `out`, linked in unchanged: (tokenizer, rows, perplexity)."""
+    """The arms of the earlier build in `out`, linked in unchanged: (tokenizer, rows, {arm: steps.evaluate(...)}),
+    the perplexities as that build measured them (measured here if it split none by token kind)."""
     from transformers import AutoTokenizer
 
     with _step("keep models", timings, bar):
@@ -160,7 +164,11 @@ def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "models" / "base"))
         rows = steps.make_rows(text, tokenizer, recipe, config.seed)
     bar.update(3)  # base model, fine-tune and perplexity were done by the earlier build
-    return tokenizer, rows, earlier["perplexity"]
+    perplexity = steps.evaluation_from_manifest(earlier)
+    if perplexity is None:
+        with _step("perplexity by token kind", timings, bar):
+            perplexity = steps.evaluate_saved(folder / "models", rows, recipe, device, steps.special_ids(tokenizer))
+    return tokenizer, rows, perplexity
 
 
 def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
@@ -196,10 +204,9 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         "text": text.summary(),
         "rows": {name: int(tensor.shape[0]) for name, tensor in rows.items()},
         "tokenizer": {"vocab_size": len(tokenizer)},
-        "perplexity": perplexity,
-        "medical_perplexity_change": perplexity["finetuned"]["medical"] / perplexity["base"]["medical"] - 1.0,
+        **(report := steps.perplexity_report(perplexity)),
         "saes": saes,
-        "quality_floor": steps.quality_floor(perplexity, saes),
+        "quality_floor": steps.quality_floor(report["perplexity"], saes, report["perplexity_drop_by_kind"]),
         "vocabulary": vocabulary,
         "embeddings": embeddings,
     }

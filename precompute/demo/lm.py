@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
+from core import token_kinds
 from core.config import DemoRecipe
+
+KIND_NAMES = ("all", "text", "separator", "first")
 
 
 def gpt2_config(recipe: DemoRecipe, tokenizer: object) -> object:
@@ -30,8 +34,9 @@ def gpt2_config(recipe: DemoRecipe, tokenizer: object) -> object:
 
 
 def train_lm(model: torch.nn.Module, rows: torch.Tensor, lr: float, batch_size: int, seed: int, device: str,
-             desc: str) -> list[float]:
+             desc: str, labels: torch.Tensor | None = None) -> list[float]:
     """One epoch over `rows` [n, ctx] in a seeded order; AdamW (0.9, 0.95), wd 0.1, warm-up then cosine.
+    `labels` [n, ctx] (default: the rows) are the targets, -100 where a token is not in the loss (text_labels).
 
     Returns the loss of each step (nats per token)."""
     generator = torch.Generator().manual_seed(seed)
@@ -45,8 +50,10 @@ def train_lm(model: torch.nn.Module, rows: torch.Tensor, lr: float, batch_size: 
     losses: list[float] = []
     bar = tqdm(range(n_steps), desc=desc, unit="step", leave=False)
     for step in bar:
-        batch = rows[order[step * batch_size:(step + 1) * batch_size]].to(device)
-        loss = model(input_ids=batch, labels=batch).loss  # fp32: bf16 autocast was ~15x slower on this CPU
+        picked = order[step * batch_size:(step + 1) * batch_size]
+        batch = rows[picked].to(device)
+        targets = batch if labels is None else labels[picked].to(device)
+        loss = model(input_ids=batch, labels=targets).loss  # fp32: bf16 autocast was ~15x slower on this CPU
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -58,16 +65,34 @@ def train_lm(model: torch.nn.Module, rows: torch.Tensor, lr: float, batch_size: 
     return losses
 
 
+def text_labels(rows: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:
+    """Targets [n, ctx] for `rows` [n, ctx] with only the text tokens in the loss: separators and a document's first
+    tokens (core.token_kinds) are -100, which transformers' loss ignores, so the fine-tune learns its domain's text
+    rather than where the corpus's short documents end."""
+    is_text = token_kinds.token_kinds(rows, special_ids) == token_kinds.TEXT
+    labels = rows.clone()
+    labels[:, 1:][~is_text] = -100
+    labels[:, 0] = -100  # never predicted (transformers shifts the labels); set for clarity
+    return labels
+
+
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, rows: torch.Tensor, device: str, batch_size: int = 32) -> float:
-    """exp(mean next-token NLL) over every predicted position of `rows` [n, ctx], in fp32."""
+def perplexity_by_kind(model: torch.nn.Module, rows: torch.Tensor, special_ids: Iterable[int], device: str,
+                       batch_size: int = 32) -> dict[str, dict[str, float | int | None]]:
+    """exp(mean next-token NLL) over the predicted tokens of `rows` [n, ctx], in fp32: over all of them and per kind
+    of the predicted token (core.token_kinds: separator, a document's first tokens, text).
+
+    Returns {"perplexity": {kind: value or None when no token is of that kind}, "tokens": {kind: count}}."""
     model.to(device).eval()
-    total_nll, total_tokens = 0.0, 0
+    special_ids = tuple(special_ids)
+    sums = {kind: 0.0 for kind in KIND_NAMES}
+    counts = {kind: 0 for kind in KIND_NAMES}
     for start in range(0, rows.shape[0], batch_size):
         batch = rows[start:start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                reduction="sum")
-        total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [b, ctx-1]
+        for kind, mask in token_kinds.kind_masks(batch, special_ids).items():
+            sums[kind] += nll[mask].double().sum().item()
+            counts[kind] += int(mask.sum().item())
+    return {"perplexity": {kind: math.exp(sums[kind] / counts[kind]) if counts[kind] else None for kind in KIND_NAMES},
+            "tokens": counts}

@@ -20,7 +20,10 @@ from core.config import DemoRecipe
 FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
 # What the two arms and their held-out perplexities depend on; the other fields only shape the SAEs.
 MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
-                "finetune_general_share", "batch_size", "heldout_share", "eval_tokens")
+                "finetune_general_share", "batch_size", "heldout_share", "eval_tokens", "finetune_text_only")
+# Model fields added after builds recorded their key: in the key only when set off their default, so a recipe that
+# leaves them alone keeps the models of a build from before them.
+LATER_MODEL_FIELDS = {"finetune_text_only": False}
 MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
 # 2: rows joined by <|endoftext|> too (one commit, measured worse); 3: a pretrained instruct model's rows start with
 # its plain end-of-text, not its chat-turn opener (core.models.sources.use_plain_text_bos); a from-scratch build's
@@ -48,7 +51,8 @@ def models_key(recipe: DemoRecipe, seed: int) -> str:
 
 def _key(fields: dict[str, Any], seed: int, version: int) -> str:
     skip = FROM_SCRATCH_FIELDS if fields.get("pretrained") else ()
-    models = {k: fields.get(k) for k in MODEL_FIELDS if k not in skip}
+    models = {k: fields.get(k, LATER_MODEL_FIELDS.get(k)) for k in MODEL_FIELDS if k not in skip}
+    models = {k: v for k, v in models.items() if k not in LATER_MODEL_FIELDS or v != LATER_MODEL_FIELDS[k]}
     text = json.dumps({"models": models, "seed": seed, "version": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

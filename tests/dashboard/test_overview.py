@@ -20,7 +20,7 @@ REPORT = {
 
 def run_app(monkeypatch, config: Path) -> AppTest:
     monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
-    return AppTest.from_file(APP, default_timeout=30).switch_page("views/overview.py").run()
+    return AppTest.from_file(APP, default_timeout=30).run()
 
 
 def write_study(tmp_path: Path) -> Path:
@@ -161,3 +161,39 @@ def test_table_1_says_which_measure_scored_it_and_shows_the_perplexities(tmp_pat
     caption = next(c.value for c in at.caption if c.value.startswith("Similarity measure ("))
     assert "base: sentence, meaning: cosine of the all-MiniLM-L6-v2 sentence embeddings" in caption
     assert "finetuned: glove, words: cosine of the text's mean GloVe word vector" in caption
+
+
+def test_perplexity_change_by_token_kind_from_the_build_report(tmp_path, monkeypatch):
+    """A report as the build writes it (steps.perplexity_report): text tokens medical 80 -> 60 (-25%), general
+    40 -> 36 (-10%); separators fell most, as on SmolLM2; the table has one row per kind and held-out text."""
+    from precompute.demo import steps
+
+    def split(all_, text, separator):
+        return {"perplexity": {"all": all_, "text": text, "separator": separator, "first": 900.0},
+                "tokens": {"all": 100, "text": 70, "separator": 10, "first": 20}}
+
+    built = steps.perplexity_report({"base": {"general": split(50.0, 40.0, 25.0), "medical": split(100.0, 80.0, 28.0)},
+                                     "finetuned": {"general": split(45.0, 36.0, 5.0),
+                                                   "medical": split(70.0, 60.0, 2.0)}})
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text(json.dumps({**REPORT, **built}))
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    text = "".join(m.value for m in at.markdown)
+    assert "medical perplexity by **-25.0%** and general by **-10.0%**" in text
+    table = next(d.value for d in at.dataframe if "kind" in d.value.columns).set_index(["kind", "text"])
+    assert len(table) == 8  # text, separator, first, all x medical, general
+    assert table.loc[("text", "medical"), "change"] == pytest.approx(-0.25)
+    assert table.loc[("separator", "general"), ["base", "fine-tuned"]].tolist() == [25.0, 5.0]
+    assert table.loc[("separator", "medical"), "change"] == pytest.approx(2.0 / 28.0 - 1)
+    assert table.loc[("all", "general"), "tokens"] == 100 and table.loc[("first", "medical"), "tokens"] == 20
+
+
+def test_a_build_from_before_the_split_says_so(tmp_path, monkeypatch):
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text(json.dumps(REPORT))
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    assert any("predates perplexity by token kind" in c.value for c in at.caption)

@@ -100,7 +100,7 @@ def test_quality_floor_names_each_miss():
             "finetuned": {"explained_variance": 0.7, "dead_fraction": 0.2}}
     floor = steps.quality_floor(ppl, saes)
     assert not floor["met"] and floor["medical_perplexity_drop_measured"] == pytest.approx(0.05)
-    assert floor["misses"] == ["fine-tune lowered held-out medical perplexity by 5.0% (< 10%)",
+    assert floor["misses"] == ["fine-tune lowered held-out medical perplexity by 5.0% (< 10% lower)",
                                "SAE finetuned explains 70.0% of variance (< 75%)",
                                "SAE finetuned has 20.0% dead features (> 10%)"]
     assert steps.quality_floor({"base": {"medical": 100.0}, "finetuned": {"medical": 80.0}},
