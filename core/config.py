@@ -174,8 +174,13 @@ class DiffConfig:
     # at 3/4 depth and last), and k, the first positions after BOS its "first" mean reads (the ADL paper's 5).
     lens_layers: tuple[int, ...] = ()
     lens_positions: int = 5
+    # divergence: a position whose next token is a separator or one of a document's first this many tokens
+    # (core.token_kinds) is a boundary, reported apart and left out of the rankings (core.boundaries)
+    boundary_tokens: int = 3
 
     def __post_init__(self) -> None:
+        if self.boundary_tokens < 0:
+            raise StudyInputError("diff.boundary_tokens must be >= 0 (a document's first tokens left out; 0: none)")
         if not 0.0 < self.fdr < 1.0:
             raise StudyInputError("diff.fdr must be in (0, 1), e.g. 0.05")
         if not 0.0 < self.match_threshold <= 1.0:
@@ -275,14 +280,14 @@ class DemoRecipe:
     finetune_tokens: int = 200_000
     finetune_lr: float = 1e-3
     finetune_general_share: float = 0.15
+    # The fine-tune's loss on text tokens only: document separators and a document's first tokens (core.token_kinds)
+    # are left out, so it learns its domain's text rather than where the corpus's short documents end (issue 22).
+    finetune_text_only: bool = False
     batch_size: int = 32
     heldout_share: float = 0.08
     eval_tokens: int = 30_000
     hook_name: str = "blocks.2.hook_resid_pre"
     d_sae: int = 1536
-    # The fine-tune's loss on text tokens only: document separators and a document's first tokens (core.token_kinds)
-    # are left out, so it learns its domain's text rather than where the corpus's short documents end (issue 22).
-    finetune_text_only: bool = False
     sae_l1_coefficient: float = 6.0
     sae_lr: float = 2e-3
     sae_tokens: int = 400_000

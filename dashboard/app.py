@@ -11,8 +11,15 @@ if str(ROOT) not in sys.path:  # streamlit runs this file as a script, not as pa
 
 st.set_page_config(page_title="SAE fine-tune diff", page_icon="🔬", layout="wide")
 PAGES = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would also list that folder as legacy pages
+from dashboard.data import study_has_pair  # noqa: E402  (after the path above)
+
+# A study with a pair opens on the question people open it with (issue 22); one arm alone, on the Overview.
+changed_first = study_has_pair()
 pages = [
-    st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
+    st.Page(str(PAGES / "changed.py"), title="What changed", icon=":material/lightbulb:", url_path="changed",
+            default=changed_first),
+    st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=not changed_first,
+            url_path="overview"),
     st.Page(str(PAGES / "features.py"), title="Features", icon=":material/table_rows:", url_path="features"),
     st.Page(str(PAGES / "feature.py"), title="Feature", icon=":material/search:", url_path="feature"),
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare_arrows:", url_path="compare"),

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.diff_control import controlled_counts, controlled_fates
+from core.matching import LINEAGE_SHARE
 from dashboard import charts, data
 
 NO_CONTROL = ("No control is declared for this pair, so nothing below separates what the fine-tune did from what "
@@ -53,7 +54,25 @@ def control_section(pair: tuple[str, str], roles: dict[str, str | None], fdr: fl
     right.plotly_chart(charts.control_histogram(both, "match_corr", threshold), key="control_hist")
     right.caption(f"{arm_b}'s features' best-match correlation with {arm_a} against {control}'s (the control "
                   f"SAE's) with {arm_a}, each as a share of its own features.")
+    _same_index_line(pair_rows, control_rows, pair, control, fdr)
     return controlled
+
+
+def _same_index_line(pair_rows: pd.DataFrame, control_rows: pd.DataFrame, pair: tuple[str, str], control: str,
+                     fdr: float) -> None:
+    """When b's SAE went on from a's (feature i is one feature in both), the drift of each feature from its own
+    index against the control SAE's drift from the same index."""
+    arm_a, arm_b = pair
+    share = data.query("pair_metrics", pair).get("matching.same_index_share_b")
+    if share is None or share < LINEAGE_SHARE or control_rows["same_index_corr"].isna().all():
+        return
+    drift = controlled_fates(pair_rows, control_rows, pair, control, fdr, column="same_index_corr")
+    mine = drift[(drift["arm"] == arm_b) & drift["q"].notna()]
+    theirs = control_rows[(control_rows["arm"] == control) & control_rows["same_index_corr"].notna()]
+    st.markdown(f"**Feature i against itself** ({arm_b}'s SAE went on from {arm_a}'s): **{int(mine['beyond'].sum()):,}** "
+                f"of {len(mine):,} {arm_b} features drifted from their own index further than the control SAE's "
+                f"features do (median correlation with the own index: {arm_b} "
+                f"{mine['same_index_corr'].median():.3f}, control {theirs['same_index_corr'].median():.3f}).")
 
 
 def _lead(counts: pd.DataFrame, pair: tuple[str, str], control: str, fdr: float) -> None:

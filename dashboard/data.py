@@ -56,6 +56,15 @@ def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
         return None
 
 
+def study_has_pair() -> bool:
+    """Whether the study declares a pair (its first page is then What changed); False when the config is unreadable,
+    which the Overview reports."""
+    try:
+        return bool(study_config().pairs)
+    except StudyInputError:
+        return False
+
+
 def build_report(config: StudyConfig) -> dict[str, Any] | None:
     """The demo build's manifest.json (beside the features database), or None for a study without one."""
     path = config.output_dir / "manifest.json"
@@ -274,15 +283,6 @@ def perplexity_changes(report: dict[str, Any], base: str = "base", finetuned: st
     return {text: after[text] / before[text] - 1 for text in before if text in after}
 
 
-def candidate_word_table() -> pd.DataFrame:
-    """One row per medical word in any arm's candidates: per arm, in how many candidates it is and how many
-    would stop being candidates without it; most frequent first (core.database.queries.candidate_words)."""
-    words = query("candidate_words")
-    if words.empty:
-        return words
-    wide = words.pivot(index="word", columns="arm", values=["candidates", "needed_by"]).fillna(0).astype(int)
-    arms = [arm for arm in arm_names() if arm in set(words["arm"])]
-    wide = wide[[(what, arm) for arm in arms for what in ("candidates", "needed_by")]]
 def perplexity_kind_frame(report: dict[str, Any]) -> pd.DataFrame | None:
     """One row per kind of predicted token (core.token_kinds: text, separator, first; then all) and held-out text:
     columns kind, text, tokens, base, fine-tuned, change (-0.23: 23% lower), from manifest.json; None for a build
@@ -299,6 +299,15 @@ def perplexity_kind_frame(report: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def candidate_word_table() -> pd.DataFrame:
+    """One row per medical word in any arm's candidates: per arm, in how many candidates it is and how many
+    would stop being candidates without it; most frequent first (core.database.queries.candidate_words)."""
+    words = query("candidate_words")
+    if words.empty:
+        return words
+    wide = words.pivot(index="word", columns="arm", values=["candidates", "needed_by"]).fillna(0).astype(int)
+    arms = [arm for arm in arm_names() if arm in set(words["arm"])]
+    wide = wide[[(what, arm) for arm in arms for what in ("candidates", "needed_by")]]
     wide.columns = [f"{arm} {'candidates' if what == 'candidates' else 'needing it'}" for what, arm in wide.columns]
     total = wide[[f"{arm} candidates" for arm in arms]].sum(axis=1).sort_values(ascending=False, kind="stable")
     return wide.loc[total.index].reset_index()

@@ -84,3 +84,6 @@ INSPECT_ROW_SHOWN = "inspect_row_shown"  # the row whose text the box was last f
 MAP_COLOUR = "map_colour"
 MAP_PAIR = "map_pair"  # the declared pair whose two arms the map lays out
 MAP_CHART = "map_chart"  # the plotly chart's selection event (a click picks a feature)
+CHANGED_PAIR = "changed_pair"  # What changed: the pair it answers for
+CHANGED_LENS_SITE = "changed_lens_site"  # its difference lens: the site (hook) shown
+CHANGED_LENS_KIND = "changed_lens_kind"  # "first" k positions or "all"

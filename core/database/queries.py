@@ -14,6 +14,9 @@ import pandas as pd
 
 from core.coherence import CANDIDATE_MIN_MATCHES
 # The model diff's reads, one pair at a time, live in diff_queries; pages reach every read through this module.
+from core.database.changed_queries import (  # noqa: F401
+    candidates_by_fate, change_enrichment, changed_features, lens_features, lens_sites, lens_tokens, lens_vector,
+    moved_persisting)
 from core.database.diff_queries import (  # noqa: F401
     DIFF_SORTABLE, diff_counts, diff_features, diff_notes, fate_statistics, feature_fates, feature_partners,
     many_to_one, pair_controls,

@@ -20,7 +20,7 @@ REPORT = {
 
 def run_app(monkeypatch, config: Path) -> AppTest:
     monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
-    return AppTest.from_file(APP, default_timeout=30).run()
+    return AppTest.from_file(APP, default_timeout=30).switch_page("views/overview.py").run()
 
 
 def write_study(tmp_path: Path) -> Path:

@@ -22,7 +22,7 @@ def query(config, sql: str):
 
 def pages(config, monkeypatch) -> tuple[AppTest, AppTest]:
     monkeypatch.setenv("SAE_DIFF_CONFIG", str(Path(config.features_db).parent / "study.toml"))
-    overview = AppTest.from_file(APP, default_timeout=60).run()
+    overview = AppTest.from_file(APP, default_timeout=60).switch_page("views/overview.py").run()
     diff = AppTest.from_file(APP, default_timeout=60).switch_page("views/diff.py").run()
     assert not overview.exception and not diff.exception
     return overview, diff

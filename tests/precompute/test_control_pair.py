@@ -88,6 +88,8 @@ def test_the_model_diff_leads_with_what_is_beyond_the_control(control_study, mon
     text = "\n".join(m.value for m in at.markdown)
     assert "**1** of ft2's 1 emerged features and **1** of base's 1 disappeared ones" in text
     assert "gives emerged 0 · disappeared 0" in text
+    # ft2's SAE is base's with one feature changed: feature i is one feature in both, and only PLANTED drifted from it
+    assert "**1** of 20 ft2 features drifted from their own index further than the control SAE's features do" in text
     counts = next(d.value for d in at.dataframe if "beyond" in d.value.columns and "side" in d.value.columns)
     emerged = counts[counts["status"] == "emerge"].iloc[-1]  # the fine-tuned side's row
     assert (emerged["features"], emerged["control"], emerged["beyond"]) == (1, 0, 1)
@@ -103,3 +105,23 @@ def test_the_model_diff_leads_with_what_is_beyond_the_control(control_study, mon
                         "AND feature = ?", [PLANTED])[0][0]
     assert f"at {corr:.3f}, {0.8 - corr:.3f} below the threshold 0.8" in line  # the fate's margin
     assert "**beyond the control** (0% of the control base → twin's" in line
+
+
+def test_what_changed_opens_the_study_and_states_the_control(control_study, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from app_pages import APP
+
+    config, _ = control_study
+    monkeypatch.setenv("SAE_DIFF_CONFIG", config.source_path)
+    at = AppTest.from_file(APP, default_timeout=60).run()  # a study with a pair opens on What changed
+    assert not at.exception
+    assert at.title[0].value == "What changed"
+    text = "\n".join(m.value for m in at.markdown)
+    assert text.startswith("From base to ft2: 1 of 1 emerged and 1 of 1 disappeared features are beyond the control "
+                           "pair base → twin (which alone gives 0 emerged, 0 disappeared).")
+    assert "the lens has no direction to read" in text  # the two arms run one model: its mean difference is 0
+    assert "No feature of base's SAE changes its activation between the two models" in text
+    emerged = next(d.value for d in at.dataframe if "top_tokens" in d.value.columns)
+    assert emerged["feature"].tolist() == [PLANTED]
+    assert [pair for pair in at.selectbox[0].options] == ["base → ft2"]  # the control pair is not a choice here
