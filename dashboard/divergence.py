@@ -28,11 +28,14 @@ def divergence_section(arm_a: str, arm_b: str, token_set_text: str, metrics: dic
             f"run `python -m precompute run --config {data.config_path()}` (its divergence stage)")
         st.caption(f"No divergence results for {arm_a} → {arm_b} in this database: {why}.")
         return
+    kind = "text tokens" if "boundary_share" in metrics else "tokens"  # a stage from before issue 22 ranked all
     st.markdown(
         f"Per token, KL({arm_a} ‖ {arm_b}) of the two models' next-token distributions, on {token_set_text}: mean "
         f"**{metrics.get('mean_kl', float('nan')):.4f}** nats. The **{int(metrics.get('n_divergent', 0)):,}** most "
-        f"divergent tokens (the top {metrics.get('divergent_share', 0.01):.0%}) have KL ≥ "
+        f"divergent {kind} (the top {metrics.get('divergent_share', 0.01):.0%}) have KL ≥ "
         f"**{metrics.get('divergent_threshold', float('nan')):.3f}**.")
+    if kind == "text tokens":
+        st.markdown(boundary_sentence(metrics))
     rows = data.divergence_rows(arm_a, arm_b)
     by_source = rows.assign(source=data.row_sources(rows["row_index"].tolist())).groupby("source", sort=False)
     in_top = pd.Series(data.row_sources(contexts["row_index"].tolist())).value_counts()
@@ -41,8 +44,11 @@ def divergence_section(arm_a: str, arm_b: str, token_set_text: str, metrics: dic
     st.dataframe(sources.astype({f"of the top {len(contexts)} rows": int}).rename_axis("source").reset_index(),
                  hide_index=True, key="divergence_sources",
                  column_config={"mean KL": st.column_config.NumberColumn(format="%.4f")})
-    st.markdown(f"**Most divergent rows** (mean KL over the row; tokens shaded by KL, the most divergent "
-                f"underlined, {BEFORE} before and {AFTER} after it; Inspect opens the whole row)")
+    how = ("mean KL over the row's text tokens; every token shaded by its KL, boundary tokens too, the most "
+           "divergent text token" if kind == "text tokens" else "mean KL over the row; tokens shaded by KL, the most "
+           "divergent")
+    st.markdown(f"**Most divergent rows** ({how} underlined, {BEFORE} before and {AFTER} after it; Inspect opens the "
+                "whole row)")
     scale = float(contexts["max_kl"].max())
     sources = data.row_sources(contexts["row_index"].tolist())
     for ctx, source in zip(contexts.itertuples(), sources):
@@ -53,12 +59,27 @@ def divergence_section(arm_a: str, arm_b: str, token_set_text: str, metrics: dic
         st.markdown(render.context_html(list(ctx.tokens[start:stop]), list(ctx.kl[start:stop]), scale,
                                         ctx.max_index - start, label=label, shade=KL_SHADE, link=link),
                     unsafe_allow_html=True)
-    enriched_features(arm_a, arm_b)
+    enriched_features(arm_a, arm_b, kind)
 
 
-def enriched_features(arm_a: str, arm_b: str) -> None:
-    st.markdown("**Features that live where the models diverge**: mean activation on the most divergent tokens "
-                "against every other token (largest difference first; at least 3 firings there)")
+def boundary_sentence(metrics: dict[str, float]) -> str:
+    """What the divergence leaves out, with its figures: the boundary tokens' share of all tokens and of the most
+    divergent ones, and their mean KL against the text's (the divergence stage's metrics, core.boundaries)."""
+    share = metrics.get("divergent_share", 0.01)
+    top = metrics.get("boundary_share_of_top", float("nan"))
+    of_top = (f"**{top:.0%}** of the {share:.0%} most divergent tokens of all" if top == top else
+              "none of the tokens diverges")
+    return (f"**Boundary tokens** (those that predict a document separator or one of a document's first "
+            f"{int(metrics.get('boundary_tokens', 0))} tokens) are **{metrics['boundary_share']:.0%}** of tokens and "
+            f"{of_top}, with mean KL **{metrics.get('mean_kl_boundary', float('nan')):.4f}** against "
+            f"**{metrics.get('mean_kl_text', float('nan')):.4f}** on text tokens. They show where documents end, not "
+            "how the text is predicted: the rows and features below rank text tokens only.")
+
+
+def enriched_features(arm_a: str, arm_b: str, kind: str = "tokens") -> None:
+    """kind: what the divergent set was ranked among ("text tokens", or "tokens" before issue 22)."""
+    st.markdown(f"**Features that live where the models diverge**: mean activation on the most divergent {kind} "
+                f"against every other one of the {kind} (largest difference first; at least 3 firings there)")
     for column, arm in zip(st.columns(2), (arm_a, arm_b)):
         table = data.enriched_features(arm_a, arm_b, arm, 15)
         column.markdown(f"*{arm}*")

@@ -31,6 +31,7 @@ class Pair:
     lens_layers: tuple[int, ...] = ()  # diff.lens_layers: the difference lens's blocks besides the SAE's hook
     lens_positions: int = 5  # diff.lens_positions: the first positions after BOS of its "first" mean
     medical_words: frozenset[str] = frozenset()  # the study's medical vocabulary (words marked in the lens's tokens)
+    boundary_tokens: int = 3  # diff.boundary_tokens: a document's first tokens the divergence reports apart
 
     @property
     def names(self) -> tuple[str, str]:

@@ -8,11 +8,13 @@ import pandas as pd
 
 
 def divergent_contexts(con: duckdb.DuckDBPyConnection, arm_a: str, arm_b: str, limit: int = 20) -> pd.DataFrame:
-    """The rows where the pair's next-token predictions part most (mean KL(a ‖ b) over the row), best first:
-    rank, row_index (corpus row), mean_kl, max_kl, max_index (BOS-less token of the max), tokens, kl,
-    logprob_change (log p_b − log p_a of the next token; NULL on the last)."""
+    """The rows where the pair's next-token predictions part most (mean KL(a ‖ b) over the row's text positions),
+    best first: rank, row_index (corpus row), mean_kl, max_kl, max_index (BOS-less token of the text max), tokens,
+    kl, logprob_change (log p_b − log p_a of the next token; NULL on the last), boundary (per token: it predicts a
+    separator or a document's first tokens; NULL where the stage wrote no kinds)."""
     return con.execute("""
-        SELECT rank, row_index, mean_kl, max_kl, max_index, tokens, kl, logprob_change FROM divergence_contexts
+        SELECT rank, row_index, mean_kl, max_kl, max_index, tokens, kl, logprob_change, boundary
+        FROM divergence_contexts
         WHERE arm_a = ? AND arm_b = ? ORDER BY rank LIMIT ?""", [arm_a, arm_b, int(limit)]).df()
 
 

@@ -112,14 +112,16 @@ FEATURE_MATCHES = _table("feature_matches", [
     keyed_by="pair")
 MATCH_PAIRS = _table("match_pairs", [("arm_a", _S), ("feature_a", _I32), ("arm_b", _S), ("feature_b", _I32),
                                      ("corr", _F32), ("assigned", _B)], keyed_by="pair")
-# divergence: every row of the pair's token set (mean / max KL(a ‖ b) and the max's BOS-less token index), the top
-# rows by mean KL with every token, and each arm's features on the most divergent tokens against elsewhere.
+# divergence: every row of the pair's token set (mean / max KL(a ‖ b) over its text positions and the max's BOS-less
+# token index), the top rows by that mean with every token, and each arm's features on the most divergent text
+# tokens against the other text tokens; boundary positions (core.boundaries) are counted apart, in the metrics.
 DIVERGENCE_ROWS = _table("divergence_rows", [*_PAIR, ("row_index", _I32), ("mean_kl", _F64), ("max_kl", _F64),
                                              ("max_index", _I32)], keyed_by="pair")
 DIVERGENCE_CONTEXTS = _table("divergence_contexts", [
     *_PAIR, ("rank", _I32), ("row_index", _I32), ("mean_kl", _F64), ("max_kl", _F64), ("max_index", _I32),
     ("token_ids", pa.list_(_I32)), ("tokens", pa.list_(_S)), ("kl", pa.list_(_F32)),
-    ("logprob_change", pa.list_(_F32))], keyed_by="pair")
+    ("logprob_change", pa.list_(_F32)),
+    ("boundary", pa.list_(_B))], keyed_by="pair")  # the token predicts a separator or a document's first tokens
 DIVERGENCE_FEATURES = _table("divergence_features", [
     *_PAIR, ("arm", _S), ("feature", _I32), ("mean_divergent", _F64), ("mean_elsewhere", _F64),
     ("fired_divergent", _I64), ("fired_elsewhere", _I64)], keyed_by="pair")

@@ -1,6 +1,9 @@
 """divergence: where the pair's next-token predictions part over the diff's token sample: per row mean / max
-KL(a ‖ b), the top rows with every token's KL and Δ log p, and each arm's features on the top 1% most divergent
-tokens against elsewhere (core.divergence says what is kept and why it is bounded)."""
+KL(a ‖ b) over its text positions, the top rows with every token's KL, Δ log p and kind, and each arm's features on
+the top 1% most divergent text tokens against the other text tokens (core.divergence says what is kept and why it
+is bounded). Boundary positions (those that predict a separator or one of a document's first `diff.boundary_tokens`
+tokens, core.boundaries) are ranked nowhere and reported apart in the metrics: how many, their mean KL against the
+text's, and their share of the top 1% of all positions by KL."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from core.boundaries import special_token_ids
 from core.database.schema import DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, DIVERGENCE_ROWS
 from core.divergence import Divergence, corpus_divergence
 from core.token_text import vocabulary_strings
@@ -24,20 +28,26 @@ def run_divergence(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
     per_batch = max(1, min(pair.batch_size, LOGIT_BUDGET // (rows.shape[1] * pair.a.model.cfg.d_vocab)))
     row_ids = pair.row_ids if pair.row_ids else range(rows.shape[0])
     result = corpus_divergence(pair.a, pair.b, rows, row_ids, TOP_CONTEXTS, DIVERGENT_SHARE, per_batch,
-                               progress=pair.progress("next-token divergence"))
+                               progress=pair.progress("next-token divergence"),
+                               special_ids=special_token_ids(pair.a.model.tokenizer),
+                               boundary_tokens=pair.boundary_tokens)
     _, text = vocabulary_strings(pair.a.model.tokenizer, pair.a.model.cfg.d_vocab)
     n_rows = len(result.row)
     tables = {
         "divergence_rows": pa.table({**pair.columns(n_rows), "row_index": result.row.astype(np.int32),
-                                     "mean_kl": result.row_mean_kl, "max_kl": result.row_max_kl,
+                                     "mean_kl": _nullable(result.row_mean_kl), "max_kl": _nullable(result.row_max_kl),
                                      "max_index": result.row_max_index.astype(np.int32)}),
         "divergence_contexts": _contexts_table(pair, result, text),
         "divergence_features": pa.concat_tables([_features_table(pair, arm, k, result)
                                                  for k, arm in enumerate((pair.a, pair.b))]),
     }
+    bounds = result.boundaries
     metrics = {"n_tokens": result.n_positions, "mean_kl": result.mean_kl, "n_divergent": result.n_divergent,
                "divergent_threshold": result.divergent_threshold, "divergent_share": DIVERGENT_SHARE,
-               "max_kl": float(result.row_max_kl.max()) if n_rows else float("nan")}
+               "max_kl": float(np.nanmax(result.row_max_kl)) if np.isfinite(result.row_max_kl).any() else float("nan"),
+               "boundary_tokens": pair.boundary_tokens, "n_boundary": bounds.n_boundary,
+               "boundary_share": bounds.boundary_share, "mean_kl_text": bounds.mean_kl_text,
+               "mean_kl_boundary": bounds.mean_kl_boundary, "boundary_share_of_top": bounds.boundary_share_of_top}
     return tables, metrics
 
 
@@ -50,26 +60,28 @@ def _contexts_table(pair: Pair, result: Divergence, text: np.ndarray) -> pa.Tabl
         return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), kind, from_pandas=True))
 
     ids = ctx.token_ids.astype(np.int64)
+    max_kl, max_index = ctx.text_max()
     return pa.table({
         **pair.columns(n), "rank": np.arange(n, dtype=np.int32), "row_index": ctx.row.astype(np.int32),
-        "mean_kl": ctx.mean_kl, "max_kl": ctx.kl.max(1).astype(np.float64) if n else np.zeros(0),
-        "max_index": ctx.kl.argmax(1).astype(np.int32) if n else np.zeros(0, np.int32),
+        "mean_kl": _nullable(ctx.mean_kl), "max_kl": _nullable(max_kl),  # null: the row has no text position
+        "max_index": max_index.astype(np.int32),
         "token_ids": lists(ids.astype(np.int32), pa.int32()),
         "tokens": lists(text[ids.reshape(-1)].astype(object) if n else np.zeros(0, object), pa.string()),
         "kl": lists(ctx.kl.astype(np.float32), pa.float32()),
         "logprob_change": lists(ctx.logprob_change.astype(np.float32), pa.float32()),  # NaN (last token) -> null
+        "boundary": lists(ctx.boundary.astype(bool), pa.bool_()),
     })
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array(values, mask=np.isnan(values))  # NaN (nothing to average) -> null
 
 
 def _features_table(pair: Pair, arm, k: int, result: Divergence) -> pa.Table:
     e = result.enrichment[k]
     d_sae = len(e.mean_elsewhere)
-
-    def nullable(values: np.ndarray) -> pa.Array:
-        return pa.array(values, mask=np.isnan(values))
-
     return pa.table({**pair.columns(d_sae), "arm": [arm.name] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
-                     "mean_divergent": nullable(e.mean_divergent), "mean_elsewhere": nullable(e.mean_elsewhere),
+                     "mean_divergent": _nullable(e.mean_divergent), "mean_elsewhere": _nullable(e.mean_elsewhere),
                      "fired_divergent": e.fired_divergent, "fired_elsewhere": e.fired_elsewhere})
 
 
@@ -84,6 +96,7 @@ def _key_parts(parts) -> tuple:
     return (*pair_key_parts(parts), TOP_CONTEXTS, DIVERGENT_SHARE)
 
 
-STAGE = Stage("divergence", version=1, scope="pair",
+# 2: boundary positions (issue 22) ranked nowhere, reported apart; contexts keep each token's kind
+STAGE = Stage("divergence", version=2, scope="pair",
               tables=(DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES), run=run_divergence,
               key_parts=_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)
