@@ -44,7 +44,8 @@ class Pair:
     def settings(self) -> dict[str, object]:
         """What a Ray worker needs, besides the two arms, to rebuild this pair (precompute.ray_executor)."""
         return {"batch_size": self.batch_size, "threshold": self.threshold, "outlier_factor": self.outlier_factor,
-                "min_firings": self.min_firings, "lens_layers": self.lens_layers, "lens_positions": self.lens_positions}
+                "min_firings": self.min_firings, "lens_layers": self.lens_layers, "lens_positions": self.lens_positions,
+                "medical_words": self.medical_words, "boundary_tokens": self.boundary_tokens}
 
     def same_tokenizer(self) -> bool:
         return self.a.model.tokenizer.get_vocab() == self.b.model.tokenizer.get_vocab()

@@ -189,7 +189,8 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
                 config.diff.match_threshold, config.diff.outlier_factor,
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
                 () if sample is None else sample.rows, lens_layers=config.diff.lens_layers,
-                lens_positions=config.diff.lens_positions, medical_words=inputs.medical_words)
+                lens_positions=config.diff.lens_positions, medical_words=inputs.medical_words,
+                boundary_tokens=config.diff.boundary_tokens)
     try:
         with executor.pair(tuple(map(config.arm, names)), tuple(fingerprints[name] for name in names),
                            pair.settings(), device):
