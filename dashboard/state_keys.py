@@ -62,6 +62,7 @@ STEER_OTHER_FEATURE = "steer_other_feature"
 STEER_STOP = "steer_stop"
 STEER_RESULT = "steer_result"  # the last Generate's runs, kept across reruns
 STEER_SWEEP_RESULT = "steer_sweep_result"  # the last sweep (running, done, stopped or failed) and its texts
+STEER_RANDOM = "steer_random_control"  # also generate along a random direction of the same norm (the control)
 
 # Model diff page
 DIFF_PAIR = "diff_pair"  # (arm_a, arm_b): one of the study's declared pairs

@@ -15,23 +15,37 @@ from core.config import SteeringConfig
 from core.steer_scores import meaning_scores, perplexity
 from dashboard import charts, data, render
 from dashboard import state_keys as keys
+from dashboard.steer_control import ControlRun, control_verdict, run_control
 
 SWEEP_POINTS = 9  # −2c … +2c
 MEASURE_NAMES = {"sentence": "in meaning (sentence encoder)", "glove": "by word vectors (GloVe mean)"}
+TARGET_WORDS = {"decoder": "top tokens", "fired": "most-fired tokens"}  # core.steer_scores.TARGETS, in a title
 
 
 @dataclass(frozen=True)
 class TopTokens:
-    """A feature set's top tokens (decoder projection): what a text is scored and shaded against."""
+    """What a feature set's texts are scored and shaded against: each feature's tokens under the study's candidate
+    rule (`queries.steering_targets`): its top logit-lens tokens (decoder projection) or those it fires on most."""
 
     tokens: list[str]
     values: list[float]
     ids: list[int]
+    targets: tuple[str, ...] = ("decoder",)  # which lists they are (core.steer_scores.TARGETS)
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> TopTokens:
-        top = frame[frame["kind"] == "top"]
-        return cls(top["token"].tolist(), top["value"].astype(float).tolist(), top["token_id"].astype(int).tolist())
+        """From `steering_targets` rows (target, token_id, token, value), or `feature_tokens` rows (kind 'top')."""
+        if "kind" in frame.columns:
+            frame, targets = frame[frame["kind"] == "top"], ("decoder",)
+        else:
+            targets = tuple(sorted(set(frame["target"]))) or ("decoder",)
+        return cls(frame["token"].tolist(), frame["value"].astype(float).tolist(),
+                   frame["token_id"].astype(int).tolist(), targets)
+
+    @property
+    def words(self) -> str:
+        """'top tokens', 'most-fired tokens', or both: what a title calls them."""
+        return " and ".join(TARGET_WORDS[t] for t in self.targets).replace("tokens and ", "and ")
 
     def scores(self, texts: list[str], measure: str, kv: Any) -> list[float]:
         """Each text's closeness to these top tokens by `measure` (core.steer_scores); kv: GloVe, for "glove"."""
@@ -58,17 +72,22 @@ class ArmRun:
     set_change: float  # nats: log-probability of the top tokens at the next position, steered − unsteered
     note: str = ""  # how this arm's feature was chosen
     measure: str = "sentence"  # how `similarity` was scored (core.steer_scores.MEASURES)
+    words: str = "top tokens"  # what `similarity` was scored against (TopTokens.words)
+    control: ControlRun | None = None  # the same push along a random direction, when asked for
 
 
 def run_arm(loaded: Any, coefficients: dict[int, float], prompt: str, settings: steering.SamplingSettings,
-            top: TopTokens, measure: str, kv: Any, note: str = "") -> ArmRun:
+            top: TopTokens, measure: str, kv: Any, note: str = "", control_seed: int | None = None) -> ArmRun:
+    """control_seed: the study's seed, to add the random control (dashboard.steer_control); None: none."""
     comparison = steering.compare_steering(loaded, coefficients, prompt, settings)
     shift = steering.next_token_shift(loaded, coefficients, prompt, top.ids)
     pair = (comparison.unsteered, comparison.steered)
+    control = (None if control_seed is None
+               else run_control(loaded, coefficients, prompt, settings, top, measure, kv, control_seed))
     return ArmRun(loaded.name, dict(coefficients), prompt, settings, comparison,
                   tuple(top.scores([g.text for g in pair], measure, kv)),
                   tuple(perplexity(loaded.model, g.prompt_ids, g.token_ids) for g in pair),
-                  tuple(top.hits(g.token_ids) for g in pair), shift.set_change, note, measure)
+                  tuple(top.hits(g.token_ids) for g in pair), shift.set_change, note, measure, top.words, control)
 
 
 def _similarity(value: float) -> str:
@@ -86,16 +105,23 @@ def show_arm_run(run: ArmRun) -> None:
     made = run.settings
     st.caption(f"{run.note + ' ' if run.note else ''}Seed {made.seed}, {made.max_new_tokens} new tokens, temperature "
                f"{made.temperature:g}, top p {made.top_p:g}, frequency penalty {made.freq_penalty:g}.")
-    names = ("Unsteered", f"Steered ({features}, c = {c:g})")
-    for col, name, generation, sim, ppl, hits in zip(st.columns(2), names, (run.comparison.unsteered,
-                                                     run.comparison.steered), run.similarity, run.perplexity,
-                                                     run.hits):
-        col.markdown(f"**{run.arm} · {name}** · similarity to the top tokens {_similarity(sim)} · "
-                     f"{_perplexity(ppl)} · {int(sum(hits))} of {len(hits)} new tokens among its top tokens (shaded)")
+    names = ["Unsteered", f"Steered ({features}, c = {c:g})"]
+    texts = [(run.comparison.unsteered, run.similarity[0], run.perplexity[0], run.hits[0]),
+             (run.comparison.steered, run.similarity[1], run.perplexity[1], run.hits[1])]
+    if run.control is not None:
+        names.append(f"Random direction (seed {run.control.seed}, norm {run.control.norm:.3g})")
+        texts.append((run.control.generation, run.control.similarity, run.control.perplexity, run.control.hits))
+    for col, name, (generation, sim, ppl, hits) in zip(st.columns(len(names)), names, texts):
+        col.markdown(f"**{run.arm} · {name}** · similarity to the {run.words} {_similarity(sim)} · "
+                     f"{_perplexity(ppl)} · {int(sum(hits))} of {len(hits)} new tokens among its {run.words} (shaded)")
         col.markdown(render.context_html([run.prompt] + generation.tokens, [0.0] + hits, 1.0), unsafe_allow_html=True)
+    control = "" if run.control is None else (
+        " Random control: the same push (its norm, prompt, seed and settings) along random direction 0 of "
+        f"{features} drawn from the study's seed, as in Table 1. " + control_verdict(run.similarity[1],
+                                                                                     run.control.similarity))
     st.caption(f"Similarity {MEASURE_NAMES[run.measure]}; perplexity of each text under the unsteered model (higher: "
-               f"less fluent). Log-probability of the feature's top tokens at the next position: "
-               f"{run.set_change:+.3f} nats with steering.")
+               f"less fluent). Log-probability of the feature's {run.words} at the next position: "
+               f"{run.set_change:+.3f} nats with steering.{control}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +194,7 @@ def show_sweep(sweep: Sweep) -> None:
     for point in sweep.points:
         st.markdown(f"**c = {point.coefficient:.3g}** · similarity {_similarity(point.similarity)} · "
                     f"{_perplexity(point.perplexity)} · {int(sum(point.hits))} of {len(point.hits)} new tokens "
-                    "among the top tokens")
+                    f"among the {sweep.top.words}")
         st.markdown(render.context_html([sweep.prompt] + point.tokens, [0.0] + point.hits, 1.0),
                     unsafe_allow_html=True)
 
@@ -230,7 +256,8 @@ def other_arm_plan(arm: str, other_arm: str, features: list[int], rows: list[dic
     if not missing:
         note = "; ".join(f"{other_arm} #{m} is the persisting match of {arm} #{f} (activation correlation {c:.3f})"
                          for f, (m, c) in matches.items()) + "."
-        st.caption(note + " Each arm's text is scored against its own feature's top tokens, as in Table 1.")
+        st.caption(note + " Each arm's text is scored against its own feature's tokens, by the study's rule, as in "
+                          "Table 1.")
         return {m: coefficient for m, _ in matches.values()}, note
     st.info(". ".join(missing) + f". Steering {other_arm} with a feature that is not a match would not test the same "
             f"feature, so {other_arm} is not steered unless you pick one of its features below.")

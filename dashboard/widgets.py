@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import pandas as pd
 import streamlit as st
 
 from core.matching import LINEAGE_SHARE
@@ -32,7 +33,7 @@ def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) 
     rows = []
     for column in (c for c in frame.columns if c != "arm"):
         label, fmt = measures.get(column, (column, "{}"))
-        values = {str(arm): "—" if value is None or value != value else fmt.format(value)
+        values = {str(arm): "—" if value is None or value is pd.NA or value != value else fmt.format(value)
                   for arm, value in zip(frame["arm"], frame[column])}
         rows.append({"measure": label, **values})
     st.dataframe(rows, hide_index=True, width="stretch", key=key, height=35 * (len(rows) + 1) + 3)  # no scrolling

@@ -234,6 +234,13 @@ def steering_targets(con: duckdb.DuckDBPyConnection, arm: str, rule: str, featur
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
+def steering_results(con: duckdb.DuckDBPyConnection, arm: str, features: Sequence[int]) -> pd.DataFrame:
+    """Table 1's stored rows (steer_features) of these features, for the Steer page: one per feature steer-eval
+    scored, in feature order."""
+    return con.execute("SELECT * FROM steer_features WHERE arm = ? AND list_contains(?, feature) ORDER BY feature",
+                       [arm, [int(f) for f in features]]).df()
+
+
 def top_token_overlap(con: duckdb.DuckDBPyConnection, left: tuple[str, int], right: tuple[str, int]) -> pd.DataFrame:
     """Top tokens shared by two features (by token text), with each side's rank."""
     return con.execute("""
@@ -377,7 +384,7 @@ def steering_table(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     the unsteered model (NaN means left out). The control's columns are named as the Overview shows them."""
     return con.execute("""
         WITH targets AS (
-            SELECT arm, measure, string_agg(coalesce(target, 'unrecorded') || ' ' || n, ', ' ORDER BY n DESC, target)
+            SELECT arm, measure, string_agg(target || ' ' || n, ', ' ORDER BY n DESC, target)
                        AS scored_against
             FROM (SELECT arm, measure, target, count(*) AS n FROM steer_features GROUP BY ALL) GROUP BY ALL)
         SELECT arm, measure, count(*) AS features, count(*) FILTER (WHERE passing) AS passing,

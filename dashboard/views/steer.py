@@ -1,12 +1,13 @@
 """Steer: add a feature's decoder direction to the model's activations while it writes, and score the effect."""
 
-import pandas as pd
 import streamlit as st
 
 from core import steering
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_ids
+from core.steer_scores import TARGETS
 from dashboard import data, place
 from dashboard import state_keys as keys
+from dashboard.steer_control import control_is_cheap, table1_lines
 from dashboard.steer_runs import (MEASURE_NAMES, SWEEP_POINTS, Sweep, TopTokens, other_arm_plan, run_arm,
                                   scale_caption, show_arm_run, show_sweep, table1_differences)
 
@@ -47,7 +48,8 @@ require_steerable(arm)
 loaded = data.loaded_arm(arm)
 steer = config.steering
 rows = [data.query("feature_row", arm, f) for f in features]
-top = TopTokens.of(pd.concat([data.query("feature_tokens", arm, f) for f in features]))
+rule = config.medical_vocabulary.candidates  # texts are scored against what it read (core.steer_scores)
+top = TopTokens.of(data.query("steering_targets", arm, rule, tuple(features)))
 norm = data.typical_norm(arm)
 W_dec = loaded.sae.W_dec.detach()
 max_acts = {f: float(r.get("max_act") or 0) for f, r in zip(features, rows)}
@@ -92,7 +94,11 @@ kv = data.embeddings() if measure == "glove" else None  # only the GloVe measure
 differences = table1_differences(steer, coefficient, prompt, settings, measure)
 st.caption("Table 1 (`precompute steer-eval`) uses the config's [steering] settings, seeds "
            f"{config.seed}–{config.seed + steer.samples - 1}. " + (
-               "Here: " + "; ".join(differences) + "." if differences else "These are the same."))
+               "Here: " + "; ".join(differences) + "." if differences else "These are the same.")
+           + f" Texts are scored against the {top.words}: what the study's candidate rule (`{rule}`) read.")
+stored = data.query("steering_results", arm, tuple(features))
+if not stored.empty:
+    st.caption("Table 1 stored: " + " ".join(table1_lines(stored, TARGETS)))
 
 # The other arm of `arm`'s first declared pair: the pair whose matches the features view (`rows`) carries.
 first_pair = next((p for p in data.query("pairs") if arm in p), None)
@@ -107,16 +113,20 @@ if both:
     if other_coefficients is not None:
         require_steerable(other_arm)
 
+control = st.checkbox("Random control", control_is_cheap(loaded, steer.random_directions), key=keys.STEER_RANDOM,
+                      help="also steer along a random direction of the same norm (seeded by the study's seed, as "
+                           "Table 1's first), scored against the same tokens: does the feature beat a random push?")
+seed = config.seed if control else None
 if st.button("Generate", type="primary", key=keys.STEER_GO):
     try:
         with st.spinner(f"Generating {arm}: unsteered and steered text with the same seed…"):
-            runs = [run_arm(loaded, {f: coefficient for f in features}, prompt, settings, top, measure, kv)]
+            runs = [run_arm(loaded, {f: coefficient for f in features}, prompt, settings, top, measure, kv,
+                            control_seed=seed)]
         if other_coefficients is not None:
-            other_top = TopTokens.of(pd.concat([data.query("feature_tokens", other_arm, f)
-                                                for f in other_coefficients]))
+            other_top = TopTokens.of(data.query("steering_targets", other_arm, rule, tuple(other_coefficients)))
             with st.spinner(f"Generating {other_arm}…"):
                 runs.append(run_arm(data.loaded_arm(other_arm), other_coefficients, prompt, settings, other_top,
-                                    measure, kv, other_note))
+                                    measure, kv, other_note, seed))
         st.session_state[keys.STEER_RESULT] = runs
     except Exception as err:  # noqa: BLE001 - any generation failure becomes a message, not a traceback
         st.error(f"Generation failed: {err}")

@@ -1,8 +1,10 @@
 """What steering is scored against follows the study's candidate rule: on tests/tiny_db.py's hand-made database
 each feature's decoder tokens (ids 0-2, e.g. " heart | kidney | the" for feature 0) differ from the tokens it fires
-on (id 10 + f, its first top token, and the byte token <0x8F>, id 99); feature 3 never fired."""
+on (id 10 + f, its first top token, and the byte token <0x8F>, id 99); feature 3 never fired. And Table 1's query
+counts the random control beside the paper's rule."""
 
 import duckdb
+import pandas as pd
 import pytest
 
 from core.database.queries import steering_targets
@@ -56,3 +58,28 @@ def test_features_come_back_in_the_order_asked_and_an_unknown_rule_is_refused(co
     assert set(TARGETS) == {scoring_target(rule, by) for rule in ("decoder", "fired") for by in (None, "both")}
     with pytest.raises(ValueError, match="candidate rule must be one of"):
         scoring_target("firing", "fired")
+
+
+def test_table_1_counts_the_control_beside_the_papers_rule(tmp_path):
+    """Hand-written steer_features rows: base has 3 features, 2 pass the paper's rule, 1 of those beats random too
+    (and one that fails the paper's rule beats random); finetuned ran without a control."""
+    from core.database.queries import steering_table
+
+    path = write_tiny_db(tmp_path / "f.duckdb")
+    with duckdb.connect(str(path)) as con:
+        con.execute("""INSERT INTO steer_features (arm, feature, coefficient, samples, mean_unsteered, mean_steered,
+                       passing, measure, target, random_directions, mean_random, beats_random, random_beaten,
+                       passing_controlled) VALUES
+                       ('base', 0, 50, 3, 0.2, 0.5, true, 'sentence', 'fired', 5, 0.3, true, 5, true),
+                       ('base', 1, 50, 3, 0.2, 0.4, true, 'sentence', 'fired', 5, 0.6, false, 1, false),
+                       ('base', 2, 50, 3, 0.5, 0.4, false, 'sentence', 'decoder', 5, 0.3, true, 4, false),
+                       ('finetuned', 0, 50, 3, 0.2, 0.5, true, 'sentence', 'decoder', 0, 'NaN', NULL, NULL, NULL)""")
+        table = steering_table(con).set_index("arm")
+    assert table.loc["base", "passing"] == 2  # the paper's rule, as before
+    assert table.loc["base", "beats random"] == 2 and table.loc["base", "passing, beats unsteered and random"] == 1
+    assert table.loc["base", "share passing both (%)"] == pytest.approx(33.3)
+    assert table.loc["base", "scored against"] == "fired 2, decoder 1"
+    assert table.loc["base", "mean random"] == pytest.approx(0.4)  # (0.3 + 0.6 + 0.3) / 3
+    assert table.loc["finetuned", "passing"] == 1 and table.loc["finetuned", "scored against"] == "decoder 1"
+    assert all(pd.isna(table.loc["finetuned", c]) for c in ("beats random", "passing, beats unsteered and random",
+                                                            "share passing both (%)", "mean random"))

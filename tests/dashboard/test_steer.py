@@ -1,4 +1,5 @@
-"""The Steer page on a real tiny model and SAE: unsteered and steered side by side, coefficient 0 changes nothing."""
+"""The Steer page on a real tiny model and SAE: unsteered and steered side by side with the random control beside
+them (on by default for a tiny model), coefficient 0 changes nothing."""
 
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import steering
 from core.loading import decoder_fingerprint
+from core.steer_scores import sentence_similarities
 from factories import build_gpt2_folder, build_sae, gpt2_tokenizer, study_toml
 from tiny_db import D_SAE, write_tiny_db
 
@@ -51,11 +53,11 @@ def test_steer_page_shows_both_outputs_and_coefficient_zero_changes_nothing(stee
     at.button(key="steer_go").click().run()
     assert not at.exception and not at.error
     outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
-    assert len(outputs) == 2 and outputs[0] == outputs[1]  # same seed, no steering: token for token
+    assert len(outputs) == 3 and outputs[0] == outputs[1] == outputs[2]  # same seed, no push at all: token for token
     at.slider(key="steer_coefficient_slider").set_value(at.slider(key="steer_coefficient_slider").max)
     at.button(key="steer_go").click().run()
     outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
-    assert len(outputs) == 2 and outputs[0] != outputs[1]
+    assert len(outputs) == 3 and outputs[0] != outputs[1]
 
 
 def test_bad_feature_ids_are_a_message(steer_study):
@@ -68,6 +70,12 @@ def test_bad_feature_ids_are_a_message(steer_study):
 
 
 def test_both_models_steers_a_feature_picked_by_hand_when_the_diff_has_none(steer_study):
+    """finetuned's steered text is feature 2's at c = 50, token for token (a brute-force generation), not its
+    unsteered text."""
+    from core.config import load_config
+    from core.loading import load_arm
+    from dashboard import render
+
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("views/steer.py").run()
     at.number_input(key="steer_tokens").set_value(6)
@@ -77,7 +85,15 @@ def test_both_models_steers_a_feature_picked_by_hand_when_the_diff_has_none(stee
     at.button(key="steer_go").click().run()
     assert not at.exception and not at.error
     titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
-    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base", "**finetuned", "**finetuned"]
+    assert [t.split(" ·")[0] for t in titles] == ["**base"] * 3 + ["**finetuned"] * 3  # each with its control
+    assert "Steered (#2, c = 50)" in titles[4]
+    finetuned = load_arm(load_config(steer_study / "study.toml").arm("finetuned"), "cpu")
+    settings = steering.SamplingSettings(max_new_tokens=6, seed=0)
+    by_hand = steering.generate_steered(finetuned, {2: 50.0}, steering.PAPER_PROMPT, settings)
+    assert by_hand.token_ids != steering.generate_steered(finetuned, {}, steering.PAPER_PROMPT, settings).token_ids
+    outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
+    assert span_texts(outputs[4]) == span_texts(render.context_html([steering.PAPER_PROMPT] + by_hand.tokens,
+                                                                    [0.0] * 7, 1.0))
 
 
 def test_shading_marks_exactly_the_new_tokens_among_the_top_tokens(steer_study):
@@ -172,7 +188,7 @@ def write_matches(study: Path) -> None:
         con.execute("INSERT INTO feature_matches (arm_a, arm_b, arm, feature, match_arm, match_feature, match_corr, "
                     "status) VALUES ('base', 'finetuned', 'base', 4, 'finetuned', 2, 0.93, 'persist'), "
                     "('base', 'finetuned', 'base', 3, 'finetuned', 5, 0.509, 'disappear')")
-        con.execute("INSERT INTO pairs VALUES ('base', 'finetuned', 0)")  # the study's one declared pair
+        con.execute("INSERT INTO pairs (arm_a, arm_b, position) VALUES ('base', 'finetuned', 0)")  # the one pair
 
 
 def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_none(steer_study):
@@ -183,8 +199,8 @@ def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_
                for c in at.caption)
     at.button(key="steer_go").click().run()
     titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
-    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base", "**finetuned", "**finetuned"]
-    assert "Steered (#2, c = 50)" in titles[3]
+    assert [t.split(" ·")[0] for t in titles] == ["**base"] * 3 + ["**finetuned"] * 3
+    assert "Steered (#2, c = 50)" in titles[4]
 
     at = steer_page(feature=3)
     at.toggle(key="steer_both").set_value(True).run()
@@ -192,7 +208,7 @@ def test_both_models_steers_the_persisting_match_and_says_plainly_when_there_is_
             "the threshold 0.8") in at.info[0].value
     at.button(key="steer_go").click().run()
     titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
-    assert [t.split(" ·")[0] for t in titles] == ["**base", "**base"]  # finetuned is not steered with a non-match
+    assert [t.split(" ·")[0] for t in titles] == ["**base"] * 3  # finetuned is not steered with a non-match
 
 
 def test_a_replaced_sae_is_refused(steer_study):
@@ -228,7 +244,7 @@ def test_the_sweep_shows_a_text_per_coefficient_and_keeps_them_when_generating(s
     at.button(key="steer_go").click().run()
     assert len(sweep_points(at)) == 9  # a click elsewhere keeps the sweep
     outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
-    unsteered, c_zero = outputs[0], outputs[2 + 4]  # Generate's pair, then the sweep's texts; c = 0 is the 5th
+    unsteered, c_zero = outputs[0], outputs[3 + 4]  # Generate's three, then the sweep's texts; c = 0 is the 5th
     assert span_texts(c_zero) == span_texts(unsteered)  # same seed, no steering: the unsteered text
 
 
@@ -314,4 +330,71 @@ def test_the_glove_measure_is_still_an_option_and_table_1_is_told(steer_study):
     assert list(run.similarity) == pytest.approx(by_hand, nan_ok=True)
     assert any("by word vectors (GloVe mean)" in c.value for c in at.caption)
     titles = [m.value for m in at.markdown if "similarity to the top tokens" in m.value]
-    assert len(titles) == 2 and all("perplexity **" in t for t in titles)
+    assert len(titles) == 3 and all("perplexity **" in t for t in titles)  # unsteered, steered, random control
+    assert run.control.similarity == pytest.approx(
+        steering.semantic_similarity(run.control.generation.text, [" blood", " heart", " and"], [3.0, 2.0, 1.0], kv),
+        nan_ok=True)  # the control is scored by the same measure against the same tokens
+
+
+def test_the_random_control_writes_beside_the_steered_text_and_is_scored_against_the_same_tokens(steer_study):
+    """Its text is a brute-force generation along direction 0 of feature 4 (the study's seed 0, the norm of the
+    steering vector: 50), with the same prompt and seed; its score is the encoder's cosine with the same target."""
+    import re
+
+    from core.config import load_config
+    from core.loading import load_arm
+    from core.steer_controls import direction_seed, generate_along, random_directions
+    from dashboard import render
+
+    at = steer_page(tokens=6)
+    assert at.checkbox(key="steer_random_control").value is True  # a tiny model: cheap, on by default
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    base = load_arm(load_config(steer_study / "study.toml").arm("base"), "cpu")
+    direction = random_directions(steering.steering_vector(base.sae.W_dec, {4: 50.0}), 1, 0, (4,))[0]
+    settings = steering.SamplingSettings(max_new_tokens=6, seed=0)
+    by_hand = generate_along(base, direction, steering.PAPER_PROMPT, settings)
+    outputs = [m.value for m in at.markdown if "font-family: monospace" in m.value]
+    assert span_texts(outputs[2]) == span_texts(render.context_html([steering.PAPER_PROMPT] + by_hand.tokens,
+                                                                    [0.0] * 7, 1.0))
+    title = next(m.value for m in at.markdown if "Random direction" in m.value)
+    assert f"Random direction (seed {direction_seed(0, (4,), 0)}, norm 50)" in title
+    shown = float(re.search(r"similarity to the top tokens \*\*(-?[0-9.]+)\*\*", title).group(1))
+    expected = sentence_similarities([by_hand.text], "blood heart and")[0]  # special tokens read as spaces
+    assert shown == pytest.approx(expected, abs=5e-4)
+    run = at.session_state["steer_result"][0]
+    verdict = "beats a random push" if run.similarity[1] > run.control.similarity else "does **not** beat"
+    assert any(verdict in c.value for c in at.caption)
+    at.checkbox(key="steer_random_control").uncheck()
+    at.button(key="steer_go").click().run()
+    assert len([m for m in at.markdown if "font-family: monospace" in m.value]) == 2  # off: no control
+
+
+def test_a_study_that_reads_fired_tokens_scores_steering_against_them_and_shows_table_1s_verdict(steer_study):
+    """Rule "either" and feature 4 a candidate by firing: the page scores against the tokens it fires on (tiny_db:
+    " blood" and the byte token <0x8F>, which the encoder's target leaves out), not its top tokens; Table 1's
+    stored row says what it was scored against and names the paper's rule and the control's."""
+
+    toml = steer_study / "study.toml"
+    toml.write_text(toml.read_text().replace('path = "words.txt"', 'path = "words.txt"\ncandidates = "either"'))
+    with duckdb.connect(str(steer_study / "f.duckdb")) as con:
+        con.execute("UPDATE feature_words SET candidate_by = 'fired' WHERE arm = 'base' AND feature = 4")
+        con.execute("INSERT INTO steer_features (arm, feature, coefficient, samples, mean_unsteered, mean_steered, "
+                    "passing, measure, target, random_directions, mean_random, beats_random, random_beaten, "
+                    "passing_controlled) VALUES ('base', 4, 50, 3, 0.2, 0.3, true, 'sentence', 'fired', 5, 0.35, "
+                    "false, 2, false)")
+    at = steer_page(tokens=6)
+    line = next(c.value for c in at.caption if c.value.startswith("Table 1 stored: "))
+    assert line == ("Table 1 stored: #4: scored against the tokens it fires on most; steered 0.300, unsteered 0.200: "
+                    "passes the paper's rule (beats unsteered); random 0.350 over 5 directions: it does not beat "
+                    "random (2 of 5 directions beaten), so it fails the controlled rule (beats both).")
+    assert any("Texts are scored against the most-fired tokens: what the study's candidate rule (`either`) read"
+               in c.value for c in at.caption)
+    at.button(key="steer_go").click().run()
+    assert not at.exception and not at.error
+    run = at.session_state["steer_result"][0]
+    texts = [run.comparison.unsteered.text, run.comparison.steered.text, run.control.generation.text]
+    assert [run.similarity[0], run.similarity[1], run.control.similarity] == pytest.approx(
+        sentence_similarities(texts, "blood"), abs=1e-5)
+    titles = [m.value for m in at.markdown if "similarity to the most-fired tokens" in m.value]
+    assert len(titles) == 3
