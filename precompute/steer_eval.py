@@ -116,13 +116,14 @@ def evaluate_arm(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, loaded, fe
     steer = config.steering
     kv = inputs.embeddings if steer.measure == "glove" else None  # the sentence measure needs no word vectors
     targets = steering_targets(con, loaded.name, config.medical_vocabulary.candidates, features).groupby("feature")
-    none = pd.DataFrame({"target": ["decoder"], "token": [""], "value": [0.0]})[:0]  # no tokens at all: NaN scores
+    none = pd.DataFrame(columns=["target", "token", "value"])  # a feature with no tokens at all: NaN scores
     rows, random_rows, kinds = [], [], {}
     for feature in progress_bar(show_progress, f"{loaded.name} steering", "feature")(features):
         target = targets.get_group(feature) if feature in targets.groups else none
         kinds[feature] = target["target"].iloc[0] if len(target) else "decoder"
         mine, theirs = evaluate_feature(loaded, feature, target, steer, config.seed, kv)
-        rows, random_rows = rows + mine, random_rows + theirs
+        rows.extend(mine)
+        random_rows.extend(theirs)
     samples = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS)).astype({"unsteered_similarity": float,
                                                                        "steered_similarity": float})
     randoms = pd.DataFrame(random_rows, columns=list(RANDOM_COLUMNS)).astype({"similarity": float,
