@@ -11,6 +11,7 @@ import streamlit as st
 from core.change_summary import ChangeFacts, ControlFacts, LensFacts
 from core.diff_control import controlled_counts, controlled_fates
 from dashboard import data, place
+from dashboard.lens_steer import lens_steer_form
 from dashboard import state_keys as keys
 
 LINK = st.column_config.LinkColumn("", display_text="open")
@@ -64,6 +65,7 @@ def lens_section(pair: tuple[str, str]) -> LensFacts | None:
                       hide_index=True, width="stretch", key=f"lens_tokens_{unembed}",
                       column_config={"top": "toward (top)", "bottom": "away (bottom)",
                                      "medical": st.column_config.CheckboxColumn("top is medical")})
+    lens_steer_form(pair, hook, kind)
     top = data.query("lens_tokens", pair, hook, kind, arm_b)
     words = tuple(top[top["direction"] == "top"]["token"].str.strip().head(8))
     layer = int(site.layer)

@@ -88,3 +88,7 @@ MAP_CHART = "map_chart"  # the plotly chart's selection event (a click picks a f
 CHANGED_PAIR = "changed_pair"  # What changed: the pair it answers for
 CHANGED_LENS_SITE = "changed_lens_site"  # its difference lens: the site (hook) shown
 CHANGED_LENS_KIND = "changed_lens_kind"  # "first" k positions or "all"
+CHANGED_LENS_STRENGTH = "changed_lens_strength"  # steering with the lens vector: × the typical norm at its site
+CHANGED_LENS_PROMPT = "changed_lens_prompt"
+CHANGED_LENS_RUN = "changed_lens_run"
+CHANGED_LENS_TOKENS = "changed_lens_tokens"
