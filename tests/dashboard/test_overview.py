@@ -155,7 +155,7 @@ def test_table_1_says_which_measure_scored_it_and_shows_the_perplexities(tmp_pat
     table1 = next(d.value for d in at.dataframe if "measure" in d.value.columns
                   and "scored by" in d.value["measure"].tolist()).set_index("measure")
     assert table1.loc["scored by"].tolist() == ["sentence", "glove"]
-    assert table1.loc["share passing"].tolist() == ["50.0%", "100.0%"]
+    assert table1.loc["share passing (paper's rule)"].tolist() == ["50.0%", "100.0%"]
     assert table1.loc["mean steered"].tolist() == ["0.3000", "0.9700"]  # (0.5 + 0.1) / 2
     assert table1.loc["perplexity steered"].tolist() == ["80.0", "25.0"]  # (60 + 100) / 2
     caption = next(c.value for c in at.caption if c.value.startswith("Similarity measure ("))
