@@ -282,6 +282,8 @@ class DemoRecipe:
     finetune_general_share: float = 0.15
     # The fine-tune's loss on text tokens only: document separators and a document's first tokens (core.token_kinds)
     # are left out, so it learns its domain's text rather than where the corpus's short documents end (issue 22).
+    # Measured on SmolLM2, it unlearns the separator instead (held-out separator perplexity 25 -> 14,534 after 4 of
+    # 12 steps: a separator is never a target, so its logit only falls); off in every shipped recipe.
     finetune_text_only: bool = False
     batch_size: int = 32
     heldout_share: float = 0.08
@@ -301,6 +303,9 @@ class DemoRecipe:
     # two SAE seeds (the practice of model-diffing work, e.g. Kissane et al. 2024, "SAEs (usually) transfer").
     sae_finetuned_from_base: bool = False
     sae_finetuned_tokens: int = 0
+    # The control arm `base_resae` (issue 22): an SAE on the base model trained as the fine-tuned arm's was (continued
+    # from the base SAE for sae_finetuned_tokens, or a fresh one), with another seed: the model diff's noise floor.
+    sae_control: bool = True
 
 
 @dataclass(frozen=True)

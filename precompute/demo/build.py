@@ -38,6 +38,9 @@ from precompute.demo.pretrained import load_pretrained
 logger = logging.getLogger(__name__)
 
 ARMS = ("base", "finetuned")
+# The control arm: the base model with an SAE trained as the fine-tuned arm's was, on the base model (issue 22).
+CONTROL_ARM = "base_resae"
+CONTROL_SEED_OFFSET = 1000  # its SAE's data-order (and init) seed is the study's seed + this
 # manifest.json goes last: a build is complete exactly when its manifest is there.
 BUILD_ITEMS = ("corpus", "models", "saes", "vocab", "study.toml", "manifest.json")
 BUILD_VERSION = 1  # bump when the build changes in a way that makes old demos stale
@@ -74,7 +77,7 @@ def build_demo(config: StudyConfig, out: Path, fast: bool = False, force: bool =
     try:
         manifest = _build_into(scratch, config, recipe, fast, device, existing if keep_models else None, out)
         manifest["recipe_hash"] = wanted
-        _write_study_toml(scratch / "study.toml", config, out)
+        _write_study_toml(scratch / "study.toml", config, out, control=recipe.sae_control)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(scratch, out)
     finally:
@@ -90,7 +93,7 @@ def _read_manifest(out: Path) -> dict[str, Any]:
 
 
 STEPS = ("text", "tokenizer", "base model", "fine-tune", "perplexity", "SAE base", "SAE finetuned",
-         "medical vocabulary", "embeddings cache")
+         f"SAE {CONTROL_ARM}", "medical vocabulary", "embeddings cache")
 
 
 @contextmanager
@@ -196,6 +199,9 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
                 model_name=f"{config.name}-{arm}", init_dir=folder / "saes" / "base" if from_base else None,
                 tokens=(recipe.sae_finetuned_tokens or None) if from_base else None)
             logger.info("SAE %s: %s", arm, saes[arm])
+    if recipe.sae_control:
+        with _step(f"SAE {CONTROL_ARM}", timings, bar):
+            saes[CONTROL_ARM] = _control_sae(folder, rows, recipe, config, device)
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")
     with _step("embeddings cache", timings, bar):
@@ -212,9 +218,25 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
     }
 
 
-def _write_study_toml(path: Path, config: StudyConfig, out: Path) -> None:
+def _control_sae(folder: Path, rows: dict[str, Any], recipe: DemoRecipe, config: StudyConfig,
+                 device: str) -> dict[str, Any]:
+    """The control arm's SAE (issue 22): on the BASE model, trained exactly as the fine-tuned arm's SAE was but for
+    the fine-tune, with another data-order seed: continued from the base SAE for as many tokens when the fine-tuned
+    SAE was (sae_finetuned_from_base), else a second SAE from a random init. What separates it from the base SAE is
+    what SAE training does to any SAE; the model diff reads the fine-tune's differences beyond that."""
+    from_base = recipe.sae_finetuned_from_base
+    summary = steps.train_and_save_sae(
+        folder / "models" / "base", folder / "saes" / CONTROL_ARM, rows, recipe, config.seed + CONTROL_SEED_OFFSET,
+        device, CONTROL_ARM, model_name=f"{config.name}-{CONTROL_ARM}",
+        init_dir=folder / "saes" / "base" if from_base else None,
+        tokens=(recipe.sae_finetuned_tokens or None) if from_base else None)
+    logger.info("SAE %s (control: base model, seed + %d): %s", CONTROL_ARM, CONTROL_SEED_OFFSET, summary)
+    return {**summary, "control_for": "finetuned", "model": "base", "seed": config.seed + CONTROL_SEED_OFFSET}
+
+
+def _write_study_toml(path: Path, config: StudyConfig, out: Path, control: bool) -> None:
     """A study config for this very build (absolute paths), so `precompute run --config <out>/study.toml` works
-    wherever the demo was built."""
+    wherever the demo was built; with the control arm and the pair that declares it when the build trained one."""
     root = out.resolve()
     lines = [
         "# Written by build-demo: the demo study as built in this folder.",
@@ -224,6 +246,10 @@ def _write_study_toml(path: Path, config: StudyConfig, out: Path) -> None:
     for arm in ARMS:
         lines += ["[[arms]]", f'name = "{arm}"', f'model = "{root / "models" / arm}"',
                   f'sae_path = "{root / "saes" / arm}"', ""]
+    if control:
+        lines += ["[[arms]]", f'name = "{CONTROL_ARM}"', f'model = "{root / "models" / "base"}"',
+                  f'sae_path = "{root / "saes" / CONTROL_ARM}"', "",
+                  "[[pairs]]", 'a = "base"', 'b = "finetuned"', f'control = "{CONTROL_ARM}"', ""]
     corpus = [f'"{root / "corpus" / name}"' for name in ("heldout_general.txt", "heldout_medical.txt")]
     lines += [
         "[corpus]", 'kind = "text_files"', f"paths = [{', '.join(corpus)}]",

@@ -25,7 +25,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_configs_load():
     demo = load_config(ROOT / "configs" / "demo.toml")
-    assert [arm.name for arm in demo.arms] == ["base", "finetuned"]
+    assert [arm.name for arm in demo.arms] == ["base", "finetuned", "base_resae"]
+    assert [(p.names, p.control) for p in demo.pairs] == [(("base", "finetuned"), "base_resae")]
     assert demo.demo.recipe.hook_name == "blocks.2.hook_resid_pre"
     # [demo.fast] overrides only what it names; the rest comes from [demo].
     assert demo.demo.fast.hook_name == "blocks.1.hook_resid_pre"

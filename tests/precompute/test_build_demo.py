@@ -16,7 +16,8 @@ from precompute.demo.text import is_heldout
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHT_FILES = ("models/base/model.safetensors", "models/finetuned/model.safetensors",
-                "saes/base/sae_weights.safetensors", "saes/finetuned/sae_weights.safetensors")
+                "saes/base/sae_weights.safetensors", "saes/finetuned/sae_weights.safetensors",
+                "saes/base_resae/sae_weights.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,20 @@ def test_saes_load_and_reconstruct_through_the_study_loader(demo, config):
         assert manifest["saes"][arm_config.name]["explained_variance"] > 0.7
         fingerprints.add(weights_fingerprint(arm.model))
     assert len(fingerprints) == 2
+
+
+def test_the_control_arm_is_the_base_model_with_an_sae_trained_apart(demo):
+    """The study.toml declares base → finetuned with control base_resae: the base model's folder, its own SAE (another
+    seed, since the demo's fine-tuned SAE is trained from a random init too), recorded in the manifest as the control."""
+    study = load_config(demo / "study.toml")
+    assert [(p.names, p.control) for p in study.pairs] == [(("base", "finetuned"), "base_resae")]
+    assert study.arm("base_resae").model == study.arm("base").model
+    saes = demo / "saes"
+    assert (saes / "base_resae" / "sae_weights.safetensors").read_bytes() != \
+        (saes / "base" / "sae_weights.safetensors").read_bytes()
+    control = json.loads((demo / "manifest.json").read_text())["saes"]["base_resae"]
+    assert control["control_for"] == "finetuned" and control["model"] == "base"
+    assert "initialised_from" not in control  # the demo's fine-tuned SAE starts from a random init, so does this one
 
 
 def test_heldout_text_is_never_trained_on(demo, config):
