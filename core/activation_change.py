@@ -171,24 +171,40 @@ class FeatureChangeAccumulator:
         self.n_positions = length
         self.n_rows += n_rows
         self.n_tokens += n_rows * length
-        row_a, row_b = acts_a.sum(1, dtype=torch.float64), acts_b.sum(1, dtype=torch.float64)  # [B, d_sae]
+        diff = acts_b - acts_a  # exact zeros where the models agree
+        row_a = acts_a.sum(1, dtype=torch.float64)  # [B, d_sae]
+        row_diff = diff.sum(1, dtype=torch.float64)
         self.sum_a += row_a.sum(0)
-        self.sum_b += row_b.sum(0)
-        self.n_fired_a += (acts_a > 0).sum((0, 1))
-        self.n_fired_b += (acts_b > 0).sum((0, 1))
-        row_change = (row_b - row_a) / length  # d_r [B, d_sae]
+        self.sum_b += (row_a + row_diff).sum(0)
+        # SAE activations are >= 0, so their sign counts firings (exact in float32 below 2²⁴ tokens a batch)
+        self.n_fired_a += torch.sign(acts_a).sum((0, 1)).long()
+        self.n_fired_b += torch.sign(acts_b).sum((0, 1)).long()
+        row_change = row_diff / length  # d_r [B, d_sae]
         self.sum_d += row_change.sum(0)
         self.sum_sq_d += (row_change**2).sum(0)
-        diff = acts_b - acts_a
         window_of = self._window_of(acts_a, acts_b)
-        places = (fingerprints.to(self.device) % 2**32).unsqueeze(1).expand_as(row_change)
+        row = fingerprints.to(self.device).unsqueeze(1).expand_as(row_change)
+        batch_row = torch.arange(n_rows, device=self.device).unsqueeze(1).expand_as(row_change)
+        features = torch.arange(self.d_sae, device=self.device)
         for store, sign in ((self.increase, 1.0), (self.decrease, -1.0)):
             signed = (sign * row_change).float()
-            pos = (sign * diff).argmax(1)  # [B, d_sae]: the token of the largest change in this direction
-            key = torch.where(signed > 0, place_key(signed.view(torch.int32).long(), places), -1)
-            store.offer(key, sign * signed, pos, fingerprints.to(self.device).unsqueeze(1).expand_as(pos),
-                        torch.arange(n_rows, device=self.device).unsqueeze(1).expand_as(pos),
-                        torch.arange(self.d_sae, device=self.device), window_of)
+            key = torch.where(signed > 0, place_key(signed.view(torch.int32).long(), row % 2**32), -1)
+            store.offer(key, sign * signed, self._centres(diff, sign, key, store), row, batch_row, features,
+                        window_of)
+
+    @staticmethod
+    def _centres(diff: Tensor, sign: float, key: Tensor, store: Reservoir) -> Tensor:
+        """[B, d_sae]: each row's token of largest sign · change (the first of equal ones), found only where the row
+        can enter the kept set (key not below the set's last; equal: a repeated row): once the set fills, few can."""
+        candidate = (key >= store.key[-1]) & (key >= 0)
+        if int(candidate.sum()) * 4 > key.numel():  # the first batches: one reduction over all is cheaper
+            return diff.max(1).indices if sign > 0 else diff.min(1).indices
+        pos = torch.zeros_like(key)
+        b, f = candidate.nonzero(as_tuple=True)
+        if len(b):
+            changes = diff[b, :, f]  # [n, T]
+            pos[b, f] = changes.argmax(1) if sign > 0 else changes.argmin(1)
+        return pos
 
     def _window_of(self, acts_a: Tensor, acts_b: Tensor):
         length = acts_a.shape[1]

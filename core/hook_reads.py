@@ -46,11 +46,19 @@ def activations_at_hook(model: Any, hook_name: str, batch: Tensor) -> Tensor:
 @torch.no_grad()
 def activations_at_hooks(model: Any, hook_names: Sequence[str], batch: Tensor) -> dict[str, Tensor]:
     """Activations [B, T - 1, d] at each of `hook_names` for token rows [B, T] (BOS first, left out), by name, on
-    the model's device: one forward pass that stops after the deepest hook's block (never the unembedding)."""
-    stops = [stop_layer_for(name) for name in hook_names]
+    the model's device: one forward pass that stops after the deepest hook's block (never the unembedding).
+    `blocks.L.hook_resid_pre` (L >= 1) is read as `blocks.{L-1}.hook_resid_post`, the same tensor, so that block L
+    itself is not run for it."""
+    read = {name: _same_before_block(name) for name in hook_names}
+    stops = [stop_layer_for(name) for name in read.values()]
     stop = None if None in stops else max(stops)
-    _, captured = run_capturing(model, batch.to(model.cfg.device), list(hook_names), stop_at_layer=stop)
-    return {name: captured[name][:, 1:] for name in hook_names}
+    _, captured = run_capturing(model, batch.to(model.cfg.device), sorted(set(read.values())), stop_at_layer=stop)
+    return {name: captured[read[name]][:, 1:] for name in hook_names}
+
+
+def _same_before_block(hook_name: str) -> str:
+    layer = resume_layer(hook_name)
+    return f"blocks.{layer - 1}.hook_resid_post" if layer else hook_name
 
 
 @torch.no_grad()

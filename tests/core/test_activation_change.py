@@ -68,7 +68,7 @@ def test_sums_test_and_kept_rows_match_a_brute_force_pass():
     np.testing.assert_allclose(change.mean_a, an.mean((0, 1)), rtol=1e-9)
     np.testing.assert_allclose(change.change, (bn - an).mean((0, 1)), rtol=1e-9, atol=1e-15)
     assert change.n_fired_b.tolist() == (bn > 0).sum((0, 1)).tolist() and change.n_tokens == N_ROWS * T
-    d = (bn - an).mean(1)  # [rows, features]
+    d = (b - a).double().numpy().mean(1)  # [rows, features]: per-token changes as the pass takes them, in float32
     live = [f for f in range(D_SAE) if f != 5]
     np.testing.assert_allclose(change.p[live], stats.ttest_1samp(d[:, live], 0.0).pvalue, rtol=1e-6)
     np.testing.assert_allclose(change.q[live], stats.false_discovery_control(change.p[live]), rtol=1e-12)
@@ -131,3 +131,19 @@ def test_fingerprints_tell_rows_apart_and_find_them_again():
     expected = torch.where(shuffled == 7, 3, shuffled).numpy()
     assert found.tolist() == expected.tolist()
     assert locate_rows(np.array([-1, 12345]), rows).tolist() == [-1, -1]
+
+
+def test_a_repeated_row_keeps_its_token_of_largest_change_in_every_slot():
+    """Two rows with the same tokens and activations share a fingerprint and tie on every key: both are kept
+    (named by the first of them) with their windows centred where the row changed most, and with one slot the
+    repeat that ties the kept key leaves it as it was."""
+    rows, a, b = planted()
+    rows[5], a[5], b[5] = rows[2], a[2], b[2]
+    b[2, 6, 0] = b[5, 6, 0] = 50.0  # rows 2 and 5 change most on feature 0, at position 6
+    for slots in (1, SLOTS):  # one slot: the repeat ties with the kept set's last key
+        acc = FeatureChangeAccumulator(D_SAE, slots, BEFORE, AFTER)
+        for batch in ([0, 1, 2, 3], [4, 5, 6], list(range(7, N_ROWS))):
+            acc.update(a[batch], b[batch], row_fingerprints(rows[batch]))
+        kept = acc.result().increase
+        n = min(slots, 2)
+        assert locate_rows(kept.fingerprint[0, :n], rows).tolist() == [2] * n and kept.pos[0, :n].tolist() == [6] * n

@@ -12,6 +12,7 @@ import torch
 from core.diff_lens import (DiffLensAccumulator, aligned_features, default_lens_layers, direction_logits, lens_sites,
                             medical_top_counts, random_directions, ranked_tokens)
 from core.errors import StudyInputError
+from core.hook_reads import activations_at_hook, activations_at_hooks
 from core.loading import DEFAULT_PROCESSING, hooked_transformer_from_hf, load_hf_model
 from factories import build_gpt2_folder, build_sae, byte_tokenizer
 
@@ -108,3 +109,25 @@ def test_aligned_features_find_a_planted_decoder_direction_both_ways():
     assert ids[0] == 7 and cos[0] == pytest.approx(1.0, abs=1e-6) and (np.diff(cos) <= 0).all()
     ids, cos, opposed, opposed_cos = aligned_features(-sae.W_dec[12].detach(), sae.W_dec, 5)
     assert opposed[0] == 12 and opposed_cos[0] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_activations_at_several_hooks_are_transformers_hidden_states_in_one_pass(hf_gpt2):
+    """blocks.1.hook_resid_pre is hidden_states[1] (block 0's output) without BOS, read without running block 1;
+    a deeper hook in the same call is the one-hook reader's."""
+    hf, tokenizer = hf_gpt2
+    model = hooked_transformer_from_hf(hf, tokenizer, RAW, "cpu")
+    rows = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(1, 250, (3, 9))], dim=1)
+    ran = []
+    handle = model.blocks[1].register_forward_hook(lambda *args: ran.append(1))
+    try:
+        only_pre = activations_at_hooks(model, ["blocks.1.hook_resid_pre"], rows)
+    finally:
+        handle.remove()
+    both = activations_at_hooks(model, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"], rows)
+    with torch.no_grad():
+        hidden = hf(rows, output_hidden_states=True).hidden_states[1][:, 1:]
+    assert not ran and only_pre["blocks.1.hook_resid_pre"].shape == (3, 9, 32)
+    torch.testing.assert_close(only_pre["blocks.1.hook_resid_pre"], hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both["blocks.1.hook_resid_pre"], hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both["blocks.1.hook_resid_post"],
+                               activations_at_hook(model, "blocks.1.hook_resid_post", rows))

@@ -126,7 +126,7 @@ def test_the_ray_executor_publishes_the_local_executors_database_though_a_worker
     arm_stages = {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
                   for arm in ("base", "finetuned") for stage in ("activations", "quality")}
     pair_stages = {f"base→finetuned/{stage}": {"shards": 3 * passes, "reused": 0, "run": 3 * passes}
-                   for stage, passes in (("similarity", 1), ("transfer", 2), ("matching", 1))}
+                   for stage, passes in (("similarity", 1), ("transfer", 2), ("matching", 1), ("change", 1))}
     assert report.shards == arm_stages | pair_stages  # transfer: the norm pass, then the spliced pass
     assert not Path(config.features_db + ".shards").exists()  # merged and written: the shards are gone
     assert_same_database(local_study.features_db, config.features_db)
@@ -227,7 +227,8 @@ def test_a_killed_driver_leaves_the_published_database_and_the_next_run_reuses_i
     assert report.published and sha256(folder / "features.duckdb") != before
     # the rest of transfer (its norm pass merged from the saved shards feeds the spliced pass), then matching
     assert report.shards == {"base→finetuned/transfer": {"shards": 6, "reused": 4, "run": 2},
-                             "base→finetuned/matching": {"shards": 3, "reused": 0, "run": 3}}
+                             "base→finetuned/matching": {"shards": 3, "reused": 0, "run": 3},
+                             "base→finetuned/change": {"shards": 3, "reused": 0, "run": 3}}
     reference = load_config(str(study_copy(local_study, tmp_path / "reference", CHANGES)))
     assert run_study(reference, show_progress=False).published
     assert_same_database(reference.features_db, config.features_db)
