@@ -8,12 +8,17 @@ one for the current fingerprint. `explain` commits each explanation as it lands 
 interrupted run keeps what it finished and a re-run skips (arm, feature, fingerprint, explainer, version)
 already there. Connections are short and opened under core.labels' process-wide lock, with its retry when
 another process holds the file.
+
+The same file keeps LLM summaries of a pair (the What changed page, core.explain.summary): keyed by study, the pair
+and both SAEs' decoder fingerprints, with a hash of the facts they were written from; one of replaced SAEs is kept
+and never shown as current.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -28,6 +33,11 @@ SCHEMA = [
         explanation VARCHAR NOT NULL, explainer VARCHAR NOT NULL, prompt_version INTEGER NOT NULL,
         simulation DOUBLE, detection DOUBLE, n_tokens INTEGER, n_activating INTEGER, n_non_activating INTEGER,
         created_at TIMESTAMP DEFAULT current_timestamp)""",
+    "CREATE SEQUENCE IF NOT EXISTS pair_summary_id",
+    """CREATE TABLE IF NOT EXISTS pair_summaries (id BIGINT PRIMARY KEY DEFAULT nextval('pair_summary_id'),
+        study VARCHAR NOT NULL, arm_a VARCHAR NOT NULL, arm_b VARCHAR NOT NULL, fingerprint_a VARCHAR NOT NULL,
+        fingerprint_b VARCHAR NOT NULL, facts_hash VARCHAR NOT NULL, explainer VARCHAR NOT NULL,
+        prompt_version INTEGER NOT NULL, summary VARCHAR NOT NULL, created_at TIMESTAMP DEFAULT current_timestamp)""",
 ]
 
 
@@ -105,3 +115,47 @@ def other_sae_count(path: Path, study: str, fingerprints: dict[str, str]) -> int
     with _connect(path, write=False) as con:
         rows = con.execute("SELECT arm, sae_fingerprint FROM explanations WHERE study = ?", [study]).fetchall()
     return sum(1 for arm, fingerprint in rows if fingerprints.get(arm) != fingerprint)
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    """An LLM summary of pair (arm_a, arm_b), written from the facts whose hash it keeps (core.explain.summary)."""
+
+    arm_a: str
+    arm_b: str
+    fingerprint_a: str  # decoder fingerprints of the two SAEs it was written about
+    fingerprint_b: str
+    facts_hash: str
+    explainer: str
+    prompt_version: int
+    summary: str
+    created_at: datetime | None = None
+
+
+def save_pair_summary(path: Path, study: str, item: PairSummary) -> int:
+    """Append one pair summary (one transaction) and return its id."""
+    try:
+        with _connect(path, write=True) as con:
+            row = con.execute(
+                "INSERT INTO pair_summaries (study, arm_a, arm_b, fingerprint_a, fingerprint_b, facts_hash, explainer, "
+                "prompt_version, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [study, item.arm_a, item.arm_b, item.fingerprint_a, item.fingerprint_b, item.facts_hash,
+                 item.explainer, item.prompt_version, item.summary]).fetchone()
+            return int(row[0])
+    except (duckdb.Error, OSError) as err:
+        raise ExplanationWriteError(f"could not save the summary to {path}: {err}") from err
+
+
+def current_pair_summary(path: Path, study: str, pair: tuple[str, str],
+                         fingerprints: dict[str, str]) -> PairSummary | None:
+    """The latest summary of `pair` written about the arms' current SAEs (arm -> decoder fingerprint), or None."""
+    arm_a, arm_b = pair
+    if arm_a not in fingerprints or arm_b not in fingerprints:
+        return None
+    with _connect(path, write=False) as con:
+        row = con.execute(
+            "SELECT arm_a, arm_b, fingerprint_a, fingerprint_b, facts_hash, explainer, prompt_version, summary, "
+            "created_at FROM pair_summaries WHERE study = ? AND arm_a = ? AND arm_b = ? AND fingerprint_a = ? AND "
+            "fingerprint_b = ? ORDER BY id DESC LIMIT 1",
+            [study, arm_a, arm_b, fingerprints[arm_a], fingerprints[arm_b]]).fetchone()
+    return None if row is None else PairSummary(*row)

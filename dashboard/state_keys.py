@@ -92,3 +92,4 @@ CHANGED_LENS_STRENGTH = "changed_lens_strength"  # steering with the lens vector
 CHANGED_LENS_PROMPT = "changed_lens_prompt"
 CHANGED_LENS_RUN = "changed_lens_run"
 CHANGED_LENS_TOKENS = "changed_lens_tokens"
+CHANGED_SUMMARY_RUN = "changed_summary_run"  # the "Summarise with <explainer>" button

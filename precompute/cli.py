@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="candidates, emerged, labelled, all (every feature that fired) or ids: 12,40")
     explain.add_argument("--backend", default=None, choices=("local", "openai"), help="config explain.backend (local)")
     explain.add_argument("--limit", type=int, default=None, help="at most N new explanations per arm")
+    explain.add_argument("--summary", action="store_true",
+                         help="instead: one summary of each pair (What changed's figures), citing feature ids")
     explain.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -248,6 +250,8 @@ def _explain(args: argparse.Namespace) -> int:
     from precompute.explain.run import explain_study
 
     config = load_config(args.config)
+    if args.summary:
+        return _summarize(config, args)
     start = time.perf_counter()
     try:
         report = explain_study(config, args.features, args.backend, args.limit, args.device,
@@ -259,4 +263,19 @@ def _explain(args: argparse.Namespace) -> int:
     for arm, count in report.explained.items():
         print(f"  {arm:<10} {count:>5} explained  {report.skipped.get(arm, 0):>5} already there  "
               f"{report.empty.get(arm, 0):>3} empty replies")
+    return 0
+
+
+def _summarize(config, args: argparse.Namespace) -> int:
+    from core.explanations import ExplanationWriteError
+    from precompute.explain.backends import BackendError
+    from precompute.explain.summary import summarize_study
+
+    try:
+        summaries = summarize_study(config, args.backend, args.device)
+    except (BackendError, ExplanationWriteError) as err:  # summaries finished before it are kept
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for item in summaries:
+        print(f"{item.arm_a} -> {item.arm_b} ({item.explainer}, stored in {config.explanations_db}):\n{item.summary}\n")
     return 0

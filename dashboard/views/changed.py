@@ -9,6 +9,7 @@ from dashboard import changed, data, place
 from dashboard.control import NO_CONTROL
 from dashboard import state_keys as keys
 from dashboard.divergence import divergence_section
+from dashboard import pair_summary
 
 config = data.require_database()
 st.title("What changed")
@@ -36,6 +37,7 @@ metrics = data.query("pair_metrics", pair)
 divergence_section(arm_a, arm_b, data.token_set_text(data.query("pair_token_sets", pair).get("divergence")),
                    {name.removeprefix("divergence."): value for name, value in metrics.items()
                     if name.startswith("divergence.")})
+pair_summary.summary_section(pair, control, config.diff.fdr)
 
 with summary:
     st.markdown(what_changed(arm_a, arm_b, lens, change, facts))
