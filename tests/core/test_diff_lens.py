@@ -26,7 +26,8 @@ def test_sites_are_the_hook_then_three_quarter_depth_and_last_by_default():
     assert lens_sites("blocks.10.hook_resid_pre", 30) == (
         "blocks.10.hook_resid_pre", "blocks.22.hook_resid_post", "blocks.29.hook_resid_post")
     # blocks.1.hook_resid_post is blocks.2.hook_resid_pre: read once, under the SAE's name
-    assert lens_sites("blocks.2.hook_resid_pre", 4, (3, 1, 1)) == ("blocks.2.hook_resid_pre", "blocks.3.hook_resid_post")
+    sites = lens_sites("blocks.2.hook_resid_pre", 4, (3, 1, 1))
+    assert sites == ("blocks.2.hook_resid_pre", "blocks.3.hook_resid_post")
     with pytest.raises(StudyInputError, match=r"^diff\.lens_layers: \[4\] are not blocks"):
         lens_sites("blocks.2.hook_resid_pre", 4, (1, 4))
 
