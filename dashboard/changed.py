@@ -26,7 +26,7 @@ def with_explanations(table: pd.DataFrame, arm: str, column: str = "feature") ->
     """`table` with the current explanation of each of arm's features in it (blank where none was written)."""
     current = data.current_explanations()
     mine = current[current["arm"] == arm].set_index("feature")["explanation"] if not current.empty else pd.Series()
-    return table.assign(explanation=[mine.get(int(f)) for f in table[column]])
+    return table.assign(explanation=[mine.get(int(f), "") for f in table[column]])  # blank, never "None"
 
 
 def lens_section(pair: tuple[str, str]) -> LensFacts | None:
@@ -60,7 +60,8 @@ def lens_section(pair: tuple[str, str]) -> LensFacts | None:
     for col, unembed in ((left, arm_b), (right, arm_a)):
         tokens = data.query("lens_tokens", pair, hook, kind, unembed)
         col.markdown(f"Through **{unembed}**'s unembedding")
-        col.dataframe(tokens.pivot(index="rank", columns="direction", values="token").reset_index(drop=True)
+        col.dataframe(tokens.pivot(index="rank", columns="direction", values="token")[["top", "bottom"]]
+                      .reset_index(drop=True)
                       .assign(medical=tokens[tokens["direction"] == "top"]["is_medical"].tolist() or None),
                       hide_index=True, width="stretch", key=f"lens_tokens_{unembed}",
                       column_config={"top": "toward (top)", "bottom": "away (bottom)",
@@ -96,6 +97,8 @@ def change_section(pair: tuple[str, str], control: str | None) -> ChangeFacts | 
                "q": st.column_config.NumberColumn(format="%.1e"),
                "control_change": st.column_config.NumberColumn(f"change on control ({control})", format="%.4f"),
                "fired_text": f"fires most on (in {arm_a})", "is_candidate": "medical candidate",
+               "mean_a": st.column_config.NumberColumn(f"mean in {arm_a}", format="%.4f"),
+               "mean_b": st.column_config.NumberColumn(f"mean in {arm_b}", format="%.4f"),
                "steer": st.column_config.LinkColumn("", display_text="steer")}
     for title, frame, key in ((f"Increased in {arm_b}", risers, "changed_up"),
                               (f"Decreased in {arm_b}", data.query("changed_features", pair, "decrease", 15, control),

@@ -40,9 +40,10 @@ def control_section(pair: tuple[str, str], roles: dict[str, str | None], fdr: fl
     controlled = controlled_fates(pair_rows, control_rows, pair, control, fdr)
     counts = controlled_counts(pair_rows, control_rows, controlled, pair, control)
     _lead(counts, pair, control, fdr)
-    left, right = st.columns([2, 3])
-    table = counts.assign(side=[f"{arm} ({'base side' if arm == arm_a else 'fine-tuned side'})"
-                                for arm in counts["arm"]])
+    left, right = st.columns([1, 1])
+    # a's features persist or disappear, b's persist or emerge: the other two rows are zero by definition
+    table = counts[((counts["arm"] == arm_a) & (counts["status"] != "emerge"))
+                   | ((counts["arm"] == arm_b) & (counts["status"] != "disappear"))].rename(columns={"arm": "side"})
     left.dataframe(table[["side", "status", "features", "control", "beyond"]], hide_index=True, width="stretch",
                    key="control_counts",
                    column_config={"features": st.column_config.NumberColumn(f"{arm_a} → {arm_b}"),

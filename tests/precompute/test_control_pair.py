@@ -91,8 +91,10 @@ def test_the_model_diff_leads_with_what_is_beyond_the_control(control_study, mon
     # ft2's SAE is base's with one feature changed: feature i is one feature in both, and only PLANTED drifted from it
     assert "**1** of 20 ft2 features drifted from their own index further than the control SAE's features do" in text
     counts = next(d.value for d in at.dataframe if "beyond" in d.value.columns and "side" in d.value.columns)
-    emerged = counts[counts["status"] == "emerge"].iloc[-1]  # the fine-tuned side's row
-    assert (emerged["features"], emerged["control"], emerged["beyond"]) == (1, 0, 1)
+    # base's features persist or disappear, ft2's persist or emerge: four rows
+    assert counts[["side", "status", "features", "control", "beyond"]].values.tolist() == [
+        ["base", "persist", 19, 20, 0], ["base", "disappear", 1, 0, 1], ["ft2", "persist", 19, 20, 0],
+        ["ft2", "emerge", 1, 0, 1]]
     fates = next(d.value for d in at.dataframe if "open" in d.value.columns)  # emerged features first
     assert fates[["arm", "feature", "beyond"]].values.tolist() == [["ft2", PLANTED, True]]
     control_pair = page("diff", pair="base-twin")
