@@ -86,8 +86,9 @@ def change_enrichment(con: duckdb.DuckDBPyConnection, pair: Pair, top: int = 50)
 
 def moved_persisting(con: duckdb.DuckDBPyConnection, pair: Pair, limit: int = 15) -> pd.DataFrame:
     """arm_b's persisting features whose decoder direction turned most from their best match in arm_a (lowest
-    decoder cosine first): feature, match_feature, match_corr, decoder_cos, logit_sim, top_text_b / top_text_a (their
-    logit-lens tokens), candidate_b / candidate_a."""
+    decoder cosine first), one per partner (many fine-tuned features can share one base partner: the one that turned
+    most stands for them): feature, match_feature, match_corr, decoder_cos, logit_sim, top_text_b / top_text_a
+    (their logit-lens tokens), candidate_b / candidate_a."""
     return con.execute("""
         SELECT m.feature, m.match_feature, m.match_corr, m.decoder_cos, m.logit_sim, wb.top_text AS top_text_b,
                wa.top_text AS top_text_a, wb.is_candidate AS candidate_b, wa.is_candidate AS candidate_a
@@ -95,6 +96,7 @@ def moved_persisting(con: duckdb.DuckDBPyConnection, pair: Pair, limit: int = 15
         LEFT JOIN feature_words wb ON wb.arm = m.arm AND wb.feature = m.feature
         LEFT JOIN feature_words wa ON wa.arm = m.match_arm AND wa.feature = m.match_feature
         WHERE m.arm_a = ? AND m.arm_b = ? AND m.arm = ? AND m.status = 'persist' AND m.decoder_cos IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY m.match_feature ORDER BY m.decoder_cos, m.feature) = 1
         ORDER BY m.decoder_cos, m.feature LIMIT ?""", [*pair, pair[1], limit]).df()
 
 
