@@ -121,7 +121,7 @@ def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
     if flt.min_matches:
         out[f"medical matches ≥ {flt.min_matches}"] = dataclasses.replace(flt, min_matches=0)
     if flt.word:
-        out[f"top tokens include {flt.word!r}"] = dataclasses.replace(flt, word="")
+        out[f"top or fired tokens include {flt.word!r}"] = dataclasses.replace(flt, word="")
     if flt.explanation:
         out[f"explanation mentions {flt.explanation!r}"] = dataclasses.replace(flt, explanation="")
     if flt.density_min is not None or flt.density_max is not None:

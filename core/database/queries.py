@@ -42,7 +42,7 @@ class FeatureFilter:
     density_min: float | None = None
     density_max: float | None = None
     label_status: str = "any"
-    word: str = ""  # a word among the top tokens (the valid-word rule: case and leading space ignored), e.g. "heart"
+    word: str = ""  # a word among the top tokens or the tokens it fires on most (case, spaces ignored), e.g. "heart"
     live_only: bool = False  # leave out dead features (never fired on the corpus: nothing to read in them)
     explanation: str = ""  # words searched in the features' explanations (scored by core.explain.search)
     candidates_only: bool = False  # only the medical candidates (by the study's rule: feature_words.candidate_by)
@@ -62,7 +62,9 @@ _WHERE = """
     AND (? IS NULL OR f.frac_nonzero >= ?) AND (? IS NULL OR f.frac_nonzero <= ?)
     AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
                ELSE l.label = ? END
-    AND (? = '' OR list_contains(f.top_words, lower(trim(?))))
+    AND (? = '' OR list_contains(f.top_words, lower(trim(?)))
+         OR EXISTS (SELECT 1 FROM fired_tokens t WHERE t.arm = f.arm AND t.feature = f.feature
+                    AND lower(trim(t.token)) = lower(trim(?))))
     AND (NOT ? OR coalesce(f.n_fired, 0) > 0)
     AND (? = '' OR coalesce(e.match, 0) > 0)
     AND (NOT ? OR coalesce(f.is_candidate, FALSE))
@@ -72,7 +74,7 @@ _WHERE = """
 def _where_params(flt: FeatureFilter) -> list[Any]:
     return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
             flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
-            flt.label_status, flt.label_status, flt.word, flt.word, flt.live_only, flt.explanation,
+            flt.label_status, flt.label_status, flt.word, flt.word, flt.word, flt.live_only, flt.explanation,
             flt.candidates_only, list(flt.fates), list(flt.fates)]
 
 

@@ -35,7 +35,9 @@ with st.container(border=True):
               help="Paper eq. 1 over the top tokens; features with fewer than 2 valid words have none "
                    "and are hidden when the range is narrowed")
     c3.number_input("Min. medical matches", 0, 50, key=keys.FEATURES_MIN_MATCHES)
-    c4.text_input("Top tokens include the word", key=keys.FEATURES_WORD, placeholder="e.g. heart")
+    c4.text_input("Top or fired tokens include the word", key=keys.FEATURES_WORD, placeholder="e.g. heart",
+                  help="A word among its top tokens (the decoder's) or the tokens it fires on most; "
+                       "case and spaces ignored")
     c11.text_input("Explanation mentions", key=keys.FEATURES_EXPLANATION, placeholder="e.g. blood vessels",
                    help="Words searched in the features' explanations (`python -m precompute explain`)")
     c11.toggle("By meaning", key=keys.FEATURES_BY_MEANING,

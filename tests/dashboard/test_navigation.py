@@ -169,13 +169,13 @@ def test_the_grid_heads_its_columns_in_words_and_marks_the_sorted_one(study):
 def test_an_empty_table_names_the_filter_that_emptied_it_and_resets(study):
     at = page("features")
     at.text_input(key="features_word").set_value("xyz").run()
-    assert matched_none(at) == "No feature matches. Without **top tokens include 'xyz'**, 10 would."
+    assert matched_none(at) == "No feature matches. Without **top or fired tokens include 'xyz'**, 10 would."
     at.button(key="features_reset").click().run()
     assert matched(at) == 10 and at.text_input(key="features_word").value == ""
     at.number_input(key="features_min_matches").set_value(3).run()  # feature 1 of each arm
     at.text_input(key="features_word").set_value("blood").run()  # feature 4 of each arm
     assert matched_none(at) == ("No feature matches. Without **medical matches ≥ 3**, 2 would; "
-                                "Without **top tokens include 'blood'**, 2 would.")
+                                "Without **top or fired tokens include 'blood'**, 2 would.")
 
 
 def matched_none(at: AppTest) -> str:
@@ -215,3 +215,16 @@ def test_a_study_whose_candidates_may_be_fired_opens_on_the_medical_words_they_f
     assert not at.exception
     assert at.query_params == {"sort": "medical words fired on", "order": "desc"}
     assert at.dataframe[0].value["feature"].tolist() == [1, 1, 5, 5, 0, 0, 4, 4, 2, 2]
+
+
+def test_the_word_filter_also_finds_a_word_a_feature_fires_on(study):
+    """base 2's top tokens are " the | a | of"; it also fires on " Heart" (case and space ignored), so "heart"
+    finds it beside 0, 1 and 4, whose top tokens hold it (issue 25: the filter read only the decoder's tokens)."""
+    import duckdb
+
+    with duckdb.connect(str(study / "features.duckdb")) as con:
+        con.execute("INSERT INTO fired_tokens VALUES ('base', 2, 2, 42, ' Heart', 7, 3.5)")
+    at = page("features", word="heart", arms="base")
+    assert not at.exception and matched(at) == 4
+    assert sorted(at.dataframe[0].value["feature"]) == [0, 1, 2, 4]
+    assert "fires on" in at.text_input(key="features_word").label + (at.text_input(key="features_word").help or "")
