@@ -39,11 +39,18 @@ def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) 
     st.dataframe(rows, hide_index=True, width="stretch", key=key, height=35 * (len(rows) + 1) + 3)  # no scrolling
 
 
+def medical_matches(row: dict) -> str:
+    """The medical matches by the rule that made the feature a candidate: its top tokens' ("3"), the tokens it
+    fires on most ("9 fired"), or both ("2 top · 9 fired"); a non-candidate shows its top tokens' (the paper's)."""
+    top, fired = int(row.get("med_matches") or 0), int(row.get("fired_med_matches") or 0)
+    return {"fired": f"{fired} fired", "both": f"{top} top · {fired} fired"}.get(row.get("candidate_by"), str(top))
+
+
 def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
     """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
     label = data.feature_label(arm, feature)
     numbers = {
-        "coherence": _number(row.get("coherence")), "medical matches": str(int(row.get("med_matches") or 0)),
+        "coherence": _number(row.get("coherence")), "medical matches": medical_matches(row),
         "density": _density(row.get("frac_nonzero")), "max activation": _number(row.get("max_act")),
         "mean (non-zero)": _number(row.get("mean_act")), "label": LABEL_NAMES[label["label"]] if label else "—",
     }

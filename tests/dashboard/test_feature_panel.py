@@ -35,3 +35,16 @@ def test_interval_ranges_say_that_the_end_intervals_are_open():
     assert interval_range(0, 0.01, 0.0215, 15) == "below 0.0215"
     assert interval_range(3, 0.1, 0.215, 15) == "0.1 – 0.215"
     assert interval_range(14, 464.0, 1000.0, 15) == "464 and above"
+
+
+def test_the_header_counts_the_medical_matches_of_the_rule_that_made_it_a_candidate(study):
+    """base 5 ("walk | run | jump": 0 medical top tokens) made a candidate by 9 medical words it fires on: the
+    header says 9 fired, not "medical matches 0" (issue 25); base 1 (decoder, 3 matches) still says 3."""
+    import duckdb
+
+    with duckdb.connect(str(study / "features.duckdb")) as con:
+        con.execute("UPDATE feature_words SET fired_med_matches = 9, is_candidate = true, candidate_by = 'fired' "
+                    "WHERE arm = 'base' AND feature = 5")
+    metrics = {m.label: m.value for m in page("feature", arm="base", feature=5).metric}
+    assert metrics["medical matches"] == "9 fired"
+    assert {m.label: m.value for m in page("feature", arm="base", feature=1).metric}["medical matches"] == "3"
