@@ -27,6 +27,23 @@ def byte_tokenizer(texts: tuple[str, ...] = ("the heart and the kidney", "a pulm
     return train_tokenizer(list(texts) * 5, vocab_size=300)
 
 
+def left_padding_tokenizer(folder: Path,
+                           texts: tuple[str, ...] = ("the heart and the kidney", "a pulmonary artery")) -> Any:
+    """A ~300-token BPE laid out like a SentencePiece Llama vocabulary that pads on the left: `<pad>` 0, `<s>` 1
+    (BOS), `</s>` 2 (EOS), the ids tiny_models' decoder configs name. Saved to `folder` and reloaded, as
+    TransformerLens re-reads a tokenizer from its name_or_path."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(list(texts) * 5, vocab_size=300, min_frequency=2,
+                            special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", padding_side="left", model_max_length=1024)
+    tokenizer.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def build_gpt2_folder(folder: Path, tokenizer: Any, seed: int = 0, **overrides: Any) -> Path:
     """A randomly initialised GPT2LMHeadModel saved with save_pretrained, its tokenizer beside it."""
     from transformers import GPT2Config, GPT2LMHeadModel
