@@ -49,12 +49,17 @@ def _table(rows: pd.DataFrame, id_column: str, numbers: dict[str, str], key: str
     if rows.empty:
         st.caption("—")
         return
+    # Numbers as text: the grid prints a missing number as "None", and the caption promises a blank.
     table = pd.DataFrame({"feature": rows[id_column].astype(int),
-                          **{label: rows[column] for column, label in numbers.items()},
+                          **{label: [_blank_or(x) for x in rows[column]] for column, label in numbers.items()},
                           "open": [feature_link(a, f) for a, f in zip(rows["arm"], rows[id_column])],
-                          "top tokens": rows["top_tokens"]})  # the link before the tokens: a third of a page is narrow
-    config = {label: st.column_config.NumberColumn(label, format="%.3f", width="small") for label in numbers.values()}
+                          "top tokens": rows["top_tokens"].fillna("")})  # the link first: a third of a page is narrow
+    config = {label: st.column_config.TextColumn(label, width="small", alignment="right") for label in numbers.values()}
     config["open"] = st.column_config.LinkColumn("", display_text="open", width="small")
     config["feature"] = st.column_config.NumberColumn("feature", format="%d", width="small")
     st.dataframe(table, hide_index=True, width="stretch", height=35 * (len(table) + 1) + 3, column_config=config,
                  key=key)
+
+
+def _blank_or(x) -> str:
+    return "" if x is None or pd.isna(x) else f"{x:.3f}"
