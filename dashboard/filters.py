@@ -38,8 +38,16 @@ def _whole(low: int, high: int) -> Callable[[str, dict], int]:
     return parse
 
 
+def _number(text: str) -> float:
+    """float(text), or NaN (which no bound admits) for text that is no number: the caller says what it expects."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 def _fraction(text: str, _: dict) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise ValueError("expected a number 0–1")
     return value
@@ -47,7 +55,7 @@ def _fraction(text: str, _: dict) -> float:
 
 def _coherence(text: str, _: dict) -> tuple[float, float]:
     low, sep, high = text.partition("..")
-    if not sep or not -1.0 <= float(low) <= float(high) <= 1.0:
+    if not sep or not -1.0 <= _number(low) <= _number(high) <= 1.0:
         raise ValueError("expected a range like 0.2..1 within -1..1")
     return float(low), float(high)
 

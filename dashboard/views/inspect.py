@@ -34,16 +34,25 @@ def parse_choice(text: str, _place: dict) -> str:
 
 def parse_row(text: str, _place: dict) -> int:
     """A corpus row id, checked against the corpus's size (a link to a row it does not have: one line)."""
-    row, n_rows = int(text), rows_needed(data.study_config().corpus)
-    if not 0 <= row < n_rows:
+    n_rows = rows_needed(data.study_config().corpus)
+    if not text.strip().lstrip("-").isdecimal():
+        raise ValueError(f"expected a whole number: the corpus has rows 0 to {n_rows - 1}")
+    if not 0 <= int(text) < n_rows:
         raise ValueError(f"the corpus has rows 0 to {n_rows - 1}")
-    return row
+    return int(text)
+
+
+def parse_token(text: str, _place: dict) -> int:
+    """A token position (one past the run's last falls back to its most divergent token, below)."""
+    if not text.strip().isdecimal():
+        raise ValueError("expected a token position, a whole number from 0")
+    return int(text)
 
 
 fields = [place.Field(keys.INSPECT_ROW, "row", None, parse=parse_row),
           place.Field(keys.INSPECT_TEXT, "text", data.example_text(), always=True,
                       omit=lambda values: values[keys.INSPECT_ROW] is not None),  # a row names its text
-          place.Field(keys.INSPECT_TOKEN, "token", None, parse=lambda text, _: int(text)),
+          place.Field(keys.INSPECT_TOKEN, "token", None, parse=parse_token),
           place.Field(keys.INSPECT_FEATURE, "feature", "", parse=parse_choice),
           place.Field(keys.INSPECT_BASE, "base", arms[0], lambda text, _: parse_arm(text, arms)),
           place.Field(keys.INSPECT_FINETUNED, "finetuned", arms[1], lambda text, _: parse_arm(text, arms))]

@@ -228,3 +228,16 @@ def test_the_word_filter_also_finds_a_word_a_feature_fires_on(study):
     assert not at.exception and matched(at) == 4
     assert sorted(at.dataframe[0].value["feature"]) == [0, 1, 2, 4]
     assert "fires on" in at.text_input(key="features_word").label + (at.text_input(key="features_word").help or "")
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("features", {"density_min": "abc"}, "density_min='abc' in the link: expected a number 0–1"),
+    ("features", {"coherence": "abc..1"}, "coherence='abc..1' in the link: expected a range like 0.2..1 within -1..1"),
+    ("inspect", {"row": "abc"}, "row='abc' in the link: expected a whole number: the corpus has rows 0 to "),
+    ("inspect", {"token": "abc"}, "token='abc' in the link: expected a token position, a whole number from 0"),
+])
+def test_a_number_in_a_link_that_is_no_number_is_one_line_naming_what_it_expects(study, name, params, message):
+    """Issue 25: these read "could not convert string to float: 'abc'" (Python's own words)."""
+    at = page(name, **params)
+    assert not at.exception and len(at.error) == 1 and at.error[0].value.startswith(message)
+    assert "convert" not in at.error[0].value and "literal" not in at.error[0].value
