@@ -77,6 +77,10 @@ with st.form("inspect_form", border=False):
         st.session_state[keys.INSPECT_TOKEN] = None  # a new run starts at its most divergent token
 if row is not None and text != row_text:  # the row's text was edited: it is a text of its own now
     row = row_ids = st.session_state[keys.INSPECT_ROW] = st.session_state[keys.INSPECT_ROW_SHOWN] = None
+if base == finetuned:  # a model against itself: KL 0 at every token, nothing to read
+    place.remember("inspect", fields)
+    st.error(f"Both sides are {base}, the same arm: pick another arm for one side to compare.")
+    st.stop()
 for arm in dict.fromkeys((base, finetuned)):
     try:
         problem = data.sae_mismatch(arm)

@@ -128,3 +128,15 @@ def test_a_link_to_a_row_the_corpus_does_not_have_is_one_line(inspect_study):
     at.query_params.update({"row": "8"})
     at.switch_page("views/inspect.py").run()
     assert [e.value for e in at.error] == ["row='8' in the link: the corpus has rows 0 to 7"]
+
+
+def test_the_same_arm_on_both_sides_is_one_line_and_no_run(tmp_path, monkeypatch):
+    """base against base is a KL of 0 at every token: say so and load nothing (tiny_db's models do not exist, so a
+    run would be a load error instead; issue 25)."""
+    tiny_study(tmp_path, monkeypatch)
+    at = page("inspect", base="base", finetuned="base")
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Both sides are base, the same arm: pick another arm for one side to "
+                                           "compare."]
+    assert at.selectbox(key="inspect_finetuned").value == "base"  # the form stays, to pick another
+    assert not any(s.label == "Token" for s in at.selectbox)  # no run
