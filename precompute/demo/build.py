@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.boundaries import special_token_ids
 from core.config import DemoRecipe, StudyConfig
 from core.errors import StudyInputError
 from precompute.demo import steps
@@ -144,7 +145,7 @@ def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe
         finetuned = steps.finetune(base, tokenizer, rows, recipe, config.seed, device)
         steps.save_model(finetuned, tokenizer, folder / "models" / "finetuned")
     with _step("perplexity", timings, bar):
-        special = steps.special_ids(tokenizer)
+        special = special_token_ids(tokenizer)
         perplexity = {arm: steps.evaluate(model, rows, recipe, device, special)
                       for arm, model in (("base", base), ("finetuned", finetuned))}
         # seen before a long build ends
@@ -170,7 +171,7 @@ def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe
     perplexity = steps.evaluation_from_manifest(earlier)
     if perplexity is None:
         with _step("perplexity by token kind", timings, bar):
-            perplexity = steps.evaluate_saved(folder / "models", rows, recipe, device, steps.special_ids(tokenizer))
+            perplexity = steps.evaluate_saved(folder / "models", rows, recipe, device, special_token_ids(tokenizer))
     return tokenizer, rows, perplexity
 
 

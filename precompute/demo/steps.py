@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from core import vocabulary as vocab
+from core.boundaries import special_token_ids
 from core.config import DemoRecipe, StudyConfig
 from core.corpus import pack_rows
 from core.loading import hooked_transformer_from_hf, load_hf_model, processing_from_kwargs
@@ -102,7 +103,7 @@ def finetune(base: Any, tokenizer: Any, rows: dict[str, torch.Tensor], recipe: D
              device: str) -> Any:
     """A copy of `base` after one epoch over rows["finetune"]; on text tokens only when recipe.finetune_text_only."""
     model = copy.deepcopy(base)
-    labels = lm.text_labels(rows["finetune"], special_ids(tokenizer)) if recipe.finetune_text_only else None
+    labels = lm.text_labels(rows["finetune"], special_token_ids(tokenizer)) if recipe.finetune_text_only else None
     lm.train_lm(model, rows["finetune"], recipe.finetune_lr, recipe.batch_size, seed + 1, device, "fine-tune",
                 labels=labels)
     return model
@@ -112,11 +113,6 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
     """`save_pretrained` weights with the tokenizer beside them (AutoTokenizer.from_pretrained(folder) works)."""
     model.save_pretrained(str(folder))
     tok.save_tokenizer(tokenizer, folder)
-
-
-def special_ids(tokenizer: Any) -> tuple[int, ...]:
-    """The ids a row's separators can be: the tokenizer's special tokens, its BOS and EOS among them."""
-    return tuple(sorted(set(tokenizer.all_special_ids) | {tokenizer.bos_token_id, tokenizer.eos_token_id}))
 
 
 def evaluate(model: Any, rows: dict[str, torch.Tensor], recipe: DemoRecipe, device: str,
