@@ -177,7 +177,7 @@ def test_every_table_has_every_feature_of_both_arms_once(study):
     counts = query(config, "SELECT kind, count(*) AS n FROM top_tokens GROUP BY kind ORDER BY kind")
     assert counts.n.tolist() == [2 * 16 * 3, 2 * 16 * 3]
     stages_done = query(config, "SELECT arm, stage FROM stages ORDER BY arm, stage")
-    assert len(stages_done) == 2 * 5 + 6  # five per arm, six for the pair
+    assert len(stages_done) == 2 * len(stages.ARM_STAGES) + len(stages.PAIR_STAGES)  # each arm's, and the pair's
     quality = query(config, "SELECT metric, value FROM metrics WHERE arm = 'base' AND stage = 'quality'")
     values = dict(zip(quality.metric, quality.value))
     assert values["n_tokens"] == 10 * 31 and values["ce_loss_zero_ablation"] > 0
@@ -191,7 +191,8 @@ def test_a_second_run_recomputes_nothing_and_fresh_recomputes_everything(study, 
     assert not building_path(Path(config.features_db)).exists()
     fresh = run_study(config, fresh=True, show_progress=False)
     assert fresh.published and {arm: len(s) for arm, s in fresh.seconds.items()} == {
-        "base": 5, "finetuned": 5, ("base", "finetuned"): 6}
+        "base": len(stages.ARM_STAGES), "finetuned": len(stages.ARM_STAGES),
+        ("base", "finetuned"): len(stages.PAIR_STAGES)}
 
 
 def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
@@ -200,8 +201,9 @@ def test_a_config_change_recomputes_only_the_stages_it_affects(study, tmp_path):
     raw["medical_vocabulary"] = {"path": str(tmp_path / "words.txt")}
     (tmp_path / "words.txt").write_text("heart\nliver\n")
     report = run_study(config_from_dict(raw), show_progress=False)
+    # the vocabulary marks medical words: each arm's activations and words, and the difference lens's tokens
     assert {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "base": ["activations", "words"], "finetuned": ["activations", "words"]}
+        "base": ["activations", "words"], "finetuned": ["activations", "words"], ("base", "finetuned"): ["change"]}
     row = query(config_from_dict(raw), "SELECT matched_words FROM features WHERE arm = 'base' AND feature = 0")
     assert list(row.matched_words[0]) == ["heart", "liver"]
 
@@ -263,7 +265,7 @@ def test_only_runs_some_stages_and_publishes_when_all_are_done(study, tmp_path):
     assert partial.pending == ["base/activations", "base/words", "base/quality", "base/neighbours",
                                "finetuned/activations", "finetuned/words", "finetuned/quality",
                                "finetuned/neighbours", "base→finetuned/similarity", "base→finetuned/transfer",
-                               "base→finetuned/matching", "base→finetuned/divergence",
+                               "base→finetuned/matching", "base→finetuned/divergence", "base→finetuned/change",
                                "base→finetuned/cross_neighbours", "base→finetuned/map"]
     full = run_study(config, show_progress=False)
     assert full.published and all("projection" not in s for s in full.seconds.values())
@@ -485,8 +487,9 @@ def test_excluding_a_word_drops_exactly_the_candidates_that_needed_it(study, tmp
     (tmp_path / "exclude.txt").write_text("# hand-checked\nkidney\n")
     raw["medical_vocabulary"]["exclude"] = str(tmp_path / "exclude.txt")
     report = run_study(config_from_dict(raw), show_progress=False)
+    # the vocabulary marks medical words: each arm's activations and words, and the difference lens's tokens
     assert {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "base": ["activations", "words"], "finetuned": ["activations", "words"]}
+        "base": ["activations", "words"], "finetuned": ["activations", "words"], ("base", "finetuned"): ["change"]}
     after = query(config_from_dict(raw), sql)
     assert set(zip(before.arm, before.feature)) - set(zip(after.arm, after.feature)) == needed
     assert len(before) - len(after) == int(breakdown.xs("kidney", level="word")["needed_by"].sum())
