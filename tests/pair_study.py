@@ -1,7 +1,8 @@
 """Studies built end to end in seconds on one tiny model. Two arms: an SAE as arm A and the same SAE with its
 features shuffled by a known permutation as arm B. Three arms: those two and ft2, arm A's SAE with feature PLANTED's
-encoder direction negated, so PLANTED persists from base to finetuned and disappears from base to ft2. Two corpus
-files (general, medical) of 12 rows each."""
+encoder direction negated, so PLANTED persists from base to finetuned and disappears from base to ft2, and feature
+ROTATED's decoder direction turned to an orthogonal one of the same norm (its activations are A's: it persists at
+correlation 1, but what it writes changed). Two corpus files (general, medical) of 12 rows each."""
 
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from precompute.run import run_study
 D_SAE = 24
 PERMUTATION = np.random.default_rng(3).permutation(D_SAE)  # B's feature j is A's feature PERMUTATION[j]
 PLANTED = 11  # a feature of A that fires (B's feature 15); negated in ft2
+ROTATED = 7  # a feature of A that fires; its decoder row is rotated by 90 degrees in ft2
 CONTEXT = 32
 CORPUS_ROWS = 24
 
@@ -45,8 +47,11 @@ def build_three_arm_study(root: Path, pairs: list[tuple[str, ...]], diff_tokens:
     _save(sae, root / "sae_a")
     with torch.no_grad():
         sae.W_enc[:, PLANTED] *= -1.0  # fires where A's PLANTED is silent: no longer the same feature
+        original = sae.W_dec[ROTATED].clone()
+        sae.W_dec[ROTATED] = _orthogonal_of_same_norm(original)
         _save(sae, root / "sae_c")
         sae.W_enc[:, PLANTED] *= -1.0
+        sae.W_dec[ROTATED] = original
     _save(_permuted(sae), root / "sae_b")
     arms = {"base": ("sae_a", model), "finetuned": ("sae_b", model), "ft2": ("sae_c", model)}
     if twin:
@@ -66,6 +71,13 @@ def _model_and_sae(root: Path):
     (root / "medical.txt").write_text("a vein, a pulmonary artery: the kidney and the heart beat\n" * 80)
     (root / "words.txt").write_text("heart\nkidney\n")
     return model, sae
+
+
+def _orthogonal_of_same_norm(row: torch.Tensor) -> torch.Tensor:
+    """A seeded direction orthogonal to `row` (Gram-Schmidt), scaled to its norm."""
+    other = torch.randn(row.shape, generator=torch.Generator().manual_seed(5), dtype=row.dtype)
+    other = other - (other @ row) / (row @ row) * row
+    return other / other.norm() * row.norm()
 
 
 def _save(sae, folder: Path) -> None:

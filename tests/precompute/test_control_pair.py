@@ -1,4 +1,5 @@
-"""A declared control end to end (issue 22): base → ft2 (base's SAE with feature PLANTED's encoder negated) with
+"""A declared control end to end (issue 22): base → ft2 (base's SAE with feature PLANTED's encoder negated and
+feature ROTATED's decoder turned by 90 degrees) with
 control `twin` (base's own model and an exact copy of its SAE). The study derives the pair base → twin and runs every
 pair stage on it; identical arms give zero difference on every measure, and the planted change is the only one
 beyond the control."""
@@ -7,9 +8,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from core.database import diff_queries
+from core.database import changed_queries, diff_queries
 from core.diff_control import controlled_counts, controlled_fates
-from pair_study import D_SAE, PLANTED, build_three_arm_study
+from pair_study import D_SAE, PLANTED, ROTATED, build_three_arm_study
 from precompute.run import run_study
 from precompute.stages import PAIR_STAGES
 
@@ -76,6 +77,20 @@ def test_only_the_planted_change_is_beyond_the_control(control_study):
     itself = controlled_fates(control_rows, control_rows, ("base", "twin"), "twin", fdr=0.05)
     assert not itself["beyond"].any()
     assert np.nanmax(itself["exceedance"]) == 1.0
+
+
+def test_a_rotated_decoder_is_the_persisting_feature_whose_output_moved_most_and_the_control_moves_none(
+        control_study):
+    config, _ = control_study
+    with duckdb.connect(config.features_db, read_only=True) as con:
+        moved = changed_queries.moved_persisting(con, ("base", "ft2"), limit=3)
+        control = changed_queries.moved_persisting(con, ("base", "twin"), limit=D_SAE)
+    # its activations are base's own (it persists at its own index at correlation 1) but it writes elsewhere
+    assert moved.loc[0, ["feature", "match_feature"]].tolist() == [ROTATED, ROTATED]
+    assert moved.loc[0, "match_corr"] == pytest.approx(1.0, abs=1e-5)
+    assert moved.loc[0, "decoder_cos"] == pytest.approx(0.0, abs=1e-5)
+    assert moved.loc[1, "decoder_cos"] == pytest.approx(1.0, abs=1e-5)  # every other feature writes as before
+    assert len(control) == D_SAE - 4 and control["decoder_cos"].min() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_the_model_diff_leads_with_what_is_beyond_the_control(control_study, monkeypatch):
