@@ -30,14 +30,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from core.boundaries import boundary_mask
-from core.hook_reads import logits_and_features
+from core.chunked_logits import Chunks, kl_and_logprobs, tensor_chunks, unembed_chunks, vocab_chunk
+from core.hook_reads import residual_and_features
 
 KL_FLOOR = 1e-6  # nats: below this a position is not divergent (identical float32 models give ~1e-8)
 
@@ -45,13 +46,31 @@ KL_FLOOR = 1e-6  # nats: below this a position is not divergent (identical float
 def next_token_divergence(logits_a: Tensor, logits_b: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """KL(p_a ‖ p_b) [B, T - 1] of the next-token distributions after each BOS-less position, in nats (clamped at 0),
     and log p_b − log p_a of the token that follows [B, T - 1] (NaN on the last position). logits [B, T, d_vocab],
-    tokens [B, T] with BOS first."""
-    log_a = logits_a[:, 1:].float().log_softmax(-1)
-    log_b = logits_b[:, 1:].float().log_softmax(-1)
-    kl = (log_a.exp() * (log_a - log_b)).sum(-1).clamp_min(0.0)
-    following = tokens[:, 2:].to(log_a.device)[..., None]
-    change = (log_b[:, :-1].gather(-1, following) - log_a[:, :-1].gather(-1, following))[..., 0]
-    return kl, torch.cat([change, torch.full_like(change[:, :1], float("nan"))], dim=1)
+    tokens [B, T] with BOS first. Read in vocabulary chunks (core.chunked_logits)."""
+    flat_a, flat_b = (logits[:, 1:].reshape(-1, logits.shape[-1]) for logits in (logits_a, logits_b))
+    chunk = vocab_chunk(flat_a.shape[0], flat_a.shape[1])
+    return _divergence_of(tensor_chunks(flat_a, chunk), tensor_chunks(flat_b.to(flat_a.device), chunk), tokens,
+                          flat_a.device)
+
+
+def residual_divergence(model_a: Any, residual_a: Tensor, model_b: Any, residual_b: Tensor,
+                        tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """next_token_divergence from each model's normalised final residual [B, T, d_model] (core.hook_reads
+    .final_residual) through its unembedding a vocabulary chunk at a time: no [B, T, d_vocab] tensor is made."""
+    flat_a, flat_b = (residual[:, 1:].reshape(-1, residual.shape[-1]) for residual in (residual_a, residual_b))
+    chunk = vocab_chunk(flat_a.shape[0], model_a.cfg.d_vocab)
+    return _divergence_of(unembed_chunks(model_a, flat_a, chunk), unembed_chunks(model_b, flat_b, chunk), tokens,
+                          flat_a.device)
+
+
+def _divergence_of(chunks_a: Chunks, chunks_b: Chunks, tokens: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """KL and Δ log p [B, T - 1] (float32) from chunks of the [B × (T - 1), d_vocab] logits after BOS."""
+    b, t = tokens.shape[0], tokens.shape[1] - 1
+    following = torch.cat([tokens[:, 2:], tokens[:, -1:]], dim=1).to(device).reshape(-1)  # the last: a placeholder
+    kl, log_a, log_b = kl_and_logprobs(chunks_a, chunks_b, following)
+    change = (log_b - log_a).float().reshape(b, t)
+    change[:, -1] = float("nan")
+    return kl.float().reshape(b, t), change
 
 
 @dataclass(frozen=True)
@@ -303,10 +322,10 @@ def corpus_divergence(arm_a, arm_b, rows: Tensor, row_ids: Iterable[int], n_cont
                                         (arm_a.sae.cfg.d_sae, arm_b.sae.cfg.d_sae), divergent_count(n_positions, share))
     for start in progress(range(0, rows.shape[0], rows_per_batch)):
         batch = rows[start:start + rows_per_batch]
-        logits_a, acts_a = logits_and_features(arm_a.model, arm_a.sae, arm_a.hook_name, batch)
-        logits_b, acts_b = logits_and_features(arm_b.model, arm_b.sae, arm_b.hook_name, batch)
-        kl, change = next_token_divergence(logits_a, logits_b.to(logits_a.device), batch)
-        del logits_a, logits_b
+        residual_a, acts_a = residual_and_features(arm_a.model, arm_a.sae, arm_a.hook_name, batch)
+        residual_b, acts_b = residual_and_features(arm_b.model, arm_b.sae, arm_b.hook_name, batch)
+        kl, change = residual_divergence(arm_a.model, residual_a, arm_b.model, residual_b.to(residual_a.device), batch)
+        del residual_a, residual_b
         accumulator.update(row_ids[start:start + rows_per_batch], batch, kl, change, acts_a, acts_b,
                            boundary[start:start + rows_per_batch])
     return accumulator.result()

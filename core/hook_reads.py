@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.chunked_logits import log_softmax_at, unembed_chunks
 from core.loading import stop_layer_for
 
 Hook = Callable[[Tensor, Any], Tensor]  # TransformerLens's fn(activation, hook) -> activation
@@ -68,12 +69,29 @@ def features_at_hook(model: Any, sae: Any, hook_name: str, batch: Tensor) -> Ten
     return sae.encode(activations_at_hook(model, hook_name, batch).to(sae.W_dec.device))
 
 
+def final_residual(model: Any, input: Tensor, **forward_kwargs: Any) -> Tensor:
+    """The normalised final residual [B, T, d_model] (what the unembedding reads) of `model(input, **forward_kwargs)`:
+    every block, ln_final, and no logits (core.chunked_logits reads them a slice of the vocabulary at a time)."""
+    residual = model(input, stop_at_layer=model.cfg.n_layers, **forward_kwargs)
+    return model.ln_final(residual) if model.cfg.normalization_type is not None else residual
+
+
 @torch.no_grad()
-def logits_and_features(model: Any, sae: Any, hook_name: str, batch: Tensor) -> tuple[Tensor, Tensor]:
-    """The whole forward pass: logits [B, T, d_vocab] for token rows [B, T] (BOS first), and `sae`'s feature
-    activations [B, T - 1, d_sae] at `hook_name`, BOS left out, on the SAE's device."""
-    logits, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[hook_name])
-    return logits, sae.encode(cache[hook_name][:, 1:].to(sae.W_dec.device))
+def residual_and_features(model: Any, sae: Any, hook_name: str, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """The whole forward pass but the unembedding: the normalised final residual [B, T, d_model] for token rows
+    [B, T] (BOS first), and `sae`'s feature activations [B, T - 1, d_sae] at `hook_name`, BOS left out, on the
+    SAE's device."""
+    residual, captured = run_capturing(model, batch.to(model.cfg.device), [hook_name], stop_at_layer=model.cfg.n_layers)
+    if model.cfg.normalization_type is not None:
+        residual = model.ln_final(residual)
+    return residual, sae.encode(captured[hook_name][:, 1:].to(sae.W_dec.device))
+
+
+def next_token_loss_sum(model: Any, residual: Tensor, tokens: Tensor) -> float:
+    """Summed next-token cross-entropy (nats) over the B × (T - 1) predicted tokens, from the normalised final
+    residual [B, T, d_model] of token rows [B, T]: what `return_type="loss"` sums, in vocabulary chunks."""
+    flat = residual[:, :-1].reshape(-1, residual.shape[-1])
+    return -log_softmax_at(unembed_chunks(model, flat), tokens[:, 1:].reshape(-1)).sum().item()
 
 
 @dataclass(frozen=True)
@@ -122,15 +140,20 @@ def hook_loss_sums_each(model: Any, hook_name: str, rows: Tensor, batch_size: in
         batch = rows[start:start + batch_size].to(model.cfg.device)
         hooks = {**splices_for(start, start + batch.shape[0]), "zero": _zero_ablate}
         if layer is None:
-            sums["clean"] += model(batch, return_type="loss", loss_per_token=True).sum().item()
-            losses = {name: model.run_with_hooks(batch, return_type="loss", loss_per_token=True,
-                                                 fwd_hooks=[(hook_name, hook)]) for name, hook in hooks.items()}
+            sums["clean"] += next_token_loss_sum(model, final_residual(model, batch), batch)
+            losses = {}
+            for name, hook in hooks.items():
+                with model.hooks(fwd_hooks=[(hook_name, hook)]):
+                    losses[name] = next_token_loss_sum(model, final_residual(model, batch), batch)
         else:
-            clean, captured = run_capturing(model, batch, [hook_name], return_type="loss", loss_per_token=True)
-            sums["clean"] += clean.sum().item()
+            clean, captured = run_capturing(model, batch, [hook_name], stop_at_layer=model.cfg.n_layers)
+            if model.cfg.normalization_type is not None:
+                clean = model.ln_final(clean)
+            sums["clean"] += next_token_loss_sum(model, clean, batch)
             act, point = captured[hook_name], model.hook_dict[hook_name]
-            losses = {name: model(hook(act.clone(), point), start_at_layer=layer, tokens=batch, return_type="loss",
-                                  loss_per_token=True) for name, hook in hooks.items()}
+            losses = {name: next_token_loss_sum(model, final_residual(model, hook(act.clone(), point),
+                                                                      start_at_layer=layer, tokens=batch), batch)
+                      for name, hook in hooks.items()}
         for name, loss in losses.items():
-            sums[name] = sums.get(name, 0.0) + loss.sum().item()
+            sums[name] = sums.get(name, 0.0) + loss
     return sums

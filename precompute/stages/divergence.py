@@ -20,14 +20,12 @@ from precompute.stage import Stage, StageResult
 
 TOP_CONTEXTS = 50  # rows kept with every token's KL: what the Model diff page lists
 DIVERGENT_SHARE = 0.01  # the divergent tokens: this share of all positions, highest KL first
-LOGIT_BUDGET = 2**25  # floats of one model's logits per batch (128 MiB): rows × positions × d_vocab
 
 
 def run_divergence(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
     rows = pair.rows
-    per_batch = max(1, min(pair.batch_size, LOGIT_BUDGET // (rows.shape[1] * pair.a.model.cfg.d_vocab)))
     row_ids = pair.row_ids if pair.row_ids else range(rows.shape[0])
-    result = corpus_divergence(pair.a, pair.b, rows, row_ids, TOP_CONTEXTS, DIVERGENT_SHARE, per_batch,
+    result = corpus_divergence(pair.a, pair.b, rows, row_ids, TOP_CONTEXTS, DIVERGENT_SHARE, pair.batch_size,
                                progress=pair.progress("next-token divergence"),
                                special_ids=special_token_ids(pair.a.model.tokenizer),
                                boundary_tokens=pair.boundary_tokens)
