@@ -197,7 +197,29 @@ def load_arm(arm: ArmConfig, device: str = "auto", verify: bool = True, generate
         logger.info("arm %s: model matches transformers (max |Δ log-prob| %.2e)", arm.name, diff)
     hook_name = check_sae_fits_model(model, sae, arm.name)
     kept = hf_model.to(device) if generates else None
+    if kept is not None:
+        share_unchanged_weights(model, kept)
     return LoadedArm(arm.name, model, sae, hook_name, int(sae.cfg.d_sae), device, processing, kept)
+
+
+def share_unchanged_weights(model: Any, hf_model: Any) -> list[str]:
+    """Point the HookedTransformer's W_E and W_U at the `transformers` model's embedding and output head where
+    processing left them equal (no centring of writing weights; W_U equal to lm_head.weight.T only when no norm
+    was folded into it), so the arm holds one copy of them: on a 256k vocabulary each is d_model × 1 MB in
+    fp32. Returns the names shared."""
+    shared = []
+    pairs = [("W_E", model.embed, hf_model.get_input_embeddings().weight, False),
+             ("W_U", model.unembed, getattr(hf_model.get_output_embeddings(), "weight", None), True)]
+    for name, module, source, transposed in pairs:
+        own = getattr(module, name)
+        if source is None:
+            continue
+        candidate = source.detach().T if transposed else source.detach()
+        if candidate.shape == own.shape and candidate.dtype == own.dtype and candidate.device == own.device \
+                and torch.equal(candidate, own.detach()):
+            setattr(module, name, torch.nn.Parameter(candidate, requires_grad=False))
+            shared.append(name)
+    return shared
 
 
 def weights_fingerprint(model: Any) -> str:
