@@ -1,4 +1,4 @@
-"""Command line of the precompute: `build-demo`, `check`, `run`, `steer-eval`, `explain`.
+"""Command line of the precompute: `build-demo`, `check`, `run`, `steer-eval`, `explain`, `export`, `import-labels`.
 
 User mistakes (`StudyInputError`) print one line and exit with code 2; nothing is written.
 """
@@ -91,7 +91,26 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--summary", action="store_true",
                          help="instead: one summary of each pair (What changed's figures), citing feature ids")
     explain.add_argument("--no-progress", action="store_true")
+    _export_parsers(sub)
     return parser
+
+
+def _export_parsers(sub) -> None:
+    export = sub.add_parser("export", help="share: Neuronpedia's upload layout, one HTML report, or labels")
+    export.add_argument("--format", required=True, choices=("neuronpedia", "html", "labels"))
+    export.add_argument("--out", required=True, help="output folder (absent or empty; --force replaces it)")
+    export.add_argument("--config", default=DEFAULT_CONFIG)
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--arm", default=None, help="neuronpedia: the arm whose features to export")
+    export.add_argument("--pair", default=None, metavar="A,B", help="html: the pair (default: the first declared)")
+    export.add_argument("--no-weights", action="store_true",
+                        help="neuronpedia: the database only (no logit histogram, neuron alignment, correlated "
+                             "features)")
+    export.add_argument("--creator-id", default=None, help="neuronpedia: the importing instance's user id")
+    export.add_argument("--model-id", default=None, help="neuronpedia: model id (default <study>-<arm>)")
+    imported = sub.add_parser("import-labels", help="add a labels export to this study's labels (same SAEs only)")
+    imported.add_argument("file", help="labels.json written by `export --format labels`")
+    imported.add_argument("--config", default=DEFAULT_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     offline_defaults()
     try:
         return {"build-demo": _build_demo, "check": _check, "run": _run, "steer-eval": _steer_eval,
-                "explain": _explain}[args.command](args)
+                "explain": _explain, "export": _export, "import-labels": _import_labels}[args.command](args)
     except StudyInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -278,4 +297,33 @@ def _summarize(config, args: argparse.Namespace) -> int:
         return 1
     for item in summaries:
         print(f"{item.arm_a} -> {item.arm_b} ({item.explainer}, stored in {config.explanations_db}):\n{item.summary}\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from precompute import export
+
+    config, out = load_config(args.config), Path(args.out)
+    if args.format == "neuronpedia":
+        options = export.NeuronpediaOptions(weights=not args.no_weights, model_id=args.model_id,
+                                            **({"creator_id": args.creator_id} if args.creator_id else {}))
+        where = export.export_neuronpedia(config, args.arm, out, args.force, options)
+        print(f"{where}: Neuronpedia upload layout (release, model, sourceset, source .jsonl; features/ and "
+              "activations/ batch-N.jsonl.gz)")
+    elif args.format == "html":
+        print(f"{export.export_html(config, args.pair, out, args.force)}: one self-contained HTML file")
+    else:
+        counts = export.export_labels(config, out, args.force)
+        print(f"{out / 'labels.json'}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return 0
+
+
+def _import_labels(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from precompute.export import import_labels
+
+    config = load_config(args.config)
+    counts = import_labels(config, Path(args.file))
+    print(f"{config.labels_db}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return 0
