@@ -60,7 +60,7 @@ class Family:
 
 
 def find_families(pairs: Sequence[tuple[str, str]]) -> list[Family]:
-    """Every family the declared (earlier, later) pairs form: base→A, base→B, A→M, B→M (A before B in pair order)."""
+    """Every family the declared (earlier, later) pairs form: base→A, base→B, A→M, B→M (A declared before B)."""
     declared = [tuple(pair) for pair in pairs]
     later: dict[str, list[str]] = {}
     for x, y in declared:

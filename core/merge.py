@@ -7,8 +7,9 @@ its own `slerp` method, driven by the YAML config it reads: that file is written
 Semantics (mergekit 0.1.5, `merge_methods/slerp.py`): each tensor, flattened to one vector, moves along its
 own great circle, `(sin((1-t)θ) a + sin(tθ) b) / sin θ` with `cos θ` the cosine of the two flattened tensors
 (the unnormalised tensors are interpolated, so norms interpolate too); a tensor whose |cos θ| exceeds 0.9995
-(colinear or antipodal) falls back to `(1-t) a + t b`. t = 0 gives model A and t = 1 model B, exactly. The checks here run before mergekit sees anything: a merge of models of different
-architectures or tensor shapes, or a t outside [0, 1], is one line and writes nothing.
+(colinear or antipodal) falls back to `(1-t) a + t b`. t = 0 gives model A and t = 1 model B, exactly. The checks
+here run before mergekit sees anything: a merge of models of different architectures or tensor shapes, or a t
+outside [0, 1], is one line and writes nothing.
 """
 
 from __future__ import annotations
