@@ -36,9 +36,10 @@ def confusion(first: Sequence[str], second: Sequence[str], labels: Sequence[str]
     if len(first) != len(second):
         raise ValueError(f"two annotators' labels must pair up feature by feature: {len(first)} != {len(second)}")
     index = {label: i for i, label in enumerate(labels)}
+    rows = np.fromiter((index[a] for a in first), dtype=np.int64, count=len(first))
+    cols = np.fromiter((index[b] for b in second), dtype=np.int64, count=len(second))
     table = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for a, b in zip(first, second):
-        table[index[a], index[b]] += 1
+    np.add.at(table, (rows, cols), 1)
     return table
 
 
@@ -85,28 +86,29 @@ def pair_agreement(votes: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["annotator_a", "annotator_b", "label", "features", "agreement", "kappa"])
 
 
-def _votes_text(group: pd.DataFrame) -> str:
-    return " · ".join(f"{author}: {label}" for author, label in sorted(zip(group["author"], group["label"])))
+_DISAGREEMENTS_SQL = """
+SELECT v.*, a.label AS adjudicated
+FROM (SELECT arm, feature, sae_fingerprint, count(*) AS annotators,
+             string_agg(author || ': ' || label, ' · ' ORDER BY author) AS votes
+      FROM votes GROUP BY arm, feature, sae_fingerprint HAVING count(DISTINCT label) > 1) v
+LEFT JOIN adjudications a USING (arm, feature, sae_fingerprint)
+ORDER BY arm, feature, sae_fingerprint"""
+
+
+def _on_frames(sql: str, votes: pd.DataFrame, adjudications: pd.DataFrame) -> pd.DataFrame:
+    """Run SQL over the relations `votes` and `adjudications` (DataFrames with core.labels' columns)."""
+    with duckdb.connect() as con:
+        con.register("votes", votes)
+        con.register("adjudications", adjudications)
+        return con.execute(sql).df()
 
 
 def disagreements(votes: pd.DataFrame, adjudications: pd.DataFrame) -> pd.DataFrame:
     """Features at least two annotators labelled differently: FEATURE_KEY, annotators, votes ("ann: medical · bob:
     unsure"), adjudicated (the adjudicated label, or None while it waits for one); by arm and feature."""
-    columns = [*FEATURE_KEY, "annotators", "votes", "adjudicated"]
-    if votes.empty:
-        return pd.DataFrame(columns=columns)
-    spread = votes.groupby(FEATURE_KEY)["label"].agg(["nunique", "size"]).reset_index()
-    split = spread[spread["nunique"] > 1][FEATURE_KEY]
-    if split.empty:
-        return pd.DataFrame(columns=columns)
-    rows = split.merge(votes, on=FEATURE_KEY)
-    text = rows.groupby(FEATURE_KEY).apply(_votes_text, include_groups=False).rename("votes").reset_index()
-    counts = rows.groupby(FEATURE_KEY).size().rename("annotators").reset_index()
-    out = counts.merge(text, on=FEATURE_KEY)
-    judged = adjudications[[*FEATURE_KEY, "label"]].rename(columns={"label": "adjudicated"})
-    out = out.merge(judged, on=FEATURE_KEY, how="left")
+    out = _on_frames(_DISAGREEMENTS_SQL, votes, adjudications)
     out["adjudicated"] = out["adjudicated"].astype(object).where(out["adjudicated"].notna(), None)
-    return out[columns].sort_values(["arm", "feature"], kind="stable").reset_index(drop=True)
+    return out
 
 
 # CONSENSUS_RULE over two relations with core.labels' columns: `votes` (each annotator's latest label of a feature)
@@ -151,10 +153,7 @@ ORDER BY arm, feature, sae_fingerprint""".format(tie=TIE_LABEL)
 def consensus(votes: pd.DataFrame, adjudications: pd.DataFrame) -> pd.DataFrame:
     """One label per feature by CONSENSUS_RULE: CONSENSUS_COLUMNS (author: who backs the label, comma-separated;
     id: the latest event behind it; rule: one of RULES; votes: every annotator's label), by arm and feature."""
-    with duckdb.connect() as con:
-        con.register("votes", votes)
-        con.register("adjudications", adjudications)
-        return con.execute(CONSENSUS_SQL).df()
+    return _on_frames(CONSENSUS_SQL, votes, adjudications)
 
 
 def label_counts(consensus_labels: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
