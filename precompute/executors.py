@@ -34,7 +34,15 @@ class LocalExecutor:
     def run_stage(self, stage: Stage, con: Any, inputs: Any, loaded: Any, key: str) -> StageResult:
         return stage.run(con, inputs, loaded)
 
-    def run_pair_stage(self, stage: Stage, con: Any, inputs: Any, pair: Any, key: str) -> StageResult:
+    def run_plan(self, plan: Any, con: Any, inputs: Any, pair: Any, key: str) -> Any:
+        """The pair's planned pass (precompute.plan.PlannedShard) over every row: accumulators by stage name."""
+        from precompute.plan import run_planned
+
+        return run_planned(plan, pair, [pair.rows])
+
+    def run_pair_stage(self, stage: Stage, con: Any, inputs: Any, pair: Any, key: str, first: Any = None) -> StageResult:
+        if first is not None:  # its first pass came from the pair's planned pass
+            return stage.passes.run_whole(pair, first)
         return stage.run(con, pair)  # a stage with passes: PairPasses.run_whole, every row in one shard
 
     def stage_written(self, features_db: str, arm: str, stage: Stage, key: str) -> None:

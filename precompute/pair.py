@@ -32,6 +32,12 @@ class Pair:
     lens_positions: int = 5  # diff.lens_positions: the first positions after BOS of its "first" mean
     medical_words: frozenset[str] = frozenset()  # the study's medical vocabulary (words marked in the lens's tokens)
     boundary_tokens: int = 3  # diff.boundary_tokens: a document's first tokens the divergence reports apart
+    tokens_progress: Callable[[str, int], Callable] | None = None  # (desc, tokens a batch): a bar in tokens/s
+    autocast: bool = False  # planned passes' forwards in bfloat16 autocast (on CUDA); reads handed on as float32
+
+    def token_progress(self, desc: str, tokens_per_batch: int) -> Callable:
+        """A progress wrapper over batches that counts tokens (the planned passes' bars); `progress` without one."""
+        return self.progress(desc) if self.tokens_progress is None else self.tokens_progress(desc, tokens_per_batch)
 
     @property
     def names(self) -> tuple[str, str]:
@@ -45,7 +51,7 @@ class Pair:
         """What a Ray worker needs, besides the two arms, to rebuild this pair (precompute.ray_executor)."""
         return {"batch_size": self.batch_size, "threshold": self.threshold, "outlier_factor": self.outlier_factor,
                 "min_firings": self.min_firings, "lens_layers": self.lens_layers, "lens_positions": self.lens_positions,
-                "medical_words": self.medical_words, "boundary_tokens": self.boundary_tokens}
+                "medical_words": self.medical_words, "boundary_tokens": self.boundary_tokens, "autocast": self.autocast}
 
     def same_tokenizer(self) -> bool:
         return self.a.model.tokenizer.get_vocab() == self.b.model.tokenizer.get_vocab()

@@ -30,6 +30,7 @@ from core.errors import StudyInputError
 from core.loading import LoadedArm, load_arm, weights_fingerprint
 from precompute import stages
 from precompute.pair import Pair
+from precompute.plan import PlannedPass, PlannedShard
 from precompute.shards import ShardStore, default_shard_rows, shard_ranges
 from precompute.stage import Stage, StageResult
 
@@ -71,6 +72,8 @@ class ArmWorker:
         start = time.perf_counter()
         if self.pair is None:
             accumulator = shard_fn(self.loaded[0], context, rows, row_ids).to("cpu")
+        elif getattr(shard_fn, "takes_positions", False):  # a planned pass: row_ids are positions in the pair's rows
+            accumulator = shard_fn(self.pair, rows, context, row_ids.numpy())
         else:
             accumulator = shard_fn(self.pair, rows, context)  # pair accumulators keep their state on the CPU
         return shard, accumulator, time.perf_counter() - start
@@ -110,6 +113,7 @@ class RayExecutor:
         self.shard_seconds: list[tuple[int, float]] = []  # (rows, seconds on its worker) per shard run
         self._load: WorkerLoad | None = None
         self._actors: list[Any] = []
+        self._plan_stores: list[ShardStore] = []  # the planned passes' shards, discarded when their pair is done
         on_driver = [name for name, stage in stages.REGISTRY.items() if stage.sharded is None and stage.passes is None]
         logger.info("ray executor: %d worker(s), each with %s; on the driver (no accumulator yet): %s", self.workers,
                     "one GPU" if self.gpus else "one CPU and one thread", ", ".join(on_driver))
@@ -126,6 +130,9 @@ class RayExecutor:
         """The workers of one pair (both arms loaded in each): started with its first sharded stage."""
         with self._holding(WorkerLoad(arms, fingerprints, settings)):
             yield
+        for store in self._plan_stores:  # every stage of the pair is written: its planned passes are spent
+            store.discard()
+        self._plan_stores = []
 
     @contextmanager
     def _holding(self, load: WorkerLoad) -> Iterator[None]:
@@ -148,8 +155,19 @@ class RayExecutor:
                                     sharded.rows(inputs, loaded), sharded.batch_size(inputs.config), progress)
         return sharded.finish(inputs, loaded, merged)
 
-    def run_pair_stage(self, stage: Stage, con: Any, inputs: Any, pair: Pair, key: str) -> StageResult:
-        """Each pass of the stage over shards of the pair's rows, the merged result of one handed to the next."""
+    def run_plan(self, plan: PlannedShard, con: Any, inputs: Any, pair: Pair, key: str) -> Any:
+        """The pair's planned pass over shards of its rows: accumulators by stage name, merged in row order. Its
+        shards are kept under `plan-<key>` (the key hashes the served stages' keys) until the pair is done."""
+        label = "→".join(pair.names)
+        store = ShardStore(inputs.config.features_db, label, "plan", key)
+        progress = inputs.progress(f"{label} pass for {', '.join(plan.names)}", "shard")
+        merged = self._sharded_pass(store, plan, plan.contexts(pair), pair.rows, pair.batch_size, progress)
+        self._plan_stores.append(store)
+        return merged
+
+    def run_pair_stage(self, stage: Stage, con: Any, inputs: Any, pair: Pair, key: str, first: Any = None) -> StageResult:
+        """Each pass of the stage over shards of the pair's rows, the merged result of one handed to the next;
+        `first`: the first pass's merged accumulator from the pair's planned pass."""
         label = "→".join(pair.names)
         if stage.passes is None:
             logger.info("%s/%s: no accumulator yet, so it runs on the driver", label, stage.name)
@@ -157,10 +175,17 @@ class RayExecutor:
         passes = stage.passes.passes
         earlier = merged = None
         for index, shard_fn in enumerate(passes):
-            store = ShardStore(inputs.config.features_db, label, stage.name, key,
-                               part=f"pass{index}" if len(passes) > 1 else None)
-            progress = inputs.progress(f"{label} {stage.name} pass {index + 1}/{len(passes)}", "shard")
-            merged = self._sharded_pass(store, shard_fn, earlier, pair.rows, pair.batch_size, progress)
+            if index == 0 and first is not None:
+                merged = first
+            else:
+                store = ShardStore(inputs.config.features_db, label, stage.name, key,
+                                   part=f"pass{index}" if len(passes) > 1 else None)
+                progress = inputs.progress(f"{label} {stage.name} pass {index + 1}/{len(passes)}", "shard")
+                planned = isinstance(shard_fn, PlannedPass)
+                fn = PlannedShard(((stage.name, shard_fn),)) if planned else shard_fn
+                context = fn.contexts(pair) if planned else earlier
+                merged = self._sharded_pass(store, fn, context, pair.rows, pair.batch_size, progress)
+                merged = merged[stage.name] if planned else merged
             earlier = merged.result()
         return stage.passes.finish(pair, merged)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from tqdm import tqdm
 
 from core import database as db
 from core.activations import HIST_EDGES, INTERVAL_EDGES
@@ -35,8 +36,9 @@ from precompute import stages
 from precompute.executors import LocalExecutor
 from precompute.inputs import StudyInputs, progress_bar
 from precompute.pair import Pair
+from precompute.plan import plan_for
 from precompute.shards import discard_all
-from precompute.stage import KeyParts
+from precompute.stage import KeyParts, hash_parts
 
 logger = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "transformer-lens", "sae-lens", "transformers", "duckdb", "gensim", "numpy")
@@ -190,22 +192,49 @@ def _run_pair(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, names: tuple[
                 lambda desc: progress_bar(inputs.show_progress, desc, "batch"), config.diff.min_firings,
                 () if sample is None else sample.rows, lens_layers=config.diff.lens_layers,
                 lens_positions=config.diff.lens_positions, medical_words=inputs.medical_words,
-                boundary_tokens=config.diff.boundary_tokens)
+                boundary_tokens=config.diff.boundary_tokens, tokens_progress=_tokens_bar(inputs.show_progress),
+                autocast=a.device == "cuda")
     try:
         with executor.pair(tuple(map(config.arm, names)), tuple(fingerprints[name] for name in names),
                            pair.settings(), device):
+            first, shared = _run_plan(con, inputs, pair, todo, keys, executor)
             for name in todo:
                 token_set = sample.name if stages.REGISTRY[name].tokens is not None else None
-                seconds = _run_pair_stage(con, inputs, pair, name, keys[name], token_set, executor)
+                seconds = _run_pair_stage(con, inputs, pair, name, keys[name], token_set, executor,
+                                          first.get(name), shared.get(name, 0.0))
                 report.seconds.setdefault(names, {})[name] = seconds
     finally:
         del a, b, pair  # the next pair loads its own two arms
         gc.collect()
 
 
+def _tokens_bar(show: bool) -> Any:
+    """The planned passes' bars: batches counted in tokens, so the rate reads tokens/s."""
+    if not show:
+        return lambda desc, tokens_per_batch: (lambda it: it)
+    return lambda desc, tokens_per_batch: (lambda it: tqdm(it, desc=desc, unit="tok", unit_scale=tokens_per_batch,
+                                                           leave=False))
+
+
+def _run_plan(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, pair: Pair, todo: list[str],
+              keys: dict[str, str], executor: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """The pair's planned pass (precompute.plan): one forward per model per batch for every out-of-date stage
+    whose first pass is planned. Returns each served stage's merged accumulator and its share of the seconds."""
+    plan = plan_for([(name, stages.REGISTRY[name]) for name in todo], pair)
+    if plan is None:
+        return {}, {}
+    logger.info("%s: %s", pair_name(pair.names), plan.describe(pair))
+    start = time.perf_counter()
+    merged = executor.run_plan(plan, con, inputs, pair, hash_parts(*(keys[name] for name in plan.names)))
+    seconds = time.perf_counter() - start
+    logger.info("%s: planned pass for %s done in %.1f s", pair_name(pair.names), ", ".join(plan.names), seconds)
+    return dict(merged), {name: seconds / len(plan.names) for name in plan.names}
+
+
 def _run_pair_stage(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, pair: Pair, name: str, key: str,
-                    token_set: str | None, executor: Any) -> float:
-    """One pair stage (or its skip, with the reason as its note) written for the pair; returns its seconds."""
+                    token_set: str | None, executor: Any, first: Any = None, shared_seconds: float = 0.0) -> float:
+    """One pair stage (or its skip, with the reason as its note) written for the pair; returns its seconds (with
+    its even share of the planned pass that served its first pass, `first`)."""
     label = pair_name(pair.names)
     stage = stages.REGISTRY[name]
     start = time.perf_counter()
@@ -214,8 +243,8 @@ def _run_pair_stage(con: duckdb.DuckDBPyConnection, inputs: StudyInputs, pair: P
         logger.warning("%s/%s: %s", label, name, reason)
         tables, metrics = {}, {"skipped": 1.0}
     else:
-        tables, metrics = executor.run_pair_stage(stage, con, inputs, pair, key)
-    seconds = time.perf_counter() - start
+        tables, metrics = executor.run_pair_stage(stage, con, inputs, pair, key, first)
+    seconds = time.perf_counter() - start + shared_seconds
     db.write_stage(con, pair.names, name, key, seconds, stage.conform(tables), metrics, note=reason,
                    token_set=token_set, owns=stage.table_names)
     executor.stage_written(inputs.config.features_db, label, stage, key)

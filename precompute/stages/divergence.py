@@ -7,15 +7,19 @@ text's, and their share of the top 1% of all positions by KL."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from core.boundaries import special_token_ids
+from core.boundaries import boundary_mask, special_token_ids
 from core.database.schema import DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, DIVERGENCE_ROWS
-from core.divergence import Divergence, corpus_divergence
+from core.divergence import Divergence, DivergenceAccumulator, divergent_count, residual_divergence
 from core.token_text import vocabulary_strings
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
+from precompute.pair_pass import PairPasses
+from precompute.plan import BatchReads, PlannedPass, Read
 from precompute.stage import Stage, StageResult
 
 TOP_CONTEXTS = 50  # rows kept with every token's KL: what the Model diff page lists
@@ -23,12 +27,54 @@ DIVERGENT_SHARE = 0.01  # the divergent tokens: this share of all positions, hig
 
 
 def run_divergence(con: duckdb.DuckDBPyConnection, pair: Pair) -> StageResult:
-    rows = pair.rows
-    row_ids = pair.row_ids if pair.row_ids else range(rows.shape[0])
-    result = corpus_divergence(pair.a, pair.b, rows, row_ids, TOP_CONTEXTS, DIVERGENT_SHARE, pair.batch_size,
-                               progress=pair.progress("next-token divergence"),
-                               special_ids=special_token_ids(pair.a.model.tokenizer),
-                               boundary_tokens=pair.boundary_tokens)
+    return PASSES.run_whole(pair)
+
+
+@dataclass(frozen=True)
+class DivergenceContext:
+    """What every shard needs from all of the pair's rows: their corpus ids and the sizes of the top sets."""
+
+    row_ids: np.ndarray  # int64 [n]: the corpus row of each of the pair's rows
+    n_divergent: int  # text positions in the divergent set
+    n_top: int  # positions in the top set over all of them
+    special_ids: tuple[int, ...]
+    boundary_tokens: int
+
+
+def _context(pair: Pair) -> DivergenceContext:
+    special = tuple(special_token_ids(pair.a.model.tokenizer))
+    boundary = boundary_mask(pair.rows, special, pair.boundary_tokens)
+    n_positions = boundary.numel()
+    n_text = n_positions - int(boundary.sum())
+    row_ids = np.asarray(pair.row_ids if pair.row_ids else range(pair.rows.shape[0]), np.int64)
+    return DivergenceContext(row_ids, divergent_count(n_text, DIVERGENT_SHARE), divergent_count(n_positions,
+                             DIVERGENT_SHARE), special, pair.boundary_tokens)
+
+
+def _reads(pair: Pair) -> frozenset[Read]:
+    return frozenset({Read("a"), Read("b"), Read("a", pair.a.hook_name), Read("b", pair.b.hook_name)})
+
+
+def _start(pair: Pair, context: DivergenceContext) -> DivergenceAccumulator:
+    return DivergenceAccumulator(TOP_CONTEXTS, context.n_divergent, (pair.a.d_sae, pair.b.d_sae), context.n_top)
+
+
+def _update(pair: Pair, accumulator: DivergenceAccumulator, reads: BatchReads, context: DivergenceContext) -> None:
+    a, b, batch = pair.a, pair.b, reads.rows
+    residual_a = reads[Read("a")]
+    kl, change = residual_divergence(a.model, residual_a, b.model, reads[Read("b")].to(residual_a.device), batch)
+    acts = [arm.sae.encode(reads[Read(side, arm.hook_name)][:, 1:].to(arm.sae.W_dec.device))
+            for side, arm in (("a", a), ("b", b))]
+    accumulator.update(context.row_ids[reads.positions], batch, kl, change, *acts,
+                       boundary_mask(batch, context.special_ids, context.boundary_tokens))
+
+
+PLANNED = PlannedPass(_reads, _start, _update, _context)
+
+
+def finish(pair: Pair, accumulator: DivergenceAccumulator) -> StageResult:
+    """The tables and metrics over every row (one accumulator, or shards merged)."""
+    result = accumulator.result()
     _, text = vocabulary_strings(pair.a.model.tokenizer, pair.a.model.cfg.d_vocab)
     n_rows = len(result.row)
     tables = {
@@ -94,7 +140,9 @@ def _key_parts(parts) -> tuple:
     return (*pair_key_parts(parts), TOP_CONTEXTS, DIVERGENT_SHARE)
 
 
+PASSES = PairPasses((PLANNED,), finish)
+
 # 2: boundary positions (issue 22) ranked nowhere, reported apart; contexts keep each token's kind
 STAGE = Stage("divergence", version=2, scope="pair",
               tables=(DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES), run=run_divergence,
-              key_parts=_key_parts, tokens=pair_tokens, skip_reason=_skip_reason)
+              key_parts=_key_parts, tokens=pair_tokens, skip_reason=_skip_reason, passes=PASSES)

@@ -2,8 +2,9 @@
 best match, status (persist / emerge / disappear / dead / rare), partners and one-to-one assignment, and feature i
 against the other arm's feature i (the lineage of an SAE trained on from the other).
 
-One token pass (PASSES): `shard` sums any subset of the pair's rows into a CoactivationAccumulator; the
-accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
+One planned token pass (PASSES, precompute.plan): each arm's SAE on its own model's hook sums any subset of the
+pair's rows into a CoactivationAccumulator; the accumulators of disjoint shards merge, and `finish` turns the
+merged one into the tables."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from core.matching import (CoactivationAccumulator, FeatureMatches, collect_coac
                            logit_weight_similarity, match_features)
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
 from precompute.pair_pass import PairPasses
+from precompute.plan import BatchReads, PlannedPass, Read
 from precompute.stage import Stage, StageResult
 
 
@@ -31,6 +33,28 @@ def shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> CoactivationA
     a, b = pair.a, pair.b
     return collect_coactivations(a.model, a.sae, a.hook_name, b.model, b.sae, b.hook_name, rows, pair.batch_size,
                                  device=a.sae.W_dec.device, progress=pair.progress("co-activations"))
+
+
+def _reads(pair: Pair) -> frozenset[Read]:
+    return frozenset({Read("a", pair.a.hook_name), Read("b", pair.b.hook_name)})
+
+
+def _start(pair: Pair, context: None) -> CoactivationAccumulator:
+    return CoactivationAccumulator(pair.a.d_sae, pair.b.d_sae, pair.a.sae.W_dec.device, torch.float64)
+
+
+def _encode(arm: LoadedArm, acts: torch.Tensor) -> torch.Tensor:
+    """[B × (T − 1), d_sae] feature activations of the arm's SAE for its hook's activations [B, T, d_in]."""
+    feature_acts = arm.sae.encode(acts[:, 1:].to(arm.sae.W_dec.device))
+    return feature_acts.reshape(-1, feature_acts.shape[-1])
+
+
+def _update(pair: Pair, accumulator: CoactivationAccumulator, reads: BatchReads, context: None) -> None:
+    accumulator.update(_encode(pair.a, reads[Read("a", pair.a.hook_name)]),
+                       _encode(pair.b, reads[Read("b", pair.b.hook_name)]))
+
+
+PLANNED = PlannedPass(_reads, _start, _update)
 
 
 def finish(pair: Pair, coactivations: CoactivationAccumulator) -> StageResult:
@@ -91,7 +115,7 @@ def _logit_similarity(arm: LoadedArm, other: LoadedArm, own: np.ndarray, match: 
     return logit_weight_similarity(arm.sae.W_dec, arm.model.W_U, other.sae.W_dec, other.model.W_U, own, match)
 
 
-PASSES = PairPasses((shard,), finish)
+PASSES = PairPasses((PLANNED,), finish)
 
 # version 2: dead / rare statuses, every pair, the assignment; 3: same_index_corr / _cos, same_index_share
 STAGE = Stage("matching", version=3, scope="pair", tables=(FEATURE_MATCHES, MATCH_PAIRS), run=run_matching,

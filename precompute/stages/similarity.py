@@ -1,7 +1,8 @@
 """similarity: cosine and distance between the two models' activations at the same hook, on the same tokens.
 
-One token pass (PASSES): `shard` folds any subset of the pair's rows into an ActivationSimilarityAccumulator;
-the accumulators of disjoint shards merge, and `finish` turns the merged one into the tables."""
+One planned token pass (PASSES, precompute.plan): both models' activations at arm a's hook fold any subset of the
+pair's rows into an ActivationSimilarityAccumulator; the accumulators of disjoint shards merge, and `finish` turns
+the merged one into the tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.database.schema import SIMILARITY_BY_POSITION, SIMILARITY_HIST
 from core.model_diff import ActivationSimilarityAccumulator, collect_similarity
 from precompute.pair import Pair, different_tokenizers, pair_key_parts, pair_tokens
 from precompute.pair_pass import PairPasses
+from precompute.plan import BatchReads, PlannedPass, Read
 from precompute.stage import Stage, StageResult
 
 
@@ -25,6 +27,19 @@ def shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> ActivationSim
     """Both models at arm a's hook over token rows [m, T] of the pair's rows (BOS first)."""
     return collect_similarity(pair.a.model, pair.b.model, pair.a.hook_name, rows, pair.batch_size,
                               progress=pair.progress("activation similarity"))
+
+
+def _reads(pair: Pair) -> frozenset[Read]:
+    return frozenset({Read("a", pair.a.hook_name), Read("b", pair.a.hook_name)})
+
+
+def _update(pair: Pair, accumulator: ActivationSimilarityAccumulator, reads: BatchReads, context: None) -> None:
+    hook = pair.a.hook_name
+    accumulator.update(reads[Read("a", hook)][:, 1:], reads[Read("b", hook)][:, 1:])
+
+
+PLANNED = PlannedPass(_reads, start=lambda pair, context: ActivationSimilarityAccumulator(context),
+                      update=_update, context=lambda pair: pair.rows.shape[1] - 1)
 
 
 def finish(pair: Pair, accumulator: ActivationSimilarityAccumulator) -> StageResult:
@@ -49,7 +64,7 @@ def _skip_reason(pair: Pair) -> str | None:
     return different_tokenizers(pair, "similarity")
 
 
-PASSES = PairPasses((shard,), finish)
+PASSES = PairPasses((PLANNED,), finish)
 
 STAGE = Stage("similarity", version=2, scope="pair", tables=(SIMILARITY_HIST, SIMILARITY_BY_POSITION),
               run=run_similarity, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason,

@@ -1,6 +1,7 @@
 """transfer: each SAE on its own model and on the other one (quality, densities, their log correlation).
 
-Two token passes (PASSES), each cut into shards of the pair's rows: `norm_shard` samples every activation norm at each
+Two token passes (PASSES), each cut into shards of the pair's rows: the first (planned, precompute.plan: it shares
+the pair's clean pass) samples every activation norm at each
 SAE's hook on each model (NormSample; merged, their medians set the outlier filter), then `transfer_shard`
 splices each SAE into each model (the SAEs at one hook of a model sharing its clean pass) with the positions above outlier_factor × that median left out
 (TransferAccumulator). `finish` turns the merged accumulators into the tables."""
@@ -15,9 +16,10 @@ import torch
 from core.accumulator import AccumulatorMap
 from core.database.schema import TRANSFER_DENSITIES, TRANSFER_METRICS
 from core.loading import LoadedArm
-from core.model_diff import collect_norms, collect_transfers, log_density_correlation
+from core.model_diff import NormSample, collect_norms, collect_transfers, log_density_correlation
 from precompute.pair import Pair, pair_key_parts, pair_tokens
 from precompute.pair_pass import PairPasses
+from precompute.plan import BatchReads, PlannedPass, Read
 from precompute.stage import Stage, StageResult
 
 
@@ -41,6 +43,23 @@ def norm_shard(pair: Pair, rows: torch.Tensor, earlier: None = None) -> Accumula
             samples[model_arm.name, sae_arm.hook_name] = collect_norms(model_arm.model, sae_arm.hook_name, rows,
                                                                        pair.batch_size)
     return samples
+
+
+def _norm_reads(pair: Pair) -> dict[tuple[str, str], Read]:
+    """The read behind each (model arm, hook) norm sample."""
+    side = {pair.a.name: "a", pair.b.name: "b"}
+    return {(model_arm.name, sae_arm.hook_name): Read(side[model_arm.name], sae_arm.hook_name)
+            for sae_arm, model_arm in _combinations(pair)}
+
+
+def _norm_update(pair: Pair, samples: AccumulatorMap, reads: BatchReads, context: None) -> None:
+    for key, read in _norm_reads(pair).items():
+        samples[key].update(reads[read][:, 1:].float().norm(dim=-1))
+
+
+NORMS = PlannedPass(lambda pair: frozenset(_norm_reads(pair).values()),
+                    start=lambda pair, context: AccumulatorMap({key: NormSample() for key in _norm_reads(pair)}),
+                    update=_norm_update)
 
 
 def transfer_shard(pair: Pair, rows: torch.Tensor, medians: dict[tuple[str, str], float]) -> AccumulatorMap:
@@ -97,7 +116,7 @@ def _skip_reason(pair: Pair) -> str | None:
     return None
 
 
-PASSES = PairPasses((norm_shard, transfer_shard), finish)
+PASSES = PairPasses((NORMS, transfer_shard), finish)
 
 STAGE = Stage("transfer", version=2, scope="pair", tables=(TRANSFER_METRICS, TRANSFER_DENSITIES),
               run=run_transfer, key_parts=pair_key_parts, tokens=pair_tokens, skip_reason=_skip_reason,
