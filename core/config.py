@@ -291,6 +291,12 @@ class DemoRecipe:
     eval_tokens: int = 30_000
     hook_name: str = "blocks.2.hook_resid_pre"
     d_sae: int = 1536
+    # The SAE kind (precompute/demo/sae_train.py): "batchtopk" and "topk" keep sae_k features active per token (on
+    # average over a batch / exactly) and revive dead features with SAELens's auxiliary loss, so no coefficient is
+    # tuned per model; "standard" is the L1-penalised ReLU SAE (sae_l1_coefficient, sae_l1_warm_up_share).
+    sae_architecture: str = "batchtopk"
+    sae_k: int = 32
+    sae_dead_window_tokens: int = 20_000  # a feature that fired on none of the last this many tokens gets the aux loss
     sae_l1_coefficient: float = 6.0
     sae_lr: float = 2e-3
     sae_tokens: int = 400_000
@@ -307,6 +313,27 @@ class DemoRecipe:
     # The control arm `base_resae` (issue 22): an SAE on the base model trained as the fine-tuned arm's was (continued
     # from the base SAE for sae_finetuned_tokens, or a fresh one), with another seed: the model diff's noise floor.
     sae_control: bool = True
+    # The fine-tune adapts or stops (issue 26): before it, each finetune_lr x factor trains finetune_lr_check_steps
+    # steps on a copy and the one whose held-out loss (medical training rows the fine-tune never sees) falls most is
+    # used; none falling stops the build. During it, held-out loss is measured every finetune_check_every steps and
+    # the run stops after finetune_patience checks without a new best, keeping the best weights. () / 0: off.
+    finetune_lr_factors: tuple[float, ...] = (0.25, 1.0, 4.0)
+    finetune_lr_check_steps: int = 4
+    finetune_check_every: int = 4
+    finetune_patience: int = 2
+    finetune_check_rows: int = 16
+
+    def __post_init__(self) -> None:
+        if self.sae_architecture not in SAE_ARCHITECTURES:
+            raise StudyInputError(f"demo.sae_architecture: expected one of {', '.join(SAE_ARCHITECTURES)}, "
+                                  f"got {self.sae_architecture!r}")
+        if self.sae_k < 1 or self.sae_k > self.d_sae:
+            raise StudyInputError(f"demo.sae_k must be between 1 and d_sae ({self.d_sae}), got {self.sae_k}")
+        if any(factor <= 0 for factor in self.finetune_lr_factors):
+            raise StudyInputError("demo.finetune_lr_factors: every factor must be above 0 (e.g. [0.25, 1.0, 4.0])")
+
+
+SAE_ARCHITECTURES = ("batchtopk", "topk", "standard")
 
 
 @dataclass(frozen=True)

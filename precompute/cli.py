@@ -1,4 +1,5 @@
-"""Command line of the precompute: `build-demo`, `check`, `run`, `steer-eval`, `explain`, `export`, `import-labels`.
+"""Command line of the precompute: `build-demo`, `train-saes`, `check`, `run`, `steer-eval`, `explain`, `export`,
+`import-labels`.
 
 User mistakes (`StudyInputError`) print one line and exit with code 2; nothing is written.
 """
@@ -46,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rebuild even if an identical build is already there")
     demo.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                       help="training device (cpu: the same weights on every machine)")
+
+    train = sub.add_parser("train-saes", help="SAEs for a study's own base and fine-tuned models at the [demo] hook")
+    train.add_argument("--config", default=DEFAULT_CONFIG,
+                       help="study config: its first pair's arms and [demo] SAE fields")
+    train.add_argument("--fast", action="store_true", help="the SAE fields of [demo.fast]")
+    train.add_argument("--force", action="store_true", help="replace SAEs already in the arms' sae_path folders")
+    train.add_argument("--keep-below-floor", action="store_true", help="write the SAEs even when they miss the floor")
+    train.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
     check = sub.add_parser("check", help="load every arm of a study and verify model, SAE and hook")
     check.add_argument("--config", default=DEFAULT_CONFIG)
@@ -120,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gensim").setLevel(logging.WARNING)  # gensim logs every save/load at INFO
     offline_defaults()
     try:
-        return {"build-demo": _build_demo, "check": _check, "run": _run, "steer-eval": _steer_eval,
+        return {"build-demo": _build_demo, "train-saes": _train_saes, "check": _check, "run": _run,
+                "steer-eval": _steer_eval,
                 "explain": _explain, "export": _export, "import-labels": _import_labels}[args.command](args)
     except StudyInputError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -148,6 +158,24 @@ def _build_demo(args: argparse.Namespace) -> int:
         print(f"  SAE {arm:<10} {sae['hook_name']}  d_sae {sae['d_sae']}  L0 {sae['l0']:.1f}  "
               f"explained variance {sae['explained_variance']:.3f}  dead {100 * sae['dead_fraction']:.1f}%")
     _print_floor_and_budget(manifest)
+    if manifest.get("finetune_warning"):  # last, where it is read (issue 26)
+        print(f"  {manifest['finetune_warning']}")
+    return 0
+
+
+def _train_saes(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from precompute.train_saes import train_study_saes
+
+    config = load_config(args.config)
+    start = time.perf_counter()
+    saes = train_study_saes(config, fast=args.fast, force=args.force, keep_below_floor=args.keep_below_floor,
+                            device=args.device)
+    print(f"SAEs of {config.name} trained  [{time.perf_counter() - start:.0f} s]")
+    for arm, sae in saes.items():
+        print(f"  SAE {arm:<10} {sae['architecture']} {sae['hook_name']}  d_sae {sae['d_sae']}  L0 {sae['l0']:.1f}  "
+              f"explained variance {sae['explained_variance']:.3f}  dead {100 * sae['dead_fraction']:.1f}%  "
+              f"-> {config.arm(arm).sae_path}")
     return 0
 
 
@@ -186,8 +214,16 @@ def _print_floor_and_budget(manifest: dict) -> None:
 def _check(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.loading import load_arm, weights_fingerprint
+    from precompute.train_saes import check_model, sae_missing
 
     config = load_config(args.config)
+    missing = [arm for arm in config.arms if sae_missing(arm)]
+    if missing:  # a study of the user's own models before train-saes: check the models alone
+        for arm in config.arms:
+            print(check_model(arm, args.device or config.device))
+        print(f"models ok; SAEs missing for {', '.join(arm.name for arm in missing)}: run `python -m precompute "
+              f"train-saes --config {args.config}`, then check again")
+        return EXIT_NOT_READY
     fingerprints: dict[str, str] = {}
     for arm in config.arms:
         loaded = load_arm(arm, args.device or config.device)

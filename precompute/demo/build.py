@@ -34,6 +34,8 @@ from core.config import DemoRecipe, StudyConfig
 from core.errors import StudyInputError
 from precompute.demo import steps
 from precompute.demo import reuse
+from precompute import train_saes
+from precompute.demo import finetune as finetune_steps
 from precompute.demo.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 ARMS = ("base", "finetuned")
 # The control arm: the base model with an SAE trained as the fine-tuned arm's was, on the base model (issue 22).
 CONTROL_ARM = "base_resae"
-CONTROL_SEED_OFFSET = 1000  # its SAE's data-order (and init) seed is the study's seed + this
+CONTROL_SEED_OFFSET = train_saes.CONTROL_SEED_OFFSET  # its SAE's data-order (and init) seed is the study's seed + this
 # manifest.json goes last: a build is complete exactly when its manifest is there.
 BUILD_ITEMS = ("corpus", "models", "saes", "vocab", "study.toml", "manifest.json")
 BUILD_VERSION = 1  # bump when the build changes in a way that makes old demos stale
@@ -131,8 +133,9 @@ def _build_into(folder: Path, config: StudyConfig, recipe: DemoRecipe, fast: boo
 
 
 def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe, device: str,
-                 timings: dict[str, float], bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
-    """Train (or load) the base arm, fine-tune it, measure both: (tokenizer, rows, {arm: steps.evaluate(...)})."""
+                 timings: dict[str, float], bar: Any) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Train (or load) the base arm, fine-tune it, measure both: (tokenizer, rows, {arm: steps.evaluate(...)}, the
+    fine-tune's record: its learning-rate check and early stop)."""
     # A pretrained recipe brings its own tokenizer and base model; the steps after these two are the same.
     with _step("load pretrained" if recipe.pretrained else "tokenizer", timings, bar):
         base, tokenizer = (load_pretrained(recipe.pretrained) if recipe.pretrained
@@ -142,7 +145,7 @@ def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe
         base = base if base is not None else steps.train_base(rows, tokenizer, recipe, config.seed, device)
         steps.save_model(base, tokenizer, folder / "models" / "base")
     with _step("fine-tune", timings, bar):
-        finetuned = steps.finetune(base, tokenizer, rows, recipe, config.seed, device)
+        finetuned, record = steps.finetune(base, tokenizer, rows, recipe, config.seed, device)
         steps.save_model(finetuned, tokenizer, folder / "models" / "finetuned")
     with _step("perplexity", timings, bar):
         special = special_token_ids(tokenizer)
@@ -151,14 +154,14 @@ def _model_steps(folder: Path, text: steps.TextData, config: StudyConfig, recipe
         # seen before a long build ends
         logger.info("held-out perplexity drop by token kind: %s", steps.perplexity_report(perplexity)[
             "perplexity_drop_by_kind"])
-    return tokenizer, rows, perplexity
+    return tokenizer, rows, perplexity, record
 
 
 def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe: DemoRecipe,
                  earlier: dict[str, Any], out: Path, timings: dict[str, float],
-                 bar: Any) -> tuple[Any, dict[str, Any], dict[str, dict[str, float]]]:
-    """The arms of the earlier build in `out`, linked in unchanged: (tokenizer, rows, {arm: steps.evaluate(...)}),
-    the perplexities as that build measured them (measured here if it split none by token kind)."""
+                 bar: Any) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The arms of the earlier build in `out`, linked in unchanged: (tokenizer, rows, {arm: steps.evaluate(...)},
+    its fine-tune record), the perplexities as that build measured them (measured here if it split none by kind)."""
     from transformers import AutoTokenizer
 
     with _step("keep models", timings, bar):
@@ -172,7 +175,7 @@ def _kept_models(folder: Path, text: steps.TextData, config: StudyConfig, recipe
     if perplexity is None:
         with _step("perplexity by token kind", timings, bar):
             perplexity = steps.evaluate_saved(folder / "models", rows, recipe, device, special_token_ids(tokenizer))
-    return tokenizer, rows, perplexity
+    return tokenizer, rows, perplexity, earlier.get("finetune")
 
 
 def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: str, timings: dict[str, float],
@@ -180,29 +183,11 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
     with _step("text", timings, bar):
         text = steps.prepare_text(folder / "corpus", recipe)
     if earlier is None:
-        tokenizer, rows, perplexity = _model_steps(folder, text, config, recipe, device, timings, bar)
+        tokenizer, rows, perplexity, finetune_record = _model_steps(folder, text, config, recipe, device, timings, bar)
     else:
-        tokenizer, rows, perplexity = _kept_models(folder, text, config, recipe, earlier, out, timings, bar)
-    saes = {}
+        tokenizer, rows, perplexity, finetune_record = _kept_models(folder, text, config, recipe, earlier, out, timings, bar)
     keep_base_sae = earlier is not None and reuse.base_sae_reusable(out, earlier, recipe, config.seed)
-    for arm in ARMS:
-        if arm == "base" and keep_base_sae:
-            with _step("keep SAE base", timings, bar):
-                reuse.link_base_sae(out, folder)
-                saes[arm] = earlier["saes"]["base"]
-                logger.info("keeping the base SAE of the build in %s (its fields and models are unchanged)", out)
-            continue
-        # The fine-tuned SAE may go on from the base SAE trained just before it (DemoRecipe.sae_finetuned_from_base).
-        from_base = arm == "finetuned" and recipe.sae_finetuned_from_base
-        with _step(f"SAE {arm}", timings, bar):
-            saes[arm] = steps.train_and_save_sae(
-                folder / "models" / arm, folder / "saes" / arm, rows, recipe, config.seed, device, arm,
-                model_name=f"{config.name}-{arm}", init_dir=folder / "saes" / "base" if from_base else None,
-                tokens=(recipe.sae_finetuned_tokens or None) if from_base else None)
-            logger.info("SAE %s: %s", arm, saes[arm])
-    if recipe.sae_control:
-        with _step(f"SAE {CONTROL_ARM}", timings, bar):
-            saes[CONTROL_ARM] = _control_sae(folder, rows, recipe, config, device)
+    saes = _train_saes(folder, rows, recipe, config, device, timings, bar, earlier if keep_base_sae else None, out)
     with _step("medical vocabulary", timings, bar):
         vocabulary = steps.build_vocabulary(text, folder / "vocab" / "medical_words.txt")
     with _step("embeddings cache", timings, bar):
@@ -214,25 +199,31 @@ def _run_steps(folder: Path, config: StudyConfig, recipe: DemoRecipe, device: st
         **(report := steps.perplexity_report(perplexity)),
         "saes": saes,
         "quality_floor": steps.quality_floor(report["perplexity"], saes, report["perplexity_drop_by_kind"]),
+        "finetune": finetune_record,
+        # The Overview and the build's last line say it (issue 26): never a silently worse "fine-tune".
+        "finetune_warning": finetune_steps.domain_warning(report["perplexity"], finetune_record),
         "vocabulary": vocabulary,
         "embeddings": embeddings,
     }
 
 
-def _control_sae(folder: Path, rows: dict[str, Any], recipe: DemoRecipe, config: StudyConfig,
-                 device: str) -> dict[str, Any]:
-    """The control arm's SAE (issue 22): on the BASE model, trained exactly as the fine-tuned arm's SAE was but for
-    the fine-tune, with another data-order seed: continued from the base SAE for as many tokens when the fine-tuned
-    SAE was (sae_finetuned_from_base), else a second SAE from a random init. What separates it from the base SAE is
-    what SAE training does to any SAE; the model diff reads the fine-tune's differences beyond that."""
-    from_base = recipe.sae_finetuned_from_base
-    summary = steps.train_and_save_sae(
-        folder / "models" / "base", folder / "saes" / CONTROL_ARM, rows, recipe, config.seed + CONTROL_SEED_OFFSET,
-        device, CONTROL_ARM, model_name=f"{config.name}-{CONTROL_ARM}",
-        init_dir=folder / "saes" / "base" if from_base else None,
-        tokens=(recipe.sae_finetuned_tokens or None) if from_base else None)
-    logger.info("SAE %s (control: base model, seed + %d): %s", CONTROL_ARM, CONTROL_SEED_OFFSET, summary)
-    return {**summary, "control_for": "finetuned", "model": "base", "seed": config.seed + CONTROL_SEED_OFFSET}
+def _train_saes(folder: Path, rows: dict[str, Any], recipe: DemoRecipe, config: StudyConfig, device: str,
+                timings: dict[str, float], bar: Any, earlier: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+    """The SAEs of train-saes's plan (precompute/train_saes.py) on the built arms: base, fine-tuned (continued from
+    the base SAE when the recipe says so) and the control arm base_resae (issue 22) when recipe.sae_control. With
+    `earlier` (its manifest), the base SAE of the build in `out` is kept instead of trained again."""
+    models = {"base": str(folder / "models" / "base"), "finetuned": str(folder / "models" / "finetuned")}
+    sae_dirs = {arm: folder / "saes" / arm for arm in (*ARMS, CONTROL_ARM)}
+    plan = train_saes.sae_plan(recipe, config.seed, models, sae_dirs, CONTROL_ARM if recipe.sae_control else None)
+    saes: dict[str, Any] = {}
+    if earlier is not None:
+        with _step("keep SAE base", timings, bar):
+            reuse.link_base_sae(out, folder)
+            saes["base"] = earlier["saes"]["base"]
+            logger.info("keeping the base SAE of the build in %s (its fields and models are unchanged)", out)
+        plan = [item for item in plan if item.arm != "base"]
+    return {**saes, **train_saes.train_saes(plan, rows, recipe, device, config.name,
+                                            on_start=lambda item: _step(f"SAE {item.arm}", timings, bar))}
 
 
 def _write_study_toml(path: Path, config: StudyConfig, out: Path, control: bool) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -34,21 +34,24 @@ def gpt2_config(recipe: DemoRecipe, tokenizer: object) -> object:
 
 
 def train_lm(model: torch.nn.Module, rows: torch.Tensor, lr: float, batch_size: int, seed: int, device: str,
-             desc: str, labels: torch.Tensor | None = None) -> list[float]:
-    """One epoch over `rows` [n, ctx] in a seeded order; AdamW (0.9, 0.95), wd 0.1, warm-up then cosine.
-    `labels` [n, ctx] (default: the rows) are the targets, -100 where a token is not in the loss (text_labels).
+             desc: str, labels: torch.Tensor | None = None, max_steps: int | None = None, constant_lr: bool = False,
+             after_step: Callable[[int], bool] | None = None) -> list[float]:
+    """One epoch over `rows` [n, ctx] in a seeded order; AdamW (0.9, 0.95), wd 0.1, warm-up then cosine (or
+    `constant_lr`). `labels` [n, ctx] (default: the rows) are the targets, -100 where a token is not in the loss
+    (text_labels). `max_steps`: stop after this many of the epoch's steps. `after_step(steps_done)` is called after
+    each step; True stops the run there (the fine-tune's early stop).
 
-    Returns the loss of each step (nats per token)."""
+    Returns the loss of each step run (nats per token)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(rows.shape[0], generator=generator)
     n_steps = max(1, rows.shape[0] // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, n_steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / n_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, (lambda step: 1.0) if constant_lr else (
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / n_steps))))
     model.to(device).train()
     losses: list[float] = []
-    bar = tqdm(range(n_steps), desc=desc, unit="step", leave=False)
+    bar = tqdm(range(min(n_steps, max_steps or n_steps)), desc=desc, unit="step", leave=False)
     for step in bar:
         picked = order[step * batch_size:(step + 1) * batch_size]
         batch = rows[picked].to(device)
@@ -61,8 +64,25 @@ def train_lm(model: torch.nn.Module, rows: torch.Tensor, lr: float, batch_size: 
         schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if after_step is not None and after_step(step + 1):
+            break
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, rows: torch.Tensor, device: str, batch_size: int = 32) -> float:
+    """Mean next-token NLL (nats) over every predicted token of `rows` [n, ctx]; the model is left in eval mode."""
+    was_training = model.training
+    model.to(device).eval()
+    total, count = 0.0, 0
+    for start in range(0, rows.shape[0], batch_size):
+        batch = rows[start:start + batch_size].to(device)
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="sum").item()
+        count += batch[:, 1:].numel()
+    model.train(was_training)
+    return total / count
 
 
 def text_labels(rows: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:

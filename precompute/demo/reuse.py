@@ -16,24 +16,28 @@ from typing import Any
 from core.config import DemoRecipe
 
 # Sizes and steps of a base model trained here: a pretrained recipe brings its own, so they are not its fields.
-# (`base_tokens` stays one: it also sets where the fine-tune's general rows start, apart from the SAE's.)
-FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr")
+# (`base_tokens` too: a pretrained recipe's fine-tune rows start after the SAE's, since version 4.)
+FROM_SCRATCH_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "base_lr", "base_tokens")
 # What the two arms and their held-out perplexities depend on; the other fields only shape the SAEs.
 MODEL_FIELDS = ("pretrained", *FROM_SCRATCH_FIELDS, "n_positions", "finetune_tokens", "finetune_lr",
-                "finetune_general_share", "batch_size", "heldout_share", "eval_tokens", "finetune_text_only")
+                "finetune_general_share", "batch_size", "heldout_share", "eval_tokens", "finetune_text_only",
+                "finetune_lr_factors", "finetune_lr_check_steps", "finetune_check_every", "finetune_patience",
+                "finetune_check_rows")
 # Model fields added after builds recorded their key: in the key only when set off their default, so a recipe that
 # leaves them alone keeps the models of a build from before them.
 LATER_MODEL_FIELDS = {"finetune_text_only": False}
-MODELS_VERSION = 1  # bump when the model steps change in a way the recipe's fields do not show
+MODELS_VERSION = 2  # bump when the model steps change in a way the recipe's fields do not show
 # 2: rows joined by <|endoftext|> too (one commit, measured worse); 3: a pretrained instruct model's rows start with
 # its plain end-of-text, not its chat-turn opener (core.models.sources.use_plain_text_bos); a from-scratch build's
-# tokenizer has no other token to use.
-PRETRAINED_MODELS_VERSION = 3
+# tokenizer has no other token to use. 4 (and MODELS_VERSION 2): the fine-tune's learning-rate check and early stop
+# (issue 26); a pretrained recipe's general fine-tune rows follow the SAE's (no rows packed for a base).
+PRETRAINED_MODELS_VERSION = 4
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
 # What the base arm's SAE depends on besides its model (the fine-tuned SAE's own fields are not among them).
-BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_l1_coefficient", "sae_lr", "sae_tokens", "sae_batch_tokens",
+BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_architecture", "sae_k", "sae_dead_window_tokens", "sae_l1_coefficient",
+                   "sae_lr", "sae_tokens", "sae_batch_tokens",
                    "sae_l1_warm_up_share", "sae_lr_decay_share", "sae_exclude_special_tokens")
-BASE_SAE_VERSION = 1  # bump when SAE training changes in a way these fields do not show
+BASE_SAE_VERSION = 2  # bump when SAE training changes in a way these fields do not show (2: the dead window)
 
 
 def used_recipe(recipe: DemoRecipe) -> dict[str, Any]:

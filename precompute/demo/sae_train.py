@@ -1,4 +1,10 @@
-"""Train a demo arm's SAE with SAELens's own training runner, on the model loaded the way the study loads it."""
+"""Train a demo arm's SAE with SAELens's own training runner, on the model loaded the way the study loads it.
+
+Three kinds (DemoRecipe.sae_architecture): "batchtopk" (the default) and "topk" set the number of active features k
+and revive dead features with SAELens's auxiliary loss (top-k of the dead latents reconstruct the residual), so
+nothing needs tuning per model; "standard" is the L1-penalised ReLU SAE, whose coefficient does (issue 26: the
+coefficient tuned for one model left 43-47% of another's features dead). SAELens saves a BatchTopK SAE for
+inference as a JumpReLU SAE (its learned global threshold in every feature) and a TopK SAE as a TopK SAE."""
 
 from __future__ import annotations
 
@@ -16,19 +22,38 @@ logger = logging.getLogger(__name__)
 # Recorded in the SAE's metadata, so core.loading processes the model exactly as during training; the same
 # flags gpt2-small-res-jb carries (HookedTransformer defaults with centred writing weights).
 TRAINING_PROCESSING = {"center_writing_weights": True}
+from core.config import SAE_ARCHITECTURES  # noqa: E402,F401  (re-exported)
+
+
+def training_config(recipe: DemoRecipe, d_in: int, n_steps: int, continued: bool, device: str) -> Any:
+    """The SAELens training-SAE config of the recipe's kind. Standard: the L1 penalty warms up over the first
+    steps (without it 20-40% of features die), except when training goes on from a trained SAE, whose features
+    already exist. TopK / BatchTopK: k active features; BatchTopK's global threshold (an average of each batch's
+    smallest kept activation) moves fast enough to settle within a short run."""
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAEConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    common = dict(d_in=d_in, d_sae=recipe.d_sae, normalize_activations="expected_average_only_in", device=device)
+    if recipe.sae_architecture == "standard":
+        return StandardTrainingSAEConfig(
+            l1_coefficient=recipe.sae_l1_coefficient,
+            l1_warm_up_steps=0 if continued else int(recipe.sae_l1_warm_up_share * n_steps), **common)
+    if recipe.sae_architecture == "topk":
+        return TopKTrainingSAEConfig(k=recipe.sae_k, **common)
+    return BatchTopKTrainingSAEConfig(k=float(recipe.sae_k), topk_threshold_lr=max(0.01, min(0.1, 20 / n_steps)),
+                                      **common)
 
 
 def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, device: str, model_name: str,
               init: Any = None, tokens: int | None = None) -> Any:
-    """A StandardSAE at `recipe.hook_name`, trained on `rows` [n, ctx] of token ids through `model` (a
-    HookedTransformer) for `tokens` (default recipe.sae_tokens). The L1 penalty warms up over the first steps
-    (without it 20-40% of features die).
+    """An SAE of recipe.sae_architecture at `recipe.hook_name`, trained on `rows` [n, ctx] of token ids through
+    `model` (a HookedTransformer) for `tokens` (default recipe.sae_tokens).
 
-    `init`: a trained SAE (SAELens, normalisation folded in, as saved) to go on training instead of a random
-    init; it has no L1 warm-up, since its features already exist (`unfolded_training_sae`)."""
+    `init`: a trained SAE of the same kind (SAELens, normalisation folded in, as saved) to go on training instead
+    of a random init (`unfolded_training_sae`)."""
     import datasets
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
-    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
 
     context_size = rows.shape[1]
     tokens = tokens or recipe.sae_tokens
@@ -37,14 +62,7 @@ def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, dev
     n_batches_in_buffer = max(8, 4 * recipe.sae_batch_tokens // (context_size * 32))
     with tempfile.TemporaryDirectory() as scratch:
         cfg = LanguageModelSAERunnerConfig(
-            sae=StandardTrainingSAEConfig(
-                d_in=model.cfg.d_model,
-                d_sae=recipe.d_sae,
-                l1_coefficient=recipe.sae_l1_coefficient,
-                l1_warm_up_steps=0 if init is not None else int(recipe.sae_l1_warm_up_share * n_steps),
-                normalize_activations="expected_average_only_in",
-                device=device,
-            ),
+            sae=training_config(recipe, model.cfg.d_model, n_steps, init is not None, device),
             model_name=model_name,
             model_class_name="HookedTransformer",
             hook_name=recipe.hook_name,
@@ -62,6 +80,9 @@ def train_sae(model: Any, rows: torch.Tensor, recipe: DemoRecipe, seed: int, dev
             lr=recipe.sae_lr,
             lr_warm_up_steps=max(1, n_steps // 20),
             lr_decay_steps=int(recipe.sae_lr_decay_share * n_steps),
+            # A feature that fired on none of the last sae_dead_window_tokens is dead: the TopK auxiliary loss
+            # trains it on the residual (SAELens's 1,000-step default is longer than a demo's whole run).
+            dead_feature_window=max(1, recipe.sae_dead_window_tokens // recipe.sae_batch_tokens),
             model_from_pretrained_kwargs=dict(TRAINING_PROCESSING),
             device=device,
             seed=seed,
@@ -86,19 +107,33 @@ def unfolded_training_sae(init: Any, sae_cfg: Any, model: Any, rows: torch.Tenso
 
     SAELens trains on x·c (c = √d_in / mean ‖x‖, estimated at the start of training) and, at the end, folds c into
     the weights (W_enc·c, W_dec/c, b_dec/c). Going on from a saved SAE undoes that fold with c measured here, on this
-    model's activations, the way the trainer measures it: f = ReLU((cx − c·b_dec)(W_enc/c) + b_enc) is init's f,
-    and its reconstruction is c times init's. The trainer's own estimate differs from this c by the sampling of
-    its first batches only (a fraction of a percent), which training absorbs."""
-    from sae_lens.saes.standard_sae import StandardTrainingSAE
+    model's activations, the way the trainer measures it: the pre-activation (cx − c·b_dec)(W_enc/c) + b_enc is
+    init's, and the reconstruction is c times init's. A TopK / BatchTopK training SAE scales its pre-activations by
+    ‖W_dec‖ and decodes with unit rows, so its saved unit rows stay and W_enc keeps its scale (divided by c, its
+    entries fell below one Adam step and a continued SAE lost a third of its explained variance in 32 steps): with
+    b_enc·c its pre-activations and activations are c times init's, its reconstruction c times init's, and
+    BatchTopK's threshold (JumpReLU's, once saved) goes back into those units times c. The trainer's own estimate
+    differs from this c by the sampling of its first batches only (a fraction of a percent), which training
+    absorbs."""
+    from sae_lens.registry import get_sae_training_class
 
     from core.sae_metrics import hook_activations
 
     sample = hook_activations(model, rows[: min(len(rows), 64)], hook_name)
     c = float(sae_cfg.d_in) ** 0.5 / float(sample.norm(dim=-1).mean())
-    sae = StandardTrainingSAE(sae_cfg)
+    sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
     state = {name: value.detach().clone().float() for name, value in init.state_dict().items()}
-    state["W_enc"] /= c
-    state["W_dec"] *= c
+    threshold = state.pop("threshold", None)
+    if sae_cfg.architecture() == "batchtopk":
+        if threshold is None:
+            raise ValueError("a BatchTopK SAE goes on from a saved BatchTopK (JumpReLU) SAE, not from "
+                             f"{init.cfg.architecture()}")
+        state["topk_threshold"] = (threshold.mean() * c).double()
+    if sae_cfg.architecture() in ("topk", "batchtopk"):  # pre-activations scaled by ‖W_dec‖ = 1: see the docstring
+        state["b_enc"] *= c
+    else:
+        state["W_enc"] /= c
+        state["W_dec"] *= c
     state["b_dec"] *= c
     sae.load_state_dict(state)
     logger.info("SAE training goes on from a trained SAE (unfolded with c = %.4f)", c)

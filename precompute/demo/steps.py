@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.metadata
 import logging
@@ -18,7 +17,7 @@ from core.config import DemoRecipe, StudyConfig
 from core.corpus import pack_rows
 from core.loading import hooked_transformer_from_hf, load_hf_model, processing_from_kwargs
 from core.sae_metrics import hook_activations, reconstruction_stats
-from precompute.demo import lm, text as text_sources, tokenizer as tok
+from precompute.demo import finetune as finetune_steps, lm, text as text_sources, tokenizer as tok
 from precompute.demo.sae_train import TRAINING_PROCESSING, train_sae
 
 logger = logging.getLogger(__name__)
@@ -62,27 +61,33 @@ def make_tokenizer(data: TextData, recipe: DemoRecipe) -> Any:
 
 
 def make_rows(data: TextData, tokenizer: Any, recipe: DemoRecipe, seed: int) -> dict[str, torch.Tensor]:
-    """Token rows [n, n_positions] for each use: base training, fine-tuning, SAE training, evaluation."""
+    """Token rows [n, n_positions] for each use: base training, fine-tuning, the fine-tune's own held-out check,
+    SAE training, evaluation. A pretrained recipe trains no base, so no text is tokenised for one."""
     ctx = recipe.n_positions
-    # A pretrained recipe trains no base on these rows; they still keep its fine-tune's general rows apart from
-    # the SAE's, which start at the same first row.
-    n_base = recipe.base_tokens // ctx
+    n_base = 0 if recipe.pretrained else recipe.base_tokens // ctx
     n_ft = recipe.finetune_tokens // ctx
     n_ft_general = int(n_ft * recipe.finetune_general_share)
+    n_ft_medical = n_ft - n_ft_general
+    n_check = recipe.finetune_check_rows
     n_eval = max(1, recipe.eval_tokens // ctx)
     n_sae_half = recipe.sae_tokens // ctx // 2 + 1
-    general = pack_rows(data.general.train, tokenizer, ctx, max_rows=max(n_base + n_ft_general, n_sae_half))
-    medical = pack_rows(data.medical.train, tokenizer, ctx, max_rows=max(n_ft - n_ft_general, n_sae_half))
-    if medical.shape[0] < n_ft - n_ft_general:
-        logger.warning("only %d medical rows for %d requested; fine-tuning on what there is",
-                       medical.shape[0], n_ft - n_ft_general)
-    finetune = torch.cat([medical[: n_ft - n_ft_general], general[n_base:n_base + n_ft_general]])
+    # The fine-tune's general rows come after the base's (from scratch) or the SAE's (pretrained), apart from both.
+    ft_general_start = n_base if n_base else n_sae_half
+    general = pack_rows(data.general.train, tokenizer, ctx, max_rows=max(ft_general_start + n_ft_general, n_sae_half))
+    medical = pack_rows(data.medical.train, tokenizer, ctx, max_rows=max(n_ft_medical + n_check, n_sae_half))
+    if medical.shape[0] < n_ft_medical + n_check:
+        logger.warning("only %d medical rows for %d requested (fine-tune and its held-out check); fine-tuning on "
+                       "what there is", medical.shape[0], n_ft_medical + n_check)
+    # The held-out check's rows are medical rows the fine-tune never trains on (taken off its end when text is short).
+    n_ft_medical = min(n_ft_medical, max(1, medical.shape[0] - n_check))
+    finetune = torch.cat([medical[:n_ft_medical], general[ft_general_start:ft_general_start + n_ft_general]])
     # The SAEs of both arms see the same tokens, half general and half medical, in a seeded order.
     sae = torch.cat([general[:n_sae_half], medical[:n_sae_half]])
     sae = sae[torch.randperm(sae.shape[0], generator=torch.Generator().manual_seed(seed))]
     return {
         "base": general[:n_base],
         "finetune": finetune,
+        "finetune_check": medical[n_ft_medical:n_ft_medical + n_check],
         "sae": sae,
         "eval_general": pack_rows(data.general.heldout, tokenizer, ctx, max_rows=n_eval),
         "eval_medical": pack_rows(data.medical.heldout, tokenizer, ctx, max_rows=n_eval),
@@ -100,13 +105,11 @@ def train_base(rows: dict[str, torch.Tensor], tokenizer: Any, recipe: DemoRecipe
 
 
 def finetune(base: Any, tokenizer: Any, rows: dict[str, torch.Tensor], recipe: DemoRecipe, seed: int,
-             device: str) -> Any:
-    """A copy of `base` after one epoch over rows["finetune"]; on text tokens only when recipe.finetune_text_only."""
-    model = copy.deepcopy(base)
-    labels = lm.text_labels(rows["finetune"], special_token_ids(tokenizer)) if recipe.finetune_text_only else None
-    lm.train_lm(model, rows["finetune"], recipe.finetune_lr, recipe.batch_size, seed + 1, device, "fine-tune",
-                labels=labels)
-    return model
+             device: str) -> tuple[Any, dict[str, Any]]:
+    """(a copy of `base` fine-tuned on rows["finetune"], the record of its learning-rate check and early stop for the
+    manifest): precompute/demo/finetune.py."""
+    model, record = finetune_steps.finetune(base, tokenizer, rows, recipe, seed, device)
+    return model, dataclasses.asdict(record)
 
 
 def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -179,6 +182,14 @@ def quality_floor(perplexity: dict[str, dict[str, float]], saes: dict[str, dict[
         misses.append(f"on text tokens the fine-tune {changed_by(text['medical'], 'medical perplexity')} and "
                       f"{changed_by(text['general'], 'general')}: the medical drop is not "
                       f"{FLOOR['text_drop_ratio']:g}x the general drop")
+    misses += sae_floor_misses(saes)
+    return {**FLOOR, "medical_perplexity_drop_measured": drop, **({"text_drops_measured": text} if text else {}),
+            "met": not misses, "misses": misses}
+
+
+def sae_floor_misses(saes: dict[str, dict[str, Any]]) -> list[str]:
+    """The SAE part of the floor: each SAE's explained variance and dead share, every miss named."""
+    misses = []
     for arm, sae in saes.items():
         if sae["explained_variance"] < FLOOR["explained_variance"]:
             misses.append(f"SAE {arm} explains {100 * sae['explained_variance']:.1f}% of variance "
@@ -186,8 +197,7 @@ def quality_floor(perplexity: dict[str, dict[str, float]], saes: dict[str, dict[
         if sae["dead_fraction"] > FLOOR["dead_fraction"]:
             misses.append(f"SAE {arm} has {100 * sae['dead_fraction']:.1f}% dead features "
                           f"(> {100 * FLOOR['dead_fraction']:.0f}%)")
-    return {**FLOOR, "medical_perplexity_drop_measured": drop, **({"text_drops_measured": text} if text else {}),
-            "met": not misses, "misses": misses}
+    return misses
 
 
 def _domain_specific(medical: float | None, general: float | None) -> bool:
@@ -197,7 +207,7 @@ def _domain_specific(medical: float | None, general: float | None) -> bool:
     return medical > 0 and medical >= FLOOR["text_drop_ratio"] * general
 
 
-def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Tensor], recipe: DemoRecipe,
+def train_and_save_sae(model_dir: Path | str, sae_dir: Path, rows: dict[str, torch.Tensor], recipe: DemoRecipe,
                        seed: int, device: str, arm: str, model_name: str, init_dir: Path | None = None,
                        tokens: int | None = None) -> dict[str, Any]:
     """Load the saved model as the study will (transformers → processed HookedTransformer), train the SAE
@@ -205,17 +215,19 @@ def train_and_save_sae(model_dir: Path, sae_dir: Path, rows: dict[str, torch.Ten
     reload it with SAE.load_from_disk and report its quality on held-out text of both domains."""
     from sae_lens import SAE
 
-    hf_model, tokenizer = load_hf_model(str(model_dir), arm)
+    hf_model, tokenizer = load_hf_model(str(model_dir), arm)  # a folder, a hub name or a GGUF file
     model = hooked_transformer_from_hf(hf_model, tokenizer, processing_from_kwargs(TRAINING_PROCESSING), device)
     torch.manual_seed(seed)
     init = None if init_dir is None else SAE.load_from_disk(str(init_dir), device=device)
     sae = train_sae(model, rows["sae"], recipe, seed, device, model_name=model_name, init=init, tokens=tokens)
-    sae.save_model(str(sae_dir))
+    sae.save_inference_model(str(sae_dir))  # TopK as TopK, BatchTopK as JumpReLU (its threshold)
     reloaded = SAE.load_from_disk(str(sae_dir), device=device)
     heldout = torch.cat([rows["eval_general"], rows["eval_medical"]])
     stats = reconstruction_stats(reloaded, hook_activations(model, heldout, recipe.hook_name))
     return {"hook_name": reloaded.cfg.metadata.hook_name, "d_in": int(reloaded.cfg.d_in),
-            "d_sae": int(reloaded.cfg.d_sae), "trained_tokens": tokens or recipe.sae_tokens,
+            "d_sae": int(reloaded.cfg.d_sae), "architecture": reloaded.cfg.architecture(),
+            **({"k": recipe.sae_k} if recipe.sae_architecture != "standard" else {}),
+            "trained_tokens": tokens or recipe.sae_tokens,
             **({"initialised_from": init_dir.name} if init_dir is not None else {}), **dataclasses.asdict(stats)}
 
 

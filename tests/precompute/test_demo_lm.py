@@ -123,7 +123,8 @@ def test_a_text_only_fine_tune_retrains_the_models_and_leaving_it_off_keeps_olde
     recipe = DemoRecipe(pretrained="some.gguf")
     fields = reuse.used_recipe(recipe)
     before = ("pretrained", "n_positions", "finetune_tokens", "finetune_lr", "finetune_general_share", "batch_size",
-              "heldout_share", "eval_tokens")
+              "heldout_share", "eval_tokens", "finetune_lr_factors", "finetune_lr_check_steps", "finetune_check_every",
+              "finetune_patience", "finetune_check_rows")  # the last five since the fine-tune's checks (issue 26)
     text = json.dumps({"models": {k: fields[k] for k in before}, "seed": 0,
                        "version": reuse.PRETRAINED_MODELS_VERSION}, sort_keys=True)
     assert reuse.models_key(recipe, 0) == hashlib.sha256(text.encode()).hexdigest()[:16]
