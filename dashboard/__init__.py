@@ -1,1 +1,2 @@
-"""The Streamlit dashboard: app.py lists pages, pages are thin, data.py owns files and queries."""
+"""The Streamlit dashboard: app.py lists pages, pages are thin, reads/ holds one typed read per query of the features
+database, data.py the study's other files, live.py the live models."""

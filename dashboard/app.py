@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:  # streamlit runs this file as a script, not as pa
 
 st.set_page_config(page_title="SAE fine-tune diff", page_icon="🔬", layout="wide")
 PAGES = ROOT / "dashboard" / "views"  # not "pages/": Streamlit would also list that folder as legacy pages
-from dashboard.data import study_has_pair  # noqa: E402  (after the path above)
+from dashboard.study import study_has_pair  # noqa: E402  (after the path above)
 
 # A study with a pair opens on the question people open it with (issue 22); one arm alone, on the Overview.
 changed_first = study_has_pair()

@@ -10,16 +10,12 @@ import streamlit as st
 
 from core.change_summary import ChangeFacts, ControlFacts, LensFacts
 from core.diff_control import controlled_counts, controlled_fates
-from dashboard import data, place
+from dashboard import data, place, reads, study
 from dashboard.lens_steer import lens_steer_form
 from dashboard import state_keys as keys
 
 LINK = st.column_config.LinkColumn("", display_text="open")
 KIND_NAMES = {"first": "first {k} tokens after BOS", "all": "all positions"}
-
-
-def feature_url(arm: str, feature: int) -> str:
-    return f"/feature?arm={arm}&feature={int(feature)}"
 
 
 def with_explanations(table: pd.DataFrame, arm: str, column: str = "feature") -> pd.DataFrame:
@@ -33,10 +29,10 @@ def lens_section(pair: tuple[str, str]) -> LensFacts | None:
     """The difference lens: the mean of (b − a) residuals read through each unembedding; its random control."""
     arm_a, arm_b = pair
     st.subheader("The activation difference lens")
-    sites = data.query("lens_sites", pair)
+    sites = reads.changed.lens_sites(pair)
     if sites.empty:
         st.caption(f"No difference lens for {arm_a} → {arm_b} in this database (its `change` stage): run "
-                   f"`python -m precompute run --config {data.config_path()}`.")
+                   f"`python -m precompute run --config {study.config_path()}`.")
         return None
     k = int(sites.loc[sites["kind"] == "first", "n_positions"].max())
     c1, c2 = st.columns(2)
@@ -58,7 +54,7 @@ def lens_section(pair: tuple[str, str]) -> LensFacts | None:
         return None
     left, right = st.columns(2)
     for col, unembed in ((left, arm_b), (right, arm_a)):
-        tokens = data.query("lens_tokens", pair, hook, kind, unembed)
+        tokens = reads.changed.lens_tokens(pair, hook, kind, unembed)
         col.markdown(f"Through **{unembed}**'s unembedding")
         col.dataframe(tokens.pivot(index="rank", columns="direction", values="token")[["top", "bottom"]]
                       .reset_index(drop=True)
@@ -67,7 +63,7 @@ def lens_section(pair: tuple[str, str]) -> LensFacts | None:
                       column_config={"top": "toward (top)", "bottom": "away (bottom)",
                                      "medical": st.column_config.CheckboxColumn("top is medical")})
     lens_steer_form(pair, hook, kind)
-    top = data.query("lens_tokens", pair, hook, kind, arm_b)
+    top = reads.changed.lens_tokens(pair, hook, kind, arm_b)
     words = tuple(top[top["direction"] == "top"]["token"].str.strip().head(8))
     layer = int(site.layer)
     return LensFacts(f"layer {layer}, {KIND_NAMES[kind].format(k=k)}", words, int(site.medical_top20_b),
@@ -79,15 +75,15 @@ def change_section(pair: tuple[str, str], control: str | None) -> ChangeFacts | 
     control pair's change for the same feature."""
     arm_a, arm_b = pair
     st.subheader(f"{arm_a}'s SAE features whose activation changed")
-    if data.query("lens_sites", pair).empty:
+    if reads.changed.lens_sites(pair).empty:
         st.caption(f"No ranking for {arm_a} → {arm_b} in this database (its `change` stage).")
         return None
-    risers = data.query("changed_features", pair, "increase", 15, control)
-    if risers.empty and data.query("changed_features", pair, "decrease", 1, control).empty:
+    risers = reads.changed.changed_features(pair, "increase", 15, control)
+    if risers.empty and reads.changed.changed_features(pair, "decrease", 1, control).empty:
         st.markdown(f"No feature of {arm_a}'s SAE changes its activation between the two models on these tokens: "
                     "the models compute the same activations at the hook.")
         return None
-    enrichment = data.query("change_enrichment", pair, 50)
+    enrichment = reads.changed.change_enrichment(pair, 50)
     st.markdown(f"{arm_a}'s SAE encodes both models' activations on the same tokens; a feature's change is its mean "
                 f"activation in {arm_b} minus in {arm_a}, tested row by row (q: Benjamini–Hochberg over the features). "
                 f"Medical candidates: **{enrichment['top_increase']:.0%}** of the {enrichment['n_top']} most increased "
@@ -101,12 +97,12 @@ def change_section(pair: tuple[str, str], control: str | None) -> ChangeFacts | 
                "mean_b": st.column_config.NumberColumn(f"mean in {arm_b}", format="%.4f"),
                "steer": st.column_config.LinkColumn("", display_text="steer")}
     for title, frame, key in ((f"Increased in {arm_b}", risers, "changed_up"),
-                              (f"Decreased in {arm_b}", data.query("changed_features", pair, "decrease", 15, control),
+                              (f"Decreased in {arm_b}", reads.changed.changed_features(pair, "decrease", 15, control),
                                "changed_down")):
         st.markdown(f"**{title}**")
         frame = with_explanations(frame, arm_a).assign(
-            open=[feature_url(arm_a, f) for f in frame["feature"]],
-            steer=[f"/steer?arm={arm_a}&feature={int(f)}" for f in frame["feature"]])
+            open=[place.feature_url(arm_a, f) for f in frame["feature"]],
+            steer=[place.steer_url(arm_a, f) for f in frame["feature"]])
         shown = ["open", "steer", "feature", "change", "q", *(["control_change"] if control else []), "mean_a", "mean_b",
                  "fired_text", "is_candidate", "explanation"]
         st.dataframe(frame[shown], hide_index=True, width="stretch", key=key, column_config=columns)
@@ -122,7 +118,7 @@ def control_facts(pair: tuple[str, str], control: str | None, fdr: float) -> tup
     """The fates beyond the control (numbers for the sentence) and the fine-tuned arm's emerged features beyond it."""
     if control is None:
         return None, pd.DataFrame()
-    pair_rows, control_rows = data.query("fate_statistics", pair), data.query("fate_statistics", (pair[0], control))
+    pair_rows, control_rows = reads.diff.fate_statistics(pair), reads.diff.fate_statistics((pair[0], control))
     if pair_rows.empty or control_rows.empty:
         return None, pd.DataFrame()
     controlled = controlled_fates(pair_rows, control_rows, pair, control, fdr)
@@ -142,9 +138,9 @@ def emerged_section(pair: tuple[str, str], facts: ControlFacts | None, emerged: 
     st.markdown(f"**{facts.emerged_beyond:,}** of {arm_b}'s {facts.emerged:,} emerged features changed more than SAE "
                 f"training alone changes a feature (the control pair {arm_a} → {facts.control} gives "
                 f"{facts.control_emerged:,} emerged). [Model diff]({place_diff(pair)}) has every fate.")
-    top = data.top_texts(arm_b, emerged["feature"].head(15).tolist())
+    top = reads.features.top_texts(arm_b, emerged["feature"].head(15).tolist())
     table = with_explanations(emerged.head(15), arm_b).assign(
-        open=lambda f: [feature_url(arm_b, x) for x in f["feature"]],
+        open=lambda f: [place.feature_url(arm_b, x) for x in f["feature"]],
         top_tokens=lambda f: [top.get(int(x)) for x in f["feature"]])
     st.dataframe(table[["open", "feature", "match_corr", "q", "top_tokens", "explanation"]], hide_index=True,
                  width="stretch", key="changed_emerged",
@@ -153,17 +149,17 @@ def emerged_section(pair: tuple[str, str], facts: ControlFacts | None, emerged: 
 
 
 def place_diff(pair: tuple[str, str]) -> str:
-    return f"/diff?pair={place.show_pair(pair)}"
+    return place.diff_url(pair)
 
 
 def moved_section(pair: tuple[str, str]) -> None:
     arm_a, arm_b = pair
     st.subheader("Persisting features whose output moved")
-    moved = data.query("moved_persisting", pair, 12)
+    moved = reads.changed.moved_persisting(pair, 12)
     if moved.empty:
         st.caption("No persisting features with a decoder cosine in this pair.")
         return
-    fates = data.query("candidates_by_fate", pair)
+    fates = reads.changed.candidates_by_fate(pair)
     share = {row.fate: f"{row.share:.0%} ({int(row.candidates)} of {int(row.features):,})" for row in fates.itertuples()}
     st.markdown(f"Medical candidates among {arm_b}'s persisting features: **{share.get('persist', '—')}**; among their "
                 f"distinct {arm_a} partners: **{share.get('partners', '—')}**; among emerged ones: "

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.diff_control import controlled_counts, controlled_fates
 from core.matching import LINEAGE_SHARE
-from dashboard import charts, data
+from dashboard import charts, reads, study
 
 NO_CONTROL = ("No control is declared for this pair, so nothing below separates what the fine-tune did from what "
               "training an SAE again does to any SAE. Declare one: `control = \"arm\"` in the pair's `[[pairs]]` table, "
@@ -31,11 +31,11 @@ def control_section(pair: tuple[str, str], roles: dict[str, str | None], fdr: fl
     if control is None:
         st.info(NO_CONTROL.format(a=arm_a, b=arm_b))
         return None
-    pair_rows = data.query("fate_statistics", pair)
-    control_rows = data.query("fate_statistics", (arm_a, control))
+    pair_rows = reads.diff.fate_statistics(pair)
+    control_rows = reads.diff.fate_statistics((arm_a, control))
     if control_rows.empty:
         st.warning(f"The control pair {arm_a} → {control} has no matching results in this database yet: run "
-                   f"`python -m precompute run --config {data.config_path()}`.")
+                   f"`python -m precompute run --config {study.config_path()}`.")
         return None
     controlled = controlled_fates(pair_rows, control_rows, pair, control, fdr)
     counts = controlled_counts(pair_rows, control_rows, controlled, pair, control)
@@ -64,7 +64,7 @@ def _same_index_line(pair_rows: pd.DataFrame, control_rows: pd.DataFrame, pair: 
     """When b's SAE went on from a's (feature i is one feature in both), the drift of each feature from its own
     index against the control SAE's drift from the same index."""
     arm_a, arm_b = pair
-    share = data.query("pair_metrics", pair).get("matching.same_index_share_b")
+    share = reads.pairs.pair_metrics(pair).matching.same_index_share_b
     if share is None or share < LINEAGE_SHARE or control_rows["same_index_corr"].isna().all():
         return
     drift = controlled_fates(pair_rows, control_rows, pair, control, fdr, column="same_index_corr")
@@ -115,15 +115,15 @@ def control_columns(controlled: pd.DataFrame | None) -> list[str]:
 def feature_control_text(pair: tuple[str, str], arm: str, feature: int) -> str:
     """" — beyond the control (...)" or " — within the control (...)" for one feature of a pair with a control
     (the Feature page's fate line); "" when the pair has none or the feature no statistic."""
-    roles = data.query("pair_controls").get(tuple(pair), {})
+    roles = reads.pairs.pair_controls().get(tuple(pair), {})
     control = roles.get("control")
     if control is None:
         return ""
-    control_rows = data.query("fate_statistics", (pair[0], control))
+    control_rows = reads.diff.fate_statistics((pair[0], control))
     if control_rows.empty:
         return ""
-    controlled = controlled_fates(data.query("fate_statistics", pair), control_rows, pair, control,
-                                  data.study_config().diff.fdr)
+    controlled = controlled_fates(reads.diff.fate_statistics(pair), control_rows, pair, control,
+                                  study.study_config().diff.fdr)
     row = controlled[(controlled["arm"] == arm) & (controlled["feature"] == int(feature))]
     if row.empty or row["q"].isna().all():
         return ""

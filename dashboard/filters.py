@@ -7,16 +7,20 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import streamlit as st
+
+from core.database import feature_fields
+from core.database.feature_fields import FeatureField
 from core.database.queries import FATES, LABEL_STATUSES, FeatureFilter
 from core.feature_ids import parse_arm
 from dashboard import place
 from dashboard import state_keys as keys
 
-# Sort choices in words -> column of the features view (the same words head the grid's columns).
-SORTS = {"coherence": "coherence", "medical matches": "med_matches", "medical words fired on": "fired_med_matches",
-         "density": "frac_nonzero",
-         "max activation": "max_act", "mean activation": "mean_act", "LLR medical": "llr",
-         "valid words": "n_valid", "feature id": "feature"}
+# Sort choices in words -> column of the features view (the same words head the grid's columns), as declared.
+SORTS = {f.sort_name: f.name for f in feature_fields.SORTS} | {"feature id": "feature"}
+# Declared range filters without a widget of their own above (coherence, medical matches and density have one):
+# each gets a Min. and a Max. box and `<name>_min`, `<name>_max` in the URL.
+BOUNDED = tuple(f for f in feature_fields.FILTERED if f.name not in ("coherence", "med_matches", "frac_nonzero"))
 # The default opens on the study's question: most medical words among the top tokens first (the paper's candidate
 # rule), ties to the more coherent; dead features hidden. Checked on the demo: by coherence the first rows are
 # function-word and punctuation features (" to | . | , | the", coherence 0.85), several of them dead; by density
@@ -60,6 +64,13 @@ def _coherence(text: str, _: dict) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _bound(text: str, _: dict) -> float:
+    value = _number(text)
+    if value != value:
+        raise ValueError("expected a number")
+    return value
+
+
 def _one_of(choices: dict | tuple) -> Callable[[str, dict], Any]:
     def parse(text: str, _: dict) -> Any:
         if text not in choices:
@@ -98,6 +109,8 @@ def fields(arms: list[str], default_sort: str = DEFAULT_SORT) -> list[place.Fiel
                     lambda fates: ",".join(fate for fate in FATES if fate in fates)),  # one link per filter
         place.Field(keys.FEATURES_SORT, "sort", default_sort, _one_of(tuple(SORTS)), always=True),
         place.Field(keys.FEATURES_DESCENDING, "order", True, _one_of(_ORDER), flip.get, always=True),
+        *(place.Field(keys.FEATURES_BOUND.format(f.name, end), f"{f.name}_{end}", None, _bound, lambda x: f"{x:g}")
+          for f in BOUNDED for end in ("min", "max")),
         place.Field(keys.FEATURES_PAGE, "page", 1, _whole(1, 10**9)),
         place.Field(keys.FEATURES_PAGE_SIZE, "rows", 50, _one_of({str(n): n for n in PAGE_SIZES})),
     ]
@@ -115,7 +128,9 @@ def feature_filter(values: dict[str, Any], arms: list[str]) -> FeatureFilter:
         label_status=values[keys.FEATURES_LABEL_STATUS], word=values[keys.FEATURES_WORD].strip(),
         live_only=not values[keys.FEATURES_DEAD], explanation=values[keys.FEATURES_EXPLANATION].strip(),
         candidates_only=bool(values.get(keys.FEATURES_CANDIDATES, False)),
-        fates=tuple(values.get(keys.FEATURES_FATES, ())))
+        fates=tuple(values.get(keys.FEATURES_FATES, ())),
+        ranges=tuple((f.name, values.get(keys.FEATURES_BOUND.format(f.name, "min")),
+                      values.get(keys.FEATURES_BOUND.format(f.name, "max"))) for f in BOUNDED))
 
 
 def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
@@ -141,9 +156,29 @@ def active(flt: FeatureFilter, arms: list[str]) -> dict[str, FeatureFilter]:
         out["medical candidates only"] = dataclasses.replace(flt, candidates_only=False)
     if flt.fates:
         out[f"fate {' or '.join(flt.fates)}"] = dataclasses.replace(flt, fates=())
+    for name, low, high in flt.ranges:
+        if low is not None or high is not None:
+            others = tuple(r for r in flt.ranges if r[0] != name)
+            out[f"{feature_fields.BY_NAME[name].label} {_between(low, high)}"] = dataclasses.replace(flt, ranges=others)
     if flt.live_only:
         out["hiding dead features"] = dataclasses.replace(flt, live_only=False)
     return out
+
+
+def _between(low: float | None, high: float | None) -> str:
+    if high is None:
+        return f"≥ {low:g}"
+    return f"≤ {high:g}" if low is None else f"{low:g} to {high:g}"
+
+
+def column(field: FeatureField, title: str, help: str | None = None) -> object:
+    """The Features table's column for a declared field: a list, a number in its format, or text."""
+    help = help or field.help or None
+    if str(field.type).startswith("list"):
+        return st.column_config.ListColumn(title, help=help)
+    if field.format:
+        return st.column_config.NumberColumn(title, format=field.format, help=help)
+    return st.column_config.TextColumn(title, help=help, width="large" if field.shown_as == "top_tokens" else None)
 
 
 def why_empty(flt: FeatureFilter, arms: list[str], count: Callable[[FeatureFilter], int]) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from core import steering
 from core.steer_controls import generate_along
-from dashboard import data
+from dashboard import live, reads, study
 from dashboard import state_keys as keys
 
 
@@ -22,11 +22,11 @@ def lens_direction(vector: list[float], strength: float, typical_norm: float) ->
 
 def lens_steer_form(pair: tuple[str, str], hook_name: str, kind: str) -> None:
     arm_a, arm_b = pair
-    stored = data.query("lens_vector", pair, hook_name, kind)
+    stored = reads.changed.lens_vector(pair, hook_name, kind)
     if stored is None or not stored[1] > 0:
         return
     vector, norm, typical = stored
-    config = data.study_config()
+    config = study.study_config()
     with st.form("lens_steer"):
         st.markdown(f"**Steer {arm_a} with this direction** at `{hook_name}`: the mean {arm_b} − {arm_a} difference "
                     f"(norm {norm:.3g}, {norm / typical:.2f}× the typical {arm_a} norm {typical:.3g} there), rescaled.")
@@ -42,7 +42,7 @@ def lens_steer_form(pair: tuple[str, str], hook_name: str, kind: str) -> None:
         temperature=config.steering.temperature, top_p=config.steering.top_p,
         freq_penalty=config.steering.freq_penalty, max_new_tokens=new_tokens, seed=config.seed,
         special_tokens=config.steering.special_tokens)
-    arm = data.loaded_arm(arm_a)
+    arm = live.loaded_arm(arm_a)
     try:
         with st.spinner(f"Generating with {arm_a}…"):
             plain = steering.generate(arm.model, prompt, settings, hf_model=arm.hf_model)

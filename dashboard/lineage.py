@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, data, place
+from dashboard import charts, place, reads
 
 
 def same_index_section(pair: tuple[str, str], share: float, threshold: float) -> None:
@@ -14,11 +14,11 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
     st.subheader("Feature i on both sides")
     st.markdown(
         f"**{share:.0%}** of {arm_b}'s features with a best match find it at **their own index** in {arm_a}; SAEs "
-        f"trained apart would do so about once in {data.d_sae(arm_a):,}. {arm_b}'s SAE was trained on from "
+        f"trained apart would do so about once in {reads.study.d_sae(arm_a):,}. {arm_b}'s SAE was trained on from "
         f"{arm_a}'s, so feature *i* is one feature in both arms, which the fine-tune may have moved. The fates "
         f"above call two features the same at a correlation of {threshold:g}; here each feature is read against "
         "itself instead: how much of its activation pattern it kept (and how far its decoder direction turned).")
-    frame = data.query("same_index_correlations", pair)
+    frame = reads.diff.same_index_correlations(pair)
     frame = frame[frame["arm"] == arm_b]
     if frame.empty:
         st.caption("No feature fired in both arms on these tokens.")
@@ -38,7 +38,7 @@ def same_index_section(pair: tuple[str, str], share: float, threshold: float) ->
         left.caption(f"An *emerged* feature here is mostly {arm_a}'s own feature drifted below {threshold:g}, not a "
                      "new one: read its correlation with its own index, and open the least correlated below.")
     right.plotly_chart(charts.same_index_histogram(frame, threshold), key="same_index_hist")
-    changed = data.query("same_index_changes", pair, 15)
+    changed = reads.diff.same_index_changes(pair, 15)
     changed = changed.assign(compare=[place.compare_url(arm_a, f, arm_b, f) for f in changed["feature"]])
     st.markdown(f"**Changed most**: {arm_b}'s features least correlated with their own index (both fired)")
     st.dataframe(changed[["compare", "feature", "status", "same_index_corr", "same_index_cos", "fired_a", "fired_b"]],

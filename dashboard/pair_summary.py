@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
 from core import explanations
+from core.database.fact_reads import PairFactReads
 from core.errors import StudyInputError
 from core.explain.summary import CITATION, PROMPT_VERSION, cited_features, facts_hash
-from dashboard import data
+from dashboard import data, place, reads, study
 from dashboard import state_keys as keys
 
 
-def _read(name: str, *args: Any) -> Any:
-    """The page's cached reads by name, for precompute.explain.summary.pair_facts."""
-    if name in ("divergent_contexts", "top_texts"):
-        return getattr(data, name)(*args)
-    return data.query(name, *args)
+def _reads() -> PairFactReads:
+    """The page's cached reads, for precompute.explain.summary.pair_facts."""
+    return PairFactReads(
+        lens_sites=reads.changed.lens_sites, lens_tokens=reads.changed.lens_tokens,
+        changed_features=reads.changed.changed_features, fate_statistics=reads.diff.fate_statistics,
+        top_texts=reads.features.top_texts, divergent_contexts=reads.diff.divergent_contexts,
+        pair_controls=reads.pairs.pair_controls)
 
 
 def linked_summary(text: str, widths: dict[str, int]) -> str:
@@ -29,7 +31,7 @@ def linked_summary(text: str, widths: dict[str, int]) -> str:
     def link(match: re.Match) -> str:
         arm, feature = match.group(1), int(match.group(2))
         if arm in widths and feature < widths[arm]:
-            return f"[{arm}#{feature}](/feature?arm={arm}&feature={feature})"
+            return f"[{arm}#{feature}]({place.feature_url(arm, feature)})"
         return f"{match.group(0)} ⚠"
     return CITATION.sub(link, text)
 
@@ -49,10 +51,10 @@ def summary_section(pair: tuple[str, str], control: str | None, fdr: float) -> N
     from precompute.explain.backends import BackendError
     from precompute.explain.summary import explainer_name, pair_facts, summarize_pair
 
-    config = data.study_config()
+    config = study.study_config()
     st.subheader("Summary by an LLM")
-    fingerprints, widths = data.fingerprints(), data.widths()
-    facts = pair_facts(_read, pair, control, fdr, data.current_explanations())
+    fingerprints, widths = reads.study.fingerprints(), reads.study.widths()
+    facts = pair_facts(_reads(), pair, control, fdr, data.current_explanations())
     name = explainer_name(config.explain)
     if st.button(f"Summarise with {name}", key=keys.CHANGED_SUMMARY_RUN,
                  help="Sends the measurements on this page to the study's explainer ([explain] in the config) and "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +26,7 @@ import streamlit as st
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_id
 
 _WRITTEN = "_place_url_{}"  # the query this page wrote last
+KEPT_PARAMS = ("annotator",)  # parameters of every page, not of a place (dashboard.labels_widgets): kept as they are
 _SAVED = "_place_values_{}"  # widget key -> value at the end of this page's last run
 
 
@@ -73,10 +75,115 @@ def show_pair(pair: tuple[str, str]) -> str:
     return "-".join(pair)
 
 
+# --- links: one function per page builds its URL (a LinkColumn's, a markdown link's, a page_link's) --------
+
+@dataclass(frozen=True)
+class Link:
+    """A page of the app (its file, for st.page_link / st.switch_page) and its URL's parameters."""
+
+    page: str
+    params: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        """The absolute URL (each page's url_path is its file's stem, as app.py declares it)."""
+        return f"/{Path(self.page).stem}" + (f"?{urlencode(self.params)}" if self.params else "")
+
+
+def feature_link(arm: str, feature: int) -> Link:
+    return Link("views/feature.py", {"arm": arm, "feature": str(int(feature))})
+
+
+def feature_url(arm: str, feature: int) -> str:
+    """/feature?arm=base&feature=12: the Feature page of one feature."""
+    return feature_link(arm, feature).url
+
+
+def compare_link(left_arm: str, left_feature: int, right_arm: str | None = None,
+                 right_feature: int | None = None) -> Link:
+    """The Compare page with these two features side by side (the right one left to choose when None)."""
+    params = {"left_arm": left_arm, "left_feature": str(int(left_feature))}
+    if right_arm is not None:
+        params["right_arm"] = right_arm
+    if right_feature is not None:
+        params["right_feature"] = str(int(right_feature))
+    return Link("views/compare.py", params)
+
+
 def compare_url(left_arm: str, left_feature: int, right_arm: str, right_feature: int) -> str:
-    """The Compare page with these two features side by side (a LinkColumn's URL)."""
-    return (f"/compare?left_arm={left_arm}&left_feature={int(left_feature)}&right_arm={right_arm}"
-            f"&right_feature={int(right_feature)}")
+    return compare_link(left_arm, left_feature, right_arm, right_feature).url
+
+
+def steer_link(arm: str, feature: int) -> Link:
+    return Link("views/steer.py", {"arm": arm, "feature": str(int(feature))})
+
+
+def steer_url(arm: str, feature: int) -> str:
+    return steer_link(arm, feature).url
+
+
+def diff_url(pair: tuple[str, str]) -> str:
+    """The Model diff page of one declared pair."""
+    return Link("views/diff.py", {"pair": show_pair(pair)}).url
+
+
+def inspect_url(**params: Any) -> str:
+    """The Inspect page (relative: it sits in HTML anchors) with any of row, token, text, feature ("arm:id"),
+    base, finetuned."""
+    return "inspect?" + urlencode({name: value if isinstance(value, str) else int(value)
+                                   for name, value in params.items()})
+
+
+def page_link(container: Any, link: Link, label: str, icon: str | None = None) -> None:
+    """st.page_link to `link` in `container` (st or a column)."""
+    container.page_link(link.page, label=label, icon=icon, query_params=link.params)
+
+
+def switch_to(link: Link) -> None:
+    """Open `link`'s page now (st.switch_page)."""
+    st.switch_page(link.page, query_params=link.params)
+
+
+FEATURES = Link("views/features.py", {})
+LABEL = Link("views/label.py", {})
+DIFF = Link("views/diff.py", {})
+
+
+# --- the page's own changes to its place (every session-state write of a page goes through these) -------------
+
+def clamp(key: str, low: Any, high: Any) -> Any:
+    """Keep a widget's value within [low, high] before it is drawn (another arm's SAE may be narrower, a filter
+    may have shrunk the pages) and return it."""
+    value = min(max(st.session_state[key], low), high)
+    st.session_state[key] = value
+    return value
+
+
+def change(values: dict[str, Any]) -> None:
+    """Set widgets' values (key -> value) before they are drawn: a corpus row's text filled in, a new run that
+    starts at its first token, filters back at their defaults."""
+    for key, value in values.items():
+        st.session_state[key] = value
+
+
+def mirror(source: str, target: str) -> None:
+    """A callback: one value shown by two widgets (a number box and a slider) follows the one just changed."""
+    st.session_state[target] = st.session_state[source]
+
+
+def keep(key: str, value: Any) -> Any:
+    """Keep a result across reruns (the last Generate's texts, a running sweep) and return it."""
+    st.session_state[key] = value
+    return value
+
+
+def values(fields: Sequence[Field]) -> dict[str, Any]:
+    """The widgets' values (key -> value) of a page's place."""
+    return {f.key: st.session_state[f.key] for f in fields}
+
+
+def kept(key: str, default: Any = None) -> Any:
+    return st.session_state.get(key, default)
 
 
 def _url(fields: Sequence[Field]) -> dict[str, str]:
@@ -140,6 +247,7 @@ def remember(page: str, fields: Sequence[Field]) -> None:
     values = {f.key: st.session_state[f.key] for f in fields}
     st.session_state[_SAVED.format(page)] = values
     wanted = query(fields, values)
-    if _url(fields) != wanted or len(st.query_params) != len(wanted):
-        st.query_params.from_dict(wanted)
+    shared = {param: st.query_params[param] for param in KEPT_PARAMS if param in st.query_params}
+    if _url(fields) != wanted or len(st.query_params) != len(wanted) + len(shared):
+        st.query_params.from_dict(wanted | shared)
     st.session_state[_WRITTEN.format(page)] = wanted

@@ -3,26 +3,25 @@ other arm's, and the other arm's features its activations correlate with; each r
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import data
+from dashboard import place, reads
 
 CROSS_CAVEAT = ("Decoder cosine across arms assumes both SAEs write into the same residual basis, as a fine-tune of "
                 "the base model does; for unrelated models it means nothing.")
 
 
 def feature_link(arm: str, feature: int) -> str:
-    return "/feature?" + urlencode({"arm": arm, "feature": int(feature)})
+    return place.feature_url(arm, feature)
 
 
 def similar_features(arm: str, feature: int) -> None:
     """Three compact lists side by side (stacked on a narrow screen by Streamlit's columns)."""
-    own = data.query("own_neighbours", arm, feature)
-    cross = data.query("cross_neighbours", arm, feature)
-    correlated = data.query("correlated_features", arm, feature)
+    own = reads.neighbours.own_neighbours(arm, feature)
+    cross = reads.neighbours.cross_neighbours(arm, feature)
+    correlated = reads.neighbours.correlated_features(arm, feature)
     st.markdown("**Similar features**")
     if own.empty and cross.empty and correlated.empty:
         st.caption("None computed for this database: run the precompute again (stages neighbours, "

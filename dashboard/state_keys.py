@@ -20,6 +20,7 @@ FEATURES_SORT = "features_sort"
 FEATURES_DESCENDING = "features_descending"
 FEATURES_PAGE = "features_page"
 FEATURES_PAGE_SIZE = "features_page_size"
+FEATURES_BOUND = "features_{}_{}"  # a declared field's bound: .format(field name, "min" | "max")
 
 # Feature page
 FEATURE_ARM = "feature_arm"

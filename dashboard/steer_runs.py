@@ -13,7 +13,7 @@ import streamlit as st
 from core import steering
 from core.config import SteeringConfig
 from core.steer_scores import meaning_scores, perplexity
-from dashboard import charts, data, render
+from dashboard import charts, reads, render
 from dashboard import state_keys as keys
 from dashboard.steer_control import ControlRun, control_verdict, run_control
 
@@ -262,7 +262,7 @@ def other_arm_plan(arm: str, other_arm: str, features: list[int], rows: list[dic
     st.info(". ".join(missing) + f". Steering {other_arm} with a feature that is not a match would not test the same "
             f"feature, so {other_arm} is not steered unless you pick one of its features below.")
     picked = st.number_input(f"{other_arm} feature to steer anyway (chosen by hand, not a match)", 0,
-                             data.d_sae(other_arm) - 1, value=None, key=keys.STEER_OTHER_FEATURE)
+                             reads.study.d_sae(other_arm) - 1, value=None, key=keys.STEER_OTHER_FEATURE)
     if picked is None:
         return None, ""
     chosen = ", ".join(f"{arm} #{f}" for f in features)

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
+from core.database.feature_fields import HEADER
 from core.matching import LINEAGE_SHARE
 from dashboard.control import feature_control_text
-from dashboard import charts, data, render
+from dashboard import charts, data, place, reads, render
 from dashboard import state_keys as keys
 
 LABEL_NAMES = {"medical": "medical", "not_medical": "not medical", "unsure": "unsure"}
-ACTIVATION_NUMBERS = ("density", "max activation", "mean (non-zero)")  # measured by the activation stage
+ACTIVATION_NUMBERS = tuple(f.label for f in HEADER if f.table == "feature_activations")  # on the corpus's tokens
 CANDIDATE_BY = {"decoder": "its top tokens (the paper's rule)", "fired": "the tokens it fires on",
                 "both": "its top tokens and the tokens it fires on"}
 
 
 def _number(x, digits: int = 3) -> str:
     return "—" if x is None or x != x else f"{x:.{digits}f}"
-
-
-def _density(x) -> str:
-    x = x or 0.0
-    return f"{100 * x:.2g}%" if x >= 1e-3 else f"{x:.1e}"
 
 
 def by_arm(frame, measures: dict[str, tuple[str, str]], key: str | None = None) -> None:
@@ -49,12 +44,9 @@ def medical_matches(row: dict) -> str:
 def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
     """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
     label = data.feature_label(arm, feature)
-    numbers = {
-        "coherence": _number(row.get("coherence")), "medical matches": medical_matches(row),
-        "density": _density(row.get("frac_nonzero")), "max activation": _number(row.get("max_act")),
-        "mean (non-zero)": _number(row.get("mean_act")), "label": LABEL_NAMES[label["label"]] if label else "—",
-    }
-    measured_on = data.token_set_text(data.query("stage_token_sets").get(f"{arm}/activations"))
+    numbers = {f.label: medical_matches(row) if f.name == "med_matches" else f.text(row.get(f.name)) for f in HEADER}
+    numbers["label"] = LABEL_NAMES[label["label"]] if label else "—"
+    measured_on = reads.study.token_set_text(reads.study.stage_token_sets().get(f"{arm}/activations"))
     if compact:
         st.markdown(" · ".join(f"{name} **{value}**" for name, value in numbers.items()))
     else:
@@ -77,7 +69,7 @@ def diff_line(arm: str, feature: int) -> None:
     the matched feature in the other arm (a link to compare) and every other partner at or above the threshold,
     emerged / disappeared with its best sub-threshold correlation, or no fate at all when it was dead or too rare
     there. With more than one pair, each line names its pair."""
-    fates = data.query("feature_fates", arm, feature)
+    fates = reads.diff.feature_fates(arm, feature)
     for fate in fates.to_dict("records"):
         pair = (fate["arm_a"], fate["arm_b"])
         _fate_line(fate, pair, arm, feature, f"{pair[0]} → {pair[1]} · " if len(fates) > 1 else "")
@@ -87,7 +79,8 @@ def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix
     status, fired = fate["status"], fate.get("n_fired")
     fired = int(fired) if fired is not None and fired == fired else 0
     if status in ("dead", "rare"):
-        min_firings = int(data.query("pair_metrics", pair).get("matching.min_firings", 1))
+        recorded = reads.pairs.pair_metrics(pair).matching.min_firings
+        min_firings = int(1 if recorded is None else recorded)
         st.caption(prefix + ("**dead on the diff's tokens**: it never fired on them, so it has no fate (persist, "
                              "emerge or disappear)" if status == "dead" else
                              f"**too rare on the diff's tokens** to match: it fired {fired:,} times there, fewer "
@@ -98,16 +91,14 @@ def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix
     has_match = match is not None and match == match
     corr_text = f"{corr:.3f}" if corr is not None and corr == corr else "—"
     if status == "persist" and has_match:
-        st.page_link("views/compare.py", icon=":material/compare_arrows:",
-                     label=f"{prefix}persists: {other} feature {int(match)} (correlation {corr_text}) — compare",
-                     query_params={"left_arm": arm, "left_feature": str(feature),
-                                   "right_arm": other, "right_feature": str(int(match))})
+        place.page_link(st, place.compare_link(arm, feature, other, int(match)), icon=":material/compare_arrows:",
+                        label=f"{prefix}persists: {other} feature {int(match)} (correlation {corr_text}) — compare")
         _partners_line(arm, feature, other)
     else:
         verb = "emerged" if status == "emerge" else "disappeared"
         when = "in fine-tuning" if not prefix else f"between {pair[0]} and {pair[1]}"
         best = f"; its best match is {other} feature {int(match)} at {corr_text}" if has_match else ""
-        threshold = data.query("pair_metrics", pair).get("matching.threshold")
+        threshold = reads.pairs.pair_metrics(pair).matching.threshold
         margin = (f", {threshold - corr:.3f} below the threshold {threshold:g}" if has_match and threshold is not None
                   and corr == corr else "")
         st.caption(f"{prefix}**{verb} {when}**{best}{margin}{feature_control_text(pair, arm, feature)}")
@@ -117,22 +108,20 @@ def _fate_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, prefix
 def _same_index_line(fate: dict, pair: tuple[str, str], arm: str, feature: int, shown: bool) -> None:
     """When one SAE went on from the other (the pair's same-index share), feature i of the other arm is this
     feature before / after the fine-tune: its correlation and decoder cosine with it, and a link to compare."""
-    corr, share = fate.get("same_index_corr"), data.query("pair_metrics", pair).get("matching.same_index_share_b")
+    corr, share = fate.get("same_index_corr"), reads.pairs.pair_metrics(pair).matching.same_index_share_b
     if shown or corr is None or corr != corr or share is None or share < LINEAGE_SHARE:
         return
     cos = fate.get("same_index_cos")
     cos_text = f", decoder cosine {cos:.3f}" if cos is not None and cos == cos else ""
     other = fate["match_arm"]
-    st.page_link("views/compare.py", icon=":material/history:",
-                 label=f"same feature index in {other} (its SAE went on from the other): correlation {corr:.3f}"
-                       f"{cos_text} — compare",
-                 query_params={"left_arm": arm, "left_feature": str(feature), "right_arm": other,
-                               "right_feature": str(feature)})
+    place.page_link(st, place.compare_link(arm, feature, other, feature), icon=":material/history:",
+                    label=f"same feature index in {other} (its SAE went on from the other): correlation {corr:.3f}"
+                          f"{cos_text} — compare")
 
 
 def _partners_line(arm: str, feature: int, other: str, shown: int = 12) -> None:
     """How many features of the other arm match this one at or above the threshold, and which."""
-    partners = data.query("feature_partners", arm, feature, other)
+    partners = reads.diff.feature_partners(arm, feature, other)
     if partners.empty:
         return
     assigned = partners[partners["assigned"]]
@@ -152,8 +141,8 @@ def contexts_block(contexts, scale: float, limit: int | None = None, inspect: tu
         return
     for ctx in contexts.head(limit).itertuples() if limit else contexts.itertuples():
         row = {"row": int(ctx.row_index), "token": int(ctx.max_pos) - 1}  # the whole row, its max token chosen
-        link = None if inspect is None else ("Inspect ↗", "inspect?" + urlencode(
-            {**row, "feature": f"{inspect[0]}:{inspect[1]}"}))
+        link = None if inspect is None else ("Inspect ↗", place.inspect_url(
+            **row, feature=f"{inspect[0]}:{inspect[1]}"))
         st.markdown(render.context_html(ctx.tokens, ctx.acts, scale, ctx.max_index, label=f"{ctx.max_act:.3f}",
                                         link=link), unsafe_allow_html=True)
 
@@ -176,7 +165,7 @@ def explanation_block(arm: str, feature: int) -> None:
 
 def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "", narrow: bool = False) -> None:
     """Everything about one feature; x_range / y_max share axes between two panels; narrow: stacked."""
-    row = data.query("feature_row", arm, feature)
+    row = reads.features.feature_row(arm, feature)
     if row is None:
         st.error(f"Arm {arm!r} has no feature {feature}.")
         return
@@ -184,16 +173,16 @@ def feature_panel(arm: str, feature: int, x_range=None, y_max=None, key: str = "
     feature_header(row, arm, feature, compact=narrow)
     left, right = (st.container(), st.container()) if narrow else st.columns(2)
     left.markdown("**Logit weights** (top and bottom tokens of W_dec @ W_U)")
-    left.plotly_chart(charts.logit_bars(data.query("feature_tokens", arm, feature), x_range), key=f"logits{key}")
+    left.plotly_chart(charts.logit_bars(reads.features.feature_tokens(arm, feature), x_range), key=f"logits{key}")
     with left:
-        fires_most_on(data.query("feature_fired_tokens", arm, feature))
+        fires_most_on(reads.features.feature_fired_tokens(arm, feature))
     right.markdown("**Activation histogram** (non-zero activations over the corpus)")
-    right.plotly_chart(charts.activation_histogram(data.query("feature_histogram", arm, feature), y_max),
+    right.plotly_chart(charts.activation_histogram(reads.features.feature_histogram(arm, feature), y_max),
                        key=f"hist{key}")
     scale = float(row.get("max_act") or 0)
     st.markdown("**Top contexts** (tokens shaded by activation; the max token underlined)")
-    contexts_block(data.query("feature_contexts", arm, feature, "top"), scale, inspect=(arm, feature))
-    intervals = data.query("feature_contexts", arm, feature, "interval")
+    contexts_block(reads.features.feature_contexts(arm, feature, "top"), scale, inspect=(arm, feature))
+    intervals = reads.features.feature_contexts(arm, feature, "interval")
     with st.expander(f"Samples from activation intervals ({len(intervals)})"):
         st.caption("Each sample is one token the feature fired on with an activation in the interval, drawn at "
                    "random (seeded), shown underlined in its context; the number is that token's activation.")

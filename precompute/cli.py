@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import STEERING_MEASURES
+from core.config import STEERING_MEASURES, StudyConfig
 from core.errors import StudyInputError
 
 DEFAULT_CONFIG = "configs/demo.toml"
 # `build-demo --recipe NAME`: the shipped study configs whose [demo] section is a recipe.
-RECIPES = {"demo": DEFAULT_CONFIG, "smollm2": "configs/smollm2-medical.toml"}
+RECIPES = {"demo": DEFAULT_CONFIG, "smollm2": "configs/smollm2-medical.toml", "family": "configs/family.toml"}
 EXIT_USER_ERROR = 2
 EXIT_NOT_READY = 3
 
@@ -140,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 def _build_demo(args: argparse.Namespace) -> int:
     from core.config import load_config
     from precompute.demo.build import build_demo
+    from precompute.demo.family import is_family_recipe
 
     config = load_config(RECIPES[args.recipe] if args.recipe else args.config or DEFAULT_CONFIG)
     out = Path(args.out) if args.out else config.output_dir
     start = time.perf_counter()
+    if is_family_recipe(config):  # its pairs form a model family (issue 23): precompute/demo/family.py
+        return _build_family(args, config, out, start)
     result = build_demo(config, out, fast=args.fast, force=args.force, device=args.device)
     manifest = result.manifest
     if result.skipped:
@@ -160,6 +163,17 @@ def _build_demo(args: argparse.Namespace) -> int:
     _print_floor_and_budget(manifest)
     if manifest.get("finetune_warning"):  # last, where it is read (issue 26)
         print(f"  {manifest['finetune_warning']}")
+    return 0
+
+
+def _build_family(args: argparse.Namespace, config: StudyConfig, out: Path, start: float) -> int:
+    from precompute.demo.family import build_family, summary_lines
+
+    result = build_family(config, out, fast=args.fast, force=args.force, device=args.device)
+    if result.skipped:
+        print(f"Family already built in {out} (same recipe and seed); --force rebuilds it.")
+    print(f"Family {'(fast) ' if result.manifest['fast'] else ''}in {out}  [{time.perf_counter() - start:.0f} s]")
+    print("\n".join(summary_lines(result.manifest)))
     return 0
 
 

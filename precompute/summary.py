@@ -17,7 +17,7 @@ def summary_lines(config: StudyConfig, report: object) -> list[str]:
     with db.connect_read_only(Path(config.features_db)) as con:
         summary = db.queries.arm_summary(con).set_index("arm")
         metrics = db.read_metrics(con)
-        pairs = db.queries.pair_summary(con)
+        pairs = db.diff_queries.pair_summary(con)
     value = {(r.arm, r.metric): r.value for r in metrics.itertuples() if isinstance(r.arm, str)}
     rows = [COLUMNS]
     for arm in (a.name for a in config.arms):

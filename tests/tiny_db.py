@@ -1,4 +1,8 @@
-"""A features database written by hand, with numbers the page tests check: 2 arms × 6 features."""
+"""A features database written by hand, with numbers the page tests check: 2 arms × 6 features.
+
+Every table goes through the precompute's schema check (core.database.schema.conform) before it is written, so a
+column the schema has and this file forgets fails here, naming it; the per-feature tables take their columns from
+the field declarations (core.database.feature_fields) and each must be given a value."""
 
 from pathlib import Path
 
@@ -7,6 +11,8 @@ import pyarrow as pa
 
 from core import database as db
 from core.activations import HIST_EDGES, INTERVAL_EDGES
+from core.database.feature_fields import table_columns
+from core.database.schema import TABLES, conform
 
 D_SAE = 6
 TOP = {  # feature -> top tokens (the same in both arms, shifted by arm so the arms differ)
@@ -60,38 +66,36 @@ def _write_arm_stages(con, arm: str) -> None:
     top = pa.table({"arm": [arm] * len(rows), "feature": [r[0] for r in rows], "kind": ["top"] * len(rows),
                     "rank": [r[1] for r in rows], "token_id": [r[1] for r in rows], "token": [r[2] for r in rows],
                     "value": [r[3] for r in rows]})
-    db.write_stage(con, arm, "projection", "k", 0.0, {"top_tokens": top})
-    words = pa.table({"arm": [arm] * D_SAE, "feature": features,
-                      "coherence": [COHERENCE[f] for f in range(D_SAE)], "n_valid": [3] * D_SAE,
-                      "med_matches": [MATCHES[f] for f in range(D_SAE)],
-                      "is_candidate": [MATCHES[f] >= 2 for f in range(D_SAE)],
-                      "matched_words": [[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)],
-                      "top_text": [" | ".join(TOP[f]) for f in range(D_SAE)],
-                      "top_words": [sorted(w.strip() for w in TOP[f] if w.strip().isalpha()) for f in range(D_SAE)],
-                      "fired_med_matches": [0] * D_SAE, "fired_matched_words": [[] for _ in range(D_SAE)],
-                      "candidate_by": ["decoder" if MATCHES[f] >= 2 else None for f in range(D_SAE)]},
-                     schema=db.schema.FEATURE_WORDS.schema)
-    db.write_stage(con, arm, "words", "k", 0.0, {"feature_words": words})
+    _write(con, arm, "projection", {"top_tokens": top})
+    words = _per_feature("feature_words", arm, coherence=[COHERENCE[f] for f in range(D_SAE)], n_valid=[3] * D_SAE,
+                         med_matches=[MATCHES[f] for f in range(D_SAE)],
+                         is_candidate=[MATCHES[f] >= 2 for f in range(D_SAE)],
+                         matched_words=[[w.strip() for w in TOP[f][:MATCHES[f]]] for f in range(D_SAE)],
+                         top_text=[" | ".join(TOP[f]) for f in range(D_SAE)],
+                         top_words=[sorted(w.strip() for w in TOP[f] if w.strip().isalpha()) for f in range(D_SAE)],
+                         fired_med_matches=[0] * D_SAE, fired_matched_words=[[] for _ in range(D_SAE)],
+                         candidate_by=["decoder" if MATCHES[f] >= 2 else None for f in range(D_SAE)])
+    _write(con, arm, "words", {"feature_words": words})
     n_fired = [int(DENSITY[f] * 10_000) for f in range(D_SAE)]
-    acts = pa.table({"arm": [arm] * D_SAE, "feature": features, "n_fired": n_fired,
-                     "frac_nonzero": [DENSITY[f] for f in range(D_SAE)], "max_act": [float(f + 1) for f in range(D_SAE)],
-                     "mean_act": [0.5] * D_SAE, "sum_act": [0.5 * n for n in n_fired],
-                     "sum_sq_act": [0.3 * n for n in n_fired]})
+    # var_act 0.3 - 0.5²; no medical token is counted here, so no medical LLR
+    acts = _per_feature("feature_activations", arm, n_fired=n_fired, frac_nonzero=[DENSITY[f] for f in range(D_SAE)],
+                        max_act=[float(f + 1) for f in range(D_SAE)], mean_act=[0.5] * D_SAE,
+                        var_act=[0.05] * D_SAE, sum_act=[0.5 * n for n in n_fired],
+                        sum_sq_act=[0.3 * n for n in n_fired], med_fired=[0] * D_SAE, llr=[None] * D_SAE)
     counts = np.zeros((D_SAE, len(HIST_EDGES) - 1), dtype=np.int64)
     counts[:, 24] = n_fired  # all activations in the bin around 1.0
     hist = pa.table({"arm": [arm] * D_SAE, "feature": features, "counts": pa.array(list(counts))})
     contexts = pa.table({"arm": [arm] * D_SAE, "feature": features, "kind": ["top"] * D_SAE, "rank": [0] * D_SAE,
+                         "interval": [None] * D_SAE, "interval_low": [None] * D_SAE, "interval_high": [None] * D_SAE,
                          "max_act": [float(f + 1) for f in range(D_SAE)], "row_index": [0] * D_SAE,
                          "max_pos": [2] * D_SAE, "max_index": [1] * D_SAE,
                          "token_ids": [[1, 2, 3]] * D_SAE,
                          "tokens": [["The", TOP[f][0], " beats"] for f in range(D_SAE)],
                          "acts": [[0.0, float(f + 1), 0.1] for f in range(D_SAE)]})
-    db.write_stage(con, arm, "activations", "k", 0.0, {"feature_activations": acts, "histograms": hist,
-                                                       "contexts": contexts, **_fired_tokens(arm, n_fired)},
-                   token_set="corpus")
-    db.write_stage(con, arm, "quality", "k", 0.0, {}, {"explained_variance": 0.9, "l0": 12.0,
-                                                        "ce_loss_recovered": 0.95, "n_tokens": 1500},
-                   token_set="corpus")
+    _write(con, arm, "activations", {"feature_activations": acts, "histograms": hist, "contexts": contexts,
+                                     **_fired_tokens(arm, n_fired)}, token_set="corpus")
+    _write(con, arm, "quality", {}, {"explained_variance": 0.9, "l0": 12.0, "ce_loss_recovered": 0.95,
+                                     "n_tokens": 1500}, token_set="corpus")
 
 
 def _write_pair_stages(con, lineage: bool = False) -> None:
@@ -112,21 +116,22 @@ def _write_pair_stages(con, lineage: bool = False) -> None:
                          "assigned_feature": kept[0][0] if kept else None,
                          "assigned_corr": kept[0][1] if kept else None,
                          "same_index_corr": SAME_INDEX[f][0] if lineage and f in SAME_INDEX else None,
-                         "same_index_cos": SAME_INDEX[f][1] if lineage and f in SAME_INDEX else None})
+                         "same_index_cos": SAME_INDEX[f][1] if lineage and f in SAME_INDEX else None,
+                         "decoder_cos": None, "logit_sim": None})  # no decoders here
     pairs = pa.table({"arm_a": ["base"] * len(PAIRS),
                       "feature_a": [p[0] for p in PAIRS], "arm_b": ["finetuned"] * len(PAIRS),
                       "feature_b": [p[1] for p in PAIRS], "corr": [p[2] for p in PAIRS], "assigned": [p[3] for p in PAIRS]})
-    db.write_stage(con, ("base", "finetuned"), "matching", "k", 0.0,
-                   {"feature_matches": pa.Table.from_pylist(rows), "match_pairs": pairs},
-                   {"threshold": 0.8, "min_firings": 10, "n_tokens": 60, "n_pairs": 4, "n_assigned": 2,
-                    "assigned_corr_total": 1.85} | ({"same_index_share_a": 0.5, "same_index_share_b": SAME_INDEX_SHARE}
-                                                    if lineage else {}), token_set="sample-4")
+    _write(con, ("base", "finetuned"), "matching",
+           {"feature_matches": pa.Table.from_pylist(rows), "match_pairs": pairs},
+           {"threshold": 0.8, "min_firings": 10, "n_tokens": 60, "n_pairs": 4, "n_assigned": 2,
+            "assigned_corr_total": 1.85} | ({"same_index_share_a": 0.5, "same_index_share_b": SAME_INDEX_SHARE}
+                                            if lineage else {}), token_set="sample-4")
     transfer = [("base", "base", 0.25), ("base", "finetuned", 0.3), ("finetuned", "finetuned", 0.2),
                 ("finetuned", "base", 0.4)]
     table = pa.table({"arm_a": ["base"] * 8, "arm_b": ["finetuned"] * 8, "sae_arm": [t[0] for t in transfer for _ in (0, 1)],
                       "model_arm": [t[1] for t in transfer for _ in (0, 1)],
                       "metric": ["dead_fraction", "l0"] * 4, "value": [v for t in transfer for v in (t[2], 11.0)]})
-    db.write_stage(con, ("base", "finetuned"), "transfer", "k", 0.0, {"transfer_metrics": table}, token_set="sample-4")
+    _write(con, ("base", "finetuned"), "transfer", {"transfer_metrics": table}, token_set="sample-4")
     _write_divergence(con)
 
 
@@ -138,7 +143,8 @@ def _write_divergence(con) -> None:
     contexts = pa.Table.from_pylist([
         {**pair, "rank": k, "row_index": row, "mean_kl": mean, "max_kl": kl[k][peak], "max_index": peak,
          "token_ids": list(range(15)), "tokens": [f" t{i}" for i in range(15)], "kl": kl[k],
-         "logprob_change": [-0.1] * 14 + [None]} for k, (row, mean, peak) in enumerate(DIVERGENT_ROWS)])
+         "logprob_change": [-0.1] * 14 + [None], "boundary": [False] * 15}
+        for k, (row, mean, peak) in enumerate(DIVERGENT_ROWS)])
     rows = pa.Table.from_pylist([{**pair, "row_index": row, "mean_kl": mean, "max_kl": kl[k][peak], "max_index": peak}
                                  for k, (row, mean, peak) in enumerate(sorted(DIVERGENT_ROWS))])
     features = pa.Table.from_pylist([
@@ -146,16 +152,16 @@ def _write_divergence(con) -> None:
          "mean_elsewhere": elsewhere if f == ENRICHED[arm][0] else 0.1,
          "fired_divergent": 4 if f == ENRICHED[arm][0] else 0, "fired_elsewhere": 10}
         for arm, (_, there, elsewhere) in ENRICHED.items() for f in range(D_SAE)])
-    db.write_stage(con, ("base", "finetuned"), "divergence", "k", 0.0,
-                   {"divergence_rows": rows, "divergence_contexts": contexts, "divergence_features": features},
-                   {"n_tokens": 30, "mean_kl": 0.125, "n_divergent": 1, "divergent_threshold": 2.86,
-                    "divergent_share": 0.01}, token_set="sample-4")
+    _write(con, ("base", "finetuned"), "divergence",
+           {"divergence_rows": rows, "divergence_contexts": contexts, "divergence_features": features},
+           {"n_tokens": 30, "mean_kl": 0.125, "n_divergent": 1, "divergent_threshold": 2.86, "divergent_share": 0.01},
+           token_set="sample-4")
 
 def _write_neighbours(con, arm: str) -> None:
     """Feature f's nearest in its own SAE: f + 1 (cosine 0.9), then f + 2 (cosine 0.5), modulo D_SAE."""
     rows = [(f, rank, (f + 1 + rank) % D_SAE, cos) for f in range(D_SAE) for rank, cos in enumerate((0.9, 0.5))]
     table = pa.table({"arm": [arm] * len(rows), **_columns(rows, ("feature", "rank", "neighbour", "cosine"))})
-    db.write_stage(con, arm, "neighbours", "k", 0.0, {"feature_neighbours": table})
+    _write(con, arm, "neighbours", {"feature_neighbours": table})
 
 
 def _write_cross_neighbours_and_map(con) -> None:
@@ -166,11 +172,11 @@ def _write_cross_neighbours_and_map(con) -> None:
             for f in range(D_SAE) for rank, cos in enumerate((0.99, 0.3))]
     names = ("arm", "feature", "rank", "neighbour_arm", "neighbour", "cosine")
     cross = pa.table({"arm_a": ["base"] * len(rows), "arm_b": ["finetuned"] * len(rows), **_columns(rows, names)})
-    db.write_stage(con, pair, "cross_neighbours", "k", 0.0, {"cross_neighbours": cross})
+    _write(con, pair, "cross_neighbours", {"cross_neighbours": cross})
     points = [(arm, f, float(f), float(y)) for y, arm in enumerate(pair) for f in range(D_SAE)]
     layout = pa.table({"arm_a": ["base"] * len(points), "arm_b": ["finetuned"] * len(points),
                        **_columns(points, ("arm", "feature", "x", "y"))})
-    db.write_stage(con, pair, "map", "k", 0.0, {"feature_map": layout})
+    _write(con, pair, "map", {"feature_map": layout})
 
 
 def _columns(rows: list[tuple], names: tuple[str, ...]) -> dict[str, list]:
@@ -191,3 +197,20 @@ def _fired_tokens(arm: str, n_fired: list[int]) -> dict[str, pa.Table]:
                         "token": [t for t, _ in first.values()] + ["<0x8F>"],
                         "count": [c for _, c in first.values()] + [1000]})
     return {"fired_tokens": fired, "unigram": unigram}
+
+
+def _write(con, owner, stage: str, tables: dict[str, pa.Table], metrics: dict | None = None,
+           token_set: str | None = None) -> None:
+    """write_stage after the precompute's schema check of every table."""
+    db.write_stage(con, owner, stage, "k", 0.0, {name: conform(TABLES[name], table, f"tiny_db {stage}")
+                                                 for name, table in tables.items()}, metrics, token_set=token_set)
+
+
+def _per_feature(table: str, arm: str, **columns: list) -> pa.Table:
+    """One arm's rows of a per-feature table: every declared column given (a forgotten one fails, naming it)."""
+    names = [name for name, _ in table_columns(table)][2:]
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise ValueError(f"tiny_db: {table} needs {', '.join(missing)} (core.database.feature_fields)")
+    return pa.table({"arm": [arm] * D_SAE, "feature": np.arange(D_SAE, dtype=np.int32),
+                     **{name: columns[name] for name in names}}, schema=TABLES[table].schema)

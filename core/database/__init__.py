@@ -277,3 +277,4 @@ def read_metrics(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 from core.database import queries  # noqa: E402,F401  (the dashboard's reads)
 from core.database import pair_queries  # noqa: E402,F401  (one pair's reads)
+from core.database import changed_queries, diff_queries, metrics, neighbour_queries  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """The dashboard's reads of the pair stages (the model diff): every one names its pair (arm_a, arm_b), one of the
 study's declared pairs (table `pairs`), so a study with any number of arms and pairs shows each pair on its own.
-`core.database.queries` re-exports them, so pages reach them as every other read."""
+Pages reach them through dashboard.reads.pairs and dashboard.reads.diff."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def fate_statistics(con: duckdb.DuckDBPyConnection, pair: Pair) -> pd.DataFrame:
                        "WHERE arm_a = ? AND arm_b = ? ORDER BY arm <> ?, feature", [*pair, pair[0]]).df()
 
 
-def pair_metrics(con: duckdb.DuckDBPyConnection, pair: Pair) -> dict[str, float]:
-    """The pair stages' metrics of one pair (mean cosine, log-density correlations, counts), as "stage.metric"."""
+def _metric_values(con: duckdb.DuckDBPyConnection, pair: Pair) -> dict[str, float]:
+    """The pair stages' metrics of one pair as "stage.metric" (the command line's summary; pages read them typed:
+    core.database.metrics.pair_metrics)."""
     rows = con.execute("SELECT stage || '.' || metric, value FROM metrics WHERE arm_a = ? AND arm_b = ?",
                        list(pair)).fetchall()
     return dict(rows)
@@ -213,5 +214,5 @@ def transfer_densities(con: duckdb.DuckDBPyConnection, pair: Pair, sae_arm: str)
 
 def pair_summary(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Per declared pair (config order): its names, fate counts (`diff_counts`) and metrics: the run's summary."""
-    return [{"pair": pair, "counts": diff_counts(con, pair), "metrics": pair_metrics(con, pair)}
+    return [{"pair": pair, "counts": diff_counts(con, pair), "metrics": _metric_values(con, pair)}
             for pair in pairs(con)]

@@ -1,4 +1,6 @@
-"""The dashboard's reads of the features database. Filters run in DuckDB with `?` parameters; sort columns
+"""The dashboard's reads of the features database (features, labels' queue, the paper's figures, steering; the
+pairs' reads live in diff_queries, changed_queries, neighbour_queries and pair_queries; the pages reach each through
+one typed read in dashboard.reads). Filters run in DuckDB with `?` parameters; sort columns
 come from a fixed list. Current labels (from core.labels, another file) are passed in as a DataFrame
 (arm, feature, label) and joined here, so the label filter runs in the same query."""
 
@@ -13,18 +15,8 @@ import duckdb
 import pandas as pd
 
 from core.coherence import CANDIDATE_MIN_MATCHES
-# The model diff's reads, one pair at a time, live in diff_queries; pages reach every read through this module.
-from core.database.changed_queries import (  # noqa: F401
-    candidates_by_fate, change_enrichment, changed_features, lens_features, lens_sites, lens_tokens, lens_vector,
-    moved_persisting)
-from core.database.diff_queries import (  # noqa: F401
-    DIFF_SORTABLE, diff_counts, diff_features, diff_notes, fate_statistics, feature_fates, feature_partners,
-    many_to_one, pair_controls,
-    match_correlations, matching_export, pair_metrics, pair_summary, pair_token_sets, pairs, same_index_changes,
-    same_index_correlations, similarity_by_position, similarity_hist, transfer_densities, transfer_table)
+from core.database.feature_fields import FILTERED, SHOWN, SORTABLE, SORTS, filter_sql
 
-SORTABLE = ("arm", "feature", "coherence", "med_matches", "fired_med_matches", "frac_nonzero", "max_act", "mean_act",
-            "llr", "n_valid")
 LABEL_STATUSES = ("any", "unlabelled", "labelled", "medical", "not_medical", "unsure")
 FATES = ("persist", "emerge", "disappear", "dead", "rare")  # feature_matches.status (core.matching.feature_status)
 _EMPTY_LABELS = pd.DataFrame({"arm": pd.Series(dtype=str), "feature": pd.Series(dtype="int32"),
@@ -47,35 +39,61 @@ class FeatureFilter:
     explanation: str = ""  # words searched in the features' explanations (scored by core.explain.search)
     candidates_only: bool = False  # only the medical candidates (by the study's rule: feature_words.candidate_by)
     fates: tuple[str, ...] = ()  # only these fates in the arm's first declared pair (features.diff_status); (): any
+    ranges: tuple[tuple[str, float | None, float | None], ...] = ()  # (field, low, high) of other declared filters
 
     def __post_init__(self) -> None:
+        unknown = [name for name, _, _ in self.ranges if name not in {f.name for f in FILTERED}]
+        if unknown:
+            raise ValueError(f"no declared filter {unknown} (core.database.feature_fields)")
         if self.label_status not in LABEL_STATUSES:
             raise ValueError(f"label_status must be one of {LABEL_STATUSES}")
         if not set(self.fates) <= set(FATES):
             raise ValueError(f"fates must be among {FATES}")
 
 
-_WHERE = """
-    list_contains(?, f.arm)
-    AND (? IS NULL OR f.coherence >= ?) AND (? IS NULL OR f.coherence <= ?)
-    AND coalesce(f.med_matches, 0) >= ?
-    AND (? IS NULL OR f.frac_nonzero >= ?) AND (? IS NULL OR f.frac_nonzero <= ?)
-    AND CASE ? WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL WHEN 'labelled' THEN l.label IS NOT NULL
-               ELSE l.label = ? END
-    AND (? = '' OR list_contains(f.top_words, lower(trim(?)))
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        """Declared field -> (low, high) of every declared filter (None: no bound)."""
+        named = {"coherence": (self.coherence_min, self.coherence_max), "med_matches": (self.min_matches or None, None),
+                 "frac_nonzero": (self.density_min, self.density_max)}
+        return named | {name: (low, high) for name, low, high in self.ranges}
+
+
+# The declared fields' filters (core.database.feature_fields), then those over other tables (labels, explanations,
+# fired tokens) and lists; every value a named parameter.
+_WHERE = f"""
+    list_contains($arms, f.arm)
+    AND {filter_sql("f")}
+    AND CASE $label_status WHEN 'any' THEN TRUE WHEN 'unlabelled' THEN l.label IS NULL
+                           WHEN 'labelled' THEN l.label IS NOT NULL ELSE l.label = $label_status END
+    AND ($word = '' OR list_contains(f.top_words, lower(trim($word)))
          OR EXISTS (SELECT 1 FROM fired_tokens t WHERE t.arm = f.arm AND t.feature = f.feature
-                    AND lower(trim(t.token)) = lower(trim(?))))
-    AND (NOT ? OR coalesce(f.n_fired, 0) > 0)
-    AND (? = '' OR coalesce(e.match, 0) > 0)
-    AND (NOT ? OR coalesce(f.is_candidate, FALSE))
-    AND (len(?) = 0 OR list_contains(?, f.diff_status))"""
+                    AND lower(trim(t.token)) = lower(trim($word))))
+    AND (NOT $live_only OR coalesce(f.n_fired, 0) > 0)
+    AND ($explanation = '' OR coalesce(e.match, 0) > 0)
+    AND (NOT $candidates_only OR coalesce(f.is_candidate, FALSE))
+    AND (len($fates) = 0 OR list_contains($fates, f.diff_status))"""
 
 
-def _where_params(flt: FeatureFilter) -> list[Any]:
-    return [list(flt.arms), flt.coherence_min, flt.coherence_min, flt.coherence_max, flt.coherence_max,
-            flt.min_matches, flt.density_min, flt.density_min, flt.density_max, flt.density_max,
-            flt.label_status, flt.label_status, flt.word, flt.word, flt.word, flt.live_only, flt.explanation,
-            flt.candidates_only, list(flt.fates), list(flt.fates)]
+def _where_params(flt: FeatureFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "arms": list(flt.arms), "label_status": flt.label_status, "word": flt.word, "live_only": flt.live_only,
+        "explanation": flt.explanation, "candidates_only": flt.candidates_only, "fates": list(flt.fates)}
+    bounds = flt.bounds()
+    for field in FILTERED:
+        low, high = bounds.get(field.name, (None, None))
+        params[f"{field.name}_min"] = low
+        if field.filter == "range":
+            params[f"{field.name}_max"] = high
+    return params
+
+
+# The Features table: every declared field it shows or sorts by, then the label and the explanation.
+_PAGE_FIELDS = tuple(f for f in SHOWN + SORTS if f.name not in ("arm", "feature"))
+_PAGE_FIELDS = tuple(dict.fromkeys(_PAGE_FIELDS))
+FEATURES_PAGE_COLUMNS = ("arm", "feature", *(f.table_column for f in _PAGE_FIELDS), "label", "explanation",
+                         "simulation", "detection")
+_PAGE_SELECT = ", ".join(["f.arm", "f.feature"] + [f"f.{f.name}" + (f" AS {f.table_column}" if f.shown_as else "")
+                                                   for f in _PAGE_FIELDS])
 
 
 def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd.DataFrame | None = None,
@@ -91,12 +109,9 @@ def features_page(con: duckdb.DuckDBPyConnection, flt: FeatureFilter, labels: pd
         order = f"f.{sort} {'DESC' if descending else 'ASC'} NULLS LAST, f.coherence DESC NULLS LAST, f.arm, f.feature"
         # One pass: the window count sees every filtered row before LIMIT keeps one page.
         page = con.execute(f"""
-            SELECT f.arm, f.feature, f.top_text AS top_tokens, f.coherence, f.med_matches, f.frac_nonzero,
-                   f.max_act, f.mean_act, f.llr, f.n_valid, f.matched_words, f.fired_matched_words,
-                   f.candidate_by, f.diff_status AS fate, l.label, e.explanation,
-                   e.simulation, e.detection, count(*) OVER () AS total
-            FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT ? OFFSET ?""",
-                           _where_params(flt) + [limit, offset]).df()
+            SELECT {_PAGE_SELECT}, l.label, e.explanation, e.simulation, e.detection, count(*) OVER () AS total
+            FROM {source} WHERE {_WHERE} ORDER BY {order} LIMIT $limit OFFSET $offset""",
+                           _where_params(flt) | {"limit": limit, "offset": offset}).df()
         if len(page):
             total = page.pop("total").iloc[0]
         else:  # past the last page (or nothing matches): count on its own
@@ -164,11 +179,6 @@ def arm_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def arms(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute("SELECT * FROM arms ORDER BY position").df()
-
-
-def stage_metrics(con: duckdb.DuckDBPyConnection, arm: str, stage: str) -> dict[str, float]:
-    """One stage's metrics for one arm (or pair), by name; empty when the stage has not run."""
-    return dict(con.execute("SELECT metric, value FROM metrics WHERE arm = ? AND stage = ?", [arm, stage]).fetchall())
 
 
 def feature_row(con: duckdb.DuckDBPyConnection, arm: str, feature: int) -> dict[str, Any] | None:
@@ -423,7 +433,3 @@ def features_to_explain(con: duckdb.DuckDBPyConnection, arm: str, which: str) ->
     rows = con.execute(f"""SELECT a.feature FROM feature_activations a LEFT JOIN feature_words w USING (arm, feature)
                            WHERE a.arm = ? AND a.n_fired > 0 AND {where} ORDER BY a.feature""", [arm]).fetchall()
     return [int(r[0]) for r in rows]
-
-
-from core.database.neighbour_queries import (  # noqa: E402,F401  (read through data.query by name)
-    correlated_features, cross_neighbours, decoder_stage_notes, feature_map, own_neighbours)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from core.database.feature_fields import FEATURE_TABLES, features_view, table_columns
+
 _S, _I32, _I64, _F32, _F64, _B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
 _TS = pa.timestamp("us")
 
@@ -77,16 +79,10 @@ PAIRS = _table("pairs", [*_PAIR, ("position", _I32), ("control", _S), ("controls
 
 TOP_TOKENS = _table("top_tokens", [("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32),
                                    ("token_id", _I32), ("token", _S), ("value", _F32)])
-# med_matches / matched_words: medical words among the top logit-lens tokens (the paper's); fired_*: among the
-# tokens the feature fires on most; candidate_by: which of them made it a candidate under the study's rule.
-FEATURE_WORDS = _table("feature_words", [("arm", _S), ("feature", _I32), ("coherence", _F64), ("n_valid", _I32),
-                                         ("med_matches", _I32), ("is_candidate", _B), ("matched_words", pa.list_(_S)),
-                                         ("top_text", _S), ("top_words", pa.list_(_S)), ("fired_med_matches", _I32),
-                                         ("fired_matched_words", pa.list_(_S)), ("candidate_by", _S)])
-FEATURE_ACTIVATIONS = _table("feature_activations", [
-    ("arm", _S), ("feature", _I32), ("n_fired", _I64), ("frac_nonzero", _F64), ("max_act", _F32),
-    ("mean_act", _F64), ("var_act", _F64), ("sum_act", _F64), ("sum_sq_act", _F64), ("med_fired", _I64),
-    ("llr", _F64)])
+# The per-feature tables' columns are declared field by field in core.database.feature_fields (the features view,
+# the Features page's filters, columns and sorts come from the same declarations).
+PER_FEATURE = {name: _table(name, table_columns(name)) for name in FEATURE_TABLES}
+FEATURE_WORDS, FEATURE_ACTIVATIONS = PER_FEATURE["feature_words"], PER_FEATURE["feature_activations"]
 HISTOGRAMS = _table("histograms", [("arm", _S), ("feature", _I32), ("counts", pa.list_(_I64))])
 CONTEXTS = _table("contexts", [
     ("arm", _S), ("feature", _I32), ("kind", _S), ("rank", _I32), ("interval", _I32), ("interval_low", _F64),
@@ -182,7 +178,7 @@ STEER_RANDOM_SAMPLES = _table("steer_random_samples", [
     ("similarity", _F64)])
 
 TABLES: dict[str, Table] = {t.name: t for t in (
-    STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, FEATURE_WORDS, FEATURE_ACTIVATIONS, HISTOGRAMS, CONTEXTS, UNIGRAM,
+    STUDY, STAGES, TOKEN_SETS, ARMS, PAIRS, TOP_TOKENS, *PER_FEATURE.values(), HISTOGRAMS, CONTEXTS, UNIGRAM,
     FIRED_TOKENS, METRICS, SIMILARITY_HIST, SIMILARITY_BY_POSITION, TRANSFER_METRICS, TRANSFER_DENSITIES,
     FEATURE_MATCHES, MATCH_PAIRS, DIVERGENCE_ROWS, DIVERGENCE_CONTEXTS, DIVERGENCE_FEATURES, FEATURE_CHANGE,
     FEATURE_CHANGE_CONTEXTS, DIFF_LENS, DIFF_LENS_TOKENS, DIFF_LENS_FEATURES, STEER_FEATURES,
@@ -193,21 +189,7 @@ ARM_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "arm")
 PAIR_TABLES = tuple(name for name, t in TABLES.items() if t.keyed_by == "pair")
 PAIR_ROW_TABLES = tuple(name for name, t in TABLES.items() if "arm_a" in t.schema.names and name != "pairs")
 
-# One row per arm and feature however many pairs there are: the fate columns are those of the arm's first
-# declared pair (`pairs.position`); the Feature page and the Model diff page read every pair's from feature_matches.
-FEATURES_VIEW = """CREATE OR REPLACE VIEW features AS
-    WITH first_pair AS (
-        SELECT arm, arg_min(arm_a, position) AS arm_a, arg_min(arm_b, position) AS arm_b
-        FROM (SELECT arm_a AS arm, arm_a, arm_b, position FROM pairs
-              UNION ALL SELECT arm_b, arm_a, arm_b, position FROM pairs) GROUP BY arm)
-    SELECT arm, feature, w.coherence, w.n_valid, w.med_matches, w.is_candidate, w.matched_words, w.top_text,
-           w.top_words, w.fired_med_matches, w.fired_matched_words, w.candidate_by,
-           a.n_fired, a.frac_nonzero, a.max_act, a.mean_act, a.var_act, a.sum_act, a.sum_sq_act,
-           a.med_fired, a.llr,
-           m.match_arm, m.match_feature, m.match_corr, m.status AS diff_status, m.n_fired AS diff_n_fired,
-           m.n_partners, m.assigned_feature, m.assigned_corr
-    FROM feature_words w FULL OUTER JOIN feature_activations a USING (arm, feature)
-    LEFT JOIN (SELECT m.* FROM feature_matches m JOIN first_pair USING (arm, arm_a, arm_b)) m USING (arm, feature)"""
+FEATURES_VIEW = features_view()
 
 SCHEMA = [t.ddl() for t in TABLES.values()] + [FEATURES_VIEW]
 

@@ -4,7 +4,7 @@ fine-tune, checkpoint → checkpoint), and how far each SAE transfers. The pair 
 import streamlit as st
 
 from core.matching import LINEAGE_SHARE
-from dashboard import charts, data, place
+from dashboard import charts, data, place, reads, study
 from dashboard.control import CONTROL_COLUMNS, control_columns, control_section, with_control
 from dashboard.divergence import divergence_section
 from dashboard.lineage import same_index_section
@@ -12,38 +12,39 @@ from dashboard import state_keys as keys
 
 config = data.require_database()
 st.title("Model diff")
-pairs = data.query("pairs")
+pairs = reads.pairs.pairs()
 if not pairs:
     st.info(f"This database compares no pair of arms: the study has {len(config.arms)} arm(s), and its pairs "
             "(`[[pairs]]` in the config; by default every other arm against the first) need two. Add an arm and "
-            f"run `python -m precompute run --config {data.config_path()}`.")
+            f"run `python -m precompute run --config {study.config_path()}`.")
     st.stop()
 fields = [place.pair_field(keys.DIFF_PAIR, pairs)]
 place.restore_or_stop("diff", fields)  # a link to a pair the study does not declare: one line
-roles = data.query("pair_controls")
-pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: data.pair_label(p, roles),
+roles = reads.pairs.pair_controls()
+pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: reads.pairs.pair_label(p, roles),
                                        key=keys.DIFF_PAIR,
                                        help="The study's declared pairs (`[[pairs]]`): the first arm is the earlier "
                                             "model; then each declared control's pair.")
 place.remember("diff", fields)
 arm_a, arm_b = pair
-counts = data.query("diff_counts", pair)
-notes = data.query("diff_notes", pair)
+counts = reads.diff.diff_counts(pair)
+notes = reads.pairs.diff_notes(pair)
 for note in notes.itertuples():
     st.warning(f"**{note.stage}** was skipped: {note.note}")
 if counts.empty and notes.empty:
     st.info(f"No model-diff results for {arm_a} → {arm_b} in this database yet: run `python -m precompute run "
-            f"--config {data.config_path()}` (its similarity, transfer and matching stages).")
+            f"--config {study.config_path()}` (its similarity, transfer and matching stages).")
     st.stop()
 
-metrics = data.query("pair_metrics", pair)
-measured_on = data.query("pair_token_sets", pair)
+metrics = reads.pairs.pair_metrics(pair)
+measured_on = reads.pairs.pair_token_sets(pair)
 diff_set = measured_on.get("matching") or measured_on.get("transfer")
-corpus_set = data.query("stage_token_sets").get(f"{arm_a}/activations")
-st.markdown(f"**Tokens compared** (both models, the same rows): {data.token_set_text(diff_set, detail=True)}.")
+corpus_set = reads.study.stage_token_sets().get(f"{arm_a}/activations")
+st.markdown(f"**Tokens compared** (both models, the same rows): {reads.study.token_set_text(diff_set, detail=True)}.")
 
-threshold = metrics.get("matching.threshold", config.diff.match_threshold)
-min_firings = int(metrics.get("matching.min_firings", config.diff.min_firings))
+matching = metrics.matching
+threshold = config.diff.match_threshold if matching.threshold is None else matching.threshold
+min_firings = int(config.diff.min_firings if matching.min_firings is None else matching.min_firings)
 if not counts.empty:
     st.markdown(f"Two features are **the same** when their activations over these tokens correlate at least "
                 f"**{threshold:g}**: a {arm_a} feature without such a match *disappears*, a {arm_b} one *emerges*, "
@@ -56,34 +57,34 @@ if not counts.empty:
     st.dataframe(table.reset_index(), hide_index=True, key="diff_count_table")
     left, right = st.columns(2)
     left.plotly_chart(charts.diff_status_bars(counts[counts["share"].notna()]), key="diff_status")
-    right.plotly_chart(charts.match_correlation_histogram(data.query("match_correlations", pair), threshold),
+    right.plotly_chart(charts.match_correlation_histogram(reads.diff.match_correlations(pair), threshold),
                        key="match_corr")
 
-    same_share = metrics.get("matching.same_index_share_b")
+    same_share = matching.same_index_share_b
     lineage = same_share is not None and same_share >= LINEAGE_SHARE
     if lineage:
         same_index_section(pair, same_share, threshold)
 
     st.subheader("Best match and one-to-one")
-    persisting = data.query("diff_features", pair, "persist", "frac_nonzero", True, 100_000)
+    persisting = reads.diff.diff_features(pair, "persist", "frac_nonzero", True, 100_000)
     for arm, other in ((arm_b, arm_a), (arm_a, arm_b)):
         group = persisting[persisting["arm"] == arm]
         st.markdown(f"- Best-match view: **{len(group):,}** persisting {arm} features match "
                     f"**{group['match_feature'].nunique():,}** distinct {other} features.")
     st.markdown(f"- One-to-one assignment (no feature used twice, maximum total correlation over the "
-                f"{int(metrics.get('matching.n_pairs', 0)):,} pairs at or above {threshold:g}): "
-                f"**{int(metrics.get('matching.n_assigned', 0)):,}** pairs, total correlation "
-                f"{metrics.get('matching.assigned_corr_total', 0):,.1f}.")
-    many = data.query("many_to_one", pair)
+                f"{int(matching.n_pairs or 0):,} pairs at or above {threshold:g}): "
+                f"**{int(matching.n_assigned or 0):,}** pairs, total correlation "
+                f"{matching.assigned_corr_total or 0:,.1f}.")
+    many = reads.diff.many_to_one(pair)
     if not many.empty:
         st.markdown("**Many-to-one**: features that are the partner of several features of the other arm")
         st.dataframe(many, hide_index=True, width="stretch", key="many_to_one",
                      column_config={"n_partners": "partners", "assigned_feature": "one-to-one partner",
                                     "assigned_corr": st.column_config.NumberColumn("its corr.", format="%.3f")})
     c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button("Matching as CSV", data.matching_export(pair, "csv"), f"matching-{arm_a}-{arm_b}.csv",
+    c1.download_button("Matching as CSV", reads.diff.matching_export_file(pair, "csv"), f"matching-{arm_a}-{arm_b}.csv",
                        "text/csv", key=keys.DIFF_EXPORT_CSV)
-    c2.download_button("Matching as Parquet", data.matching_export(pair, "parquet"),
+    c2.download_button("Matching as Parquet", reads.diff.matching_export_file(pair, "parquet"),
                        f"matching-{arm_a}-{arm_b}.parquet",
                        "application/vnd.apache.parquet", key=keys.DIFF_EXPORT_PARQUET)
 
@@ -94,8 +95,8 @@ if not counts.empty:
                   "n_partners": "partners ↓"} | ({"same_index_corr": "corr. with own index ↑ (changed most)"}
                                                  if lineage else {})
     sort = c2.selectbox("Sort by", tuple(sort_names), format_func=sort_names.get, key=keys.DIFF_SORT)
-    table = with_control(data.query("diff_features", pair, status, sort, sort != "same_index_corr", 200), controlled)
-    table = table.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(table["arm"], table["feature"])],
+    table = with_control(reads.diff.diff_features(pair, status, sort, sort != "same_index_corr", 200), controlled)
+    table = table.assign(open=[place.feature_url(a, f) for a, f in zip(table["arm"], table["feature"])],
                          compare=[place.compare_url(a, f, ma, mf) if mf == mf and mf is not None else None
                                   for a, f, ma, mf in zip(table["arm"], table["feature"], table["match_arm"],
                                                           table["match_feature"])],
@@ -121,33 +122,31 @@ if not counts.empty:
                                 "n_partners": "partners", "partners": "partners ≥ threshold",
                                 "assigned_feature": "one-to-one partner"})
 
-divergence_section(arm_a, arm_b, data.token_set_text(measured_on.get("divergence")),
-                   {name.removeprefix("divergence."): value for name, value in metrics.items()
-                    if name.startswith("divergence.")})
+divergence_section(arm_a, arm_b, reads.study.token_set_text(measured_on.get("divergence")), metrics.divergence)
 
-hist = data.query("similarity_hist", pair)
+hist = reads.diff.similarity_hist(pair)
 if not hist.empty:
     st.subheader("Activation similarity at the hook")
-    st.markdown(f"Same tokens through both models: mean per-token cosine **{metrics.get('similarity.mean_cosine', 0):.3f}**, "
-                f"mean Euclidean distance **{metrics.get('similarity.mean_distance', 0):.3g}** "
-                f"(on {data.token_set_text(measured_on.get('similarity'))}).")
+    st.markdown(f"Same tokens through both models: mean per-token cosine **{metrics.similarity.mean_cosine or 0:.3f}**, "
+                f"mean Euclidean distance **{metrics.similarity.mean_distance or 0:.3g}** "
+                f"(on {reads.study.token_set_text(measured_on.get('similarity'))}).")
     c1, c2, c3 = st.columns(3)
     c1.plotly_chart(charts.similarity_histogram(hist, "cosine"), key="sim_cos")
     c2.plotly_chart(charts.similarity_histogram(hist, "distance"), key="sim_dist")
-    c3.plotly_chart(charts.similarity_by_position(data.query("similarity_by_position", pair)), key="sim_pos")
+    c3.plotly_chart(charts.similarity_by_position(reads.diff.similarity_by_position(pair)), key="sim_pos")
 
 st.subheader("Feature densities")
-overview = data.arm_overview(config).set_index("arm").loc[list(pair)]
-st.caption(f"Share of tokens on which each feature fires, per arm, on {data.token_set_text(corpus_set)}; dead "
+overview = reads.study.arm_overview().set_index("arm").loc[list(pair)]
+st.caption(f"Share of tokens on which each feature fires, per arm, on {reads.study.token_set_text(corpus_set)}; dead "
            "features (never fired there): " + ", ".join(f"{arm} {int(row.dead):,} ({row.dead_fraction:.1%})"
                                                          for arm, row in overview.iterrows()) + ".")
-densities = data.query("log_densities")
+densities = reads.features.log_densities()
 st.plotly_chart(charts.log_density_histogram(densities[densities["arm"].isin(pair)]), key="log_density")
 
-transfer = data.query("transfer_table", pair)
+transfer = reads.diff.transfer_table(pair)
 if not transfer.empty:
     st.subheader("SAE transfer")
-    st.caption(f"Each SAE on its own model and on the other one, on {data.token_set_text(measured_on.get('transfer'))}"
+    st.caption(f"Each SAE on its own model and on the other one, on {reads.study.token_set_text(measured_on.get('transfer'))}"
                f"; positions whose activation norm exceeds {config.diff.outlier_factor:g}× the median are left out "
                "of the reconstruction numbers. The Overview's numbers are the quality stage's, on the token set it "
                "names.")
@@ -158,8 +157,8 @@ if not transfer.empty:
                     "n_tokens": st.column_config.NumberColumn("tokens", format="%d")})
     for col, sae_arm in zip(st.columns(2), pair):
         other = arm_b if sae_arm == arm_a else arm_a
-        pearson = metrics.get(f"transfer.log_density_pearson_{sae_arm}")
+        pearson = metrics.transfer.log_density_pearson.get(sae_arm)
         col.markdown(f"**SAE {sae_arm}: feature densities on {sae_arm} vs {other}** — Pearson r of log10 "
                      f"densities {pearson:.3f}" if pearson is not None else f"**SAE {sae_arm}**")
-        col.plotly_chart(charts.density_scatter(data.query("transfer_densities", pair, sae_arm), sae_arm, other),
+        col.plotly_chart(charts.density_scatter(reads.diff.transfer_densities(pair, sae_arm), sae_arm, other),
                          key=f"density_{sae_arm}")

@@ -5,15 +5,16 @@ import math
 
 import streamlit as st
 
-from dashboard import data, filters, place
+from core.database.feature_fields import SHOWN
+from dashboard import data, filters, place, reads
 from dashboard import state_keys as keys
 
 config = data.require_database()
 st.title("Features")
-arms = data.arm_names()
+arms = reads.study.arm_names()
 fields = filters.fields(arms, filters.DEFAULT_SORT_BY_RULE[config.medical_vocabulary.candidates])
 # Each arm's fate is the one in the first declared pair it is in (the features view's diff_status).
-fate_pairs = {arm: next((" → ".join(p) for p in data.query("pairs") if arm in p), None) for arm in arms}
+fate_pairs = {arm: " → ".join(pair) if (pair := reads.pairs.first_pair(arm)) else None for arm in arms}
 fate_help = ("The feature's fate in its arm's first declared pair ("
              + "; ".join(f"{arm}: {pair}" for arm, pair in fate_pairs.items() if pair)
              + "): persist (a partner correlates ≥ the match threshold), emerge (b's, none) or disappear (a's, "
@@ -23,9 +24,8 @@ place.restore_or_stop("features", fields)  # the filters of this session's last 
 
 def reset_filters() -> None:
     """Every filter back to its default; the sort and the page size stay."""
-    for field in fields:
-        if field.key not in (keys.FEATURES_SORT, keys.FEATURES_DESCENDING, keys.FEATURES_PAGE_SIZE):
-            st.session_state[field.key] = field.default
+    place.change({field.key: field.default for field in fields
+                  if field.key not in (keys.FEATURES_SORT, keys.FEATURES_DESCENDING, keys.FEATURES_PAGE_SIZE)})
 
 
 with st.container(border=True):
@@ -50,63 +50,59 @@ with st.container(border=True):
     c7.toggle("Candidates", key=keys.FEATURES_CANDIDATES,
               help="Only the medical candidates, by the study's rule (the candidate column says which rule "
                    "made each: its top tokens, the tokens it fires on, or both)")
-    c8.selectbox("Label", data.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
+    c8.selectbox("Label", filters.LABEL_STATUSES, key=keys.FEATURES_LABEL_STATUS)
     if any(fate_pairs.values()):  # a study without pairs has no fates
         c8.multiselect("Fate", filters.FATES, key=keys.FEATURES_FATES, placeholder="any", help=fate_help)
     sort = c9.selectbox("Sort all matching features by", list(filters.SORTS), key=keys.FEATURES_SORT,
                         help="Sorted in the database over every matching feature, then cut into pages. A click "
                              "on a column header only reorders the rows of this page.")
     descending = c10.toggle("Descending", key=keys.FEATURES_DESCENDING)
+    if filters.BOUNDED:  # declared filters without a widget of their own: a Min. and a Max. box each
+        for box, (field, end) in zip(st.columns(6), ((f, e) for f in filters.BOUNDED for e in ("min", "max"))):
+            box.number_input(f"{end.capitalize()}. {field.label}", value=None, format="%g",
+                             key=keys.FEATURES_BOUND.format(field.name, end), help=field.help or None)
 
-values = {field.key: st.session_state[field.key] for field in fields}
+values = place.values(fields)
 flt = filters.feature_filter(values, arms)
 page_size = values[keys.FEATURES_PAGE_SIZE]
 labels = data.current_labels()
 explained = data.searched_explanations(flt.explanation, values[keys.FEATURES_BY_MEANING])
 page = values[keys.FEATURES_PAGE]
 column = filters.SORTS[sort]
-rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size,
-                          explained)
+rows, total = reads.features.features_page(flt, labels, column, descending, page_size, (page - 1) * page_size,
+                                           explained)
 n_pages = max(1, math.ceil(total / page_size))
 if page > n_pages:  # the filter shrank the table under the page the user was on
     page = n_pages
-    rows, total = data.query("features_page", flt, labels, column, descending, page_size, (page - 1) * page_size,
-                          explained)
-st.session_state[keys.FEATURES_PAGE] = page
+    rows, total = reads.features.features_page(flt, labels, column, descending, page_size,
+                                               (page - 1) * page_size, explained)
+place.change({keys.FEATURES_PAGE: page})
 
 if total == 0:
-    st.warning(filters.why_empty(flt, arms, lambda f: data.query("features_count", f, labels, explained)))
+    st.warning(filters.why_empty(flt, arms, lambda f: reads.features.features_count(f, labels, explained)))
     st.button("Reset filters", key=keys.FEATURES_RESET, on_click=reset_filters)
 else:
-    dead = data.query("features_count", dataclasses.replace(flt, live_only=False), labels, explained) - total \
+    dead = reads.features.features_count(dataclasses.replace(flt, live_only=False), labels, explained) - total \
         if flt.live_only else 0
     st.markdown(f"**{total:,}** features match" + (f" ({dead:,} dead features hidden)." if dead else "."))
 arrow = " ↓" if descending else " ↑"
-titles = {name: name + (arrow if name == sort else "") for name in filters.SORTS}
-rows = rows.assign(open=[f"/feature?arm={a}&feature={f}" for a, f in zip(rows["arm"], rows["feature"])])
+sorted_by = filters.SORTS[sort]
+rows = rows.assign(open=[place.feature_url(a, f) for a, f in zip(rows["arm"], rows["feature"])])
+help_of = {"candidate_by": data.CANDIDATE_HELP, "diff_status": fate_help}
+declared = {f.table_column: filters.column(f, f.label + (arrow if f.name == sorted_by else ""), help_of.get(f.name))
+            for f in SHOWN}
 st.dataframe(
-    rows[["open", "arm", "feature", "top_tokens", "candidate_by", "fate", "fired_matched_words", "explanation",
-          "simulation", "coherence", "med_matches", "frac_nonzero", "max_act", "label", "matched_words", "llr"]],
+    rows[["open", "arm", "feature", "top_tokens", "explanation", "simulation", "label",
+          *(c for c in declared if c != "top_tokens")]],
     hide_index=True, width="stretch", key="features_table",
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
-        "feature": st.column_config.NumberColumn(titles["feature id"]),
-        "top_tokens": st.column_config.TextColumn("top tokens (W_dec @ W_U)", width="large"),
+        "feature": st.column_config.NumberColumn("feature id" + (arrow if sorted_by == "feature" else "")),
         "explanation": st.column_config.TextColumn("explanation", width="large"),
         "simulation": st.column_config.NumberColumn("sim. r", format="%.2f",
                                                     help="how well the explanation predicts the activations "
                                                          "(Pearson r on held-out contexts)"),
-        "coherence": st.column_config.NumberColumn(titles["coherence"], format="%.3f"),
-        "med_matches": st.column_config.NumberColumn(titles["medical matches"]),
-        "frac_nonzero": st.column_config.NumberColumn(titles["density"], format="%.2e",
-                                                      help="share of corpus tokens it fires on"),
-        "max_act": st.column_config.NumberColumn(titles["max activation"], format="%.3f"),
-        "candidate_by": st.column_config.TextColumn("candidate", help=data.CANDIDATE_HELP),
-        "fate": st.column_config.TextColumn("fate", help=fate_help),
-        "matched_words": st.column_config.ListColumn("medical words (top tokens)"),
-        "fired_matched_words": st.column_config.ListColumn("medical words it fires on"),
-        "llr": st.column_config.NumberColumn(titles["LLR medical"], format="%.2f",
-                                             help="log P(medical token | fires) / P(medical token)"),
+        **declared,
     })
 p1, p2, _ = st.columns([1, 1, 4])
 p1.number_input(f"Page (of {n_pages})", 1, n_pages, key=keys.FEATURES_PAGE)

@@ -9,14 +9,14 @@ from core.corpus import rows_needed
 from core.errors import StudyInputError
 from core.feature_ids import FeatureIdError, parse_arm, parse_feature_id
 from core.inspect import why_here
-from dashboard import charts, data, place, render
+from dashboard import charts, data, live, place, reads, render, study
 from dashboard import state_keys as keys
 
 KL_SHADE = "76, 120, 168"  # blue: the divergence strip, apart from the orange of activations
 
 data.require_database()
 st.title("Inspect")
-widths = data.widths()
+widths = reads.study.widths()
 arms = list(widths)
 if len(arms) < 2:
     st.info("Inspect compares two arms; this study has one.")
@@ -34,7 +34,7 @@ def parse_choice(text: str, _place: dict) -> str:
 
 def parse_row(text: str, _place: dict) -> int:
     """A corpus row id, checked against the corpus's size (a link to a row it does not have: one line)."""
-    n_rows = rows_needed(data.study_config().corpus)
+    n_rows = rows_needed(study.study_config().corpus)
     if not text.strip().lstrip("-").isdecimal():
         raise ValueError(f"expected a whole number: the corpus has rows 0 to {n_rows - 1}")
     if not 0 <= int(text) < n_rows:
@@ -50,22 +50,21 @@ def parse_token(text: str, _place: dict) -> int:
 
 
 fields = [place.Field(keys.INSPECT_ROW, "row", None, parse=parse_row),
-          place.Field(keys.INSPECT_TEXT, "text", data.example_text(), always=True,
+          place.Field(keys.INSPECT_TEXT, "text", live.example_text(), always=True,
                       omit=lambda values: values[keys.INSPECT_ROW] is not None),  # a row names its text
           place.Field(keys.INSPECT_TOKEN, "token", None, parse=parse_token),
           place.Field(keys.INSPECT_FEATURE, "feature", "", parse=parse_choice),
           place.Field(keys.INSPECT_BASE, "base", arms[0], lambda text, _: parse_arm(text, arms)),
           place.Field(keys.INSPECT_FINETUNED, "finetuned", arms[1], lambda text, _: parse_arm(text, arms))]
 place.restore_or_stop("inspect", fields)
-row = st.session_state[keys.INSPECT_ROW]
+row = place.kept(keys.INSPECT_ROW)
 try:  # read in the first arm's tokenizer, as the pair stages read the corpus
-    row_ids, row_text = data.corpus_row(row, arms[0]) if row is not None else (None, None)
+    row_ids, row_text = live.corpus_row(row, arms[0]) if row is not None else (None, None)
 except (StudyInputError, OSError, ValueError) as err:
     st.error(f"Corpus row {row} cannot be read: {err}")
     st.stop()
-if row is not None and st.session_state.get(keys.INSPECT_ROW_SHOWN) != row:  # a row just opened: its text
-    st.session_state[keys.INSPECT_TEXT] = row_text
-    st.session_state[keys.INSPECT_ROW_SHOWN] = row
+if row is not None and place.kept(keys.INSPECT_ROW_SHOWN) != row:  # a row just opened: its text
+    place.change({keys.INSPECT_TEXT: row_text, keys.INSPECT_ROW_SHOWN: row})
 
 with st.form("inspect_form", border=False):
     text = st.text_area("Text", key=keys.INSPECT_TEXT, height=110,
@@ -74,41 +73,42 @@ with st.form("inspect_form", border=False):
     base = c1.selectbox("Base arm", arms, key=keys.INSPECT_BASE)
     finetuned = c2.selectbox("Fine-tuned arm", arms, key=keys.INSPECT_FINETUNED)
     if c3.form_submit_button("Run", key=keys.INSPECT_RUN, type="primary"):
-        st.session_state[keys.INSPECT_TOKEN] = None  # a new run starts at its most divergent token
+        place.change({keys.INSPECT_TOKEN: None})  # a new run starts at its most divergent token
 if row is not None and text != row_text:  # the row's text was edited: it is a text of its own now
-    row = row_ids = st.session_state[keys.INSPECT_ROW] = st.session_state[keys.INSPECT_ROW_SHOWN] = None
+    row = row_ids = None
+    place.change({keys.INSPECT_ROW: None, keys.INSPECT_ROW_SHOWN: None})
 if base == finetuned:  # a model against itself: KL 0 at every token, nothing to read
     place.remember("inspect", fields)
     st.error(f"Both sides are {base}, the same arm: pick another arm for one side to compare.")
     st.stop()
 for arm in dict.fromkeys((base, finetuned)):
     try:
-        problem = data.sae_mismatch(arm)
+        problem = live.sae_mismatch(arm)
     except Exception as err:  # noqa: BLE001 - a model or SAE that cannot be loaded is one line, not a traceback
         st.error(f"The model or SAE of {arm} cannot be loaded: {err}")
         st.stop()
     if problem is not None:
         st.warning(problem)
 try:
-    result = data.inspect(text, base, finetuned, ids=row_ids)
+    result = live.inspect(text, base, finetuned, ids=row_ids)
 except StudyInputError as err:
     place.remember("inspect", fields)
     st.error(str(err))
     st.stop()
 if row is not None:
-    st.caption(f"Corpus row {row} ({data.row_sources([row])[0]}), its tokens exactly as the precompute read them.")
+    st.caption(f"Corpus row {row} ({live.row_sources([row])[0]}), its tokens exactly as the precompute read them.")
 if result.notice:
     st.info(result.notice)
 n = len(result.tokens)
-token = st.session_state.get(keys.INSPECT_TOKEN)
+token = place.kept(keys.INSPECT_TOKEN)
 if not isinstance(token, int) or not 0 <= token < n:  # a new run or text: start at the most divergent token
-    st.session_state[keys.INSPECT_TOKEN] = max(range(n), key=lambda i: result.kl[i])
+    place.change({keys.INSPECT_TOKEN: max(range(n), key=lambda i: result.kl[i])})
 pos = st.selectbox("Token", range(n), key=keys.INSPECT_TOKEN, help="or click a token in a strip below",
                    format_func=lambda i: f"{i}: {result.tokens[i]!r}  (KL {result.kl[i]:.3f})")
 readings = {base: result.base, finetuned: result.finetuned}
-forward, backward = data.persisting_partners(base, finetuned), data.persisting_partners(finetuned, base)
+forward, backward = reads.diff.persisting_partners(base, finetuned), reads.diff.persisting_partners(finetuned, base)
 options = [""] + [f"{arm}:{f}" for arm, reading in readings.items() for f in reading.active[pos][0][:15]]
-chosen = st.session_state.get(keys.INSPECT_FEATURE, "")
+chosen = place.kept(keys.INSPECT_FEATURE, "")
 if chosen and chosen not in options:
     options.append(chosen)  # chosen at another token: keep it
 acts_at = {f"{arm}:{f}": a for arm, r in readings.items() for f, a in zip(*r.active[pos])}
@@ -150,11 +150,11 @@ st.caption(f"KL {result.kl[pos]:.4f} nats · next token {following}"
 columns = st.columns(len(readings))
 for column, (arm, reading) in zip(columns, readings.items()):
     ids, acts = reading.active[pos]
-    tops = data.top_texts(arm, ids[:30])
+    tops = reads.features.top_texts(arm, ids[:30])
     column.markdown(f"**{arm}**: {len(ids)} features active")
     column.dataframe(pd.DataFrame({"feature": ids[:30], "activation": acts[:30],
                                    "top tokens": [tops.get(f, "") for f in ids[:30]],
-                                   "page": [f"/feature?arm={arm}&feature={f}" for f in ids[:30]]}),
+                                   "page": [place.feature_url(arm, f) for f in ids[:30]]}),
                      hide_index=True, width="stretch",
                      column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
 
@@ -162,7 +162,7 @@ st.subheader("Why here")
 st.caption("The features whose activation on this token differs most between the arms (a persisting pair, or a "
            "feature with no partner), and what each writes directly into the logit of the next token: activation × "
            "W_dec[f] @ W_U[:, next] through the final normalisation (the direct path only; later layers not counted).")
-rows = why_here((data.loaded_arm(base), data.loaded_arm(finetuned)), result, pos, forward, backward)
+rows = why_here((live.loaded_arm(base), live.loaded_arm(finetuned)), result, pos, forward, backward)
 st.dataframe(pd.DataFrame([{
     f"{base} feature": r.base_feature, f"{finetuned} feature": r.finetuned_feature,
     f"{base} act": r.base_act, f"{finetuned} act": r.finetuned_act, "Δ act": r.act_change,

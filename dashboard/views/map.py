@@ -3,13 +3,13 @@ near directions; a click opens the feature."""
 
 import streamlit as st
 
-from dashboard import charts, data, place
+from dashboard import charts, data, place, reads
 from dashboard import state_keys as keys
 from dashboard.feature_map import COLOUR_BY, map_points, picked_feature
 
 config = data.require_database()
 st.title("Feature map")
-pairs = data.query("pairs")
+pairs = reads.pairs.pairs()
 if not pairs:
     st.info("No map in this database: the map lays out a declared pair's two arms together, and the study "
             "declares no pair (`[[pairs]]`; by default every other arm against the first).")
@@ -19,9 +19,9 @@ place.restore_or_stop("map", fields)  # a link to a pair the study does not decl
 pair = st.columns([1, 3])[0].selectbox("Pair", pairs, format_func=lambda p: f"{p[0]} → {p[1]}", key=keys.MAP_PAIR,
                                        help="The study's declared pairs (`[[pairs]]`): both arms share one layout.")
 place.remember("map", fields)
-points = data.query("feature_map", pair)
+points = reads.neighbours.feature_map(pair)
 if points.empty:
-    notes = data.query("decoder_stage_notes", pair)
+    notes = reads.neighbours.decoder_stage_notes(pair)
     st.info(notes.get("map") or "No map in this database: it needs a two-arm study (the map lays out both arms' "
                                 "decoders together); run the precompute again (stage map).")
     st.stop()
@@ -35,4 +35,4 @@ event = st.plotly_chart(charts.feature_map(frame, COLOUR_BY[colour]), on_select=
                         key=keys.MAP_CHART, width="stretch")
 picked = picked_feature(event)
 if picked is not None:
-    st.switch_page("views/feature.py", query_params={"arm": picked[0], "feature": str(picked[1])})
+    place.switch_to(place.feature_link(*picked))

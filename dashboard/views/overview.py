@@ -2,13 +2,14 @@
 
 import streamlit as st
 
+from core.errors import StudyInputError
 from core.token_kinds import FIRST_TOKENS
-from dashboard import charts, data, widgets
+from dashboard import charts, data, place, reads, study, widgets
 
 
 def candidate_words(config) -> None:
     """Which medical words make the candidates, and how to take a generic one out of the vocabulary."""
-    words = data.candidate_word_table()
+    words = reads.features.candidate_word_table()
     with st.expander(f"Medical words behind the candidates ({len(words)} words)", expanded=True):
         st.caption("Per word: in how many of each arm's medical candidates it is among the words that made them "
                    "candidates (of the top tokens, or of the tokens they fire on, by the study's rule ³), and how many "
@@ -16,13 +17,13 @@ def candidate_words(config) -> None:
                    "made them one). Generic words that make many candidates inflate the count.")
         st.dataframe(words, hide_index=True, width="stretch", height=280)
         exclude = config.medical_vocabulary.exclude
-        command = f"python -m precompute run --config {data.config_path()}"
+        command = f"python -m precompute run --config {study.config_path()}"
         if exclude:
             st.markdown(f"To take a word out: add it (one per line) to `{exclude}` and run `{command}`. Only the "
                         "words and activations stages run again; the demo is not rebuilt.")
         else:
             st.markdown("To take words out: list them one per line in a file, set `exclude = \"that file\"` under "
-                        f"`[medical_vocabulary]` in `{data.config_path()}`, and run `{command}`.")
+                        f"`[medical_vocabulary]` in `{study.config_path()}`, and run `{command}`.")
 
 
 def perplexity_by_kind(report: dict) -> None:
@@ -52,9 +53,9 @@ def steering_table() -> None:
                 "feature passes when its steered text is closer to its tokens than the unsteered text from the same "
                 "seeds. Ours adds the control: it must also beat the same push along random directions of the same "
                 "norm (`steering.random_directions`), or a push in any direction would pass.")
-    table1 = data.query("steering_table")
+    table1 = reads.steering.steering_table()
     if table1.empty:
-        st.caption(f"Not run yet: `python -m precompute steer-eval --config {data.config_path()}`.")
+        st.caption(f"Not run yet: `python -m precompute steer-eval --config {study.config_path()}`.")
         return
     from core import paper
 
@@ -85,20 +86,20 @@ def steering_table() -> None:
 
 st.title("Overview")
 try:
-    config = data.study_config()
-except data.StudyInputError as err:
+    config = study.study_config()
+except StudyInputError as err:
     st.error(f"The study config cannot be read: {err}")
     st.stop()
 
 st.caption(f"Study **{config.name}** — {config.description or config.source_path}")
 start = st.columns(3)
-start[0].page_link("views/features.py", label="Browse the features", icon=":material/table_rows:")
-start[1].page_link("views/label.py", label="Label the medical candidates", icon=":material/label:")
-start[2].page_link("views/diff.py", label="What fine-tuning changed (model diff)", icon=":material/difference:")
+place.page_link(start[0], place.FEATURES, "Browse the features", icon=":material/table_rows:")
+place.page_link(start[1], place.LABEL, "Label the medical candidates", icon=":material/label:")
+place.page_link(start[2], place.DIFF, "What fine-tuning changed (model diff)", icon=":material/difference:")
 st.dataframe([{"arm": arm.name, "model": arm.model, "SAE": arm.sae_source} for arm in config.arms],
              hide_index=True, width="stretch")
 
-report = data.build_report(config)
+report = study.build_report(config)
 if report is not None:
     st.subheader("The fine-tune, as built (build-demo's report)")
     changes = data.perplexity_changes(report)
@@ -114,7 +115,7 @@ if report is not None:
 data.require_database()
 
 st.subheader("Features per arm")
-overview = data.arm_overview(config)
+overview = reads.study.arm_overview()
 widgets.by_arm(overview.drop(columns=["token_set", "dead_token_set"]), {
     "hook_name": ("hook", "{}"), "d_sae": ("features in the SAE", "{:,}"), "features": ("features", "{:,}"),
     "candidates": ("medical candidates ³", "{:,}"), "candidates_by_decoder": ("… by their top tokens", "{:,}"),
@@ -123,7 +124,7 @@ widgets.by_arm(overview.drop(columns=["token_set", "dead_token_set"]), {
     "dead_fraction": ("dead features, share ¹", "{:.1%}"), "l0": ("L0 ²", "{:.1f}"),
     "explained_variance": ("explained variance ²", "{:.3f}"), "ce_loss_recovered": ("CE loss recovered ²", "{:.3f}"),
     "n_tokens": ("tokens ²", "{:,.0f}")})
-on_tokens = {column: " / ".join(data.token_set_text(name) for name in overview[column].dropna().unique())
+on_tokens = {column: " / ".join(reads.study.token_set_text(name) for name in overview[column].dropna().unique())
              or "tokens not recorded" for column in ("dead_token_set", "token_set")}
 st.caption(f"¹ never fired on {on_tokens['dead_token_set']}. ² the quality stage, on {on_tokens['token_set']}"
            + ". The Model diff page measures on its own token set and says which. ³ this study's rule "
@@ -148,12 +149,12 @@ candidate_words(config)
 steering_table()
 left, right = st.columns(2)
 left.markdown("**Figure 1 · medical matches per feature**")
-left.plotly_chart(charts.match_histogram(data.query("match_counts")), key="figure1")
+left.plotly_chart(charts.match_histogram(reads.features.match_counts()), key="figure1")
 right.markdown("**Figure 2 · activations of the medical candidates** (non-zero, all tokens pooled)")
-right.plotly_chart(charts.candidate_activations(data.query("candidate_activation_histogram")), key="figure2")
+right.plotly_chart(charts.candidate_activations(reads.features.candidate_activation_histogram()), key="figure2")
 st.dataframe(tables["moments"], hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.4f")
                             for c in ("mean_act", "var_act", "paper mean", "paper var")})
 st.markdown("**Coherence of all scored features**")
-st.plotly_chart(charts.coherence_histogram(data.query("coherence_values")), key="coherence_histogram")
+st.plotly_chart(charts.coherence_histogram(reads.features.coherence_values()), key="coherence_histogram")
 st.caption(f"Paper: {tables['source']}.")

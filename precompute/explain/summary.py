@@ -1,9 +1,9 @@
 """The LLM summary of a pair, generated on request (the What changed page's button, or `python -m precompute explain
 --summary`) with the study's explainer backend and stored in the explanations database (never the features one).
 
-`pair_facts` reads what the What changed page shows from the features database through a `read(name, *args)`
-function (core.database.queries / pair_queries by name: the page passes its cached reads, the command line a
-connection's); `summarize_pair` asks the explainer once and saves the reply with the SAEs' fingerprints and the
+`pair_facts` reads what the What changed page shows from the features database through typed reads
+(core.database.fact_reads.PairFactReads: the page passes its cached reads, the command line a connection's);
+`summarize_pair` asks the explainer once and saves the reply with the SAEs' fingerprints and the
 facts' hash. A backend that fails raises BackendError (one line) and nothing is stored.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from core import database as db
 from core import explanations
 from core.change_summary import ControlFacts
 from core.config import ExplainConfig, StudyConfig
+from core.database.fact_reads import PairFactReads, on_connection
 from core.diff_control import controlled_counts, controlled_fates
 from core.errors import StudyInputError
 from core.explain.summary import (PROMPT_VERSION, FeatureFact, LensSite, RowFact, SummaryFacts, facts_hash,
@@ -29,7 +29,7 @@ from core.explain.summary import (PROMPT_VERSION, FeatureFact, LensSite, RowFact
 from precompute.explain.backends import BackendError, ChatBackend, backend_for, model_label
 
 logger = logging.getLogger(__name__)
-Read = Callable[..., Any]
+Read = PairFactReads
 SUMMARY_MAX_TOKENS = 400
 TOP_FEATURES, TOP_TOKENS, TOP_ROWS = 8, 10, 4
 ROW_BEFORE, ROW_AFTER = 24, 6  # tokens of a divergent row shown around its most divergent one
@@ -43,14 +43,8 @@ def explainer_name(config: ExplainConfig, backend: str | None = None) -> str:
 
 
 def database_reader(con: duckdb.DuckDBPyConnection) -> Read:
-    """read(name, *args) = core.database.queries.<name>(con, *args) (or pair_queries'); None for a missing table."""
-    def read(name: str, *args: Any) -> Any:
-        module = db.queries if hasattr(db.queries, name) else db.pair_queries
-        try:
-            return getattr(module, name)(con, *args)
-        except duckdb.CatalogException:
-            return None
-    return read
+    """The summary's reads on an open database; None for a missing table."""
+    return on_connection(con)
 
 
 def _text(value: Any) -> str | None:
@@ -62,14 +56,14 @@ def _float(value: Any) -> float | None:
 
 
 def _lens(read: Read, pair: tuple[str, str]) -> tuple[LensSite, ...]:
-    sites = read("lens_sites", pair)
+    sites = read.lens_sites(pair)
     if sites is None or sites.empty:
         return ()
     out = []
     for site in sites.itertuples():
         if not site.norm > 0:  # the models agree here: the lens has no direction to read
             continue
-        tokens = read("lens_tokens", pair, site.hook_name, site.kind, pair[1])
+        tokens = read.lens_tokens(pair, site.hook_name, site.kind, pair[1])
         top = tokens[tokens["direction"] == "top"].head(TOP_TOKENS)
         where = KIND_TEXT[site.kind].format(k=int(site.n_positions))
         out.append(LensSite(f"{site.hook_name} (layer {int(site.layer)}), {where}",
@@ -87,7 +81,7 @@ def _explained(explained: pd.DataFrame, arm: str) -> dict[int, str]:
 
 def _ranked(read: Read, pair: tuple[str, str], direction: str, control: str | None,
             explained: dict[int, str]) -> tuple[FeatureFact, ...]:
-    frame = read("changed_features", pair, direction, TOP_FEATURES, control)
+    frame = read.changed_features(pair, direction, TOP_FEATURES, control)
     if frame is None:
         return ()
     return tuple(FeatureFact(pair[0], int(r.feature), _text(r.fired_text) or _text(r.top_text) or "", float(r.change),
@@ -100,7 +94,7 @@ def _controlled(read: Read, pair: tuple[str, str], control: str | None, fdr: flo
     """The fates beyond the control (as the page's emerged section computes them) and b's emerged features beyond it."""
     if control is None:
         return None, ()
-    pair_rows, control_rows = read("fate_statistics", pair), read("fate_statistics", (pair[0], control))
+    pair_rows, control_rows = read.fate_statistics(pair), read.fate_statistics((pair[0], control))
     if pair_rows is None or control_rows is None or pair_rows.empty or control_rows.empty:
         return None, ()
     controlled = controlled_fates(pair_rows, control_rows, pair, control, fdr)
@@ -109,13 +103,13 @@ def _controlled(read: Read, pair: tuple[str, str], control: str | None, fdr: flo
                           *(int(count.loc[(pair[0], "disappear"), c]) for c in ("features", "beyond", "control")))
     emerged = controlled[(controlled["arm"] == pair[1]) & controlled["beyond"] & (controlled["status"] == "emerge")]
     emerged = emerged.sort_values(["q", "match_corr", "feature"]).head(TOP_FEATURES)
-    top = read("top_texts", pair[1], tuple(int(f) for f in emerged["feature"])) or {}
+    top = read.top_texts(pair[1], tuple(int(f) for f in emerged["feature"])) or {}
     return counts, tuple(FeatureFact(pair[1], int(r.feature), top.get(int(r.feature), ""), q=_float(r.q),
                                      explanation=explained.get(int(r.feature))) for r in emerged.itertuples())
 
 
 def _rows(read: Read, pair: tuple[str, str]) -> tuple[RowFact, ...]:
-    contexts = read("divergent_contexts", pair[0], pair[1], TOP_ROWS)
+    contexts = read.divergent_contexts(pair[0], pair[1], TOP_ROWS)
     if contexts is None:
         return ()
     rows = []
@@ -170,7 +164,7 @@ def summarize_study(config: StudyConfig, backend: str | None = None,
     with db.connect_read_only(target) as con:
         read = database_reader(con)
         fingerprints = dict(con.execute("SELECT arm, sae_fingerprint FROM arms").fetchall())
-        roles = read("pair_controls")
+        roles = read.pair_controls()
         explained = explanations.current_explanations(Path(config.explanations_db), config.name, fingerprints)
         facts = [pair_facts(read, pair, role["control"], config.diff.fdr, explained)
                  for pair, role in roles.items() if not role["controls"]]

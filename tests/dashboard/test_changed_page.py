@@ -73,7 +73,7 @@ def test_the_llm_summary_is_asked_for_stored_and_its_ids_linked(noisy_study, mon
     from openai_server import FakeOpenAI, serve
 
     with db.connect_read_only(Path(noisy_study.features_db)) as con:
-        riser = int(db.queries.changed_features(con, ("base", "finetuned"), "increase", 1)["feature"][0])
+        riser = int(db.changed_queries.changed_features(con, ("base", "finetuned"), "increase", 1)["feature"][0])
         fingerprints = dict(con.execute("SELECT arm, sae_fingerprint FROM arms").fetchall())
     monkeypatch.setenv("SAE_DIFF_CONFIG", _llm_config(noisy_study, "http://127.0.0.1:9/v1", "down.toml"))
     at = page("changed")
@@ -125,8 +125,8 @@ def test_explain_summary_on_the_command_line_reads_the_pages_facts(noisy_study, 
         fingerprints = dict(con.execute("SELECT arm, sae_fingerprint FROM arms").fetchall())
         explained = explanations.current_explanations(Path(noisy_study.explanations_db), "pair", fingerprints)
         facts = pair_facts(database_reader(con), pair, None, 0.05, explained)
-        sites = db.queries.lens_sites(con, pair)
-        risers = db.queries.changed_features(con, pair, "increase", 8)["feature"].tolist()
+        sites = db.changed_queries.lens_sites(con, pair)
+        risers = db.changed_queries.changed_features(con, pair, "increase", 8)["feature"].tolist()
         rows = db.pair_queries.divergent_contexts(con, *pair, 4)["row_index"].tolist()
     assert len(facts.lens) == int((sites["norm"] > 0).sum()) > 0
     assert all(len(site.tokens) == 10 for site in facts.lens)

@@ -42,7 +42,7 @@ def test_dead_and_rare_features_have_no_share_and_no_place_in_the_fate_tables(st
     from core import database as db
 
     with db.connect_read_only(study / "features.duckdb") as con:
-        shares = db.queries.diff_counts(con, ("base", "finetuned")).set_index(["arm", "status"])["share"]
+        shares = db.diff_queries.diff_counts(con, ("base", "finetuned")).set_index(["arm", "status"])["share"]
     assert shares["base", "persist"] == shares["base", "disappear"] == 0.5  # of 4 with a fate, not of 6
     assert shares["finetuned", "persist"] == pytest.approx(0.8) and pd.isna(shares["base", "dead"])
     emerged = table(at, "open")
@@ -64,24 +64,16 @@ def test_many_to_one_partners_and_the_one_to_one_assignment_show(study):
     assert persist.loc[("finetuned", 2), "n_partners"] == 1 and pd.isna(persist.loc[("finetuned", 2), "assigned_feature"])
 
 
-def test_the_matching_exports_as_csv_and_parquet(study, monkeypatch):
-    from dashboard import data
+def test_the_matching_exports_as_csv_and_parquet(study):
+    from dashboard import reads
 
-    monkeypatch.setattr(data, "query", lambda name, *args: _query(study, name, *args))
-    csv = pd.read_csv(io.BytesIO(data.matching_export(("base", "finetuned"), "csv")))
-    parquet = pd.read_parquet(io.BytesIO(data.matching_export(("base", "finetuned"), "parquet")))
+    csv = pd.read_csv(io.BytesIO(reads.diff.matching_export_file(("base", "finetuned"), "csv")))
+    parquet = pd.read_parquet(io.BytesIO(reads.diff.matching_export_file(("base", "finetuned"), "parquet")))
     assert len(csv) == len(parquet) == 12
     row = parquet[(parquet.arm == "base") & (parquet.feature == 0)].iloc[0]
     assert list(row.partners) == [0, 2, 3] and row.n_partners == 3 and row.one_to_one_match == 0
     assert csv[(csv.arm == "base") & (csv.feature == 0)].partners.iloc[0] == "0;2;3"
     assert csv[(csv.arm == "base") & (csv.feature == 1)].status.iloc[0] == "dead"
-
-
-def _query(study, name, *args):
-    from core import database as db
-
-    with db.connect_read_only(study / "features.duckdb") as con:
-        return getattr(db.queries, name)(con, *args)
 
 
 def test_the_feature_page_says_dead_or_too_rare_not_emerged(study):

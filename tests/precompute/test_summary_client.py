@@ -84,6 +84,7 @@ def test_pair_facts_read_the_control_as_the_page_does():
     current explanation; a database without the lens or the divergence stage gives no lens and no rows."""
     import pandas as pd
 
+    from core.database.fact_reads import PairFactReads
     from precompute.explain.summary import pair_facts
 
     def fates(arm_b, corrs, statuses):
@@ -100,13 +101,14 @@ def test_pair_facts_read_the_control_as_the_page_does():
                                                                 "control_change"]),
     }
 
-    def read(name, *args):
-        if name == "fate_statistics":
-            return tables[(name, args[0])]
-        if name == "changed_features":
-            assert args[0] == PAIR and args[3] == "ctrl"
-            return tables[(name, args[1])]
-        return {"top_texts": {3: "vein | artery"}, "lens_sites": pd.DataFrame()}.get(name)  # divergence: None
+    def changed(pair, direction, limit, control):
+        assert pair == PAIR and control == "ctrl"
+        return tables[("changed_features", direction)]
+
+    read = PairFactReads(lens_sites=lambda pair: pd.DataFrame(), lens_tokens=lambda *args: None,
+                         changed_features=changed, fate_statistics=lambda pair: tables[("fate_statistics", pair)],
+                         top_texts=lambda arm, features: {3: "vein | artery"},
+                         divergent_contexts=lambda *args: None, pair_controls=dict)  # divergence: None
 
     explained = pd.DataFrame({"arm": ["base", "finetuned"], "feature": [5, 3], "explanation": ["hearts", "vessels"]})
     facts = pair_facts(read, PAIR, "ctrl", 0.05, explained)
