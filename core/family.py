@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -152,8 +153,22 @@ class FamilyCounts:
     flows: tuple[tuple[str, str, int], ...]  # (source node, target node, count): the Sankey's links
 
 
-def family_counts(family: Family, sides: Sides, one_to_one: bool = False) -> FamilyCounts:
-    """Figure 2's counts from the four pairs' matching."""
+@dataclass(frozen=True)
+class Flow:
+    """One link of the Sankey: `count` features of `arm` (the ones listed in `features`) go from source to target."""
+
+    source: str
+    target: str
+    arm: str  # whose features the flow counts: the base's for base -> A, the merge's for A -> merge
+    features: np.ndarray  # int64 feature ids of `arm`
+
+    @property
+    def count(self) -> int:
+        return int(self.features.size)
+
+
+def family_flows(family: Family, sides: Sides, one_to_one: bool = False) -> dict[str, Any]:
+    """Every per-feature mask behind Figure 2 (bool arrays over each arm's features) and the Sankey's flows."""
     base_a, base_b = _side(sides, family.base, family.a), _side(sides, family.base, family.b)
     a_base, b_base = _side(sides, family.a, family.base), _side(sides, family.b, family.base)
     merge_a, merge_b = _side(sides, family.merge, family.a), _side(sides, family.merge, family.b)
@@ -164,19 +179,28 @@ def family_counts(family: Family, sides: Sides, one_to_one: bool = False) -> Fam
     # A merge feature persists from the base when a parent it is traced to came from the base itself.
     via_a_base = from_a & a_came[np.clip(parent_a, 0, None)]
     via_b_base = from_b & b_came[np.clip(parent_b, 0, None)]
-    traceable = from_a | from_b
-    from_base = via_a_base | via_b_base
     a, b, m = family.a, family.b, family.merge
-    flows = ((family.base, f"{a} (from base)", int(into_a.sum())), (family.base, f"{b} (from base)", int(into_b.sum())),
-             (f"{a} (from base)", m, int(via_a_base.sum())), (f"{a} (emerged)", m, int((from_a & ~via_a_base).sum())),
-             (f"{b} (from base)", m, int(via_b_base.sum())), (f"{b} (emerged)", m, int((from_b & ~via_b_base).sum())))
+    ids = np.flatnonzero
+    flows = (Flow(family.base, f"{a} (from base)", family.base, ids(into_a)),
+             Flow(family.base, f"{b} (from base)", family.base, ids(into_b)),
+             Flow(f"{a} (from base)", m, m, ids(via_a_base)), Flow(f"{a} (emerged)", m, m, ids(from_a & ~via_a_base)),
+             Flow(f"{b} (from base)", m, m, ids(via_b_base)), Flow(f"{b} (emerged)", m, m, ids(from_b & ~via_b_base)))
+    return {"into_a": into_a, "into_b": into_b, "a_came": a_came, "a_emerged": a_base.live & ~a_came,
+            "b_came": b_came, "b_emerged": b_base.live & ~b_came, "from_a": from_a, "from_b": from_b,
+            "from_base": via_a_base | via_b_base, "flows": flows,
+            "d_sae": {family.base: base_a.d_sae, a: a_base.d_sae, b: b_base.d_sae, m: merge_a.d_sae}}
+
+
+def family_counts(family: Family, sides: Sides, one_to_one: bool = False) -> FamilyCounts:
+    """Figure 2's counts from the four pairs' matching."""
+    f = family_flows(family, sides, one_to_one)
+    traceable = f["from_a"] | f["from_b"]
     return FamilyCounts(
-        one_to_one, {arm: side.d_sae for arm, side in ((family.base, base_a), (a, a_base), (b, b_base),
-                                                         (m, merge_a))},
-        int(into_a.sum()), int(into_b.sum()), int((into_a | into_b).sum()), int((into_a & into_b).sum()),
-        int(a_came.sum()), int((a_base.live & ~a_came).sum()), int(b_came.sum()), int((b_base.live & ~b_came).sum()),
-        int(from_a.sum()), int(from_b.sum()), int(traceable.sum()), int((from_a & from_b).sum()),
-        int(from_base.sum()), int((traceable & ~from_base).sum()), flows)
+        one_to_one, f["d_sae"], int(f["into_a"].sum()), int(f["into_b"].sum()), int((f["into_a"] | f["into_b"]).sum()),
+        int((f["into_a"] & f["into_b"]).sum()), int(f["a_came"].sum()), int(f["a_emerged"].sum()),
+        int(f["b_came"].sum()), int(f["b_emerged"].sum()), int(f["from_a"].sum()), int(f["from_b"].sum()),
+        int(traceable.sum()), int((f["from_a"] & f["from_b"]).sum()), int(f["from_base"].sum()),
+        int((traceable & ~f["from_base"]).sum()), tuple((flow.source, flow.target, flow.count) for flow in f["flows"]))
 
 
 def chains(family: Family, sides: Sides, one_to_one: bool = False) -> dict[str, np.ndarray]:

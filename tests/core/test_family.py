@@ -159,3 +159,13 @@ def test_sides_read_back_from_a_database(tmp_path):
     read = match_sides(con, family)
     assert counts_tuple(family_counts(family, read)) == counts_tuple(family_counts(FAMILY, SIDES))
     assert counts_tuple(family_counts(family, read, True)) == counts_tuple(family_counts(FAMILY, SIDES, True))
+
+
+def test_flows_list_the_features_they_count():
+    from core.family import family_flows
+
+    flows = {(f.source, f.target): f for f in family_flows(FAMILY, SIDES)["flows"]}
+    assert list(flows[("base", "A (from base)")].features) == [0, 1, 3, 5]
+    assert flows[("base", "A (from base)")].arm == "base"
+    assert list(flows[("A (emerged)", "M")].features) == [1, 3] and flows[("A (emerged)", "M")].arm == "M"
+    assert list(flows[("B (from base)", "M")].features) == [0, 2, 3]
