@@ -23,6 +23,8 @@ MATCHES = {0: 2, 1: 3, 2: 0, 3: 0, 4: 2, 5: 0}  # candidates: 0, 1, 4
 COHERENCE = {0: 0.5, 1: 0.7, 2: 0.2, 3: None, 4: 0.3, 5: 0.6}
 DENSITY = {0: 0.01, 1: 0.002, 2: 0.3, 3: 0.0, 4: 0.05, 5: 0.0001}
 FINGERPRINT = {"base": "fp-base", "finetuned": "fp-finetuned"}
+# The domains stage: mean activation on medical text over general text (general 0.1 each; feature 3 never fires).
+MEDICAL_RATIO = {0: 4.0, 1: 8.0, 2: 0.5, 3: None, 4: 2.0, 5: 1.0}
 
 
 # The model diff (write_tiny_db(..., pair=True)), on a token set of 2 + 2 rows of 16 tokens from two files.
@@ -94,6 +96,11 @@ def _write_arm_stages(con, arm: str) -> None:
                          "acts": [[0.0, float(f + 1), 0.1] for f in range(D_SAE)]})
     _write(con, arm, "activations", {"feature_activations": acts, "histograms": hist, "contexts": contexts,
                                      **_fired_tokens(arm, n_fired)}, token_set="corpus")
+    general = [0.0 if MEDICAL_RATIO[f] is None else 0.1 for f in range(D_SAE)]
+    domains = _per_feature("feature_domains", arm, mean_act_general=general,
+                           mean_act_medical=[0.1 * (MEDICAL_RATIO[f] or 0.0) for f in range(D_SAE)],
+                           medical_ratio=[MEDICAL_RATIO[f] for f in range(D_SAE)])
+    _write(con, arm, "domains", {"feature_domains": domains})
     _write(con, arm, "quality", {}, {"explained_variance": 0.9, "l0": 12.0, "ce_loss_recovered": 0.95,
                                      "n_tokens": 1500}, token_set="corpus")
 

@@ -56,7 +56,7 @@ class FeatureField:
 
 # Per-feature tables (one row per arm and feature; keyed by arm, written by one arm stage each), in the view's join
 # order: the first two are joined in full (a feature scored by one stage and not the other still shows).
-FEATURE_TABLES = ("feature_words", "feature_activations")
+FEATURE_TABLES = ("feature_words", "feature_activations", "feature_domains")
 MATCHES = "feature_matches"  # the pair table whose fate columns the view takes from the arm's first pair
 
 FIELDS: tuple[FeatureField, ...] = (
@@ -86,6 +86,13 @@ FIELDS: tuple[FeatureField, ...] = (
     FeatureField("med_fired", _I64, "feature_activations"),
     FeatureField("llr", _F64, "feature_activations", label="LLR medical", format="%.2f", sort=7,
                  help="log P(medical token | fires) / P(medical token)"),
+    # domains (precompute/stages/domains.py): mean activation per token (zeros included) on medical and on general
+    # text, the corpus files whose name says "medical" against the others, on the quality stage's even sample
+    FeatureField("mean_act_medical", _F64, "feature_domains", format="%.3f"),
+    FeatureField("mean_act_general", _F64, "feature_domains", format="%.3f"),
+    FeatureField("medical_ratio", _F64, "feature_domains", label="medical / general", format="%.2f", filter="range",
+                 sort=9, header=True, help="its mean activation on medical text over that on general text (zeros "
+                                           "included); inf: it fires on medical text only"),
     # the fate in the arm's first declared pair (core.matching), from the matching stage's feature_matches
     FeatureField("match_arm", _S, MATCHES),
     FeatureField("match_feature", _I32, MATCHES),

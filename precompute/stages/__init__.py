@@ -7,11 +7,11 @@ one line below. `--only`, the stage keys, the tables a stage clears and the writ
 from __future__ import annotations
 
 from precompute.stage import Stage
-from precompute.stages import (activations, change, divergence, feature_map, matching, neighbours, projection, quality,
-                               similarity, transfer, words)
+from precompute.stages import (activations, change, divergence, domains, feature_map, matching, neighbours, projection,
+                               quality, similarity, transfer, words)
 
 REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
-    projection.STAGE, activations.STAGE, words.STAGE, quality.STAGE, neighbours.STAGE,
+    projection.STAGE, activations.STAGE, words.STAGE, quality.STAGE, domains.STAGE, neighbours.STAGE,
     similarity.STAGE, transfer.STAGE, matching.STAGE, divergence.STAGE, change.STAGE, neighbours.CROSS_STAGE,
     feature_map.STAGE,
 )}
