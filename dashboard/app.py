@@ -28,5 +28,9 @@ pages = [
     st.Page(str(PAGES / "steer.py"), title="Steer", icon=":material/tune:", url_path="steer"),
     st.Page(str(PAGES / "diff.py"), title="Model diff", icon=":material/difference:", url_path="diff"),
     st.Page(str(PAGES / "map.py"), title="Map", icon=":material/scatter_plot:", url_path="map"),
+    st.Page(str(PAGES / "family.py"), title="Family", icon=":material/family_history:", url_path="family"),
 ]
+from dashboard.labels_widgets import annotator_sidebar  # noqa: E402
+
+annotator_sidebar()  # who is labelling, on every page (kept in the URL)
 st.navigation(pages).run()

@@ -42,6 +42,11 @@ COMPARE_RIGHT_FEATURE = "compare_right_feature"
 
 # Label page
 LABEL_QUEUE_ARM = "label_queue_arm"
+LABEL_QUEUE_MODE = "label_queue_mode"  # first pass, second pass (what this annotator has not labelled), adjudication
+LABEL_QUEUE_SHOWN = "label_queue_shown"  # the feature the queue shows this session, kept until it saves a label
+
+# Sidebar (every page)
+ANNOTATOR = "annotator"  # who is labelling: the name labels are saved under (also the URL's ?annotator=)
 
 # Steer page
 STEER_ARM = "steer_arm"

@@ -41,11 +41,12 @@ def medical_matches(row: dict) -> str:
     return {"fired": f"{fired} fired", "both": f"{top} top · {fired} fired"}.get(row.get("candidate_by"), str(top))
 
 
-def feature_header(row: dict, arm: str, feature: int, compact: bool = False) -> None:
-    """The feature's numbers: a row of metrics, or one line when space is short (side by side)."""
-    label = data.feature_label(arm, feature)
+def feature_header(row: dict, arm: str, feature: int, compact: bool = False, team_label: bool = True) -> None:
+    """The feature's numbers: a row of metrics, or one line when space is short (side by side). team_label=False
+    hides the team's label (a second pass judges without seeing it)."""
+    label = data.feature_label(arm, feature) if team_label else None
     numbers = {f.label: medical_matches(row) if f.name == "med_matches" else f.text(row.get(f.name)) for f in HEADER}
-    numbers["label"] = LABEL_NAMES[label["label"]] if label else "—"
+    numbers["label"] = LABEL_NAMES[label["label"]] if label else "—" if team_label else "hidden"
     measured_on = reads.study.token_set_text(reads.study.stage_token_sets().get(f"{arm}/activations"))
     if compact:
         st.markdown(" · ".join(f"{name} **{value}**" for name, value in numbers.items()))
@@ -218,48 +219,14 @@ def fires_most_on(fired) -> None:
 
 
 def label_form(arm: str, feature: int) -> bool:
-    """Medical / not medical / unsure and a note; returns True when a label was saved (the caller reruns, so the
-    header shows it at once). A form: the choice and the note are sent together when Save is clicked, so what is
-    stored is what the form shows however fast one types and clicks; Enter in the note does not submit (a second
-    click on Save would store the label twice). An unlabelled feature opens with no choice made."""
-    current = data.feature_label(arm, feature)
-    suffix = f"_{arm}_{feature}"
-    options = list(LABEL_NAMES)
-    with st.form(keys.LABEL_FORM + suffix, border=False, enter_to_submit=False):
-        choice = st.radio("Label", options, format_func=LABEL_NAMES.get, horizontal=True,
-                          key=keys.LABEL_CHOICE + suffix, index=options.index(current["label"]) if current else None)
-        note = st.text_input("Note", value=current["note"] if current and current["note"] else "",
-                             key=keys.LABEL_NOTE + suffix)
-        submitted = st.form_submit_button("Save label", type="primary", key=keys.LABEL_SAVE + suffix)
-    if not submitted:
-        return False
-    if choice is None:
-        st.warning("Choose medical, not medical or unsure, then save.")
-        return False
-    try:
-        event = data.save_label(arm, feature, choice, note)
-    except data.LabelWriteError as err:
-        st.error(f"The label was not saved: {err}. Your choice and note are kept; try again.")
-        return False
-    st.session_state[keys.LAST_LABEL_EVENT] = {"id": event, "arm": arm, "feature": feature, "label": choice}
-    st.toast(f"Saved: {arm} #{feature} is {LABEL_NAMES[choice]}")
-    return True
+    """The label form, saved under the session's annotator (dashboard.labels_widgets.label_form); True when saved."""
+    from dashboard import labels_widgets  # here, not at the top: labels_widgets imports this module
+
+    return labels_widgets.label_form(arm, feature)
 
 
 def undo_button() -> None:
-    """Undo this session's last saved label (the feature's previous label shows again, in the header and in its
-    form)."""
-    event = st.session_state.get(keys.LAST_LABEL_EVENT)
-    text = "Undo last label" if event is None else (
-        f"Undo last label ({event['arm']} #{event['feature']} is {LABEL_NAMES[event['label']]})")
-    if st.button(text, disabled=event is None, key=keys.LABEL_UNDO):
-        try:
-            data.undo_label(event["id"])
-        except data.LabelWriteError as err:
-            st.error(f"Undo failed: {err}")
-            return
-        st.session_state[keys.LAST_LABEL_EVENT] = None
-        suffix = f"_{event['arm']}_{event['feature']}"
-        for key in (keys.LABEL_CHOICE + suffix, keys.LABEL_NOTE + suffix):  # the form re-reads the label now current
-            st.session_state.pop(key, None)
-        st.rerun()
+    """Undo this session's last saved label (dashboard.labels_widgets.undo_button)."""
+    from dashboard import labels_widgets  # here, not at the top: labels_widgets imports this module
+
+    labels_widgets.undo_button()

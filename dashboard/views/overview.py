@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.errors import StudyInputError
 from core.token_kinds import FIRST_TOKENS
-from dashboard import charts, data, place, reads, study, widgets
+from dashboard import charts, data, labels_widgets, place, reads, study, widgets
 
 
 def candidate_words(config) -> None:
@@ -145,6 +145,7 @@ st.markdown("**Medical features** (by this study's rule, ³ above; the paper's i
 st.dataframe(tables["candidates"], hide_index=True, width="stretch",
              column_config={"share": st.column_config.NumberColumn(format="percent"),
                             "paper share": st.column_config.NumberColumn(format="percent")})
+labels_widgets.label_counts_section()  # by the team's stated rule, as Table 2's "labelled medical"
 candidate_words(config)
 steering_table()
 left, right = st.columns(2)

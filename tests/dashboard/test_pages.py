@@ -63,7 +63,7 @@ def test_compare_is_prefilled_from_the_feature_page_and_counts_shared_tokens(stu
 
 
 def test_a_label_saved_on_the_label_page_survives_a_rebuild_of_the_features_database(study):
-    at = page("label")
+    at = page("label", annotator="ann")
     assert not at.exception
     assert at.subheader[0].value == "base · feature 1"  # most matches first
     at.radio(key="label_choice_base_1").set_value("medical")
@@ -80,7 +80,7 @@ def test_a_label_saved_on_the_label_page_survives_a_rebuild_of_the_features_data
 
 
 def test_undo_brings_the_feature_back_to_the_queue(study):
-    at = page("label")
+    at = page("label", annotator="ann")
     at.radio(key="label_choice_base_1").set_value("medical")
     at.button(key="label_save_base_1").click().run()
     assert at.subheader[0].value == "base · feature 0"
@@ -109,7 +109,7 @@ def test_a_label_that_cannot_be_written_says_so_and_keeps_the_input(study, monke
         raise labels_db.LabelWriteError("disk full")
 
     monkeypatch.setattr(labels_db, "save_label", refuse)
-    at = page("label")
+    at = page("label", annotator="ann")
     at.radio(key="label_choice_base_1").set_value("unsure")
     at.text_input(key="label_note_base_1").set_value("looks like lungs")
     at.button(key="label_save_base_1").click().run()
