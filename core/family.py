@@ -159,6 +159,7 @@ class Flow:
 
     source: str
     target: str
+    start: str  # the arm the flow leaves (its share is of this arm's features)
     arm: str  # whose features the flow counts: the base's for base -> A, the merge's for A -> merge
     features: np.ndarray  # int64 feature ids of `arm`
 
@@ -181,10 +182,12 @@ def family_flows(family: Family, sides: Sides, one_to_one: bool = False) -> dict
     via_b_base = from_b & b_came[np.clip(parent_b, 0, None)]
     a, b, m = family.a, family.b, family.merge
     ids = np.flatnonzero
-    flows = (Flow(family.base, f"{a} (from base)", family.base, ids(into_a)),
-             Flow(family.base, f"{b} (from base)", family.base, ids(into_b)),
-             Flow(f"{a} (from base)", m, m, ids(via_a_base)), Flow(f"{a} (emerged)", m, m, ids(from_a & ~via_a_base)),
-             Flow(f"{b} (from base)", m, m, ids(via_b_base)), Flow(f"{b} (emerged)", m, m, ids(from_b & ~via_b_base)))
+    flows = (Flow(family.base, f"{a} (from base)", family.base, family.base, ids(into_a)),
+             Flow(family.base, f"{b} (from base)", family.base, family.base, ids(into_b)),
+             Flow(f"{a} (from base)", m, a, m, ids(via_a_base)),
+             Flow(f"{a} (emerged)", m, a, m, ids(from_a & ~via_a_base)),
+             Flow(f"{b} (from base)", m, b, m, ids(via_b_base)),
+             Flow(f"{b} (emerged)", m, b, m, ids(from_b & ~via_b_base)))
     return {"into_a": into_a, "into_b": into_b, "a_came": a_came, "a_emerged": a_base.live & ~a_came,
             "b_came": b_came, "b_emerged": b_base.live & ~b_came, "from_a": from_a, "from_b": from_b,
             "from_base": via_a_base | via_b_base, "flows": flows,

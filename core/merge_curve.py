@@ -8,14 +8,19 @@ base model's accuracies on both domains are kept beside the curve as its baselin
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.errors import StudyInputError
+
+
+CURVE_FILE = "slerp_curve.json"  # beside the merged model
 
 
 def t_grid(step: float = 0.1) -> list[float]:
@@ -108,3 +113,15 @@ def next_token_accuracy(model: torch.nn.Module, rows: torch.Tensor, device: str 
     if not count:
         raise StudyInputError("no held-out token to score: the domain's held-out rows are empty")
     return right / count
+
+
+def write_curve(curve: SlerpCurve, folder: Path) -> Path:
+    path = Path(folder) / CURVE_FILE
+    path.write_text(json.dumps(curve.to_dict(), indent=1) + "\n")
+    return path
+
+
+def read_curve(folder: Path) -> SlerpCurve | None:
+    """The curve stored beside a merged model, or None where the folder holds none (a merge made elsewhere)."""
+    path = Path(folder) / CURVE_FILE
+    return SlerpCurve.from_dict(json.loads(path.read_text())) if path.is_file() else None

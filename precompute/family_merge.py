@@ -4,7 +4,6 @@ the accuracy and the choice core.merge_curve."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -14,11 +13,9 @@ from pathlib import Path
 import torch
 
 from core.merge import check_mergeable, slerp_merge
-from core.merge_curve import SlerpCurve, next_token_accuracy, t_grid
+from core.merge_curve import SlerpCurve, next_token_accuracy, t_grid, write_curve
 
 logger = logging.getLogger(__name__)
-
-CURVE_FILE = "slerp_curve.json"
 
 
 def _accuracies(folder: Path, rows_a: torch.Tensor, rows_b: torch.Tensor, device: str, batch_size: int,
@@ -65,15 +62,3 @@ def merge_at_equal_accuracy(model_a: Path, model_b: Path, out: Path, rows_a: tor
     slerp_merge(model_a, model_b, curve.chosen.t, out)
     write_curve(curve, out)
     return curve
-
-
-def write_curve(curve: SlerpCurve, folder: Path) -> Path:
-    path = Path(folder) / CURVE_FILE
-    path.write_text(json.dumps(curve.to_dict(), indent=1) + "\n")
-    return path
-
-
-def read_curve(folder: Path) -> SlerpCurve | None:
-    """The curve stored beside a merged model, or None where the folder holds none (a merge made elsewhere)."""
-    path = Path(folder) / CURVE_FILE
-    return SlerpCurve.from_dict(json.loads(path.read_text())) if path.is_file() else None

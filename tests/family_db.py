@@ -33,3 +33,25 @@ def write_family_db(path: Path, rows: list[tuple], pairs=FAMILY_PAIRS, d_sae=D_S
                        {"threshold": 0.8}, owns=("feature_matches", "match_pairs"))
     db.publish(con, path)
     return path
+
+
+# The proxy test's stored facts: a corpus of 1,000 tokens per arm where "=" (id 7) is 20; merge #3 puts 60 of its
+# 70 activation on "=" (LLR ln(0.857 / 0.02) = 3.758), A #4 30 of 60 (ln(0.5 / 0.02) = 3.219), B #0 none (-inf).
+PROXY_FIRED = {("M", 3): ([(7, "=", 20, 60.0), (11, " x", 1, 1.0)], 70.0), ("A", 4): ([(7, "=", 10, 30.0)], 60.0),
+               ("B", 0): ([(12, "y", 5, 5.0)], 5.0)}
+UNIGRAM = [(7, "=", 20), (11, " x", 20), (12, "y", 960)]
+
+
+def write_proxy_facts(path: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    for (arm, feature), (fired, total) in PROXY_FIRED.items():
+        con.execute("INSERT INTO feature_activations (arm, feature, sum_act) VALUES (?, ?, ?)", [arm, feature, total])
+        for rank, (token_id, token, count, act) in enumerate(fired):
+            con.execute("INSERT INTO fired_tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [arm, feature, rank, token_id, token, count, act])
+    for arm in D_SAE:
+        for token_id, token, count in UNIGRAM:
+            con.execute("INSERT INTO unigram VALUES (?, ?, ?, ?)", [arm, token_id, token, count])
+    con.close()

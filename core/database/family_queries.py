@@ -37,3 +37,19 @@ def match_sides(con: duckdb.DuckDBPyConnection, family: Family) -> Sides:
             if rows:
                 sides[(arm, other)] = match_side(*zip(*rows), d_sae=arm_d_sae(con, arm))
     return sides
+
+
+def proxy_inputs(con: duckdb.DuckDBPyConnection, arm: str, feature: int,
+                 tokens: tuple[str, ...]) -> dict[str, object]:
+    """What core.proxy_test.llr_from_fired_tokens needs for `arm`'s `feature` and a hypothesis given as token texts
+    (as the unigram table writes them, e.g. " ="): the feature's stored top fired tokens (id, summed activation),
+    its total activation, the hypothesis tokens' ids and corpus counts, and the corpus's token count."""
+    fired = con.execute("SELECT token_id, sum_act FROM fired_tokens WHERE arm = ? AND feature = ? ORDER BY rank",
+                        [arm, int(feature)]).fetchall()
+    total = con.execute("SELECT sum_act FROM feature_activations WHERE arm = ? AND feature = ?",
+                        [arm, int(feature)]).fetchone()
+    unigram = con.execute("SELECT token_id, count FROM unigram WHERE arm = ? AND list_contains(?, token)",
+                          [arm, list(tokens)]).fetchall()
+    n_tokens = con.execute("SELECT sum(count) FROM unigram WHERE arm = ?", [arm]).fetchone()
+    return {"fired": [(int(t), float(a)) for t, a in fired], "act_total": float(total[0] or 0) if total else 0.0,
+            "unigram": {int(t): int(c) for t, c in unigram}, "n_tokens": int(n_tokens[0] or 0)}

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.merge_curve import equal_accuracy_t, next_token_accuracy
-from precompute.family_merge import CURVE_FILE, merge_at_equal_accuracy, read_curve
+from core.merge_curve import CURVE_FILE, read_curve
+from precompute.family_merge import merge_at_equal_accuracy
 from tests.factories import build_gpt2_folder, byte_tokenizer
 
 pytest.importorskip("mergekit", reason="pip install -r requirements-models.txt")
