@@ -58,16 +58,18 @@ def test_two_annotators_in_two_sessions_keep_their_own_labels_and_the_second_pas
 
 
 def test_two_sessions_saving_at_the_same_time_lose_nothing(study):
-    """ann and bob each label the three base candidates on the Feature page, in two threads at once."""
-    sessions = {name: [page("feature", arm="base", feature=f, annotator=name) for f in (0, 1, 4)]
-                for name in ("ann", "bob")}
+    """ann and bob go through their second pass of the base candidates (1, 0, 4: the queue hides only their own
+    labels, so each meets all three whatever the other does), in two threads at once."""
+    sessions = {name: page("label", annotator=name, queue="second") for name in ("ann", "bob")}
     choice = {"ann": "medical", "bob": "not_medical"}
     errors, start = [], threading.Barrier(2)
 
     def label_all(name: str) -> None:
         try:
             start.wait()
-            for at, feature in zip(sessions[name], (0, 1, 4)):
+            at = sessions[name]
+            for feature in (1, 0, 4):
+                assert at.subheader[0].value == f"base · feature {feature}", name
                 label_on_page(at, feature, choice[name])
                 assert not at.exception and not at.error, name
         except Exception as err:  # noqa: BLE001 - collected and asserted below
