@@ -125,8 +125,9 @@ Sides = Mapping[tuple[str, str], MatchSide]  # (arm, match_arm) -> that arm's fe
 
 def _side(sides: Sides, arm: str, other: str) -> MatchSide:
     if (arm, other) not in sides:
-        raise StudyInputError(f"no matching of {arm} against {other}: declare the pair and run the precompute's "
-                              "matching stage")
+        raise StudyInputError(f"no matching of {arm} against {other} in this database: the pair's matching stage "
+                              "has not run, or was skipped (arms that share no tokenizer cannot be matched token by "
+                              "token); declare the pair and run the precompute")
     return sides[(arm, other)]
 
 

@@ -24,6 +24,8 @@ def write_family_db(path: Path, rows: list[tuple], pairs=FAMILY_PAIRS, d_sae=D_S
     db.write_pairs(con, list(pairs))
     for earlier, later in pairs:
         mine = [r for r in rows if {r[0], r[2]} == {earlier, later}]
+        if not mine:  # the pair's matching did not run (or was skipped)
+            continue
         table = pa.Table.from_pylist([
             {"arm_a": earlier, "arm_b": later, "arm": arm, "feature": f, "match_arm": other, "match_feature": match,
              "match_corr": corr, "status": status, "n_fired": 0 if status == "dead" else 50, "n_partners": 1,

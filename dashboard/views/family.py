@@ -5,6 +5,7 @@ with the proxy test (Appendix D) in every arm it reaches."""
 import pandas as pd
 import streamlit as st
 
+from core.errors import StudyInputError
 from dashboard import data, family_data, place
 
 data.require_database()
@@ -23,7 +24,11 @@ family = left.selectbox("Family", found, key=family_data.FAMILY_PICK,
 one_to_one = right.toggle("One-to-one (the assignment)", key=family_data.FAMILY_ONE_TO_ONE,
                           help="Best matches can be many-to-one: one base feature the best match of several. The "
                                "assignment keeps one partner each, with the largest total correlation.")
-counts = family_data.counts(family, one_to_one)
+try:
+    counts = family_data.counts(family, one_to_one)
+except StudyInputError as err:  # a pair without its matching (not run, or arms that share no tokenizer)
+    st.info(str(err))
+    st.stop()
 
 cols = st.columns(4)
 cols[0].metric(f"{family.base} features persisting into {family.a} or {family.b}", f"{counts.base_into_either:,}",

@@ -140,7 +140,7 @@ def test_an_arm_not_in_the_study_is_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(StudyInputError, match="needs the pairs A -> M"):
         FAMILY.check(["base", "A", "B", "M"], [("base", "A"), ("base", "B"), ("B", "M")])
-    with pytest.raises(StudyInputError, match="no matching of M against A"):
+    with pytest.raises(StudyInputError, match="no matching of M against A in this database"):
         family_counts(FAMILY, {k: v for k, v in SIDES.items() if k != ("M", "A")})
     with pytest.raises(StudyInputError, match="not in the family"):
         lineage(FAMILY, SIDES, "other", 0)

@@ -123,3 +123,16 @@ def test_the_page_guards_a_missing_database(family_study):
     (family_study / "features.duckdb").unlink()
     at = page("family")
     assert not at.exception and "No features database yet" in at.info[0].value
+
+
+def test_a_pair_without_matching_is_one_line(tmp_path, monkeypatch):
+    # code -> merge was skipped (say its arms share no tokenizer): no feature_matches rows for it
+    arms = [{"name": name, "model": f"m/{name}", "sae_path": f"s/{name}"} for name in ("base", "A", "B", "M")]
+    config = tmp_path / "study.toml"
+    config.write_text(study_toml(arms, features_db=str(tmp_path / "features.duckdb"),
+                                 labels_db=str(tmp_path / "labels.duckdb")))
+    monkeypatch.setenv("SAE_DIFF_CONFIG", str(config))
+    write_family_db(tmp_path / "features.duckdb", [r for r in ROWS if {r[0], r[2]} != {"B", "M"}])
+    at = page("family")
+    assert not at.exception and len(at.info) == 1
+    assert at.info[0].value.startswith("no matching of M against B in this database")
