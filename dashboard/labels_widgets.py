@@ -38,6 +38,17 @@ def annotator_sidebar() -> None:
     st.session_state[_URL_SEEN] = name or None
 
 
+def _suffix(arm: str, feature: int, adjudicate: bool) -> str:
+    """The label form's widget keys end with this (two forms on one page do not collide)."""
+    return f"_{arm}_{feature}" + ("_adjudicate" if adjudicate else "")
+
+
+def save_pending(arm: str, feature: int, adjudicate: bool = False) -> bool:
+    """Whether this run carries a click on that feature's Save, which its form (drawn later in the run) will
+    store: a queue must draw that form again even if another annotator's label moved the queue on meanwhile."""
+    return bool(st.session_state.get(keys.LABEL_SAVE + _suffix(arm, feature, adjudicate)))
+
+
 def label_form(arm: str, feature: int, adjudicate: bool = False) -> bool:
     """Medical / not medical / unsure and a note, saved as this session's annotator (adjudicate: as the feature's
     adjudication); returns True when a label was saved (the caller reruns, so the header shows it at once). A form:
@@ -45,7 +56,7 @@ def label_form(arm: str, feature: int, adjudicate: bool = False) -> bool:
     however fast one types and clicks; Enter in the note does not submit (a second click would store it twice). It
     opens on this annotator's own label: another annotator's is not suggested (labels stay independent)."""
     current = labels_data.own_label(arm, feature, adjudicate)
-    suffix = f"_{arm}_{feature}" + ("_adjudicate" if adjudicate else "")
+    suffix = _suffix(arm, feature, adjudicate)
     options = list(LABEL_NAMES)
     with st.form(keys.LABEL_FORM + suffix, border=False, enter_to_submit=False):
         choice = st.radio("Adjudicated label" if adjudicate else "Label", options, format_func=LABEL_NAMES.get,
@@ -87,7 +98,6 @@ def undo_button() -> None:
             st.error(f"Undo failed: {err}")
             return
         st.session_state[keys.LAST_LABEL_EVENT] = None
-        st.session_state[keys.LABEL_QUEUE_SHOWN] = None  # the Label queue shows the feature undone, if next
         suffix = event.get("suffix", f"_{event['arm']}_{event['feature']}")
         for key in (keys.LABEL_CHOICE + suffix, keys.LABEL_NOTE + suffix):  # the form re-reads the label now current
             st.session_state.pop(key, None)

@@ -21,10 +21,13 @@ def parse_queue(text: str, _place: dict) -> str:
 
 
 def pinned(arm: str, queue: str) -> int | None:
-    """The feature this session's queue showed last, if on this arm and queue: it stays until this session saves a
-    label, so another annotator's save of it (the queue then moves on) cannot take it away mid-judgement."""
+    """The feature this session's queue showed last when this run saves a label of it: the queue would otherwise
+    have moved on if another annotator labelled it meanwhile, its form would not be drawn, and the save be lost."""
     held = place.kept(keys.LABEL_QUEUE_SHOWN)
-    return held["feature"] if held and (held["arm"], held["queue"]) == (arm, queue) else None
+    if held and (held["arm"], held["queue"]) == (arm, queue) and \
+            labels_widgets.save_pending(arm, held["feature"], adjudicate=queue == "adjudicate"):
+        return held["feature"]
+    return None
 
 
 def show(arm: str, queue: str, feature: int, row: dict) -> None:
@@ -41,7 +44,6 @@ def show(arm: str, queue: str, feature: int, row: dict) -> None:
         widgets.contexts_block(reads.features.feature_contexts(arm, feature, "top"), float(row.get("max_act") or 0),
                                limit=5)
         if labels_widgets.label_form(arm, feature, adjudicate=queue == "adjudicate"):
-            place.keep(keys.LABEL_QUEUE_SHOWN, None)  # saved: the queue moves on
             st.rerun()
 
 

@@ -39,12 +39,14 @@ def team(study: Path) -> dict[int, tuple[str, str]]:
 
 def test_two_annotators_in_two_sessions_keep_their_own_labels_and_the_second_pass_hides_only_mine(study):
     """tiny_db's base queue: candidates 1 (3 matches), 0 and 4 (2, coherence 0.5 > 0.3)."""
-    ann, bob = page("label", annotator="ann"), page("label", annotator="bob")
-    assert ann.subheader[0].value == bob.subheader[0].value == "base · feature 1"
+    ann, bob, cy = (page("label", annotator=name) for name in ("ann", "bob", "cy"))
+    assert ann.subheader[0].value == bob.subheader[0].value == cy.subheader[0].value == "base · feature 1"
     label_on_page(ann, 1, "medical")
     assert ann.subheader[0].value == "base · feature 0"  # first pass: no one labelled it
     label_on_page(bob, 1, "unsure")  # bob's page still showed feature 1: his label is saved beside ann's
     assert team(study) == {1: ("unsure", "tie")}
+    assert bob.subheader[0].value == "base · feature 0"
+    assert cy.run().subheader[0].value == "base · feature 0"  # cy saved nothing: her first pass moves on
     bob.radio(key="label_queue_mode").set_value("second").run()
     assert bob.subheader[0].value == "base · feature 0"  # bob labelled 1; 0 is next for him
     ann.radio(key="label_queue_mode").set_value("second").run()
