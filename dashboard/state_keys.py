@@ -43,7 +43,7 @@ COMPARE_RIGHT_FEATURE = "compare_right_feature"
 # Label page
 LABEL_QUEUE_ARM = "label_queue_arm"
 LABEL_QUEUE_MODE = "label_queue_mode"  # first pass, second pass (what this annotator has not labelled), adjudication
-LABEL_QUEUE_SHOWN = "label_queue_shown"  # the feature the queue shows this session, kept until it saves a label
+LABEL_QUEUE_SHOWN = "label_queue_shown"  # the feature the queue showed last (drawn again for a pending save)
 
 # Sidebar (every page)
 ANNOTATOR = "annotator"  # who is labelling: the name labels are saved under (also the URL's ?annotator=)
