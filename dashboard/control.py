@@ -20,7 +20,7 @@ NO_CONTROL = ("No control is declared for this pair, so nothing below separates 
 def control_section(pair: tuple[str, str], roles: dict[str, str | None], fdr: float,
                     threshold: float) -> pd.DataFrame | None:
     """Draw the lead; return the pair's features with stat, exceedance, q, beyond (None: no control to read).
-    `roles`: the pair's {"control", "controls"} (`queries.pair_controls`)."""
+    `roles`: the pair's {"control", "controls"} (`reads.pairs.pair_controls`)."""
     arm_a, arm_b = pair
     control = roles.get("control")
     if roles.get("controls"):

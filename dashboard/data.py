@@ -172,12 +172,3 @@ def paper_tables() -> dict[str, pd.DataFrame]:
         **{"paper mean": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("mean")),
            "paper var": lambda f: f["arm"].map(lambda a: paper.MEDICAL_ACTIVATIONS.get(a, {}).get("var"))})
     return {"table2": table2, "candidates": candidates, "moments": moments, "source": paper.SOURCE}
-
-
-def query(name: str, *args: Any) -> Any:
-    """Only for dashboard/views/label.py until its rewrite (another change, under way) lands: its four reads, by
-    name. Every other page calls its typed read (dashboard.reads); this goes once label.py does too."""
-    read = {"label_progress": reads.labels.label_progress,
-            "next_unlabelled_candidate": reads.labels.next_unlabelled_candidate,
-            "feature_tokens": reads.features.feature_tokens, "feature_contexts": reads.features.feature_contexts}
-    return read[name](*args)

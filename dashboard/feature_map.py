@@ -14,7 +14,7 @@ COLOUR_BY = {"arm": "arm", "fate": "fate", "medical candidate": "candidate", "la
 
 
 def map_points(points: pd.DataFrame, labels: pd.DataFrame, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
-    """points (queries.feature_map) with label (current labels: arm, feature, label), candidate, the explanation
+    """points (reads.neighbours.feature_map) with label (current labels: arm, feature, label), candidate, the explanation
     when a table of them is given (arm, feature, explanation), and the hover text of each point."""
     frame = points.merge(labels[["arm", "feature", "label"]] if len(labels) else
                          pd.DataFrame(columns=["arm", "feature", "label"]), on=["arm", "feature"], how="left")
