@@ -34,9 +34,9 @@ MODELS_VERSION = 2  # bump when the model steps change in a way the recipe's fie
 PRETRAINED_MODELS_VERSION = 4
 MODEL_STEPS = ("load pretrained", "tokenizer", "base model", "fine-tune", "perplexity")
 # What the base arm's SAE depends on besides its model (the fine-tuned SAE's own fields are not among them).
-BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_architecture", "sae_k", "sae_dead_window_tokens", "sae_l1_coefficient",
-                   "sae_lr", "sae_tokens", "sae_batch_tokens",
-                   "sae_l1_warm_up_share", "sae_lr_decay_share", "sae_exclude_special_tokens")
+BASE_SAE_FIELDS = ("hook_name", "d_sae", "sae_architecture", "sae_k", "sae_dead_window_tokens", "sae_whitening",
+                   "sae_l1_coefficient", "sae_lr", "sae_tokens", "sae_batch_tokens", "sae_l1_warm_up_share",
+                   "sae_lr_decay_share", "sae_exclude_special_tokens")
 BASE_SAE_VERSION = 2  # bump when SAE training changes in a way these fields do not show (2: the dead window)
 
 

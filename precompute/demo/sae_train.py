@@ -28,13 +28,18 @@ from core.config import SAE_ARCHITECTURES  # noqa: E402,F401  (re-exported)
 def training_config(recipe: DemoRecipe, d_in: int, n_steps: int, continued: bool, device: str) -> Any:
     """The SAELens training-SAE config of the recipe's kind. Standard: the L1 penalty warms up over the first
     steps (without it 20-40% of features die), except when training goes on from a trained SAE, whose features
-    already exist. TopK / BatchTopK: k active features; BatchTopK's global threshold (an average of each batch's
-    smallest kept activation) moves fast enough to settle within a short run."""
+    already exist. TopK / BatchTopK: k active features, on whitened activations when recipe.sae_whitening (a random
+    init only); BatchTopK's global threshold (an average of each batch's smallest kept activation) moves fast
+    enough to settle within a short run."""
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAEConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 
-    common = dict(d_in=d_in, d_sae=recipe.d_sae, normalize_activations="expected_average_only_in", device=device)
+    # Whitening only from a random init: going on from a saved SAE undoes a scalar normalisation exactly
+    # (unfolded_training_sae), a whitening estimated anew by the trainer it could not.
+    whiten = recipe.sae_whitening and not continued and recipe.sae_architecture != "standard"
+    common = dict(d_in=d_in, d_sae=recipe.d_sae, device=device,
+                  normalize_activations="covariance_whitening" if whiten else "expected_average_only_in")
     if recipe.sae_architecture == "standard":
         return StandardTrainingSAEConfig(
             l1_coefficient=recipe.sae_l1_coefficient,
@@ -108,19 +113,23 @@ def unfolded_training_sae(init: Any, sae_cfg: Any, model: Any, rows: torch.Tenso
     SAELens trains on x·c (c = √d_in / mean ‖x‖, estimated at the start of training) and, at the end, folds c into
     the weights (W_enc·c, W_dec/c, b_dec/c). Going on from a saved SAE undoes that fold with c measured here, on this
     model's activations, the way the trainer measures it: the pre-activation (cx − c·b_dec)(W_enc/c) + b_enc is
-    init's, and the reconstruction is c times init's. A TopK / BatchTopK training SAE scales its pre-activations by
-    ‖W_dec‖ and decodes with unit rows, so its saved unit rows stay and W_enc keeps its scale (divided by c, its
-    entries fell below one Adam step and a continued SAE lost a third of its explained variance in 32 steps): with
-    b_enc·c its pre-activations and activations are c times init's, its reconstruction c times init's, and
-    BatchTopK's threshold (JumpReLU's, once saved) goes back into those units times c. The trainer's own estimate
-    differs from this c by the sampling of its first batches only (a fraction of a percent), which training
-    absorbs."""
+    init's, and the reconstruction is c times init's. A TopK / BatchTopK SAE keeps W_enc and W_dec as saved (W_enc
+    divided by c, its entries fell below one Adam step and a continued SAE lost a third of its explained variance
+    in 32 steps): with b_enc·c and b_dec·c its pre-activations and activations are c times init's (scaled by ‖W_dec‖
+    only where the saved rows are unit vectors, where that changes nothing), its reconstruction c times init's, and
+    BatchTopK's threshold (JumpReLU's, once saved) is c times the saved one. The trainer's own estimate differs from
+    this c by the sampling of its first batches only (a fraction of a percent), which training absorbs."""
     from sae_lens.registry import get_sae_training_class
 
     from core.sae_metrics import hook_activations
 
     sample = hook_activations(model, rows[: min(len(rows), 64)], hook_name)
     c = float(sae_cfg.d_in) ** 0.5 / float(sample.norm(dim=-1).mean())
+    if sae_cfg.architecture() in ("topk", "batchtopk"):
+        # Decoder rows saved as unit vectors (a TopK SAE trained unwhitened) may go on scaling pre-activations by
+        # ‖W_dec‖; rows a whitening fold stretched may not, or the same features would no longer be the top k.
+        norms = init.W_dec.detach().float().norm(dim=-1)
+        sae_cfg.rescale_acts_by_decoder_norm = bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3))
     sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
     state = {name: value.detach().clone().float() for name, value in init.state_dict().items()}
     threshold = state.pop("threshold", None)
@@ -129,7 +138,7 @@ def unfolded_training_sae(init: Any, sae_cfg: Any, model: Any, rows: torch.Tenso
             raise ValueError("a BatchTopK SAE goes on from a saved BatchTopK (JumpReLU) SAE, not from "
                              f"{init.cfg.architecture()}")
         state["topk_threshold"] = (threshold.mean() * c).double()
-    if sae_cfg.architecture() in ("topk", "batchtopk"):  # pre-activations scaled by ‖W_dec‖ = 1: see the docstring
+    if sae_cfg.architecture() in ("topk", "batchtopk"):  # W_enc and W_dec as saved: see the docstring
         state["b_enc"] *= c
     else:
         state["W_enc"] /= c

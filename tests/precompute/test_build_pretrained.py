@@ -59,6 +59,7 @@ def test_base_arm_is_the_pretrained_model_unchanged(built, tiny_llama):
     saved = load_file(str(out / "models" / "base" / "model.safetensors"))
     assert given.keys() == saved.keys() and all(torch.equal(given[k], saved[k]) for k in given)
     assert manifest["timings_s"]["load pretrained"] > 0 and "tokenizer" not in manifest["timings_s"]
+    assert manifest["rows"]["base"] == 0  # no text tokenised for a base it never trains (issue 26)
 
 
 def test_fine_tune_moves_weights_below_the_hook_and_lowers_medical_perplexity(built):
@@ -72,6 +73,9 @@ def test_fine_tune_moves_weights_below_the_hook_and_lowers_medical_perplexity(bu
     assert ppl["finetuned"]["medical"] < ppl["base"]["medical"]  # a random model learns the domain's tokens at once
     change = ppl["finetuned"]["medical"] / ppl["base"]["medical"] - 1
     assert manifest["medical_perplexity_change"] == pytest.approx(change)
+    record = manifest["finetune"]  # the learning-rate check ran: three rates from the recipe's, one picked
+    assert len(record["lr_check"]) == 3 and min(record["lr_check"].values()) < record["start_loss"]
+    assert record["lr"] in [float(lr) for lr in record["lr_check"]] and manifest["finetune_warning"] is None
 
 
 def test_study_loads_both_arms_with_saes_at_the_recipe_hook(built):
