@@ -239,10 +239,12 @@ def test_a_killed_run_keeps_the_old_database_and_resumes_where_it_stopped(study,
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 40 * 31
     report = run_study(config_from_dict(raw), show_progress=False)
-    # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and
-    # the cross stages that read the corpus (they come after the arms; the decoder-only ones are up to date).
+    # Done before the kill: base's stale stages and finetuned's activations. Left: finetuned's quality and domains
+    # (both read the corpus sample) and the cross stages that read the corpus (they come after the arms; the
+    # decoder-only ones are up to date).
     assert report.published and {arm: sorted(s) for arm, s in report.seconds.items()} == {
-        "finetuned": ["quality"], ("base", "finetuned"): ["change", "divergence", "matching", "similarity", "transfer"]}
+        "finetuned": ["domains", "quality"],
+        ("base", "finetuned"): ["change", "divergence", "matching", "similarity", "transfer"]}
     assert query(config, "SELECT value FROM metrics WHERE arm='base' AND metric='n_tokens' AND stage='activations'"
                  ).value[0] == 30 * 31
 
