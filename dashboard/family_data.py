@@ -84,6 +84,39 @@ def proxy_along(steps: pd.DataFrame, arm: str, feature: int, tokens: tuple[str, 
     return pd.DataFrame(rows, columns=["arm", "feature", "llr", "lower_bound"])
 
 
+def scores_by_fate(family: Family, one_to_one: bool) -> pd.DataFrame:
+    """Figure 6: the explained features of each fine-tune (core.explanations, this SAE's), with whether each
+    persists into the merge: arm, feature, fate ("persists into <merge>" / "does not"), simulation (Pearson r of
+    the simulated against the true activations)."""
+    from dashboard.data import current_explanations
+
+    explained = current_explanations()
+    sides = match_sides(family)
+    rows = []
+    for arm in (family.a, family.b):
+        side = sides.get((arm, family.merge))
+        if side is None:
+            continue
+        mine = explained[(explained["arm"] == arm) & explained["simulation"].notna()]
+        for feature, score in zip(mine["feature"].astype(int), mine["simulation"].astype(float)):
+            if feature < side.d_sae and side.live[feature]:
+                persists = side.partner(one_to_one)[feature] >= 0
+                rows.append({"arm": arm, "feature": feature, "simulation": score,
+                             "fate": f"persists into {family.merge}" if persists else "does not"})
+    return pd.DataFrame(rows, columns=["arm", "feature", "fate", "simulation"])
+
+
+def fate_histogram(scores: pd.DataFrame) -> go.Figure:
+    """The simulation scores of persisting against other features, one panel per fine-tune (the paper's Figure 6)."""
+    figure = go.Figure()
+    for (arm, fate), group in scores.groupby(["arm", "fate"], sort=True):
+        figure.add_histogram(x=group["simulation"], name=f"{arm}: {fate} ({len(group)})", opacity=0.6,
+                             xbins={"start": -1.0, "end": 1.0, "size": 0.1})
+    figure.update_layout(barmode="overlay", height=300, xaxis_title="simulation score (Pearson r)",
+                         yaxis_title="features", margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return figure
+
+
 def sankey(flows: pd.DataFrame) -> go.Figure:
     """Figure 2: the features that persist from the base into each fine-tune, and the merge's features traced to
     each fine-tune's features that came from the base or emerged there; each link labelled with its count and

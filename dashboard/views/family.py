@@ -70,6 +70,17 @@ else:
                f"{'are equal' if chosen.crossed else 'come closest (they never cross)'}: {curve.domain_a} "
                f"{chosen.accuracy_a:.3f}, {curve.domain_b} {chosen.accuracy_b:.3f}.")
 
+st.subheader("Explanation scores by fate")
+scores = family_data.scores_by_fate(family, one_to_one)
+if scores.empty:
+    st.caption(f"No explained feature of {family.a} or {family.b} yet: `python -m precompute explain --features "
+               "all` (or ids) explains and scores them; the paper's Figure 6 compares those persisting into the merge "
+               "with the rest.")
+else:
+    st.plotly_chart(family_data.fate_histogram(scores), key="family_fates", width="stretch")
+    means = scores.groupby(["arm", "fate"])["simulation"].agg(["count", "median"]).reset_index()
+    st.dataframe(means, hide_index=True, column_config={"median": st.column_config.NumberColumn(format="%.2f")})
+
 st.subheader("A feature's lineage")
 left, middle, right = st.columns([1, 1, 2])
 arm = left.selectbox("Arm", family.arms, key=family_data.FAMILY_ARM)

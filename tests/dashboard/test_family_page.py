@@ -136,3 +136,23 @@ def test_a_pair_without_matching_is_one_line(tmp_path, monkeypatch):
     at = page("family")
     assert not at.exception and len(at.info) == 1
     assert at.info[0].value.startswith("no matching of M against B in this database")
+
+
+def test_explanation_scores_by_fate(family_study):
+    from core import explanations
+    from core.explanations import Explanation
+
+    path = family_study / "explanations.duckdb"
+    # A0, A1 persist into M, A2 does not (0.7), A5 is dead in A -> M (left out); B0 persists, B1 does not
+    for arm, feature, sim in [("A", 0, .6), ("A", 1, .5), ("A", 2, .1), ("A", 5, .9), ("B", 0, .7), ("B", 1, .2)]:
+        explanations.save_explanation(path, "tiny", Explanation(arm, feature, f"s-{arm}", "text", "local:test", 1,
+                                                                sim, 0.7, 80, 5, 5))
+    at = page("family")
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "median" in d.value.columns)
+    rows = {(r.arm, r.fate): (r.count, round(r.median, 2)) for r in table.itertuples()}
+    assert rows == {("A", "persists into M"): (2, 0.55), ("A", "does not"): (1, 0.1),
+                    ("B", "persists into M"): (1, 0.7), ("B", "does not"): (1, 0.2)}
+    spec = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert sorted(t["name"] for t in spec["data"]) == ["A: does not (1)", "A: persists into M (2)",
+                                                       "B: does not (1)", "B: persists into M (1)"]
