@@ -28,6 +28,7 @@ from core.config import DemoRecipe, StudyConfig
 from core.corpus import pack_rows
 from core.errors import StudyInputError
 from core.family import Family, find_families
+from core.merge import MERGEKIT_CONFIG
 from core.merge_curve import next_token_accuracy, t_grid
 from precompute import family_text
 from precompute.demo import lm, steps, text as text_sources, tokenizer as tok
@@ -76,11 +77,19 @@ def build_family(config: StudyConfig, out: Path, fast: bool = False, force: bool
                     "versions": {**steps.package_versions(), **family_text.code_versions()}, "cpu": steps.machine()}
         manifest["recipe_hash"] = wanted
         _write_study_toml(scratch / "study.toml", config, family, out)
+        _point_merge_config_at(scratch / "models" / family.merge, scratch, out)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(scratch, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return BuildResult(out, manifest)
+
+
+def _point_merge_config_at(merge: Path, scratch: Path, out: Path) -> None:
+    """mergekit's YAML names the parents where they were built; after the publish they are in `out`, so a user
+    can rerun `mergekit-yaml mergekit_config.yml OUT` by hand."""
+    path = merge / MERGEKIT_CONFIG
+    path.write_text(path.read_text().replace(str(scratch.resolve()), str(out.resolve())))
 
 
 class _Timer:

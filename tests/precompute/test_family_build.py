@@ -91,7 +91,9 @@ def test_fast_family_build_through_the_command_line(tmp_path):
     assert slerp["chosen"]["t"] == pytest.approx(equal_accuracy_t(slerp["ts"], slerp["accuracy_a"],
                                                                   slerp["accuracy_b"]).t)
     merge = out / "models" / "merge"
-    assert f"t: {slerp['chosen']['t']!r}" in (merge / "mergekit_config.yml").read_text()
+    merge_yaml = (merge / "mergekit_config.yml").read_text()
+    assert f"t: {slerp['chosen']['t']!r}" in merge_yaml
+    assert str((out / "models" / "medical").resolve()) in merge_yaml and ".building" not in merge_yaml
     for arm in ("base", "medical", "code", "merge"):
         sae_cfg = json.loads((out / "saes" / arm / "cfg.json").read_text())
         assert sae_cfg["metadata"]["hook_name"] == "blocks.1.hook_mlp_out"
