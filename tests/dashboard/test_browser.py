@@ -123,7 +123,7 @@ def test_a_label_typed_and_saved_at_full_speed_is_stored_as_the_form_shows_it(se
     from core import labels as labels_db
 
     with chromium_page() as page:
-        page.goto(f"{server}/feature?arm=finetuned&feature=4")
+        page.goto(f"{server}/feature?arm=finetuned&feature=4&annotator=ann")  # labels are saved under a name
         page.wait_for_selector("text=Save label", timeout=30_000)
         page.get_by_text("not medical", exact=True).click()
         note = page.get_by_label("Note")
