@@ -102,6 +102,8 @@ st.dataframe([{"arm": arm.name, "model": arm.model, "SAE": arm.sae_source} for a
 report = study.build_report(config)
 if report is not None:
     st.subheader("The fine-tune, as built (build-demo's report)")
+    if report.get("finetune_warning"):  # the build's own last line: the "fine-tune" made its domain worse
+        st.warning(f"**This fine-tune did not learn its domain.** {report['finetune_warning']}")
     changes = data.perplexity_changes(report)
     general = f" and **general perplexity by {100 * changes['general']:+.0f}%**" if "general" in changes else ""
     st.markdown(f"Fine-tuning on medical text changed held-out **medical perplexity by "

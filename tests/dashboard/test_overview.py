@@ -197,3 +197,23 @@ def test_a_build_from_before_the_split_says_so(tmp_path, monkeypatch):
     at = run_app(monkeypatch, config)
     assert not at.exception
     assert any("predates perplexity by token kind" in c.value for c in at.caption)
+
+
+def test_a_fine_tune_that_made_its_domain_worse_is_the_build_reports_first_word(tmp_path, monkeypatch):
+    from precompute.demo.finetune import domain_warning
+
+    config = write_study(tmp_path)
+    (tmp_path / "demo").mkdir()
+    worse = {"base": {"general": 200.0, "medical": 32.5}, "finetuned": {"general": 230.0, "medical": 49.0}}
+    warning = domain_warning(worse)  # issue 26's case: 32.5 -> 49.0 is +50.8%, not "lowered by -50.7%"
+    assert "raised held-out medical perplexity by 50.8% (32.5 -> 49.0)" in warning
+    (tmp_path / "demo" / "manifest.json").write_text(json.dumps({**REPORT, "perplexity": worse,
+                                                                 "medical_perplexity_change": 49.0 / 32.5 - 1,
+                                                                 "finetune_warning": warning}))
+    at = run_app(monkeypatch, config)
+    assert not at.exception
+    assert len(at.warning) == 1 and "did not learn its domain" in at.warning[0].value
+    assert warning in at.warning[0].value
+    assert "medical perplexity by +51%" in "".join(m.value for m in at.markdown)
+    (tmp_path / "demo" / "manifest.json").write_text(json.dumps(REPORT))  # a fine-tune that helped: no warning
+    assert not run_app(monkeypatch, config).warning
