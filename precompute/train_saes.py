@@ -63,14 +63,15 @@ def sae_plan(recipe: DemoRecipe, seed: int, models: dict[str, str], sae_dirs: di
 
 
 def train_saes(plan: list[ArmSae], rows: dict[str, torch.Tensor], recipe: DemoRecipe, device: str, study: str,
-               on_start: Any = None) -> dict[str, dict[str, Any]]:
+               on_start: Any = None, kept: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
     """Train and save each SAE of `plan` in order (steps.train_and_save_sae); {arm: its summary}. `on_start(item)`,
-    if given, returns a context manager around each (build-demo's step timer)."""
+    if given, returns a context manager around each (build-demo's step timer). `kept`: arm -> folder of an SAE
+    that is not trained again but may be continued from (build-demo keeps an unchanged base SAE)."""
     from contextlib import nullcontext
 
     from precompute.demo import steps
 
-    dirs = {item.arm: item.sae_dir for item in plan}
+    dirs = {**(kept or {}), **{item.arm: item.sae_dir for item in plan}}
     summaries: dict[str, dict[str, Any]] = {}
     for item in plan:
         with on_start(item) if on_start is not None else nullcontext():

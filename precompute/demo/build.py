@@ -222,7 +222,8 @@ def _train_saes(folder: Path, rows: dict[str, Any], recipe: DemoRecipe, config: 
             saes["base"] = earlier["saes"]["base"]
             logger.info("keeping the base SAE of the build in %s (its fields and models are unchanged)", out)
         plan = [item for item in plan if item.arm != "base"]
-    return {**saes, **train_saes.train_saes(plan, rows, recipe, device, config.name,
+    kept = {"base": sae_dirs["base"]} if "base" in saes else None  # the fine-tuned SAE may go on from it
+    return {**saes, **train_saes.train_saes(plan, rows, recipe, device, config.name, kept=kept,
                                             on_start=lambda item: _step(f"SAE {item.arm}", timings, bar))}
 
 
