@@ -125,9 +125,11 @@ def test_the_ray_executor_publishes_the_local_executors_database_though_a_worker
     assert sorted(started.read_text().split()) == ["activations"] * (2 * 3 + 1) + ["spliced"] * (3 + 1)
     arm_stages = {f"{arm}/{stage}": {"shards": 3, "reused": 0, "run": 3}
                   for arm in ("base", "finetuned") for stage in ("activations", "quality")}
-    pair_stages = {f"base→finetuned/{stage}": {"shards": 3 * passes, "reused": 0, "run": 3 * passes}
-                   for stage, passes in (("similarity", 1), ("transfer", 2), ("matching", 1), ("change", 1))}
-    assert report.shards == arm_stages | pair_stages  # transfer: the norm pass, then the spliced pass
+    # The planned pass (issue 24) serves similarity, matching, divergence and transfer's norm pass at once; transfer's
+    # spliced pass and change run their own.
+    pair_stages = {f"base→finetuned/{stage}": {"shards": 3, "reused": 0, "run": 3}
+                   for stage in ("plan", "transfer", "change")}
+    assert report.shards == arm_stages | pair_stages
     assert not Path(config.features_db + ".shards").exists()  # merged and written: the shards are gone
     assert_same_database(local_study.features_db, config.features_db)
     with duckdb.connect(config.features_db, read_only=True) as con:  # the planted dead features, merged
@@ -165,7 +167,8 @@ def test_on_the_fast_demo_the_ray_executor_publishes_the_local_executors_databas
     report = run_study(on_ray, show_progress=False, executor=RayExecutor(workers=2, shard_rows=8))
     assert report.published
     assert report.shards["base/activations"] == {"shards": 2, "reused": 0, "run": 2}
-    assert report.shards["base→finetuned/transfer"] == {"shards": 4, "reused": 0, "run": 4}  # two passes
+    assert report.shards["base→finetuned/plan"] == {"shards": 2, "reused": 0, "run": 2}  # the shared clean pass
+    assert report.shards["base→finetuned/transfer"] == {"shards": 2, "reused": 0, "run": 2}  # its spliced pass
     assert_same_database(local.features_db, on_ray.features_db)
     with duckdb.connect(on_ray.features_db, read_only=True) as con:  # the comparison covered the whole corpus
         rows = con.execute("SELECT count(*) FROM feature_activations WHERE arm = 'base'").fetchone()[0]
