@@ -206,7 +206,7 @@ def killed_run(config_path: Path, ray_address: str, kill_after: int) -> str:
 @pytest.mark.slow
 def test_a_killed_driver_leaves_the_published_database_and_the_next_run_reuses_its_shards(
         ray_instance, local_study, tmp_path):
-    """Killed twice: after 2 saved shards (in base's activation pass), then after 11 more (in transfer's second
+    """Killed twice: after 2 saved shards (in base's activation pass), then after 8 more (in transfer's spliced
     pass); the published database is untouched each time, and each next run reuses the shards saved before."""
     folder = tmp_path / "killed"
     config_path = study_copy(local_study, folder, CHANGES)
@@ -217,20 +217,25 @@ def test_a_killed_driver_leaves_the_published_database_and_the_next_run_reuses_i
     saved = sorted(shards_folder.rglob("*.pt"))
     assert len(saved) == 2 and all(p.parent.name.startswith("activations-") for p in saved)
 
-    # base's missing activation shard, finetuned's 3, similarity's 3, transfer's norm pass 3, one spliced shard
-    log = killed_run(config_path, ray_instance, kill_after=1 + 3 + 3 + 3 + 1)
+    # base's missing activation shard, finetuned's 3, the planned clean pass's 3 (similarity, matching, divergence and
+    # transfer's norm pass), one shard of transfer's spliced pass
+    log = killed_run(config_path, ray_instance, kill_after=1 + 3 + 3 + 1)
     assert "base/activations: 3 shard(s) of 8 rows; 2 saved by an earlier run, 1 to run" in log
     assert sha256(folder / "features.duckdb") == before
     saved = [p.relative_to(shards_folder) for p in shards_folder.rglob("*.pt")]  # written stages' shards are gone
-    assert all(p.parts[0] == "base→finetuned" and p.parts[1].startswith("transfer-") for p in saved)
-    assert sorted(p.parent.name for p in saved) == ["pass0"] * 3 + ["pass1"]
+    # the planned pass's shards stay until transfer, which reads its norms, is written
+    assert all(p.parts[0] == "base→finetuned" for p in saved)
+    assert sorted((p.parts[1].split("-")[0], p.parent.name.split("-")[0]) for p in saved) == [
+        ("plan", "plan")] * 3 + [("transfer", "pass1")]
 
     config = load_config(str(config_path))
     report = run_study(config, show_progress=False, executor=RayExecutor(workers=2, shard_rows=SHARD_ROWS))
     assert report.published and sha256(folder / "features.duckdb") != before
     # the rest of transfer (its norm pass merged from the saved shards feeds the spliced pass), then matching
-    assert report.shards == {"base→finetuned/transfer": {"shards": 6, "reused": 4, "run": 2},
-                             "base→finetuned/matching": {"shards": 3, "reused": 0, "run": 3},
+    # Transfer's saved spliced shard is reused. The planned pass runs again, for transfer's norms alone: its saved
+    # shards were cut for four stages, three of them since written (a plan's key is its set of stages; issue 24).
+    assert report.shards == {"base→finetuned/plan": {"shards": 3, "reused": 0, "run": 3},
+                             "base→finetuned/transfer": {"shards": 3, "reused": 1, "run": 2},
                              "base→finetuned/change": {"shards": 3, "reused": 0, "run": 3}}
     reference = load_config(str(study_copy(local_study, tmp_path / "reference", CHANGES)))
     assert run_study(reference, show_progress=False).published
