@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -48,3 +49,20 @@ def tiny_hf_model(architecture: str, seed: int = 0, vocab_size: int = VOCAB) -> 
             else:
                 param.normal_(0, 0.15, generator=generator)
     return model
+
+
+class Bigram(torch.nn.Module):
+    """logits of the next token = a row of `table` [V, V] picked by the current token (a model whose losses are by
+    hand), with transformers' causal-LM call: forward(input_ids, labels) -> .logits, .loss."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone())
+
+    def forward(self, input_ids, labels=None):
+        logits = self.table[input_ids]
+        loss = None
+        if labels is not None:  # transformers' causal-LM loss: shift, ignore -100
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, self.table.shape[0]),
+                                                     labels[:, 1:].reshape(-1), ignore_index=-100)
+        return SimpleNamespace(logits=logits, loss=loss)

@@ -3,33 +3,17 @@ refuses when none does; the early stop fires on a rising held-out curve and keep
 made its own domain worse is said in one line. On a bigram model whose losses can be written down."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from core.config import DemoRecipe
 from core.errors import StudyInputError
+from tiny_models import Bigram
 from precompute.demo import finetune, lm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 V = 6
-
-
-class Bigram(torch.nn.Module):
-    """logits of the next token = a table row picked by the current token (a model whose losses are by hand)."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = torch.nn.Parameter(table.clone())
-
-    def forward(self, input_ids, labels=None):
-        logits = self.table[input_ids]
-        loss = None
-        if labels is not None:  # transformers' causal-LM loss: shift, ignore -100
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1),
-                                                     ignore_index=-100)
-        return SimpleNamespace(logits=logits, loss=loss)
 
 
 def markov_rows(n_rows: int, seed: int) -> torch.Tensor:

@@ -2,32 +2,16 @@
 checked against a bigram model whose every next-token loss can be written down."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from core.token_kinds import FIRST, SEPARATOR, TEXT, token_kinds
+from tiny_models import Bigram
 from precompute.demo import lm, steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BOS, EOS, V = 0, 1, 6
-
-
-class Bigram(torch.nn.Module):
-    """logits of the next token = a table row picked by the current token (a model whose losses are by hand)."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = torch.nn.Parameter(table.clone())
-
-    def forward(self, input_ids, labels=None):
-        logits = self.table[input_ids]
-        loss = None
-        if labels is not None:  # transformers' causal-LM loss: shift, ignore -100
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1),
-                                                     ignore_index=-100)
-        return SimpleNamespace(logits=logits, loss=loss)
 
 
 def rows() -> torch.Tensor:
