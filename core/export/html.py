@@ -98,14 +98,19 @@ def _section(section: FateSection) -> str:
             f"<th>label</th><th>top contexts</th></tr>{rows}</table>")
 
 
+def _table(title: str, headers: list[str], rows: str) -> str:
+    """A titled table: `title` plain text (escaped here), `headers` and `rows` already HTML."""
+    cells = "".join(f"<th>{h}</th>" for h in headers)
+    return f"<h2>{escape(title, quote=False)}</h2><table><tr>{cells}</tr>{rows}</table>"
+
+
 def _lens(facts: SummaryFacts) -> str:
     if not facts.lens:
         return ""
     rows = "".join(f"<tr><td>{escape(s.site)}</td><td>{escape(', '.join(t for t, _ in s.tokens))}</td>"
                    f"<td class='n'>{s.medical}</td><td class='n'>{s.random_medical:.1f}</td></tr>" for s in facts.lens)
-    return (f"<h2>The activation difference lens</h2><table><tr><th>site</th><th>top tokens through "
-            f"{escape(facts.arm_b)}'s unembedding</th><th>medical of top 20</th><th>random directions</th></tr>"
-            f"{rows}</table>")
+    return _table("The activation difference lens", ["site", f"top tokens through {escape(facts.arm_b)}'s unembedding",
+                                                        "medical of top 20", "random directions"], rows)
 
 
 def _counts(report: PairReport) -> str:
@@ -117,7 +122,7 @@ def _counts(report: PairReport) -> str:
         f"{control.emerged_beyond:,} of {control.emerged:,} emerged (control alone: {control.control_emerged:,}), "
         f"{control.disappeared_beyond:,} of {control.disappeared:,} disappeared (control alone: "
         f"{control.control_disappeared:,}).</p>")
-    return f"<h2>Fates</h2><table><tr><th>arm</th><th>fate</th><th>features</th></tr>{rows}</table>{beyond}"
+    return _table("Fates", ["arm", "fate", "features"], rows) + beyond
 
 
 def _rows(facts: SummaryFacts) -> str:
@@ -125,9 +130,9 @@ def _rows(facts: SummaryFacts) -> str:
         return ""
     rows = "".join(f"<tr><td class='n'>{r.row}</td><td class='n'>{r.mean_kl:.4g}</td>"
                    f"<td class='ctx'>{escape(r.text)}</td></tr>" for r in facts.rows)
-    return (f"<h2>Rows where the two models' predictions differ most</h2><table><tr><th>corpus row</th>"
-            f"<th>mean KL({escape(facts.arm_a)} ‖ {escape(facts.arm_b)})</th><th>around its most divergent token "
-            f"(&lt;&lt;marked&gt;&gt;)</th></tr>{rows}</table>")
+    return _table("Rows where the two models' predictions differ most",
+                  ["corpus row", f"mean KL({escape(facts.arm_a)} ‖ {escape(facts.arm_b)})",
+                   "around its most divergent token (&lt;&lt;marked&gt;&gt;)"], rows)
 
 
 def render(report: PairReport) -> str:
